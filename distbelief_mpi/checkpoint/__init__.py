@@ -1,0 +1,1 @@
+"""Parameter files and committed checkpoints."""

@@ -1,0 +1,73 @@
+"""Committed checkpoints: RUN_DIR/checkpoints/step-NNNNNNNNN/{params.h5, manifest.json}.
+
+Every data file is written to a temporary name and renamed; the manifest (step, the
+SHA-256 of every file, caller metadata) is written last and is the commit marker. A
+directory without a manifest, or whose files do not match their hashes, is not a
+checkpoint: readers skip it and fall back to the previous complete one.
+"""
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from ..rundir import write_text_atomic
+from .params_file import save_params
+
+MANIFEST = "manifest.json"
+
+
+def commit_checkpoint(root: Path, step: int, params: np.ndarray, meta: dict, keep: int) -> Path:
+    """Write and commit the checkpoint for `step`, then delete all but the newest `keep`."""
+    directory = Path(root) / f"step-{step:09d}"
+    directory.mkdir(parents=True, exist_ok=True)
+    save_params(directory / "params.h5", params, {"step": step})
+    manifest = {"step": step, "files": {"params.h5": file_sha256(directory / "params.h5")}, **meta}
+    write_text_atomic(directory / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    prune_checkpoints(root, keep)
+    return directory
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_manifest(directory: Path) -> dict | None:
+    """The manifest of a complete checkpoint, or None when it is missing, unreadable or
+    any file's hash differs (a partial or damaged checkpoint)."""
+    try:
+        manifest = json.loads((Path(directory) / MANIFEST).read_text(encoding="utf-8"))
+        files = manifest["files"]
+        if all(file_sha256(Path(directory) / name) == digest for name, digest in files.items()):
+            return manifest
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return None
+
+
+def complete_checkpoints(root: Path) -> list[Path]:
+    """Committed, undamaged checkpoint directories, newest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    candidates = sorted((d for d in root.glob("step-*") if d.is_dir()), reverse=True)
+    return [d for d in candidates if read_manifest(d) is not None]
+
+
+def prune_checkpoints(root: Path, keep: int) -> None:
+    """Delete all but the newest `keep` complete checkpoints, and any older partial ones."""
+    complete = complete_checkpoints(root)
+    if not complete:
+        return
+    for directory in complete[keep:]:
+        shutil.rmtree(directory, ignore_errors=True)
+    oldest_kept = complete[:keep][-1].name
+    for directory in Path(root).glob("step-*"):
+        if directory.name < oldest_kept and directory.exists():
+            shutil.rmtree(directory, ignore_errors=True)

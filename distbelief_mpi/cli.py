@@ -1,0 +1,75 @@
+"""`distbelief` entry point: argument parsing and exit codes only.
+
+Exit codes: 0 success, 2 bad input (spec, dataset, checkpoint, world size; a message
+names the file and key, no traceback), 1 anything unexpected (with a traceback).
+"""
+
+import argparse
+import sys
+
+from . import __version__
+from .errors import UserInputError
+
+DESCRIPTION = """\
+Train deep networks the way DistBelief did (Dean et al., NIPS 2012), over MPI.
+
+  distbelief train JOB.toml              train (alone, or under mpiexec -n N)
+  distbelief plan JOB.toml -n N          show which rank plays which role
+  distbelief eval RUN_DIR [--data F.h5]  test accuracy of a finished run
+
+Job specs are TOML files (see jobs/ and docs/job-spec.md); datasets are HDF5 files
+made with `python -m data_tools` (see docs/datasets.md)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="distbelief", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"distbelief-mpi {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = commands.add_parser("train", help="train a job (run it under mpiexec for several ranks)",
+                                description="Train a job spec. Every rank of the MPI job runs this command.")
+    _add_job_args(train)
+    train.add_argument("--run-dir", help="where to write the run (default: runs/<job>-<time>); must not hold a run")
+    train.add_argument("-v", "--verbose", action="store_true", help="log INFO lines on stderr too")
+
+    plan = commands.add_parser("plan", help="print the rank/role table for N ranks",
+                               description="Print which rank plays which role, and each shard's parameter "
+                                           "range, or every problem that stops the job from running on N ranks.")
+    _add_job_args(plan)
+    plan.add_argument("-n", "--ranks", type=int, required=True, metavar="N", help="MPI world size")
+
+    evaluate = commands.add_parser("eval", help="test accuracy of a run's final parameters",
+                                   description="Evaluate RUN_DIR/params.h5 on a dataset's test split.")
+    evaluate.add_argument("run_dir", metavar="RUN_DIR")
+    evaluate.add_argument("--data", metavar="FILE.h5", help="dataset (default: the run's data.path)")
+    return parser
+
+
+def _add_job_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("job", metavar="JOB.toml", help="job spec (TOML)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override one key of the job spec, e.g. --set run.steps=100 (repeatable)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "train":
+            from .train import run_train
+
+            return run_train(args.job, args.overrides, args.run_dir, args.verbose)
+        if args.command == "plan":
+            from .commands import run_plan
+
+            return run_plan(args.job, args.overrides, args.ranks)
+        from .commands import run_eval
+
+        return run_eval(args.run_dir, args.data)
+    except UserInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The only package that calls MPI for data movement."""

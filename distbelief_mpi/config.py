@@ -1,0 +1,251 @@
+"""Job spec: TOML -> frozen dataclasses. Every problem is collected and reported at once.
+
+A job spec has six sections; every key has a default except `data.path`. Unknown
+sections and keys, wrong types and impossible values are all listed in one ConfigError
+naming the file and the key (`section.key`). `--set section.key=value` overrides
+are applied before checking, so they are checked exactly like the file.
+"""
+
+import dataclasses
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import ConfigError
+from .model.spec import LayerSpec, parse_layer
+
+ALGORITHMS = ("sgd",)
+
+
+@dataclass(frozen=True)
+class Topology:
+    """Which ranks exist: [coordinator] + shards + replicas x partitions."""
+
+    shards: int = 0                  # parameter-server shard ranks (0: the replica keeps the parameters)
+    replicas: int = 1                # model replicas training in parallel
+    partitions_per_replica: int = 1  # ranks one replica is split over (model parallelism)
+    coordinator: bool = False        # a coordinator rank (Sandblaster)
+    threads_per_rank: int = 0        # compute threads per rank; 0: $SLURM_CPUS_PER_TASK or 1
+
+
+@dataclass(frozen=True)
+class Model:
+    """Hidden layers; a dense softmax output over the dataset's classes is appended."""
+
+    layers: tuple[LayerSpec, ...] = ()
+
+
+@dataclass(frozen=True)
+class Optimizer:
+    algorithm: str = "sgd"           # sgd: one replica, minibatch SGD, parameters held locally
+    learning_rate: float = 0.05      # step size alpha applied to each minibatch gradient
+    batch_size: int = 64             # examples per minibatch (per replica)
+
+
+@dataclass(frozen=True)
+class Data:
+    path: str = ""                   # HDF5 dataset (schema in docs/datasets.md), relative to the working directory
+    eval_examples: int = 0           # test examples used by periodic evaluations; 0: all (the final one always uses all)
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    every_steps: int = 0             # commit a checkpoint every N steps (0: off)
+    every_seconds: float = 0.0       # ... or every S seconds of training (0: off)
+    keep: int = 2                    # complete checkpoints kept; older ones are deleted
+
+
+@dataclass(frozen=True)
+class Run:
+    steps: int = 0                   # stop after this many minibatch steps (0: no limit)
+    epochs: float = 0.0              # ... or after this many passes over the training set (0: no limit)
+    seconds: float = 0.0             # ... or after this much wall time (0: no limit)
+    seed: int = 0                    # initialisation and data order
+    eval_every: int = 0              # evaluate on the test set every N steps (0: only at the end)
+    progress_seconds: float = 10.0   # interval of the progress line on the lead rank
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    topology: Topology = field(default_factory=Topology)
+    model: Model = field(default_factory=Model)
+    optimizer: Optimizer = field(default_factory=Optimizer)
+    data: Data = field(default_factory=Data)
+    checkpoint: Checkpoint = field(default_factory=Checkpoint)
+    run: Run = field(default_factory=Run)
+    source: str = "<defaults>"       # the file the spec came from (for messages)
+
+
+SECTIONS: dict[str, type] = {f.name: f.type for f in dataclasses.fields(JobSpec) if f.name != "source"}
+
+
+def load_job(path: str | Path, overrides: typing.Sequence[str] = ()) -> JobSpec:
+    """Read a TOML job spec, apply `section.key=value` overrides, check everything."""
+    path = Path(path)
+    source = str(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(source, ["file not found"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(source, [f"cannot read the file: {exc}"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(source, [f"not valid TOML: {exc}"]) from None
+    problems = apply_overrides(raw, overrides)
+    return parse_job(raw, source, problems)
+
+
+def apply_overrides(raw: dict, overrides: typing.Sequence[str]) -> list[str]:
+    """Set `section.key=value` in raw (in place). Values are TOML; a bare word is a string."""
+    problems = []
+    for item in overrides:
+        name, sep, text = item.partition("=")
+        section, dot, key = name.strip().partition(".")
+        if not sep or not dot or not section or not key:
+            problems.append(f"--set {item!r}: expected section.key=value, e.g. run.steps=100")
+            continue
+        raw.setdefault(section, {})
+        if not isinstance(raw[section], dict):
+            problems.append(f"--set {item!r}: [{section}] is not a table in the file")
+            continue
+        raw[section][key] = _parse_override_value(text.strip())
+    return problems
+
+
+def _parse_override_value(text: str) -> object:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text  # e.g. data.path=data/digits.h5 needs no quotes
+
+
+def parse_job(raw: dict, source: str = "<job>", problems: list[str] | None = None) -> JobSpec:
+    """Build a JobSpec from a parsed TOML dict; raise ConfigError with every problem."""
+    problems = list(problems or [])
+    sections = {}
+    for name in raw:
+        if name not in SECTIONS:
+            problems.append(f"[{name}]: unknown section; sections are {sorted(SECTIONS)}")
+    for name, cls in SECTIONS.items():
+        table = raw.get(name, {})
+        if not isinstance(table, dict):
+            problems.append(f"{name}: expected a [{name}] table")
+            table = {}
+        sections[name] = _parse_section(name, cls, table, problems)
+    spec = JobSpec(**sections, source=source)
+    # Keys that already failed kept their defaults: do not report those twice.
+    failed = {p.split(":")[0] for p in problems}
+    problems += [p for p in check_values(spec) if p.split(":")[0] not in failed]
+    if problems:
+        raise ConfigError(source, problems)
+    return spec
+
+
+def _parse_section(name: str, cls: type, table: dict, problems: list[str]):
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key in table:
+        if key not in known:
+            problems.append(f"{name}.{key}: unknown key; [{name}] takes {sorted(known)}")
+    values = {}
+    for key in known & table.keys():
+        if name == "model" and key == "layers":
+            values[key] = _parse_layers(table[key], problems)
+        elif _type_ok(table[key], hints[key]):
+            values[key] = float(table[key]) if hints[key] is float else table[key]
+        else:
+            problems.append(f"{name}.{key}: expected {hints[key].__name__}, got {table[key]!r}")
+    return cls(**values)
+
+
+def _type_ok(value: object, hint: type) -> bool:
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _parse_layers(entries: object, problems: list[str]) -> tuple[LayerSpec, ...]:
+    if not isinstance(entries, list):
+        problems.append("model.layers: expected a list of inline tables, e.g. [{ type = \"dense\", units = 64 }]")
+        return ()
+    layers = []
+    for index, entry in enumerate(entries):
+        layer, layer_problems = parse_layer(entry, f"model.layers[{index}]")
+        problems += layer_problems
+        if layer is not None:
+            layers.append(layer)
+    return tuple(layers)
+
+
+def check_values(spec: JobSpec) -> list[str]:
+    """Impossible values, each named by its key. Types are already right here."""
+    t, o, d, c, r = spec.topology, spec.optimizer, spec.data, spec.checkpoint, spec.run
+    rules = [
+        (t.shards >= 0, "topology.shards", "must be >= 0"),
+        (t.replicas >= 1, "topology.replicas", "must be >= 1"),
+        (t.partitions_per_replica >= 1, "topology.partitions_per_replica", "must be >= 1"),
+        (t.threads_per_rank >= 0, "topology.threads_per_rank", "must be >= 0 (0: $SLURM_CPUS_PER_TASK or 1)"),
+        (o.algorithm in ALGORITHMS, "optimizer.algorithm", f"must be one of {list(ALGORITHMS)}"),
+        (o.learning_rate > 0, "optimizer.learning_rate", "must be > 0"),
+        (o.batch_size >= 1, "optimizer.batch_size", "must be >= 1"),
+        (d.path != "", "data.path", "required: the HDF5 dataset to train on (see docs/datasets.md)"),
+        (d.eval_examples >= 0, "data.eval_examples", "must be >= 0"),
+        (c.every_steps >= 0, "checkpoint.every_steps", "must be >= 0"),
+        (c.every_seconds >= 0, "checkpoint.every_seconds", "must be >= 0"),
+        (c.keep >= 1, "checkpoint.keep", "must be >= 1"),
+        (r.steps >= 0, "run.steps", "must be >= 0"),
+        (r.epochs >= 0, "run.epochs", "must be >= 0"),
+        (r.seconds >= 0, "run.seconds", "must be >= 0"),
+        (r.steps or r.epochs or r.seconds, "run", "set at least one limit: run.steps, run.epochs or run.seconds"),
+        (r.seed >= 0, "run.seed", "must be >= 0"),
+        (r.eval_every >= 0, "run.eval_every", "must be >= 0"),
+        (r.progress_seconds >= 0, "run.progress_seconds", "must be >= 0 (0: no progress line)"),
+    ]
+    return [f"{key}: {message}, got {_value_of(spec, key)}" for ok, key, message in rules if not ok]
+
+
+def _value_of(spec: JobSpec, key: str) -> str:
+    section, _, name = key.partition(".")
+    if not name:
+        return "none set"
+    return repr(getattr(getattr(spec, section), name))
+
+
+def to_toml(spec: JobSpec) -> str:
+    """The resolved spec as TOML (every key, defaults included), loadable by load_job."""
+    lines = [f"# resolved job spec (from {spec.source})"]
+    for name in SECTIONS:
+        lines.append(f"\n[{name}]")
+        for f in dataclasses.fields(getattr(spec, name)):
+            lines.append(f"{f.name} = {_toml_value(getattr(getattr(spec, name), f.name))}")
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, LayerSpec):
+        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in _layer_items(value)) + " }"
+    if isinstance(value, tuple):
+        if not value:
+            return "[]"
+        return "[\n  " + ",\n  ".join(_toml_value(v) for v in value) + ",\n]"
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def _layer_items(layer: LayerSpec):
+    """Only the keys the layer's type takes (so the output parses back)."""
+    from .model.spec import LAYER_KEYS
+
+    yield "type", layer.type
+    for key in LAYER_KEYS[layer.type]:
+        yield key, getattr(layer, key)

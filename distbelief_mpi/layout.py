@@ -1,0 +1,132 @@
+"""PURE: which MPI rank plays which role, and which slice of the parameters each shard owns.
+
+Rank order: [coordinator] + shards + replicas (replica-major, partition-minor). So with
+a coordinator, 2 shards and 2 replicas of 2 partitions: rank 0 coordinator, ranks 1-2
+shards 0-1, ranks 3-4 replica 0 partitions 0-1, ranks 5-6 replica 1 partitions 0-1.
+"""
+
+from dataclasses import dataclass
+
+from .config import JobSpec, Topology
+from .errors import LayoutError
+
+# Shard boundaries fall on multiples of 16 float32 (64 bytes, one cache line) so two
+# shards never share a cache line of the flat parameter vector.
+SHARD_ALIGN = 16
+
+# What each algorithm needs of the topology: (check, problem when the check fails).
+ALGORITHM_RULES = {
+    "sgd": [
+        (lambda t: t.replicas == 1, "optimizer.algorithm = sgd trains one replica: set topology.replicas = 1"),
+        (lambda t: t.shards == 0, "optimizer.algorithm = sgd keeps the parameters on the replica: set topology.shards = 0"),
+        (lambda t: not t.coordinator, "optimizer.algorithm = sgd has no coordinator: set topology.coordinator = false"),
+        (lambda t: t.partitions_per_replica == 1,
+         "optimizer.algorithm = sgd runs one rank: set topology.partitions_per_replica = 1"),
+    ],
+}
+
+
+@dataclass(frozen=True)
+class RankRole:
+    world_rank: int
+    role: str                  # "coordinator" | "shard" | "replica"
+    shard_id: int = -1
+    replica_id: int = -1
+    partition_id: int = -1
+
+    @property
+    def label(self) -> str:
+        """Short name for log lines, e.g. 'shard 1' or 'replica 0/partition 1'."""
+        if self.role == "shard":
+            return f"shard {self.shard_id}"
+        if self.role == "replica":
+            return f"replica {self.replica_id}/partition {self.partition_id}"
+        return self.role
+
+
+@dataclass(frozen=True)
+class Layout:
+    world_size: int
+    roles: tuple[RankRole, ...]
+    shard_ranges: tuple[tuple[int, int], ...]   # [start, stop) of the flat vector per shard
+    n_params: int
+
+    def role_of(self, world_rank: int) -> RankRole:
+        return self.roles[world_rank]
+
+    def ranks_of(self, role: str) -> list[int]:
+        return [r.world_rank for r in self.roles if r.role == role]
+
+
+def ranks_needed(topology: Topology) -> int:
+    return int(topology.coordinator) + topology.shards + topology.replicas * topology.partitions_per_replica
+
+
+def layout_problems(world_size: int, spec: JobSpec, n_params: int | None) -> list[str]:
+    """Everything that stops this spec from running on world_size ranks, all at once."""
+    topology = spec.topology
+    problems = [message for check, message in ALGORITHM_RULES[spec.optimizer.algorithm] if not check(topology)]
+    needed = ranks_needed(topology)
+    if needed != world_size:
+        problems.append(f"needs {needed} ranks ({_rank_sum(topology)}), got {world_size}")
+    if n_params is not None and topology.shards > max(1, n_params // SHARD_ALIGN):
+        problems.append(f"topology.shards = {topology.shards} is more than {n_params} parameters can be split into")
+    return problems
+
+
+def plan_layout(world_size: int, spec: JobSpec, n_params: int | None = None) -> Layout:
+    """Assign every rank its role. Raises LayoutError listing every problem."""
+    problems = layout_problems(world_size, spec, n_params)
+    if problems:
+        raise LayoutError(problems)
+    roles = assign_roles(spec.topology)
+    ranges = shard_ranges(n_params or 0, spec.topology.shards)
+    return Layout(world_size, roles, ranges, n_params or 0)
+
+
+def assign_roles(topology: Topology) -> tuple[RankRole, ...]:
+    """[coordinator] + shards + replicas (replica-major, partition-minor), in rank order."""
+    roles = []
+    if topology.coordinator:
+        roles.append(RankRole(len(roles), "coordinator"))
+    for shard_id in range(topology.shards):
+        roles.append(RankRole(len(roles), "shard", shard_id=shard_id))
+    for replica_id in range(topology.replicas):
+        for partition_id in range(topology.partitions_per_replica):
+            roles.append(RankRole(len(roles), "replica", replica_id=replica_id, partition_id=partition_id))
+    return tuple(roles)
+
+
+def shard_ranges(n_params: int, n_shards: int) -> tuple[tuple[int, int], ...]:
+    """Contiguous, near-equal, cache-line-aligned [start, stop) ranges covering 0..n_params."""
+    if n_shards == 0:
+        return ()
+    blocks = -(-n_params // SHARD_ALIGN)  # ceil: number of aligned blocks
+    bounds = [min(n_params, (blocks * i // n_shards) * SHARD_ALIGN) for i in range(n_shards + 1)]
+    bounds[-1] = n_params
+    return tuple((bounds[i], bounds[i + 1]) for i in range(n_shards))
+
+
+def _rank_sum(topology: Topology) -> str:
+    parts = []
+    if topology.coordinator:
+        parts.append("1 coordinator")
+    parts.append(f"{topology.shards} shards")
+    parts.append(f"{topology.replicas} replicas x {topology.partitions_per_replica} partitions")
+    return " + ".join(parts)
+
+
+def format_layout(layout: Layout) -> str:
+    """The table `distbelief plan` prints: rank, role, ids, parameter range."""
+    rows = [("rank", "role", "id", "parameters")]
+    for role in layout.roles:
+        if role.role == "shard":
+            start, stop = layout.shard_ranges[role.shard_id]
+            rows.append((str(role.world_rank), "shard", str(role.shard_id), f"[{start}, {stop}) = {stop - start}"))
+        elif role.role == "replica":
+            ids = f"{role.replica_id}/{role.partition_id}"
+            rows.append((str(role.world_rank), "replica", ids, "all (held locally)" if not layout.shard_ranges else "-"))
+        else:
+            rows.append((str(role.world_rank), role.role, "-", "-"))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)

@@ -1,0 +1,1 @@
+"""Thin loops, one per role; they wire comm to optim, model and data."""

@@ -1,0 +1,63 @@
+"""The run directory every training run writes.
+
+    RUN_DIR/job.toml          the resolved job spec (every key, defaults included)
+    RUN_DIR/metrics.jsonl     one JSON object per line: training windows and evaluations
+    RUN_DIR/summary.json      the figures a user asks first (written at the end)
+    RUN_DIR/params.h5         the final parameters (flat float32 vector)
+    RUN_DIR/checkpoints/      committed checkpoints (see checkpoint/store.py)
+    RUN_DIR/logs/rank-N.log   one log per rank
+"""
+
+import json
+import os
+import time
+from pathlib import Path
+
+from .config import JobSpec, to_toml
+from .errors import UserInputError
+
+
+def default_run_dir(job_path: str) -> Path:
+    """runs/<job file stem>-<local time>, e.g. runs/digits_mlp-20261124-081500."""
+    return Path("runs") / f"{Path(job_path).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def prepare_run_dir(path: Path, spec: JobSpec) -> Path:
+    """Create the run directory and write the resolved spec. Refuses a directory that
+    already holds a run, so nothing of an earlier run is overwritten."""
+    path = Path(path)
+    if (path / "job.toml").exists():
+        raise UserInputError(f"{path}: already holds a run (job.toml exists); choose a new --run-dir")
+    (path / "logs").mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path / "job.toml", to_toml(spec))
+    return path
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write to a temporary name in the same directory, fsync, rename: readers see the
+    old file or the new one, never half of one."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def write_summary(path: Path, summary: dict) -> None:
+    write_text_atomic(Path(path) / "summary.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
+
+
+class MetricsLog:
+    """Appends one JSON object per line to RUN_DIR/metrics.jsonl, flushed at once so a
+    crashed or killed run keeps everything logged before the crash."""
+
+    def __init__(self, run_dir: Path):
+        self.handle = open(Path(run_dir) / "metrics.jsonl", "a", encoding="utf-8")
+
+    def write(self, record: dict) -> None:
+        self.handle.write(json.dumps(record, sort_keys=True) + "\n")
+        self.handle.flush()
+
+    def close(self) -> None:
+        self.handle.close()

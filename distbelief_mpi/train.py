@@ -1,0 +1,112 @@
+"""`distbelief train`: set up every rank, agree that all are fine, run the rank's role.
+
+Set-up problems (bad spec, dataset, world size, run directory) are found on every rank
+before any work starts; the ranks agree collectively, so all stop together with exit
+code 2 instead of some waiting on others. After that, an unexpected exception on any
+rank aborts the whole job, naming the rank and role.
+"""
+
+import json
+import logging
+import sys
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+from .checkpoint.params_file import save_params
+from .comm.world import abort_job, agree_on_errors, init_world
+from .config import JobSpec, load_job
+from .data.hdf5 import DatasetInfo, read_info
+from .errors import UserInputError
+from .layout import Layout, RankRole, plan_layout
+from .logs import setup_logging
+from .model.network import Network, build_network
+from .rundir import default_run_dir, prepare_run_dir, write_summary
+from .threads import threads_for_rank
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Job:
+    spec: JobSpec
+    info: DatasetInfo
+    network: Network
+    layout: Layout
+    role: RankRole
+    run_dir: Path
+
+
+def load_and_plan(job_path: str, overrides: list[str], world_size: int, world_rank: int):
+    """Everything that can be checked before work starts. Pure of MPI."""
+    spec = load_job(job_path, overrides)
+    info = read_info(spec.data.path)
+    network = build_network(spec.model.layers, info.input_shape, info.n_classes)
+    layout = plan_layout(world_size, spec, network.n_params)
+    return spec, info, network, layout, layout.role_of(world_rank)
+
+
+def run_train(job_path: str, overrides: list[str], run_dir_arg: str | None, verbose: bool) -> int:
+    world_comm, world_rank, world_size = init_world()
+    job, error = None, None
+    # One name for all ranks, chosen by rank 0 (a default name holds rank 0's clock).
+    run_dir = Path(world_comm.bcast(str(run_dir_arg or default_run_dir(job_path)), root=0))
+    try:
+        spec, info, network, layout, role = load_and_plan(job_path, overrides, world_size, world_rank)
+        if world_rank == 0:
+            prepare_run_dir(run_dir, spec)
+        job = Job(spec, info, network, layout, role, run_dir)
+    except UserInputError as exc:
+        error = exc
+    failed = agree_on_errors(world_comm, error)
+    if failed:
+        _report_setup_errors(failed, world_rank)
+        return 2
+    world_comm.Barrier()   # rank 0 has created the run directory
+    return _run_role(job, world_comm, world_rank, world_size, verbose)
+
+
+def _report_setup_errors(failed, world_rank: int) -> None:
+    """Rank 0 prints each distinct message once (with the ranks it came from)."""
+    if world_rank != 0:
+        return
+    by_message: dict[str, list[int]] = {}
+    for rank, err in failed:
+        by_message.setdefault(str(err), []).append(rank)
+    for message, ranks in by_message.items():
+        where = "" if len(failed) == 1 and ranks == [0] else f" (ranks {', '.join(map(str, ranks))})"
+        print(f"error{where}: {message}", file=sys.stderr)
+
+
+def _run_role(job: Job, world_comm, world_rank: int, world_size: int, verbose: bool) -> int:
+    setup_logging(world_rank, job.role.label, job.run_dir / "logs", verbose)
+    from .kernels.threads import set_compute_threads   # after set-up: numba loads only when training
+
+    set_compute_threads(threads_for_rank(job.spec.topology.threads_per_rank))
+    try:
+        _dispatch(job, world_rank, world_size)
+    except Exception as exc:   # noqa: BLE001 - any failure must end the whole job, loudly
+        code = exc.exit_code if isinstance(exc, UserInputError) else 1
+        detail = str(exc) if code == 2 else traceback.format_exc()
+        print(f"error on rank {world_rank} ({job.role.label}): {detail}", file=sys.stderr)
+        if world_size > 1:
+            abort_job(world_comm, code)
+        return code
+    return 0
+
+
+def _dispatch(job: Job, world_rank: int, world_size: int) -> None:
+    if job.spec.optimizer.algorithm == "sgd":
+        from .roles.sgd_replica import train_sgd
+
+        summary, params = train_sgd(job.spec, job.info, job.network, job.run_dir, world_size)
+        save_params(job.run_dir / "params.h5", params, {"step": summary["steps"]})
+        write_summary(job.run_dir, summary)
+        print(f"{job.run_dir}: test accuracy {summary['test_accuracy']:.4f} after {summary['steps']} steps "
+              f"({summary['examples_per_s']:,.0f} examples/s, {summary['wall_s']:.1f} s)")
+        return
+    raise AssertionError(f"no role loop for algorithm {job.spec.optimizer.algorithm!r}")
+
+
+def summary_of(run_dir: Path) -> dict:
+    return json.loads((Path(run_dir) / "summary.json").read_text(encoding="utf-8"))

@@ -1,0 +1,68 @@
+"""Launch `mpiexec -n N` under `timeout -k`, collect every rank's result, fail if any failed.
+
+Each rank runs tests/mpi/rank_main.py, which runs one target (a `distbelief` command
+line or a test program in tests/mpi/programs) and writes RESULT_DIR/rank-R.json with its
+exit code and any data. Rank 0's output alone can hide a failure on rank 1; this cannot.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def mpiexec_path() -> str:
+    beside_python = Path(sys.executable).parent / "mpiexec"
+    found = str(beside_python) if beside_python.exists() else shutil.which("mpiexec")
+    if not found:
+        raise RuntimeError("mpiexec not found: install the project (pip install -e .) or a system MPI")
+    return found
+
+
+def oversubscribe_flags(mpiexec: str) -> list[str]:
+    """Ranks outnumber cores here; Open MPI refuses that unless told, MPICH allows it."""
+    version = subprocess.run([mpiexec, "--version"], capture_output=True, text=True).stdout
+    return ["--oversubscribe"] if "Open MPI" in version or "OpenRTE" in version else []
+
+
+@dataclass
+class MpiRun:
+    returncode: int
+    stdout: str
+    stderr: str
+    ranks: dict[int, dict]          # world rank -> its result record
+
+    def explain(self) -> str:
+        return f"mpiexec exit {self.returncode}\nranks: {self.ranks}\nstdout:\n{self.stdout}\nstderr:\n{self.stderr}"
+
+
+def run_mpi(n: int, target: list[str], tmp_path: Path, timeout: float = 120, env: dict | None = None,
+            cwd: Path = REPO) -> MpiRun:
+    """Run `target` on n ranks; target is ['distbelief', ...args] or ['program', NAME, ...args]."""
+    result_dir = Path(tmp_path) / f"mpi-results-{os.getpid()}-{n}-{abs(hash(tuple(target)))}"
+    result_dir.mkdir(parents=True, exist_ok=True)
+    mpiexec = mpiexec_path()
+    command = ["timeout", "-k", "10", str(int(timeout)), mpiexec, *oversubscribe_flags(mpiexec), "-n", str(n),
+               sys.executable, "-m", "tests.mpi.rank_main", str(result_dir), *target]
+    full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    done = subprocess.run(command, capture_output=True, text=True, cwd=cwd,
+                          env=full_env, timeout=timeout + 30)
+    ranks = {}
+    for path in result_dir.glob("rank-*.json"):
+        record = json.loads(path.read_text())
+        ranks[record["rank"]] = record
+    return MpiRun(done.returncode, done.stdout, done.stderr, ranks)
+
+
+def assert_all_ranks(run: MpiRun, n: int, exit_code: int = 0) -> None:
+    """Every one of the n ranks reported, each with the expected exit code."""
+    assert run.returncode != 124, f"timed out\n{run.explain()}"
+    missing = sorted(set(range(n)) - set(run.ranks))
+    assert not missing, f"ranks {missing} reported nothing\n{run.explain()}"
+    wrong = {r: rec["exit_code"] for r, rec in run.ranks.items() if rec["exit_code"] != exit_code}
+    assert not wrong, f"ranks exited {wrong}, expected {exit_code}\n{run.explain()}"

@@ -1,0 +1,78 @@
+import io
+import json
+
+import numpy as np
+import pytest
+
+from distbelief_mpi.checkpoint.params_file import load_params, save_params
+from distbelief_mpi.checkpoint.store import commit_checkpoint, complete_checkpoints, read_manifest
+from distbelief_mpi.config import Run
+from distbelief_mpi.errors import CheckpointError
+from distbelief_mpi.limits import RunClock, fraction_done, limit_reached
+from distbelief_mpi.progress import Progress, format_seconds
+from distbelief_mpi.threads import threads_for_rank
+
+
+def test_first_limit_reached_wins():
+    limits = Run(steps=100, epochs=2.0, seconds=60.0)
+    assert limit_reached(limits, RunClock(99, 1.9, 59)) is None
+    assert limit_reached(limits, RunClock(100, 0, 0)) == "steps"
+    assert limit_reached(limits, RunClock(5, 2.0, 0)) == "epochs"
+    assert limit_reached(limits, RunClock(5, 0, 61)) == "seconds"
+    assert fraction_done(limits, RunClock(50, 1.5, 6)) == 0.75
+    assert fraction_done(Run(steps=10), RunClock(20, 0, 0)) == 1.0
+
+
+def test_progress_prints_rate_limited_lines_with_eta():
+    stream = io.StringIO()
+    progress = Progress(interval=0.0, stream=stream)
+    progress.maybe_print("step 1", 0.5)
+    assert stream.getvalue() == ""          # interval 0 means never
+    progress = Progress(interval=1e-9, stream=stream)
+    progress.maybe_print("step 2", 0.5)
+    assert "step 2 |  50.0% elapsed" in stream.getvalue() and "eta" in stream.getvalue()
+    assert format_seconds(3725) == "1:02:05" and format_seconds(65) == "1:05"
+
+
+def test_threads_from_spec_then_slurm_then_one():
+    assert threads_for_rank(3, {"SLURM_CPUS_PER_TASK": "8"}) == 3
+    assert threads_for_rank(0, {"SLURM_CPUS_PER_TASK": "8"}) == 8
+    assert threads_for_rank(0, {"SLURM_CPUS_PER_TASK": "junk"}) == 1
+    assert threads_for_rank(0, {}) == 1
+
+
+def test_params_round_trip_and_damage_is_named(tmp_path):
+    params = np.arange(1000, dtype=np.float32)
+    save_params(tmp_path / "p.h5", params, {"step": 3})
+    loaded, attrs = load_params(tmp_path / "p.h5")
+    assert np.array_equal(loaded, params) and attrs["step"] == 3
+    assert list(tmp_path.iterdir()) == [tmp_path / "p.h5"]          # no temporary left behind
+    raw = (tmp_path / "p.h5").read_bytes()
+    (tmp_path / "cut.h5").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(CheckpointError, match="cut.h5"):
+        load_params(tmp_path / "cut.h5")
+    with pytest.raises(CheckpointError, match="not found"):
+        load_params(tmp_path / "none.h5")
+
+
+def test_checkpoints_commit_with_manifest_and_prune(tmp_path):
+    root = tmp_path / "checkpoints"
+    for step in (10, 20, 30):
+        commit_checkpoint(root, step, np.full(50, step, np.float32), {"examples_seen": step * 4}, keep=2)
+    kept = complete_checkpoints(root)
+    assert [d.name for d in kept] == ["step-000000030", "step-000000020"]
+    manifest = read_manifest(kept[0])
+    assert manifest["step"] == 30 and manifest["examples_seen"] == 120
+    assert set(manifest["files"]) == {"params.h5"}
+
+
+def test_partial_or_damaged_checkpoint_is_skipped(tmp_path):
+    root = tmp_path / "checkpoints"
+    commit_checkpoint(root, 1, np.ones(50, np.float32), {}, keep=5)
+    newest = commit_checkpoint(root, 2, np.ones(50, np.float32), {}, keep=5)
+    (root / "step-000000003").mkdir()                      # crashed before its manifest
+    blob = bytearray((newest / "params.h5").read_bytes())
+    blob[-1] ^= 0xFF
+    (newest / "params.h5").write_bytes(bytes(blob))        # damaged after commit
+    assert [d.name for d in complete_checkpoints(root)] == ["step-000000001"]
+    json.loads((root / "step-000000001" / "manifest.json").read_text())
