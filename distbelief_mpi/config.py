@@ -33,11 +33,13 @@ class Topology:
 class Model:
     """Hidden layers; a dense softmax output over the dataset's classes is appended."""
 
-    layers: tuple[LayerSpec, ...] = ()
+    layers: tuple[LayerSpec, ...] = ()  # hidden layers, input first (types below); [] is softmax regression
 
 
 @dataclass(frozen=True)
 class Optimizer:
+    """How parameters are updated."""
+
     algorithm: str = "sgd"           # sgd: one replica, minibatch SGD, parameters held locally
     learning_rate: float = 0.05      # step size alpha applied to each minibatch gradient
     batch_size: int = 64             # examples per minibatch (per replica)
@@ -45,12 +47,16 @@ class Optimizer:
 
 @dataclass(frozen=True)
 class Data:
+    """The dataset; each replica reads its own part of the training split."""
+
     path: str = ""                   # HDF5 dataset (schema in docs/datasets.md), relative to the working directory
     eval_examples: int = 0           # test examples used by periodic evaluations; 0: all (the final one always uses all)
 
 
 @dataclass(frozen=True)
 class Checkpoint:
+    """Committed checkpoints under RUN_DIR/checkpoints (a manifest written last marks one complete)."""
+
     every_steps: int = 0             # commit a checkpoint every N steps (0: off)
     every_seconds: float = 0.0       # ... or every S seconds of training (0: off)
     keep: int = 2                    # complete checkpoints kept; older ones are deleted
@@ -58,6 +64,8 @@ class Checkpoint:
 
 @dataclass(frozen=True)
 class Run:
+    """Run limits (the first one reached stops the run; at least one must be set), seed, evaluation."""
+
     steps: int = 0                   # stop after this many minibatch steps (0: no limit)
     epochs: float = 0.0              # ... or after this many passes over the training set (0: no limit)
     seconds: float = 0.0             # ... or after this much wall time (0: no limit)

@@ -22,9 +22,11 @@ def abort_job(world_comm, code: int) -> None:
     world_comm.Abort(code)
 
 
-def agree_on_errors(world_comm, error: Exception | None) -> list[tuple[int, Exception]]:
+def agree_on_errors(world_comm, error: Exception | None) -> list[tuple[int, str]]:
     """Collective: every rank learns which ranks failed their set-up, so that all stop
     together instead of some waiting forever on the ones that left. Returns
-    [(world_rank, error)] for the failed ranks (empty when all are fine)."""
-    errors = world_comm.allgather(error)
-    return [(rank, err) for rank, err in enumerate(errors) if err is not None]
+    [(world_rank, message)] for the failed ranks (empty when all are fine)."""
+    # Messages, not exception objects: our exceptions take structured arguments that do
+    # not survive pickling.
+    messages = world_comm.allgather(None if error is None else str(error))
+    return [(rank, message) for rank, message in enumerate(messages) if message is not None]

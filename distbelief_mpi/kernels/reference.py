@@ -63,14 +63,14 @@ def local_forward(x, w, bias, stride, patch, kind):
     cols = local_patches(x, patch, stride)
     b, oh, ow, k = cols.shape
     z = np.einsum("bpk,pkf->bpf", cols.reshape(b, oh * ow, k), w) + bias
-    return activate(z, kind).reshape(b, oh, ow, -1).transpose(0, 3, 1, 2)
+    return activate(z, kind).reshape(b, oh, ow, w.shape[2]).transpose(0, 3, 1, 2)
 
 
 def local_backward(x, w, y, dy, stride, patch, kind):
     """Return (grad_w, grad_bias, dx)."""
     cols = local_patches(x, patch, stride)
     b, oh, ow, k = cols.shape
-    dz = (dy * slope_from_output(y, kind)).transpose(0, 2, 3, 1).reshape(b, oh * ow, -1)
+    dz = (dy * slope_from_output(y, kind)).transpose(0, 2, 3, 1).reshape(b, oh * ow, w.shape[2])
     grad_w = np.einsum("bpk,bpf->pkf", cols.reshape(b, oh * ow, k), dz)
     d_cols = np.einsum("bpf,pkf->bpk", dz, w).reshape(b, oh, ow, x.shape[1], patch, patch)
     dx = np.zeros_like(x)

@@ -20,7 +20,7 @@ LAYER_KEYS: dict[str, dict[str, tuple[type, object]]] = {
 }
 
 LAYER_HELP = {
-    "dense": "fully connected: units, activation (relu|sigmoid|tanh|none)",
+    "dense": "fully connected: units, activation (relu, sigmoid, tanh or none)",
     "local": "locally connected 2-D, no weight sharing: filters, patch, stride, activation",
     "maxpool": "max pooling per channel: size, stride (0 = size)",
     "l2pool": "L2 pooling per channel, sqrt(sum x^2): size, stride (0 = size)",

@@ -42,7 +42,7 @@ def test_table_shows_shard_ranges():
     layout = Layout(3, assign_roles(spec_with(shards=2).topology), shard_ranges(10_000, 2), 10_000)
     assert layout.ranks_of("shard") == [0, 1]
     table = format_layout(layout)
-    assert "[0, 5008) = 5008" in table and "[5008, 10000) = 4992" in table
+    assert "[0, 4992) = 4992" in table and "[4992, 10000) = 5008" in table
 
 
 @given(st.integers(0, 10**7), st.integers(1, 64))

@@ -1,0 +1,173 @@
+"""`python -m data_tools COMMAND ...`: build, inspect and validate dataset files.
+
+Exit codes: 0 success; 2 bad input (message `error: FILE: what is wrong`, no traceback);
+1 anything else (a bug: the traceback is shown). Outputs are written to a temporary file
+and renamed, so a failed or interrupted command never leaves a partial output file.
+"""
+
+import argparse
+import sys
+import time
+
+from data_tools import __version__
+from data_tools.common import log, report_written
+from distbelief_mpi.data.hdf5 import read_info
+from distbelief_mpi.errors import UserInputError
+
+DESCRIPTION = """\
+Build and check dataset files for distbelief-mpi (HDF5, schema 1; see docs/datasets.md).
+
+commands:
+  digits         scikit-learn's 8x8 digits (1,797 images), seeded stratified split
+  fashion-mnist  Fashion-MNIST from the gzipped IDX files (SHA-256 checked)
+  speech-frames  synthetic 440-input / 8192-class frames like the paper's speech model
+  from-npz       convert your own .npz with x_train, y_train, x_test, y_test
+  inspect        print a file's attributes, datasets, filters and class counts
+  validate       read a whole file, verify checksums, labels and values
+
+Run `python -m data_tools COMMAND --help` for a command's options."""
+
+
+def fraction(text: str) -> float:
+    """A float in (0, 1); also accepts 'a/b'."""
+    value = positive_float(text)
+    if not value < 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        num, _, den = text.partition("/")
+        value = float(num) / float(den) if den else float(num)
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def count(text: str) -> int:
+    try:
+        value = int(float(text)) if "e" in text.lower() else int(text)  # allow 1e6
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m data_tools", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"data_tools {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("digits", help="scikit-learn 8x8 digits",
+                       description="Write scikit-learn's bundled digits (8x8, values 0..16) "
+                                   "as uint8, x_scale 1/16, input_shape (1, 8, 8), with a "
+                                   "seeded stratified train/test split.")
+    p.add_argument("out", metavar="OUT.h5")
+    p.add_argument("--test-fraction", type=fraction, default=0.2,
+                   help="share of each class put in the test split (default 0.2)")
+    p.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
+
+    p = sub.add_parser("fashion-mnist", help="Fashion-MNIST from IDX files",
+                       description="Write Fashion-MNIST (60,000 train + 10,000 test, 28x28) "
+                                   "as uint8, x_scale 1/255, input_shape (1, 28, 28). The "
+                                   "IDX headers and the SHA-256 of every decompressed file "
+                                   "are checked against the upstream files.")
+    p.add_argument("out", metavar="OUT.h5")
+    p.add_argument("--source", metavar="DIR", default=None,
+                   help="directory with the four *-ubyte.gz files "
+                        "(default /usr/share/datasets/fashion-mnist, from the Debian "
+                        "package dataset-fashion-mnist)")
+
+    p = sub.add_parser("speech-frames", help="synthetic speech-like frames",
+                       description="Write N synthetic float32 examples of 440 inputs "
+                                   "(11 frames x 40 log-energies) with 8192 classes, "
+                                   "labelled by a seeded random teacher network so they are "
+                                   "learnable. Generated in blocks: N=1e6 needs ~100 MB RAM "
+                                   "(and ~1.8 GB of disk).")
+    p.add_argument("out", metavar="OUT.h5")
+    p.add_argument("--n", type=count, required=True, help="training examples (e.g. 1e6)")
+    p.add_argument("--n-test", type=count, default=None,
+                   help="test examples (default N/10, at least 1)")
+    p.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
+
+    p = sub.add_parser("from-npz", help="convert your own .npz",
+                       description="Convert IN.npz holding x_train, y_train, x_test, y_test. "
+                                   "x (n, D) -> input_shape (D,); (n, H, W) -> (1, H, W); "
+                                   "(n, C, H, W) must be channels-first (NCHW). x is stored "
+                                   "as uint8 if it is integers in 0..255, else float32. "
+                                   "Labels must be non-negative integers.")
+    p.add_argument("npz", metavar="IN.npz")
+    p.add_argument("out", metavar="OUT.h5")
+    p.add_argument("--name", default=None, help="dataset name (default: the npz file stem)")
+    p.add_argument("--n-classes", type=count, default=None,
+                   help="number of classes (default: largest label + 1)")
+    p.add_argument("--x-scale", type=positive_float, default=1.0,
+                   help="model input = stored x * S; e.g. 1/255 for 0..255 pixels "
+                        "(default 1.0)")
+
+    p = sub.add_parser("inspect", help="describe a dataset file",
+                       description="Print attributes, each dataset's shape, dtype, chunks "
+                                   "and filters, and class counts per split.")
+    p.add_argument("file", metavar="FILE.h5")
+
+    p = sub.add_parser("validate", help="fully check a dataset file",
+                       description="Read every dataset completely (verifying fletcher32 "
+                                   "checksums), check labels are in range and x is finite. "
+                                   "Prints 'FILE: ok (...)' or exits 2 with the problem.")
+    p.add_argument("file", metavar="FILE.h5")
+    return parser
+
+
+def run_command(args) -> None:
+    started = time.perf_counter()
+    if args.command == "inspect":
+        from data_tools.report import inspect_lines
+        print("\n".join(inspect_lines(args.file)))
+        return
+    if args.command == "validate":
+        from data_tools.report import validate_line
+        print(validate_line(args.file))
+        return
+    build(args)
+    report_written(read_info(args.out), time.perf_counter() - started)
+
+
+def build(args) -> None:
+    if args.command == "digits":
+        from data_tools.digits import build_digits
+        log("loading scikit-learn digits")
+        build_digits(args.out, test_fraction=args.test_fraction, seed=args.seed)
+    elif args.command == "fashion-mnist":
+        from data_tools.fashion_mnist import DEFAULT_SOURCE_DIR, build_fashion_mnist
+        build_fashion_mnist(args.out, source_dir=args.source or DEFAULT_SOURCE_DIR, log=log)
+    elif args.command == "speech-frames":
+        from data_tools.speech_frames import build_speech_frames
+        n_test = args.n_test or max(1, args.n // 10)
+        log(f"generating {args.n} train + {n_test} test synthetic frames")
+        build_speech_frames(args.out, args.n, n_test, seed=args.seed, log=log)
+    elif args.command == "from-npz":
+        from data_tools.from_npz import build_from_npz
+        build_from_npz(args.npz, args.out, name=args.name, n_classes=args.n_classes,
+                       x_scale=args.x_scale, log=log)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit code instead of exiting (tests call it in-process)."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help, --version or a usage error (argparse prints it)
+        return int(e.code or 0)
+    try:
+        run_command(args)
+    except UserInputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted (no output file was left behind)", file=sys.stderr)
+        return 130
+    return 0

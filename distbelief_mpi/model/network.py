@@ -1,0 +1,171 @@
+"""A feed-forward network over one flat parameter vector: build, init, loss + gradient, eval.
+
+    net = build_network(specs, input_shape=(1, 28, 28), n_classes=10)
+    params = net.init_params(seed=0); grad = np.empty_like(params)
+    loss, n_correct = net.loss_and_grad(params, x, y, grad)   # grad = d(mean loss)/d params
+
+Not thread-safe: layers reuse their work buffers between calls.
+"""
+
+from typing import Sequence
+
+import numpy as np
+
+from ..errors import ConfigError
+from ..kernels import softmax_xent
+from ..kernels.local import local_out_size
+from .image_layers import LCN, L2Pool2D, LocallyConnected2D, MaxPool2D
+from .layers import Dense, Layer, SoftmaxOutput
+from .spec import LayerSpec
+
+IMAGE_LAYERS = ("local", "maxpool", "l2pool", "lcn")
+
+
+def _geometry_problem(spec: LayerSpec, shape: tuple, where: str) -> str | None:
+    """Why `spec` cannot take an input of `shape`, or None if it can."""
+    if spec.type not in IMAGE_LAYERS:
+        return None
+    if len(shape) != 3:
+        dims = "x".join(map(str, shape))
+        return (f"{where}: a {spec.type!r} layer needs an image input (C, H, W), got a vector "
+                f"of {dims}; put image layers before any dense layer")
+    h, w = shape[1], shape[2]
+    window = spec.patch if spec.type == "local" else spec.size
+    if spec.type != "lcn" and (window > h or window > w):
+        what = "patch" if spec.type == "local" else "pool size"
+        return f"{where}: {what} {window} does not fit a {h}x{w} input"
+    return None
+
+
+def _make_layer(spec: LayerSpec, shape: tuple, dtype) -> Layer:
+    if spec.type == "dense":
+        return Dense(shape, spec.units, spec.activation, dtype)
+    if spec.type == "local":
+        return LocallyConnected2D(shape, spec.filters, spec.patch, spec.stride, spec.activation, dtype)
+    if spec.type == "maxpool":
+        return MaxPool2D(shape, spec.size, spec.pool_stride, dtype)
+    if spec.type == "l2pool":
+        return L2Pool2D(shape, spec.size, spec.pool_stride, dtype)
+    return LCN(shape, spec.size, dtype)
+
+
+def build_network(layers: Sequence[LayerSpec], input_shape: tuple[int, ...], n_classes: int,
+                  dtype=np.float32) -> "Network":
+    """Build the hidden layers then a dense softmax output over n_classes.
+
+    Raises ConfigError(source="model") listing every problem found. After a layer that does
+    not fit, later layers' geometry cannot be known and is not checked.
+    """
+    input_shape = tuple(int(s) for s in input_shape)
+    problems = []
+    if len(input_shape) not in (1, 3) or min(input_shape, default=0) < 1:
+        problems.append(f"model: input shape {input_shape} must be (D,) or (C, H, W) with sizes >= 1")
+    if n_classes < 2:
+        problems.append(f"model: n_classes must be >= 2, got {n_classes}")
+    if problems:
+        raise ConfigError(source="model", problems=problems)
+    built, shape = [], input_shape
+    for i, spec in enumerate(layers):
+        where = f"model.layers[{i}]"
+        if spec.type not in ("dense",) + IMAGE_LAYERS:
+            problems.append(f"{where}: unknown layer type {spec.type!r}")
+            shape = None
+        if shape is None:
+            continue
+        problem = _geometry_problem(spec, shape, where)
+        if problem:
+            problems.append(problem)
+            if len(shape) == 3:  # geometry misfit: the output shape is unknowable from here
+                shape = None
+            continue
+        built.append(_make_layer(spec, shape, dtype))
+        shape = built[-1].out_shape
+    if problems:
+        raise ConfigError(source="model", problems=problems)
+    built.append(SoftmaxOutput(shape, n_classes, dtype))
+    return Network(built, input_shape, n_classes, dtype)
+
+
+class Network:
+    """Hidden layers then the output layer, over one flat parameter vector of `dtype`."""
+
+    def __init__(self, layers: list, input_shape: tuple, n_classes: int, dtype):
+        self.layers, self.input_shape, self.n_classes = layers, tuple(input_shape), n_classes
+        self.dtype = np.dtype(dtype)
+        self.param_slices, start = [], 0
+        for layer in layers:
+            self.param_slices.append(slice(start, start + layer.n_params))
+            start += layer.n_params
+        self.n_params = start
+        self._dlogits: dict = {}
+
+    def init_params(self, seed: int) -> np.ndarray:
+        """(n_params,) weights, deterministic in seed; each layer draws from its own stream."""
+        params = np.zeros(self.n_params, dtype=self.dtype)
+        for index, (layer, block) in enumerate(zip(self.layers, self.param_slices)):
+            layer.init(params[block], np.random.default_rng([seed, index]))
+        return params
+
+    def _check(self, params, x, y=None):
+        if params.shape != (self.n_params,) or params.dtype != self.dtype:
+            raise ValueError(f"params must be ({self.n_params},) {self.dtype}, "
+                             f"got {params.shape} {params.dtype}")
+        x = np.ascontiguousarray(x, dtype=self.dtype)  # no copy when it already is
+        if x.shape[1:] != self.input_shape:
+            raise ValueError(f"x must be (B, {', '.join(map(str, self.input_shape))}), got {x.shape}")
+        if y is not None:
+            y = np.asarray(y)
+            if y.shape != (x.shape[0],) or y.dtype.kind not in "iu":
+                raise ValueError(f"y must be ({x.shape[0]},) integer labels, got {y.shape} {y.dtype}")
+        return x, y
+
+    def _forward(self, params, x):
+        caches = []
+        for layer, block in zip(self.layers, self.param_slices):
+            x, cache = layer.forward(params[block], x)
+            caches.append(cache)
+        return x, caches
+
+    def _dlogits_buffer(self, batch: int) -> np.ndarray:
+        buf = self._dlogits.get(batch)
+        if buf is None:
+            if len(self._dlogits) > 8:
+                self._dlogits.clear()
+            buf = self._dlogits[batch] = np.empty((batch, self.n_classes), dtype=self.dtype)
+        return buf
+
+    def loss_and_grad(self, params, x, y, grad) -> tuple[float, int]:
+        """grad (n_params,) <- d(mean loss)/d params; return (mean loss, n correct).
+        An empty batch gives loss 0.0, 0 correct and a zero gradient."""
+        x, y = self._check(params, x, y)
+        if grad.shape != params.shape or grad.dtype != self.dtype:
+            raise ValueError("grad must have the shape and dtype of params")
+        batch = x.shape[0]
+        logits, caches = self._forward(params, x)
+        dy = self._dlogits_buffer(batch)
+        loss_sum, n_correct = softmax_xent(logits, y, dy, 1.0 / batch if batch else 0.0)
+        for i in range(len(self.layers) - 1, -1, -1):
+            block = self.param_slices[i]
+            dy = self.layers[i].backward(params[block], caches[i], dy, grad[block], need_dx=i > 0)
+        return (loss_sum / batch if batch else 0.0), int(n_correct)
+
+    def predict_logits(self, params, x) -> np.ndarray:
+        """(B, n_classes) logits, a fresh array."""
+        x, _ = self._check(params, x)
+        return self._forward(params, x)[0].copy()
+
+    def evaluate(self, params, x, y, batch_size: int = 1000) -> tuple[float, float]:
+        """(mean loss, accuracy in [0, 1]) over all of x, in batches; (nan, nan) when x is empty."""
+        total, correct, n = 0.0, 0, len(x)
+        for start in range(0, n, batch_size):
+            xb, yb = self._check(params, x[start:start + batch_size], y[start:start + batch_size])
+            logits, _ = self._forward(params, xb)
+            loss_sum, n_correct = softmax_xent(logits, yb, self._dlogits_buffer(len(xb)), 0.0)
+            total, correct = total + loss_sum, correct + n_correct
+        if n == 0:
+            return float("nan"), float("nan")
+        return total / n, correct / n
+
+    def describe(self) -> list[str]:
+        """One line per layer: type, details, output shape, parameter count."""
+        return [layer.describe() for layer in self.layers]

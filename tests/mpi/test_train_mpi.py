@@ -1,0 +1,115 @@
+"""`distbelief train` under real mpiexec: every rank's exit code is collected."""
+
+import json
+import re
+
+import h5py
+import pytest
+
+from tests.mpi.runner import REPO, assert_all_ranks, run_mpi
+
+DIGITS_JOB = str(REPO / "jobs" / "digits_mlp.toml")
+
+
+def train(n, tmp_path, digits_h5, *extra, run_dir="run", timeout=300):
+    target = ["distbelief", "train", DIGITS_JOB, "--set", f"data.path={digits_h5}",
+              "--run-dir", str(tmp_path / run_dir), *extra]
+    return run_mpi(n, target, tmp_path, timeout=timeout)
+
+
+def test_digits_mlp_single_replica_reaches_95_percent(tmp_path, digits_h5):
+    """The shipped job, as a user runs it, under mpiexec -n 1 (the issue's accuracy figure)."""
+    run = train(1, tmp_path, digits_h5)
+    assert_all_ranks(run, 1, exit_code=0)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    for key in ("algorithm", "world_size", "n_replicas", "n_shards", "partitions_per_replica", "steps",
+                "examples_seen", "wall_s", "examples_per_s", "final_train_loss", "test_accuracy"):
+        assert key in summary, key
+    assert summary["world_size"] == 1 and summary["algorithm"] == "sgd"
+    assert summary["test_accuracy"] >= 0.95, summary
+    assert re.search(r"test accuracy 0\.9\d+ after \d+ steps", run.stdout), run.stdout
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert {line["kind"] for line in lines} == {"train", "eval"}
+    assert lines[-1]["kind"] == "eval" and lines[-1]["test_accuracy"] == summary["test_accuracy"]
+    assert (tmp_path / "run" / "logs" / "rank-0.log").exists()
+
+
+def test_eval_reprints_the_runs_accuracy(tmp_path, digits_h5):
+    run = train(1, tmp_path, digits_h5, "--set", "run.epochs=3")
+    assert_all_ranks(run, 1)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    evaluated = run_mpi(1, ["distbelief", "eval", str(tmp_path / "run"), "--data", str(digits_h5)], tmp_path)
+    assert_all_ranks(evaluated, 1)
+    assert f"test accuracy {summary['test_accuracy']:.4f}" in evaluated.stdout
+
+
+def test_checkpoints_are_committed_during_training(tmp_path, digits_h5):
+    run = train(1, tmp_path, digits_h5, "--set", "run.steps=120", "--set", "checkpoint.every_steps=50")
+    assert_all_ranks(run, 1)
+    names = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert names == ["step-000000050", "step-000000100"]
+    manifest = json.loads((tmp_path / "run" / "checkpoints" / names[-1] / "manifest.json").read_text())
+    assert manifest["step"] == 100 and manifest["examples_seen"] == 100 * 32
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_world_size_that_does_not_fit_stops_every_rank_with_exit_2(tmp_path, digits_h5, n):
+    run = train(n, tmp_path, digits_h5)
+    assert_all_ranks(run, n, exit_code=2)
+    assert f"needs 1 ranks" in run.stderr and f"got {n}" in run.stderr
+    assert run.stderr.count("error") == 1, "the message is printed once, by rank 0"
+    assert not (tmp_path / "run" / "job.toml").exists()
+    assert "Traceback" not in run.stderr
+
+
+def test_bad_spec_key_is_named_on_every_rank(tmp_path, digits_h5):
+    run = train(2, tmp_path, digits_h5, "--set", "optimizer.learning_rat=0.1", "--set", "run.steps=-3")
+    assert_all_ranks(run, 2, exit_code=2)
+    assert "digits_mlp.toml" in run.stderr and "optimizer.learning_rat" in run.stderr and "run.steps" in run.stderr
+
+
+def test_damaged_dataset_is_named_and_nothing_runs(tmp_path, digits_h5):
+    bad = tmp_path / "bad.h5"
+    with h5py.File(bad, "w") as handle:
+        handle.attrs["schema_version"] = 1
+    run = run_mpi(2, ["distbelief", "train", DIGITS_JOB, "--set", f"data.path={bad}",
+                      "--run-dir", str(tmp_path / "run")], tmp_path)
+    assert_all_ranks(run, 2, exit_code=2)
+    assert "bad.h5" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_existing_run_dir_is_never_overwritten(tmp_path, digits_h5):
+    assert_all_ranks(train(1, tmp_path, digits_h5, "--set", "run.steps=5"), 1)
+    before = (tmp_path / "run" / "summary.json").read_text()
+    again = train(1, tmp_path, digits_h5, "--set", "run.steps=5")
+    assert_all_ranks(again, 1, exit_code=2)
+    assert "already holds a run" in again.stderr
+    assert (tmp_path / "run" / "summary.json").read_text() == before
+
+
+def test_setup_failure_on_one_rank_is_known_to_all(tmp_path):
+    run = run_mpi(3, ["program", "agree"], tmp_path, timeout=60)
+    assert_all_ranks(run, 3)
+    for record in run.ranks.values():
+        assert record["data"] == {"failed_ranks": [1], "messages": ["rank one is unhappy"]}
+
+
+FASHION_DIR = "/usr/share/datasets/fashion-mnist"
+
+
+@pytest.mark.skipif(not __import__("os").path.isdir(FASHION_DIR),
+                    reason=f"{FASHION_DIR} missing: apt-get install dataset-fashion-mnist")
+def test_fashion_mnist_mlp_reaches_85_percent(tmp_path):
+    """The shipped Fashion-MNIST job on the full dataset (about 20 s on 2 cores)."""
+    import subprocess
+    import sys
+
+    data = tmp_path / "fashion.h5"
+    subprocess.run([sys.executable, "-m", "data_tools", "fashion-mnist", str(data)], check=True, cwd=REPO,
+                   capture_output=True, timeout=300)
+    target = ["distbelief", "train", str(REPO / "jobs" / "fashion_mlp.toml"), "--set", f"data.path={data}",
+              "--run-dir", str(tmp_path / "run")]
+    run = run_mpi(1, target, tmp_path, timeout=600)
+    assert_all_ranks(run, 1)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["test_accuracy"] >= 0.85, summary
