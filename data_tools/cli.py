@@ -6,12 +6,16 @@ and renamed, so a failed or interrupted command never leaves a partial output fi
 """
 
 import argparse
+import os
+import signal
 import sys
+import threading
 import time
 
 from data_tools import __version__
 from data_tools.common import log, report_written
 from distbelief_mpi.data.hdf5 import read_info
+from distbelief_mpi.data.writer import remove_pending_temp_files
 from distbelief_mpi.errors import UserInputError
 
 DESCRIPTION = """\
@@ -88,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(11 frames x 40 log-energies) with 8192 classes, "
                                    "labelled by a seeded random teacher network so they are "
                                    "learnable. Generated in blocks: N=1e6 needs ~100 MB RAM "
-                                   "(and ~1.8 GB of disk).")
+                                   "(and ~2 GB of disk).")
     p.add_argument("out", metavar="OUT.h5")
     p.add_argument("--n", type=count, required=True, help="training examples (e.g. 1e6)")
     p.add_argument("--n-test", type=count, default=None,
@@ -156,6 +160,34 @@ def build(args) -> None:
                        x_scale=args.x_scale, log=log)
 
 
+class exit_cleanly_on_signals:
+    """While a command runs, SIGINT / SIGTERM delete any half-written temporary output
+    and exit at once (130 / 143). Done in the handler itself, not by raising
+    KeyboardInterrupt, which Python may swallow if the signal lands inside a finalizer.
+    SIGKILL cannot be caught: it may leave a hidden `.OUT.h5.*.tmp` beside the output,
+    never a file under the output name."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __enter__(self):
+        self.previous = {}
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {sig: signal.signal(sig, self._exit) for sig in self.SIGNALS}
+        return self
+
+    @staticmethod
+    def _exit(signum, frame):
+        remove_pending_temp_files()
+        name = signal.Signals(signum).name
+        os.write(2, f"error: stopped by {name}; no output file was left behind\n".encode())
+        os._exit(128 + signum)
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        return False
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code instead of exiting (tests call it in-process)."""
     try:
@@ -163,11 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # --help, --version or a usage error (argparse prints it)
         return int(e.code or 0)
     try:
-        run_command(args)
+        with exit_cleanly_on_signals():
+            run_command(args)
     except UserInputError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
-    except KeyboardInterrupt:
-        print("error: interrupted (no output file was left behind)", file=sys.stderr)
-        return 130
     return 0

@@ -21,6 +21,16 @@ from distbelief_mpi.errors import DatasetError
 
 DEFAULT_CREATED_BY = f"distbelief_mpi.data.writer (schema {SCHEMA_VERSION})"
 
+# Temporary files of writers still in progress, so a signal handler (data_tools' CLI)
+# can delete them before exiting on SIGTERM / Ctrl-C.
+PENDING_TEMP_FILES: set[Path] = set()
+
+
+def remove_pending_temp_files() -> None:
+    for tmp in list(PENDING_TEMP_FILES):
+        tmp.unlink(missing_ok=True)
+        PENDING_TEMP_FILES.discard(tmp)
+
 
 class DatasetWriter:
     """Context manager. Usage:
@@ -104,6 +114,7 @@ class DatasetWriter:
         fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=directory)
         os.close(fd)
         self._tmp_path = Path(tmp)
+        PENDING_TEMP_FILES.add(self._tmp_path)
         self._file = h5py.File(self._tmp_path, "w")
         for split in SPLITS:
             self._create_split(split)
@@ -136,6 +147,7 @@ class DatasetWriter:
                 self._file.close()
             if exc_type is not None and self._tmp_path is not None:
                 self._tmp_path.unlink(missing_ok=True)
+            PENDING_TEMP_FILES.discard(self._tmp_path)
         return False
 
     def _finish(self):

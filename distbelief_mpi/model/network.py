@@ -16,7 +16,7 @@ from ..kernels import softmax_xent
 from ..kernels.local import local_out_size
 from .image_layers import LCN, L2Pool2D, LocallyConnected2D, MaxPool2D
 from .layers import Dense, Layer, SoftmaxOutput
-from .spec import LayerSpec
+from .spec import LAYER_KEYS, LayerSpec, _check_values
 
 IMAGE_LAYERS = ("local", "maxpool", "l2pool", "lcn")
 
@@ -67,9 +67,16 @@ def build_network(layers: Sequence[LayerSpec], input_shape: tuple[int, ...], n_c
     built, shape = [], input_shape
     for i, spec in enumerate(layers):
         where = f"model.layers[{i}]"
-        if spec.type not in ("dense",) + IMAGE_LAYERS:
+        if spec.type not in LAYER_KEYS:
             problems.append(f"{where}: unknown layer type {spec.type!r}")
             shape = None
+        else:  # specs built in code skip parse_layer's checks: repeat them
+            values = {key: getattr(spec, key) for key in LAYER_KEYS[spec.type]}
+            bad = _check_values(spec.type, values, where)
+            if bad:
+                problems += bad
+                shape = None  # the output shape is unknowable from here
+                continue
         if shape is None:
             continue
         problem = _geometry_problem(spec, shape, where)

@@ -295,3 +295,19 @@ def test_subprocess_build_and_validate(tmp_path):
     damaged = run_module("validate", out)
     assert damaged.returncode == 2 and "Traceback" not in damaged.stderr
     assert damaged.stderr.startswith(f"error: {out}: /test/x: data is corrupted")
+
+
+def test_sigterm_mid_write_leaves_no_file(tmp_path):
+    import signal
+    import time
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, "-m", "data_tools", "speech-frames",
+                             str(tmp_path / "big.h5"), "--n", "1e6"], cwd=REPO, env=env,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not list(tmp_path.glob(".big.h5.*.tmp")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "stopped by SIGTERM" in err and os.listdir(tmp_path) == []

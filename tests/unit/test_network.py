@@ -91,3 +91,10 @@ def test_bad_arguments_rejected():
         net.loss_and_grad(params, np.zeros((2, 5)), np.zeros(2, int), np.empty_like(params))
     with pytest.raises(ValueError):
         net.loss_and_grad(params.astype(np.float64), np.zeros((2, 4)), np.zeros(2, int), params)
+
+
+def test_specs_built_in_code_are_checked_too():
+    specs = [LayerSpec("local", filters=2, patch=3), LayerSpec("dense", units=0)]  # stride 0
+    with pytest.raises(ConfigError) as err:
+        build_network(specs, (1, 6, 6), 3)
+    assert any("layers[0].stride" in p for p in err.value.problems)
