@@ -107,8 +107,10 @@ class DatasetWriter:
     # -- writing --------------------------------------------------------------------
     def __enter__(self):
         directory = self.path.parent
-        if not directory.is_dir():
-            self._fail(f"output directory {str(directory)!r} does not exist")
+        try:
+            directory.mkdir(parents=True, exist_ok=True)   # like `-o data/x.h5` in most tools
+        except OSError as exc:
+            self._fail(f"cannot create the output directory {str(directory)!r}: {exc.strerror}")
         if self.path.is_dir():
             self._fail("output path is a directory")
         fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=directory)

@@ -311,3 +311,9 @@ def test_sigterm_mid_write_leaves_no_file(tmp_path):
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 128 + signal.SIGTERM, err
     assert "stopped by SIGTERM" in err and os.listdir(tmp_path) == []
+
+
+def test_missing_output_directories_are_created(tmp_path):
+    out = tmp_path / "new" / "deeper" / "digits.h5"
+    assert main(["digits", str(out)]) == 0
+    assert read_info(out).n_train > 0
