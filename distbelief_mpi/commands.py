@@ -1,5 +1,6 @@
 """`distbelief plan` and `distbelief eval`: small commands that need no MPI."""
 
+import sys
 from pathlib import Path
 
 from .checkpoint.params_file import load_params
@@ -17,7 +18,7 @@ def run_plan(job_path: str, overrides: list[str], world_size: int) -> int:
     n_params, notes = None, []
     try:
         info = read_info(spec.data.path)
-        network = build_network(spec.model.layers, info.input_shape, info.n_classes)
+        network = build_network(spec.model.layers, info.input_shape, info.n_classes, source=spec.source)
         n_params = network.n_params
         notes = [f"model ({n_params:,} parameters, input {info.input_shape}, {info.n_classes} classes):"]
         notes += [f"  {line}" for line in network.describe()]
@@ -25,8 +26,8 @@ def run_plan(job_path: str, overrides: list[str], world_size: int) -> int:
         notes = [f"note: parameter ranges need the dataset: {exc}"]
     problems = layout_problems(world_size, spec, n_params)
     if problems:
-        print(f"{job_path}: cannot run on {world_size} ranks:")
-        print("\n".join(f"  - {p}" for p in problems))
+        print(f"error: {job_path}: cannot run on {world_size} ranks:", file=sys.stderr)
+        print("\n".join(f"  - {p}" for p in problems), file=sys.stderr)
         return 2
     print(format_layout(plan_layout(world_size, spec, n_params)))
     print("\n".join(notes))
@@ -39,7 +40,7 @@ def run_eval(run_dir: str, data_path: str | None) -> int:
         raise UserInputError(f"{run}: not a run directory (no job.toml)")
     spec = load_job(run / "job.toml")
     info = read_info(data_path or spec.data.path)
-    network = build_network(spec.model.layers, info.input_shape, info.n_classes)
+    network = build_network(spec.model.layers, info.input_shape, info.n_classes, source=spec.source)
     params, _ = load_params(run / "params.h5")
     if len(params) != network.n_params:
         raise CheckpointError(f"{run / 'params.h5'}: holds {len(params)} parameters, but the run's model on "

@@ -58,7 +58,7 @@ class Checkpoint:
     """Committed checkpoints under RUN_DIR/checkpoints (a manifest written last marks one complete)."""
 
     every_steps: int = 0             # commit a checkpoint every N steps (0: off)
-    every_seconds: float = 0.0       # ... or every S seconds of training (0: off)
+    every_seconds: float = 0.0       # ... or every S seconds of wall time (0: off)
     keep: int = 2                    # complete checkpoints kept; older ones are deleted
 
 

@@ -2,8 +2,8 @@
 
     python -m distbelief_mpi.docgen > docs/job-spec.md
 
-Each key's description is the comment on its line in config.py (a `# ...` continuation
-line directly below belongs to it too); a unit test checks the file is up to date.
+Each key's description is the comment on its line in config.py; a unit test checks that
+the file is up to date and that every key has one.
 """
 
 import dataclasses

@@ -12,6 +12,7 @@ def setup_logging(world_rank: int, role_label: str, log_dir: Path | None, verbos
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
+        handler.close()
     root.setLevel(logging.INFO)
     console = logging.StreamHandler(sys.stderr)
     console.setLevel(logging.INFO if verbose else logging.WARNING)

@@ -22,12 +22,14 @@ class Progress:
         self.last = self.start
         self.inplace = hasattr(self.stream, "isatty") and self.stream.isatty()
 
+    def due(self) -> bool:
+        """True when a line should be printed now (callers build the text only then)."""
+        return self.interval > 0 and time.perf_counter() - self.last >= self.interval
+
     def maybe_print(self, text: str, fraction_done: float) -> None:
-        now = time.perf_counter()
-        if self.interval <= 0 or now - self.last < self.interval:
-            return
-        self.last = now
-        self.print(text, fraction_done, now)
+        if self.due():
+            self.last = time.perf_counter()
+            self.print(text, fraction_done, self.last)
 
     def print(self, text: str, fraction_done: float, now: float | None = None) -> None:
         elapsed = (now or time.perf_counter()) - self.start

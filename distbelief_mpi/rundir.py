@@ -9,17 +9,23 @@
 """
 
 import json
-import os
 import time
 from pathlib import Path
 
 from .config import JobSpec, to_toml
 from .errors import UserInputError
+from .fsutil import write_text_atomic
 
 
 def default_run_dir(job_path: str) -> Path:
-    """runs/<job file stem>-<local time>, e.g. runs/digits_mlp-20261124-081500."""
-    return Path("runs") / f"{Path(job_path).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    """runs/<job file stem>-<local time>, e.g. runs/digits_mlp-20261124-081500 (then -2, -3,
+    ... when a run started in the same second already has that name)."""
+    base = Path("runs") / f"{Path(job_path).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    path, count = base, 1
+    while path.exists():
+        count += 1
+        path = base.with_name(f"{base.name}-{count}")
+    return path
 
 
 def prepare_run_dir(path: Path, spec: JobSpec) -> Path:
@@ -28,20 +34,12 @@ def prepare_run_dir(path: Path, spec: JobSpec) -> Path:
     path = Path(path)
     if (path / "job.toml").exists():
         raise UserInputError(f"{path}: already holds a run (job.toml exists); choose a new --run-dir")
-    (path / "logs").mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path / "job.toml", to_toml(spec))
+    try:
+        (path / "logs").mkdir(parents=True, exist_ok=True)
+        write_text_atomic(path / "job.toml", to_toml(spec))
+    except OSError as exc:
+        raise UserInputError(f"{path}: cannot create the run directory: {exc.strerror or exc}") from None
     return path
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write to a temporary name in the same directory, fsync, rename: readers see the
-    old file or the new one, never half of one."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def write_summary(path: Path, summary: dict) -> None:
@@ -50,10 +48,16 @@ def write_summary(path: Path, summary: dict) -> None:
 
 class MetricsLog:
     """Appends one JSON object per line to RUN_DIR/metrics.jsonl, flushed at once so a
-    crashed or killed run keeps everything logged before the crash."""
+    crashed or killed run keeps everything logged before the crash. A context manager."""
 
     def __init__(self, run_dir: Path):
         self.handle = open(Path(run_dir) / "metrics.jsonl", "a", encoding="utf-8")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
 
     def write(self, record: dict) -> None:
         self.handle.write(json.dumps(record, sort_keys=True) + "\n")

@@ -41,7 +41,7 @@ def load_and_plan(job_path: str, overrides: list[str], world_size: int, world_ra
     """Everything that can be checked before work starts. Pure of MPI."""
     spec = load_job(job_path, overrides)
     info = read_info(spec.data.path)
-    network = build_network(spec.model.layers, info.input_shape, info.n_classes)
+    network = build_network(spec.model.layers, info.input_shape, info.n_classes, source=spec.source)
     layout = plan_layout(world_size, spec, network.n_params)
     return spec, info, network, layout, layout.role_of(world_rank)
 
@@ -56,12 +56,12 @@ def run_train(job_path: str, overrides: list[str], run_dir_arg: str | None, verb
         if world_rank == 0:
             prepare_run_dir(run_dir, spec)
         job = Job(spec, info, network, layout, role, run_dir)
-    except UserInputError as exc:
-        error = exc
+    except Exception as exc:   # noqa: BLE001 - every failure must reach the agreement, or others hang
+        error = exc if isinstance(exc, UserInputError) else RuntimeError(traceback.format_exc())
     failed = agree_on_errors(world_comm, error)
     if failed:
         _report_setup_errors(failed, world_rank)
-        return 2
+        return max(code for _, code, _ in failed)   # the same exit code on every rank
     world_comm.Barrier()   # rank 0 has created the run directory
     return _run_role(job, world_comm, world_rank, world_size, verbose)
 
@@ -71,19 +71,21 @@ def _report_setup_errors(failed, world_rank: int) -> None:
     if world_rank != 0:
         return
     by_message: dict[str, list[int]] = {}
-    for rank, err in failed:
-        by_message.setdefault(str(err), []).append(rank)
+    for rank, _, message in failed:
+        by_message.setdefault(message, []).append(rank)
     for message, ranks in by_message.items():
         where = "" if len(failed) == 1 and ranks == [0] else f" (ranks {', '.join(map(str, ranks))})"
         print(f"error{where}: {message}", file=sys.stderr)
 
 
 def _run_role(job: Job, world_comm, world_rank: int, world_size: int, verbose: bool) -> int:
-    setup_logging(world_rank, job.role.label, job.run_dir / "logs", verbose)
-    from .kernels.threads import set_compute_threads   # after set-up: numba loads only when training
-
-    set_compute_threads(threads_for_rank(job.spec.topology.threads_per_rank))
     try:
+        # Every rank makes logs/ itself: without a shared file system only rank 0 has it.
+        (job.run_dir / "logs").mkdir(parents=True, exist_ok=True)
+        setup_logging(world_rank, job.role.label, job.run_dir / "logs", verbose)
+        from .kernels.threads import set_compute_threads   # numba loads only when training
+
+        set_compute_threads(threads_for_rank(job.spec.topology.threads_per_rank))
         _dispatch(job, world_rank, world_size)
     except Exception as exc:   # noqa: BLE001 - any failure must end the whole job, loudly
         code = exc.exit_code if isinstance(exc, UserInputError) else 1

@@ -4,28 +4,23 @@ Layout: dataset `/params` (n_params,) float32 with fletcher32, root attributes
 `n_params`, `step` and any caller-given metadata (e.g. a model description).
 """
 
-import os
 from pathlib import Path
 
 import h5py
 import numpy as np
 
 from ..errors import CheckpointError
+from ..fsutil import atomic_output
 
 
 def save_params(path: Path, params: np.ndarray, attrs: dict) -> None:
     """Write to a temporary name beside `path`, fsync and rename (crash-safe)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with h5py.File(tmp, "w") as handle:
+    with atomic_output(path) as tmp, h5py.File(tmp, "w") as handle:
         handle.create_dataset("params", data=params, chunks=(min(len(params), 1 << 20) or 1,),
                               fletcher32=True)
         handle.attrs["n_params"] = len(params)
         for key, value in attrs.items():
             handle.attrs[key] = value
-    with open(tmp, "rb+") as raw:
-        os.fsync(raw.fileno())
-    os.replace(tmp, path)
 
 
 def load_params(path: Path) -> tuple[np.ndarray, dict]:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..rundir import write_text_atomic
+from ..fsutil import write_text_atomic
 from .params_file import save_params
 
 MANIFEST = "manifest.json"

@@ -22,11 +22,13 @@ def abort_job(world_comm, code: int) -> None:
     world_comm.Abort(code)
 
 
-def agree_on_errors(world_comm, error: Exception | None) -> list[tuple[int, str]]:
+def agree_on_errors(world_comm, error: Exception | None) -> list[tuple[int, int, str]]:
     """Collective: every rank learns which ranks failed their set-up, so that all stop
     together instead of some waiting forever on the ones that left. Returns
-    [(world_rank, message)] for the failed ranks (empty when all are fine)."""
+    [(world_rank, exit_code, message)] for the failed ranks (empty when all are fine);
+    exit_code is 2 for bad input (UserInputError), 1 for anything else."""
     # Messages, not exception objects: our exceptions take structured arguments that do
     # not survive pickling.
-    messages = world_comm.allgather(None if error is None else str(error))
-    return [(rank, message) for rank, message in enumerate(messages) if message is not None]
+    mine = None if error is None else (getattr(error, "exit_code", 1), str(error))
+    gathered = world_comm.allgather(mine)
+    return [(rank, item[0], item[1]) for rank, item in enumerate(gathered) if item is not None]

@@ -15,7 +15,7 @@ import h5py
 import numpy as np
 
 from distbelief_mpi.data.schema import (
-    REQUIRED_ATTRS, SCHEMA_VERSION, SPLITS, X_DTYPES, dataset_path)
+    REQUIRED_ATTRS, SCHEMA_VERSION, SPLITS, X_DTYPES, class_count_problem, dataset_path)
 from distbelief_mpi.data.writer import DatasetWriter
 from distbelief_mpi.errors import DatasetError
 
@@ -110,8 +110,8 @@ def _read_attrs(f: h5py.File, path) -> dict:
     shape = attrs["input_shape"]
     if len(shape) not in (1, 3) or min(shape) < 1:
         raise DatasetError(path, f"input_shape {shape} must be (D,) or (C, H, W), positive")
-    if attrs["n_classes"] < 1:
-        raise DatasetError(path, f"n_classes {attrs['n_classes']} must be >= 1")
+    if problem := class_count_problem(attrs["n_classes"]):
+        raise DatasetError(path, problem)
     if not (math.isfinite(attrs["x_scale"]) and attrs["x_scale"] > 0):
         raise DatasetError(path, f"x_scale {attrs['x_scale']} must be positive and finite")
     return attrs
@@ -138,6 +138,8 @@ def _split_length(f: h5py.File, path, split: str, input_shape: tuple) -> int:
                                  f"expected (n,) integer labels")
     if len(x) != len(y):
         raise DatasetError(path, f"{x_name} has {len(x)} rows but {y_name} has {len(y)}")
+    if len(x) == 0:
+        raise DatasetError(path, f"{x_name} is empty; every split needs at least one example")
     return len(x)
 
 
@@ -191,10 +193,20 @@ def read_split(path, split: str, start: int = 0, stop: int | None = None
             raise ValueError(f"rows {start}:{stop} out of range for {split} with {n} rows")
         x = _read_rows(f[dataset_path(split, "x")], path, start, stop)
         y = _read_rows(f[dataset_path(split, "y")], path, start, stop)
+    _check_labels(path, dataset_path(split, "y"), y, start, info.n_classes)
     x = x.astype(np.float32, copy=False)
     if info.x_scale != 1.0:
         x *= np.float32(info.x_scale)
     return x, y.astype(np.int32, copy=False)
+
+
+def _check_labels(path, name: str, y: np.ndarray, start: int, n_classes: int) -> None:
+    """Labels outside [0, n_classes) would crash training mid-run: name the first bad row."""
+    bad = np.flatnonzero((y < 0) | (y >= n_classes))
+    if len(bad):
+        row = start + int(bad[0])
+        raise DatasetError(path, f"{name}[{row}] = {int(y[bad[0]])} is not a label in [0, {n_classes}) "
+                                 f"({len(bad)} such rows)")
 
 
 # -- full validation -------------------------------------------------------------------
@@ -210,11 +222,7 @@ def _check_block(path, name: str, block: np.ndarray, offset: int, n_classes: int
         if len(bad):
             raise DatasetError(path, f"{name}[{offset + bad[0]}] contains NaN or infinity")
     elif name.endswith("/y"):
-        bad = np.flatnonzero((block < 0) | (block >= n_classes))
-        if len(bad):
-            i = bad[0]
-            raise DatasetError(path, f"{name}[{offset + i}] = {block[i]} is not a label in "
-                                     f"[0, {n_classes})")
+        _check_labels(path, name, block, offset, n_classes)
 
 
 def _validate_dataset(ds: h5py.Dataset, path, n_classes: int):

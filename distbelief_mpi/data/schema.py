@@ -51,6 +51,17 @@ def storage_options(dtype: np.dtype, row_shape: tuple, n_rows: int) -> dict:
     return opts
 
 
+# A classifier needs two classes at least; the cap keeps labels in int32 and per-class
+# tables (counts, the output layer) of sane size.
+MIN_CLASSES, MAX_CLASSES = 2, 1 << 24
+
+
+def class_count_problem(n_classes: int) -> str | None:
+    if not MIN_CLASSES <= n_classes <= MAX_CLASSES:
+        return f"n_classes {n_classes} must be in [{MIN_CLASSES}, {MAX_CLASSES}]"
+    return None
+
+
 def label_dtype(n_classes: int) -> np.dtype:
     """Smallest unsigned dtype holding labels 0..n_classes-1 (uint8, uint16 or int32)."""
     if n_classes <= 1 << 8:

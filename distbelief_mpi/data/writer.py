@@ -15,7 +15,7 @@ import h5py
 import numpy as np
 
 from distbelief_mpi.data.schema import (
-    REQUIRED_ATTRS, SCHEMA_VERSION, SPLITS, X_DTYPES, dataset_path, label_dtype,
+    REQUIRED_ATTRS, SCHEMA_VERSION, SPLITS, X_DTYPES, class_count_problem, dataset_path, label_dtype,
     storage_options)
 from distbelief_mpi.errors import DatasetError
 
@@ -68,8 +68,8 @@ class DatasetWriter:
     def _check_header(self):
         if not self.attrs["name"]:
             self._fail("name must not be empty")
-        if self.n_classes < 1:
-            self._fail(f"n_classes must be >= 1, got {self.n_classes}")
+        if problem := class_count_problem(self.n_classes):
+            self._fail(problem)
         if len(self.input_shape) not in (1, 3) or min(self.input_shape) < 1:
             self._fail(f"input_shape must be (D,) or (C, H, W) with positive sizes, "
                        f"got {self.input_shape}")

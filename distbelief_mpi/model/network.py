@@ -50,10 +50,10 @@ def _make_layer(spec: LayerSpec, shape: tuple, dtype) -> Layer:
 
 
 def build_network(layers: Sequence[LayerSpec], input_shape: tuple[int, ...], n_classes: int,
-                  dtype=np.float32) -> "Network":
+                  dtype=np.float32, source: str = "model") -> "Network":
     """Build the hidden layers then a dense softmax output over n_classes.
 
-    Raises ConfigError(source="model") listing every problem found. After a layer that does
+    Raises ConfigError(source) listing every problem found (source: the job file, for messages). After a layer that does
     not fit, later layers' geometry cannot be known and is not checked.
     """
     input_shape = tuple(int(s) for s in input_shape)
@@ -63,7 +63,7 @@ def build_network(layers: Sequence[LayerSpec], input_shape: tuple[int, ...], n_c
     if n_classes < 2:
         problems.append(f"model: n_classes must be >= 2, got {n_classes}")
     if problems:
-        raise ConfigError(source="model", problems=problems)
+        raise ConfigError(source=source, problems=problems)
     built, shape = [], input_shape
     for i, spec in enumerate(layers):
         where = f"model.layers[{i}]"
@@ -88,7 +88,7 @@ def build_network(layers: Sequence[LayerSpec], input_shape: tuple[int, ...], n_c
         built.append(_make_layer(spec, shape, dtype))
         shape = built[-1].out_shape
     if problems:
-        raise ConfigError(source="model", problems=problems)
+        raise ConfigError(source=source, problems=problems)
     built.append(SoftmaxOutput(shape, n_classes, dtype))
     return Network(built, input_shape, n_classes, dtype)
 

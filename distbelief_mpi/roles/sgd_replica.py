@@ -5,6 +5,7 @@ The reference point the distributed algorithms are measured against (the paper's
 """
 
 import logging
+import math
 import time
 
 import numpy as np
@@ -45,31 +46,52 @@ class Window:
         return self.loss_sum / max(1, self.batches), self.correct / max(1, self.examples)
 
 
-def train_sgd(spec: JobSpec, info: DatasetInfo, network: Network, run_dir, world_size: int) -> dict:
-    """Train to the run limits; write metrics, checkpoints and final parameters; return the summary."""
+def train_sgd(spec: JobSpec, info: DatasetInfo, network: Network, run_dir, world_size: int
+              ) -> tuple[dict, np.ndarray]:
+    """Train to the run limits; write metrics and checkpoints; return (summary, final params)."""
+    started = time.perf_counter()
     x_train, y_train = read_split(info.path, "train")
     x_test, y_test = read_split(info.path, "test")
-    eval_n = spec.data.eval_examples or len(y_test)
     params = network.init_params(spec.run.seed)
-    grad = np.empty_like(params)
     stream = BatchStream(x_train, y_train, spec.optimizer.batch_size, spec.run.seed, replica_id=0)
-    metrics, window, clock = MetricsLog(run_dir), Window(), RunClock()
-    progress = Progress(spec.run.progress_seconds)
+    log.info("training %d parameters on %d examples", network.n_params, len(y_train))
+    with MetricsLog(run_dir) as metrics:
+        clock, window, train_s, reason = _train_loop(spec, network, params, stream, (x_test, y_test),
+                                                     metrics, run_dir)
+        test_loss, test_accuracy = _log_eval(metrics, network, params, x_test, y_test, clock)
+    log.info("stopped on %s after %d steps; test accuracy %.4f", reason, clock.steps, test_accuracy)
+    return {
+        "algorithm": spec.optimizer.algorithm, "world_size": world_size,
+        "n_replicas": spec.topology.replicas, "n_shards": spec.topology.shards,
+        "partitions_per_replica": spec.topology.partitions_per_replica,
+        "n_params": network.n_params, "steps": clock.steps, "epochs": stream.epoch,
+        "examples_seen": stream.examples_seen, "wall_s": time.perf_counter() - started, "train_s": train_s,
+        "examples_per_s": stream.examples_seen / max(train_s, 1e-9),
+        "final_train_loss": window.last_loss, "test_loss": test_loss, "test_accuracy": test_accuracy,
+        "stopped_on": reason, "dataset": info.path,
+    }, params
+
+
+def _train_loop(spec: JobSpec, network: Network, params, stream: BatchStream, test_set, metrics, run_dir):
+    """Minibatch SGD until a run limit; returns (clock, last window, seconds in steps, reason)."""
+    x_test, y_test = test_set
+    eval_n = spec.data.eval_examples or len(y_test)
+    grad = np.empty_like(params)
+    window, clock, progress = Window(), RunClock(), Progress(spec.run.progress_seconds)
     lr = np.float32(spec.optimizer.learning_rate)
     train_s, start, last_metrics, last_ckpt = 0.0, time.perf_counter(), 0.0, 0.0
-    log.info("training %d parameters on %d examples", network.n_params, len(y_train))
     while (reason := limit_reached(spec.run, clock)) is None:
         tick = time.perf_counter()
         x_batch, y_batch = stream.next_batch()
         loss, correct = network.loss_and_grad(params, x_batch, y_batch, grad)
         sgd_update_(params, grad, lr)
         train_s += time.perf_counter() - tick
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"training loss became {loss} at step {clock.steps + 1}; "
+                                     "lower optimizer.learning_rate")
         window.add(loss, correct, len(y_batch))
         clock.steps, clock.epochs = clock.steps + 1, stream.epoch
         clock.seconds = time.perf_counter() - start
-        if not np.isfinite(loss):
-            raise FloatingPointError(f"training loss became {loss} at step {clock.steps}; "
-                                     "lower optimizer.learning_rate")
         if clock.seconds - last_metrics >= METRICS_INTERVAL_S:
             last_metrics = clock.seconds
             _log_window(metrics, window, clock, stream, train_s)
@@ -80,26 +102,14 @@ def train_sgd(spec: JobSpec, info: DatasetInfo, network: Network, run_dir, world
             commit_checkpoint(run_dir / "checkpoints", clock.steps, params,
                               {"examples_seen": stream.examples_seen, "job": to_toml(spec)},
                               spec.checkpoint.keep)
-        loss_now, acc_now = window.means()
-        progress.maybe_print(f"step {clock.steps} epoch {clock.epochs:.2f} "
-                             f"{stream.examples_seen / max(train_s, 1e-9):,.0f} ex/s loss {loss_now:.4f}",
-                             fraction_done(spec.run, clock))
+        if progress.due():
+            progress.maybe_print(f"step {clock.steps} epoch {clock.epochs:.2f} "
+                                 f"{stream.examples_seen / max(train_s, 1e-9):,.0f} ex/s "
+                                 f"loss {window.means()[0]:.4f}", fraction_done(spec.run, clock))
     progress.finish()
     if window.batches:
         _log_window(metrics, window, clock, stream, train_s)
-    test_loss, test_accuracy = _log_eval(metrics, network, params, x_test, y_test, clock)
-    metrics.close()
-    log.info("stopped on %s after %d steps; test accuracy %.4f", reason, clock.steps, test_accuracy)
-    return {
-        "algorithm": spec.optimizer.algorithm, "world_size": world_size,
-        "n_replicas": spec.topology.replicas, "n_shards": spec.topology.shards,
-        "partitions_per_replica": spec.topology.partitions_per_replica,
-        "n_params": network.n_params, "steps": clock.steps, "epochs": stream.epoch,
-        "examples_seen": stream.examples_seen, "wall_s": time.perf_counter() - start, "train_s": train_s,
-        "examples_per_s": stream.examples_seen / max(train_s, 1e-9),
-        "final_train_loss": window.last_loss, "test_loss": test_loss, "test_accuracy": test_accuracy,
-        "stopped_on": reason, "dataset": info.path,
-    }, params
+    return clock, window, train_s, reason
 
 
 def _log_window(metrics, window, clock, stream, train_s):

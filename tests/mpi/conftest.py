@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.mpi.runner import REPO
 
 
 @pytest.fixture(scope="session")

@@ -5,6 +5,7 @@ line or a test program in tests/mpi/programs) and writes RESULT_DIR/rank-R.json 
 exit code and any data. Rank 0's output alone can hide a failure on rank 1; this cannot.
 """
 
+import functools
 import json
 import os
 import shutil
@@ -24,10 +25,14 @@ def mpiexec_path() -> str:
     return found
 
 
-def oversubscribe_flags(mpiexec: str) -> list[str]:
-    """Ranks outnumber cores here; Open MPI refuses that unless told, MPICH allows it."""
+@functools.cache
+def launcher_flags(mpiexec: str) -> tuple[str, ...]:
+    """Ranks outnumber cores here, and CI runs as root: Open MPI refuses both unless told;
+    MPICH allows both."""
     version = subprocess.run([mpiexec, "--version"], capture_output=True, text=True).stdout
-    return ["--oversubscribe"] if "Open MPI" in version or "OpenRTE" in version else []
+    if "Open MPI" not in version and "OpenRTE" not in version:
+        return ()
+    return ("--oversubscribe",) + (("--allow-run-as-root",) if os.geteuid() == 0 else ())
 
 
 @dataclass
@@ -47,7 +52,7 @@ def run_mpi(n: int, target: list[str], tmp_path: Path, timeout: float = 120, env
     result_dir = Path(tmp_path) / f"mpi-results-{os.getpid()}-{n}-{abs(hash(tuple(target)))}"
     result_dir.mkdir(parents=True, exist_ok=True)
     mpiexec = mpiexec_path()
-    command = ["timeout", "-k", "10", str(int(timeout)), mpiexec, *oversubscribe_flags(mpiexec), "-n", str(n),
+    command = ["timeout", "-k", "10", str(int(timeout)), mpiexec, *launcher_flags(mpiexec), "-n", str(n),
                sys.executable, "-m", "tests.mpi.rank_main", str(result_dir), *target]
     full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
     done = subprocess.run(command, capture_output=True, text=True, cwd=cwd,

@@ -91,7 +91,7 @@ def test_setup_failure_on_one_rank_is_known_to_all(tmp_path):
     run = run_mpi(3, ["program", "agree"], tmp_path, timeout=60)
     assert_all_ranks(run, 3)
     for record in run.ranks.values():
-        assert record["data"] == {"failed_ranks": [1], "messages": ["rank one is unhappy"]}
+        assert record["data"] == {"failed_ranks": [1], "codes": [2], "messages": ["rank one is unhappy"]}
 
 
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
@@ -113,3 +113,16 @@ def test_fashion_mnist_mlp_reaches_85_percent(tmp_path):
     assert_all_ranks(run, 1)
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["test_accuracy"] >= 0.85, summary
+
+
+def test_model_that_does_not_fit_the_data_names_the_job_file(tmp_path, digits_h5):
+    run = train(2, tmp_path, digits_h5, "--set", 'model.layers=[{type="local", filters=2, patch=20}]')
+    assert_all_ranks(run, 2, exit_code=2)
+    assert "digits_mlp.toml" in run.stderr and "model.layers[0]" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_unusable_run_dir_is_a_clear_error(tmp_path, digits_h5):
+    (tmp_path / "afile").write_text("")
+    run = train(1, tmp_path, digits_h5, run_dir="afile/run")
+    assert_all_ranks(run, 1, exit_code=2)
+    assert "cannot create the run directory" in run.stderr and "Traceback" not in run.stderr

@@ -94,3 +94,16 @@ def test_layer_values_are_checked():
     for text in ("units: must be >= 1", "activation: 'swish'", "size: a contrast", "extra: unknown key",
                  "model.layers[3]: expected an inline table"):
         assert text in problems
+
+
+def test_plan_prints_problems_on_stderr_with_exit_2(tmp_path, capsys):
+    from distbelief_mpi.cli import main
+
+    job = tmp_path / "j.toml"
+    job.write_text(f'[data]\npath = "{tmp_path / "none.h5"}"\n[run]\nsteps = 1\n')
+    assert main(["plan", str(job), "-n", "3"]) == 2
+    captured = capsys.readouterr()
+    assert "needs 1 ranks" in captured.err and "got 3" in captured.err and captured.out == ""
+    assert main(["plan", str(job), "-n", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "replica  0/0" in out and "parameter ranges need the dataset" in out

@@ -191,10 +191,13 @@ def test_wrong_schema(small_file, action, fragment):
 
 def test_validate_checks_labels_and_filters(small_file):
     path, _ = small_file
-    edit(path, lambda f: f.attrs.__setitem__("n_classes", 2))
     labels = read_split(path, "train")[1]
+    edit(path, lambda f: f.attrs.__setitem__("n_classes", 2))
     read_info(path)  # cheap check does not read labels
-    expect_error(path, f"/train/y[{np.flatnonzero(labels >= 2)[0]}]", "[0, 2)")
+    first_bad = np.flatnonzero(labels >= 2)[0]
+    expect_error(path, f"/train/y[{first_bad}]", "[0, 2)")
+    with pytest.raises(DatasetError, match=rf"/train/y\[{first_bad}\] = \d+ is not a label in \[0, 2\)"):
+        read_split(path, "train")   # training would crash mid-run on such a label
     edit(path, lambda f: f.attrs.__setitem__("n_classes", 3))
     edit(path, lambda f: replace(f, "/test/y", f["/test/y"][:]))  # no fletcher32
     expect_error(path, "/test/y is not chunked with the fletcher32")
@@ -258,3 +261,25 @@ def test_batch_larger_than_shard_wraps():
     stream = stream_of(n=3, batch=7)
     _, y = stream.next_batch()
     assert len(y) == 7 and sorted(y[:3]) == [0, 1, 2] and sorted(y[3:6]) == [0, 1, 2]
+
+
+def test_an_empty_split_is_rejected_at_open(small_file):
+    path, _ = small_file
+    edit(path, lambda f: replace(f, "/test/x", f["/test/x"][:0]))
+    edit(path, lambda f: replace(f, "/test/y", f["/test/y"][:0]))
+    with pytest.raises(DatasetError, match="tiny.h5: /test/x is empty"):
+        read_info(path)
+
+
+@pytest.mark.parametrize("n_classes", [1, (1 << 24) + 1])
+def test_class_count_must_suit_a_classifier(tmp_path, small_file, n_classes):
+    path, _ = small_file
+    edit(path, lambda f: f.attrs.__setitem__("n_classes", n_classes))
+    with pytest.raises(DatasetError, match=f"tiny.h5: n_classes {n_classes} must be in"):
+        read_info(path)
+    x = np.zeros((2, 3), np.float32)
+    with pytest.raises(DatasetError, match="must be in"):
+        write_dataset(tmp_path / "w.h5", name="w", source="t", n_classes=n_classes, input_shape=(3,),
+                      x_train=x, y_train=np.zeros(2, int), x_test=x, y_test=np.zeros(2, int), x_scale=1.0,
+                      synthetic=True)
+    assert not (tmp_path / "w.h5").exists()

@@ -1,0 +1,28 @@
+"""Crash-safe file output: write a temporary file beside the target, fsync, rename.
+
+Readers see the old file or the new one, never half of one; a failed write leaves the
+old file untouched and removes its temporary.
+"""
+
+import contextlib
+import os
+from pathlib import Path
+
+
+@contextlib.contextmanager
+def atomic_output(path: Path):
+    """Yields a temporary path to write; on success it is fsynced and renamed to `path`."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        yield tmp
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    with atomic_output(path) as tmp:
+        Path(tmp).write_text(text, encoding="utf-8")
