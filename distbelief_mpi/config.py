@@ -15,7 +15,8 @@ from pathlib import Path
 from .errors import ConfigError
 from .model.spec import LayerSpec, parse_layer
 
-ALGORITHMS = ("sgd",)
+ALGORITHMS = ("sgd", "downpour")
+SERVER_RULES = ("adagrad", "sgd")
 
 
 @dataclass(frozen=True)
@@ -40,9 +41,16 @@ class Model:
 class Optimizer:
     """How parameters are updated."""
 
-    algorithm: str = "sgd"           # sgd: one replica, minibatch SGD, parameters held locally
-    learning_rate: float = 0.05      # step size alpha applied to each minibatch gradient
+    algorithm: str = "sgd"           # sgd: one replica holds the parameters; downpour: async replicas + shards
+    learning_rate: float = 0.05      # step size alpha a replica applies to each minibatch gradient locally
     batch_size: int = 64             # examples per minibatch (per replica)
+    server_rule: str = "adagrad"     # downpour: how a shard applies each push: adagrad or sgd (fixed rate)
+    server_learning_rate: float = 0.05  # downpour: gamma of adagrad, or the shard's fixed sgd rate
+    adagrad_initial_accumulator: float = 0.1  # downpour: starting sum of squared gradients per parameter
+    adagrad_epsilon: float = 1e-8    # downpour: added to sqrt(accumulator) in adagrad's denominator
+    fetch_every: int = 1             # downpour: a replica fetches fresh parameters every N steps
+    push_every: int = 1              # downpour: a replica pushes its accrued gradient every N steps
+    warmstart_steps: int = 0         # downpour: replica 0 trains alone this many steps before the others start
 
 
 @dataclass(frozen=True)
@@ -201,6 +209,15 @@ def check_values(spec: JobSpec) -> list[str]:
         (o.algorithm in ALGORITHMS, "optimizer.algorithm", f"must be one of {list(ALGORITHMS)}"),
         (o.learning_rate > 0, "optimizer.learning_rate", "must be > 0"),
         (o.batch_size >= 1, "optimizer.batch_size", "must be >= 1"),
+        (o.server_rule in SERVER_RULES, "optimizer.server_rule", f"must be one of {list(SERVER_RULES)}"),
+        (o.server_learning_rate > 0, "optimizer.server_learning_rate", "must be > 0"),
+        (o.adagrad_initial_accumulator >= 0, "optimizer.adagrad_initial_accumulator", "must be >= 0"),
+        (o.adagrad_epsilon >= 0, "optimizer.adagrad_epsilon", "must be >= 0"),
+        (o.adagrad_initial_accumulator > 0 or o.adagrad_epsilon > 0, "optimizer.adagrad_epsilon",
+         "must be > 0 when adagrad_initial_accumulator is 0 (a zero denominator)"),
+        (o.fetch_every >= 1, "optimizer.fetch_every", "must be >= 1"),
+        (o.push_every >= 1, "optimizer.push_every", "must be >= 1"),
+        (o.warmstart_steps >= 0, "optimizer.warmstart_steps", "must be >= 0"),
         (d.path != "", "data.path", "required: the HDF5 dataset to train on (see docs/datasets.md)"),
         (d.eval_examples >= 0, "data.eval_examples", "must be >= 0"),
         (c.every_steps >= 0, "checkpoint.every_steps", "must be >= 0"),

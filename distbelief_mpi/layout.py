@@ -23,6 +23,13 @@ ALGORITHM_RULES = {
         (lambda t: t.partitions_per_replica == 1,
          "optimizer.algorithm = sgd runs one rank: set topology.partitions_per_replica = 1"),
     ],
+    "downpour": [
+        (lambda t: t.shards >= 1, "optimizer.algorithm = downpour needs a parameter server: set topology.shards >= 1"),
+        (lambda t: not t.coordinator, "optimizer.algorithm = downpour has no coordinator: set topology.coordinator = false"),
+        (lambda t: t.partitions_per_replica == 1,
+         "optimizer.algorithm = downpour runs unpartitioned replicas in this version: "
+         "set topology.partitions_per_replica = 1"),
+    ],
 }
 
 

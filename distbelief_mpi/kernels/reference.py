@@ -149,3 +149,14 @@ def lcn_backward(x, dy, size):
     g_v = dy / d[:, None] + 2 * v * g_q[:, None]
     g_m = -g_v.sum(axis=1)
     return (g_v + box_sum(g_m / counts, r)[:, None]).astype(x.dtype)
+
+
+# -- parameter-server rules (kernels/server_rules.py) -------------------------------------
+def sgd_apply(params_in, grad, lr):
+    return params_in - params_in.dtype.type(lr) * grad
+
+
+def adagrad_apply(params_in, grad, acc, gamma, eps):
+    """Return (params_out, acc_out)."""
+    acc_out = acc + grad * grad
+    return params_in - params_in.dtype.type(gamma) * grad / (np.sqrt(acc_out) + acc.dtype.type(eps)), acc_out

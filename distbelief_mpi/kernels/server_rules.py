@@ -1,0 +1,44 @@
+"""The parameter server's update rules, applied by a shard to one push at a time.
+
+Out of place: the shard publishes parameters in two alternating buffers (see
+comm/param_server.py), so each rule reads the current buffer and writes the next one in
+the same pass: params_out (n,) <- rule(params_in (n,), grad (n,)).
+
+Adagrad (Duchi et al. 2011, as in the paper's section 4.1), per parameter i:
+    acc_i <- acc_i + g_i^2
+    p_i   <- p_i - gamma * g_i / (sqrt(acc_i) + eps)
+acc starts at `initial_accumulator` (0.1 by default, so the first steps are not
+gamma * sign(g) at full size); eps (1e-8) only guards a zero denominator.
+"""
+
+import numpy as np
+from numba import njit
+
+
+@njit(cache=True)
+def all_finite(values) -> bool:
+    """False as soon as one entry is NaN or +-Inf (a cheap pass before any update)."""
+    for i in range(values.shape[0]):
+        if not np.isfinite(values[i]):
+            return False
+    return True
+
+
+@njit(cache=True)
+def sgd_apply_(params_out, params_in, grad, lr):
+    """params_out <- params_in - lr * grad."""
+    step = params_in.dtype.type(lr)
+    for i in range(params_in.shape[0]):
+        params_out[i] = params_in[i] - step * grad[i]
+
+
+@njit(cache=True)
+def adagrad_apply_(params_out, params_in, grad, acc, gamma, eps):
+    """acc += grad^2 (in place); params_out <- params_in - gamma * grad / (sqrt(acc) + eps)."""
+    g_rate = params_in.dtype.type(gamma)
+    e = acc.dtype.type(eps)
+    for i in range(params_in.shape[0]):
+        g = grad[i]
+        a = acc[i] + g * g
+        acc[i] = a
+        params_out[i] = params_in[i] - g_rate * g / (np.sqrt(a) + e)

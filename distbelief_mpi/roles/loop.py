@@ -1,0 +1,135 @@
+"""The minibatch loop every training role shares: limits, metrics, evaluation, progress.
+
+What differs between algorithms (where the parameters live, what happens to a gradient)
+comes in as `StepHooks`; the loop itself never touches MPI.
+"""
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..config import JobSpec
+from ..data.batches import BatchStream
+from ..limits import RunClock, fraction_done, limit_reached
+from ..model.network import Network
+from ..progress import Progress
+
+# A training-window line goes to metrics.jsonl about this often (seconds).
+METRICS_INTERVAL_S = 1.0
+
+
+class StepHooks:
+    """Algorithm-specific parts of a step. `grad` (n_params,) is d(mean loss)/d params."""
+
+    def before_step(self, step: int) -> None:
+        """Called before computing the gradient of step `step` (0-based): e.g. fetch."""
+
+    def after_step(self, step: int, grad: np.ndarray) -> None:
+        """Called with the gradient of step `step`: apply it, accrue it, push it."""
+
+    def checkpoint(self, clock: RunClock) -> None:
+        """Called when a checkpoint is due (checkpoint.every_steps / every_seconds)."""
+
+
+class Window:
+    """Running sums of loss and accuracy since the last metrics line."""
+
+    def __init__(self):
+        self.last_loss = float("nan")   # mean loss of the last flushed window
+        self.reset()
+
+    def reset(self):
+        self.loss_sum, self.correct, self.examples, self.batches = 0.0, 0, 0, 0
+
+    def add(self, loss: float, correct: int, examples: int):
+        self.loss_sum += loss
+        self.correct += correct
+        self.examples += examples
+        self.batches += 1
+
+    def means(self) -> tuple[float, float]:
+        return self.loss_sum / max(1, self.batches), self.correct / max(1, self.examples)
+
+
+@dataclass
+class LoopResult:
+    clock: RunClock
+    last_train_loss: float
+    train_s: float          # seconds spent in steps (hooks included), not in evaluation
+    examples_seen: int
+    stopped_on: str
+
+
+@dataclass
+class Reporting:
+    """What the lead replica records; other replicas pass None for all three."""
+
+    metrics: object = None        # rundir.MetricsLog
+    test_set: tuple | None = None  # (x_test, y_test)
+    progress: Progress | None = None
+
+
+def run_loop(spec: JobSpec, network: Network, params: np.ndarray, stream: BatchStream,
+             hooks: StepHooks, report: Reporting, first_step: int = 0) -> LoopResult:
+    """Minibatch steps until a run limit; params (n_params,) is the replica's working copy."""
+    grad = np.empty_like(params)
+    window, clock = Window(), RunClock(steps=first_step)
+    train_s, start, last_metrics, last_ckpt = 0.0, time.perf_counter(), 0.0, 0.0
+    while (reason := limit_reached(spec.run, clock)) is None:
+        tick = time.perf_counter()
+        hooks.before_step(clock.steps)
+        x_batch, y_batch = stream.next_batch()
+        loss, correct = network.loss_and_grad(params, x_batch, y_batch, grad)
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"training loss became {loss} at step {clock.steps + 1}; "
+                                     "lower optimizer.learning_rate")
+        hooks.after_step(clock.steps, grad)
+        train_s += time.perf_counter() - tick
+        window.add(loss, correct, len(y_batch))
+        clock.steps, clock.epochs = clock.steps + 1, stream.epoch
+        clock.seconds = time.perf_counter() - start
+        if report.metrics and clock.seconds - last_metrics >= METRICS_INTERVAL_S:
+            last_metrics = clock.seconds
+            log_window(report.metrics, window, clock, stream.examples_seen, train_s)
+        if report.test_set and spec.run.eval_every and clock.steps % spec.run.eval_every == 0:
+            x_test, y_test = report.test_set
+            eval_n = spec.data.eval_examples or len(y_test)
+            log_eval(report.metrics, network, params, x_test[:eval_n], y_test[:eval_n], clock)
+        if checkpoint_due(spec, clock, last_ckpt):
+            last_ckpt = clock.seconds
+            hooks.checkpoint(clock)
+        if report.progress and report.progress.due():
+            report.progress.maybe_print(f"step {clock.steps} epoch {clock.epochs:.2f} "
+                                        f"{stream.examples_seen / max(train_s, 1e-9):,.0f} ex/s "
+                                        f"loss {window.means()[0]:.4f}", fraction_done(spec.run, clock))
+    if report.progress:
+        report.progress.finish()
+    last_loss = window.means()[0] if window.batches else window.last_loss
+    if report.metrics and window.batches:
+        log_window(report.metrics, window, clock, stream.examples_seen, train_s)
+    return LoopResult(clock, last_loss, train_s, stream.examples_seen, reason)
+
+
+def log_window(metrics, window: Window, clock: RunClock, examples_seen: int, train_s: float) -> None:
+    loss, accuracy = window.means()
+    window.last_loss = loss
+    metrics.write({"kind": "train", "time_s": round(clock.seconds, 4), "step": clock.steps,
+                   "epoch": round(clock.epochs, 5), "examples": examples_seen,
+                   "train_loss": loss, "train_accuracy": accuracy,
+                   "examples_per_s": examples_seen / max(train_s, 1e-9)})
+    window.reset()
+
+
+def log_eval(metrics, network: Network, params, x, y, clock: RunClock) -> tuple[float, float]:
+    loss, accuracy = network.evaluate(params, x, y)
+    metrics.write({"kind": "eval", "time_s": round(clock.seconds, 4), "step": clock.steps,
+                   "test_examples": len(y), "test_loss": loss, "test_accuracy": accuracy})
+    return loss, accuracy
+
+
+def checkpoint_due(spec: JobSpec, clock: RunClock, last_ckpt: float) -> bool:
+    every_steps, every_s = spec.checkpoint.every_steps, spec.checkpoint.every_seconds
+    return bool((every_steps and clock.steps % every_steps == 0)
+                or (every_s and clock.seconds - last_ckpt >= every_s))
