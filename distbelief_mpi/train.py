@@ -86,7 +86,7 @@ def _run_role(job: Job, world_comm, world_rank: int, world_size: int, verbose: b
         from .kernels.threads import set_compute_threads   # numba loads only when training
 
         set_compute_threads(threads_for_rank(job.spec.topology.threads_per_rank))
-        _dispatch(job, world_rank, world_size)
+        _dispatch(job, world_comm, world_rank, world_size)
     except Exception as exc:   # noqa: BLE001 - any failure must end the whole job, loudly
         code = exc.exit_code if isinstance(exc, UserInputError) else 1
         detail = str(exc) if code == 2 else traceback.format_exc()
@@ -97,17 +97,22 @@ def _run_role(job: Job, world_comm, world_rank: int, world_size: int, verbose: b
     return 0
 
 
-def _dispatch(job: Job, world_rank: int, world_size: int) -> None:
+def _dispatch(job: Job, world_comm, world_rank: int, world_size: int) -> None:
+    """Run this rank's role; the lead rank writes the summary and final parameters."""
     if job.spec.optimizer.algorithm == "sgd":
         from .roles.sgd_replica import train_sgd
 
         summary, params = train_sgd(job.spec, job.info, job.network, job.run_dir, world_size)
-        save_params(job.run_dir / "params.h5", params, {"step": summary["steps"]})
-        write_summary(job.run_dir, summary)
-        print(f"{job.run_dir}: test accuracy {summary['test_accuracy']:.4f} after {summary['steps']} steps "
-              f"({summary['examples_per_s']:,.0f} examples/s, {summary['wall_s']:.1f} s)")
+    else:
+        from .roles.downpour import run_downpour
+
+        summary, params = run_downpour(job, world_comm, world_rank)
+    if summary is None:
         return
-    raise AssertionError(f"no role loop for algorithm {job.spec.optimizer.algorithm!r}")
+    save_params(job.run_dir / "params.h5", params, {"step": summary["steps"]})
+    write_summary(job.run_dir, summary)
+    print(f"{job.run_dir}: test accuracy {summary['test_accuracy']:.4f} after {summary['steps']} steps "
+          f"({summary['examples_per_s']:,.0f} examples/s, {summary['wall_s']:.1f} s)", flush=True)
 
 
 def summary_of(run_dir: Path) -> dict:

@@ -22,10 +22,10 @@ that sees the new PUSH_SEQ sees the whole gradient. Control words are only touch
 atomic Accumulate(REPLACE) / Fetch_and_op(NO_OP), as MPI requires for concurrent access.
 """
 
-import time
-
 import numpy as np
 from mpi4py import MPI
+
+from .control import Backoff
 
 VERSION, WRITING, HEADER = 0, 1, 2
 PUSH_SEQ, BASE, STEPS, APPLIED, WORDS_PER_REPLICA = 0, 1, 2, 3, 4
@@ -72,22 +72,22 @@ class ParamServerWindows:
     def read_word(self, shard_id: int, index: int) -> int:
         result = np.zeros(1, np.int64)
         rank = self.shard_ranks[shard_id]
-        self.ctrl_win.Fetch_and_op(self._one, result, rank, index, MPI.NO_OP)
+        self.ctrl_win.Fetch_and_op([self._one, MPI.INT64_T], [result, MPI.INT64_T], rank, index, MPI.NO_OP)
         self.ctrl_win.Flush(rank)
         return int(result[0])
 
     def read_words(self, shard_id: int, first: int, count: int) -> np.ndarray:
         result = np.zeros(count, np.int64)
         rank = self.shard_ranks[shard_id]
-        self.ctrl_win.Get_accumulate(np.zeros(count, np.int64), result, rank, (first, count, MPI.INT64_T),
-                                     MPI.NO_OP)
+        self.ctrl_win.Get_accumulate([np.zeros(count, np.int64), MPI.INT64_T], [result, MPI.INT64_T], rank,
+                                     (first, count, MPI.INT64_T), MPI.NO_OP)
         self.ctrl_win.Flush(rank)
         return result
 
     def write_words(self, shard_id: int, first: int, values) -> None:
         values = np.ascontiguousarray(values, np.int64)
         rank = self.shard_ranks[shard_id]
-        self.ctrl_win.Accumulate(values, rank, (first, len(values), MPI.INT64_T), MPI.REPLACE)
+        self.ctrl_win.Accumulate([values, MPI.INT64_T], rank, (first, len(values), MPI.INT64_T), MPI.REPLACE)
         self.ctrl_win.Flush(rank)
 
     # -- data ----------------------------------------------------------------------------
@@ -139,17 +139,3 @@ class ReplicaEndpoint:
         wait = Backoff()
         while not self.try_push(shard_id, grad, base_version, steps):
             wait.sleep()
-
-
-class Backoff:
-    """Sleep intervals that grow from `first` to `limit` seconds: waits that never spin hot."""
-
-    def __init__(self, first: float = 20e-6, limit: float = 2e-3):
-        self.delay, self.first, self.limit = first, first, limit
-
-    def sleep(self) -> None:
-        time.sleep(self.delay)
-        self.delay = min(self.limit, self.delay * 2)
-
-    def reset(self) -> None:
-        self.delay = self.first

@@ -1,0 +1,52 @@
+"""Control messages (point-to-point, tiny) and waits that sleep instead of spinning.
+
+MPICH's blocking calls poll the CPU while they wait; ranks outnumber cores here and on
+laptops, so every wait that may be long (a shard waiting for pushes, replicas waiting out
+the warmstart, ranks waiting at the end) tests a non-blocking request and sleeps between
+tests, with exponential backoff up to a few milliseconds.
+"""
+
+import time
+
+from mpi4py import MPI
+
+TAG_DONE = 101          # replica -> every shard: I have pushed everything; no more pushes
+TAG_WARMSTART = 102     # replica 0 -> other replicas: warmstart finished, start training
+
+
+class Backoff:
+    """Sleep intervals that grow from `first` to `limit` seconds: waits that never spin hot."""
+
+    def __init__(self, first: float = 20e-6, limit: float = 2e-3):
+        self.delay, self.first, self.limit = first, first, limit
+
+    def sleep(self) -> None:
+        time.sleep(self.delay)
+        self.delay = min(self.limit, self.delay * 2)
+
+    def reset(self) -> None:
+        self.delay = self.first
+
+
+def wait_sleeping(request, limit: float = 5e-3):
+    """Request.Wait without burning a core; returns what the request completed with."""
+    backoff = Backoff(limit=limit)
+    while True:
+        done, value = request.test()
+        if done:
+            return value
+        backoff.sleep()
+
+
+def barrier_sleeping(comm, limit: float = 5e-3) -> None:
+    """A barrier for ranks that may wait long (others still training)."""
+    wait_sleeping(comm.Ibarrier(), limit)
+
+
+def messages_waiting(comm, tag: int) -> int:
+    """Receive every pending message with `tag` (from anyone); return how many there were."""
+    count = 0
+    while comm.Iprobe(source=MPI.ANY_SOURCE, tag=tag):
+        comm.recv(source=MPI.ANY_SOURCE, tag=tag)
+        count += 1
+    return count

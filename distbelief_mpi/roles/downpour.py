@@ -1,0 +1,118 @@
+"""Downpour SGD on every rank: shards serve, replicas train, the lead replica reports.
+
+Sequence (every rank): open the windows; shards publish the initial parameters; a
+sleeping barrier; replicas train (replica 0 alone first during a warmstart) while shards
+apply pushes; replicas push what is left and say DONE; shards drain and stop; a sleeping
+barrier; the lead replica (replica 0) fetches the final parameters from the shards,
+evaluates them, gathers everyone's statistics and writes the summary.
+"""
+
+import logging
+import time
+from functools import partial
+
+import numpy as np
+
+from ..comm.control import barrier_sleeping
+from ..comm.param_server import ParamServerWindows, ReplicaEndpoint
+from ..data.batches import BatchStream, replica_slice
+from ..data.hdf5 import read_split
+from ..kernels import sgd_update_
+from ..limits import RunClock
+from ..progress import Progress
+from ..rundir import MetricsLog
+from .downpour_replica import DownpourHooks, finish_replica, release_warmstart, wait_for_warmstart
+from .loop import Reporting, log_eval, run_loop
+from .shard import Shard
+from .summary import downpour_summary
+
+log = logging.getLogger(__name__)
+
+
+def run_downpour(job, world_comm, world_rank: int):
+    """Returns (summary, final params) on the lead replica, (None, None) elsewhere."""
+    layout, role = job.layout, job.role
+    shard_ranks, replica_ranks = layout.ranks_of("shard"), layout.ranks_of("replica")
+    windows = ParamServerWindows(world_comm, shard_ranks, layout.shard_ranges, job.spec.topology.replicas,
+                                 role.shard_id if role.role == "shard" else -1)
+    # No try/finally around this: closing the windows is collective, so after an error on
+    # one rank it would wait forever; the error aborts the whole job instead (train.py).
+    if role.role == "shard":
+        local = _serve_shard(job, windows, world_comm)
+    else:
+        local = _train_replica(job, windows, world_comm, replica_ranks)
+    barrier_sleeping(world_comm)              # every push is applied; shards are idle
+    lead = replica_ranks[0]
+    gathered = world_comm.gather(local, root=lead)
+    final = _fetch_final(job, windows) if world_rank == lead else None
+    windows.close()
+    if world_rank != lead:
+        return None, None
+    return _report(job, gathered, final), final
+
+
+def _serve_shard(job, windows, world_comm) -> dict:
+    start, stop = job.layout.shard_ranges[job.role.shard_id]
+    initial = job.network.init_params(job.spec.run.seed)[start:stop]
+    shard = Shard(windows, job.role.shard_id, job.spec.optimizer, initial)
+    shard.warm_up()
+    barrier_sleeping(world_comm)              # initial parameters are published
+    log.info("serving parameters [%d, %d)", start, stop)
+    shard.serve(world_comm)
+    return {"role": "shard", "shard_id": job.role.shard_id, "version": shard.version, **shard.stats.as_dict()}
+
+
+def _train_replica(job, windows, world_comm, replica_ranks) -> dict:
+    spec, info, replica_id = job.spec, job.info, job.role.replica_id
+    start, stop = replica_slice(info.n_train, replica_id, spec.topology.replicas)
+    x_train, y_train = read_split(info.path, "train", start, stop)
+    stream = BatchStream(x_train, y_train, spec.optimizer.batch_size, spec.run.seed, replica_id)
+    params = np.empty(job.network.n_params, np.float32)
+    warm = spec.optimizer.warmstart_steps and len(replica_ranks) > 1
+    release = partial(release_warmstart, world_comm, replica_ranks) if warm and replica_id == 0 else None
+    hooks = DownpourHooks(spec, ReplicaEndpoint(windows, replica_id), job.layout.shard_ranges, params, release)
+    warm_up(job.network, x_train, y_train)
+    barrier_sleeping(world_comm)              # shards have published the initial parameters
+    if warm and replica_id != 0:
+        wait_for_warmstart(world_comm, replica_ranks[0])
+    started = time.perf_counter()
+    if replica_id == 0:
+        with MetricsLog(job.run_dir) as metrics:
+            x_test, y_test = read_split(info.path, "test")
+            report = Reporting(metrics, (x_test, y_test), Progress(spec.run.progress_seconds))
+            result = run_loop(spec, job.network, params, stream, hooks, report)
+            finish_replica(world_comm, hooks, windows.shard_ranks)
+    else:
+        result = run_loop(spec, job.network, params, stream, hooks, Reporting())
+        finish_replica(world_comm, hooks, windows.shard_ranks)
+    return {"role": "replica", "replica_id": replica_id, "steps": result.clock.steps,
+            "examples_seen": result.examples_seen, "train_s": result.train_s,
+            "loop_s": time.perf_counter() - started, "last_train_loss": result.last_train_loss,
+            "stopped_on": result.stopped_on, "pushes": hooks.pushes, "deferred_pushes": hooks.deferred_pushes,
+            "fetch_retries": hooks.endpoint.fetch_retries, "epochs": stream.epoch}
+
+
+def warm_up(network, x_train, y_train) -> None:
+    """Load (or compile) the model's kernels before the start barrier, so the first timed
+    steps are real steps (a cold Numba kernel can take a second)."""
+    params = network.init_params(0)
+    network.loss_and_grad(params, x_train[:2], y_train[:2], np.empty_like(params))
+    sgd_update_(params, params, np.float32(0))
+
+
+def _fetch_final(job, windows) -> np.ndarray:
+    """The shards' parameters after the last push (no shard writes any more)."""
+    final = np.empty(job.network.n_params, np.float32)
+    endpoint = ReplicaEndpoint(windows, job.role.replica_id)
+    for shard_id, (start, stop) in enumerate(job.layout.shard_ranges):
+        endpoint.fetch(shard_id, final[start:stop])
+    return final
+
+
+def _report(job, gathered: list[dict], final: np.ndarray) -> dict:
+    x_test, y_test = read_split(job.info.path, "test")
+    with MetricsLog(job.run_dir) as metrics:
+        replica0 = next(g for g in gathered if g["role"] == "replica" and g["replica_id"] == 0)
+        clock = RunClock(steps=replica0["steps"], epochs=replica0["epochs"], seconds=replica0["loop_s"])
+        test_loss, test_accuracy = log_eval(metrics, job.network, final, x_test, y_test, clock)
+    return downpour_summary(job, gathered, test_loss, test_accuracy)

@@ -1,0 +1,87 @@
+"""A Downpour SGD model replica (the paper's Algorithm 1.1), one rank per replica.
+
+Every `fetch_every` steps it fetches fresh parameters from every shard; after each
+minibatch it applies the gradient to its working copy (params -= alpha * grad) and adds it
+to an accrued-gradient buffer; every `push_every` steps it pushes each shard's part of the
+accrued gradient into its landing slot there and resets that part. A push to a shard whose
+slot still holds the previous push is not waited for: the gradient keeps accruing and goes
+with the next push, so a replica never stalls on a busy shard mid-run.
+"""
+
+import numpy as np
+
+from ..comm.control import TAG_DONE, TAG_WARMSTART, wait_sleeping
+from ..comm.param_server import ReplicaEndpoint
+from ..config import JobSpec
+from ..kernels import sgd_update_
+from .loop import StepHooks
+
+
+class DownpourHooks(StepHooks):
+    """`on_warmstart_done` (replica 0 only) is called once, after warmstart_steps steps."""
+
+    def __init__(self, spec: JobSpec, endpoint: ReplicaEndpoint, shard_ranges, params: np.ndarray,
+                 on_warmstart_done=None):
+        self.spec, self.endpoint, self.params = spec, endpoint, params
+        self.on_warmstart_done = on_warmstart_done
+        self.ranges = [slice(start, stop) for start, stop in shard_ranges]
+        self.accrued = np.zeros_like(params)                 # (n_params,) gradient not yet pushed
+        self.accrued_steps = [0] * len(self.ranges)          # minibatch steps in each shard's part
+        self.base_versions = [0] * len(self.ranges)          # shard version of our last fetch
+        self.alpha = np.float32(spec.optimizer.learning_rate)
+        self.pushes, self.deferred_pushes = 0, 0
+
+    def fetch_all(self) -> None:
+        for shard_id, part in enumerate(self.ranges):
+            self.base_versions[shard_id] = self.endpoint.fetch(shard_id, self.params[part])
+
+    def before_step(self, step):
+        if step % self.spec.optimizer.fetch_every == 0:
+            self.fetch_all()
+
+    def after_step(self, step, grad):
+        sgd_update_(self.params, grad, self.alpha)
+        np.add(self.accrued, grad, out=self.accrued)
+        for shard_id in range(len(self.ranges)):
+            self.accrued_steps[shard_id] += 1
+        if (step + 1) % self.spec.optimizer.push_every == 0:
+            self.push_all(wait=False)
+        if step + 1 >= self.spec.optimizer.warmstart_steps:
+            self.release_warmstart()
+
+    def release_warmstart(self) -> None:
+        if self.on_warmstart_done is not None:
+            self.on_warmstart_done()
+            self.on_warmstart_done = None
+
+    def push_all(self, wait: bool) -> None:
+        """Push each shard's accrued part; with wait=False skip (keep accruing) busy shards."""
+        for shard_id, part in enumerate(self.ranges):
+            if not self.accrued_steps[shard_id]:
+                continue
+            args = (shard_id, self.accrued[part], self.base_versions[shard_id], self.accrued_steps[shard_id])
+            if wait:
+                self.endpoint.push(*args)
+            elif not self.endpoint.try_push(*args):
+                self.deferred_pushes += 1
+                continue
+            self.pushes += 1
+            self.accrued[part] = 0
+            self.accrued_steps[shard_id] = 0
+
+
+def finish_replica(world_comm, hooks: DownpourHooks, shard_ranks) -> None:
+    """Push what is left (waiting for free slots), then tell every shard we are done."""
+    hooks.release_warmstart()   # a run shorter than the warmstart must not strand the others
+    hooks.push_all(wait=True)
+    for rank in shard_ranks:
+        world_comm.send(None, dest=rank, tag=TAG_DONE)
+
+
+def wait_for_warmstart(world_comm, replica0_rank: int) -> None:
+    wait_sleeping(world_comm.irecv(source=replica0_rank, tag=TAG_WARMSTART))
+
+
+def release_warmstart(world_comm, replica_ranks) -> None:
+    for rank in replica_ranks[1:]:
+        world_comm.send(None, dest=rank, tag=TAG_WARMSTART)

@@ -1,0 +1,119 @@
+"""A parameter-server shard: owns one slice of the parameters and applies every push.
+
+It never posts a receive for gradient bytes: replicas Put gradients into their own landing
+slots in this rank's window (comm/param_server.py). The serve loop polls the control words,
+applies each posted push with the server rule (Adagrad or fixed-rate SGD), rejects and
+counts non-finite pushes, records staleness, and sleeps with backoff when idle.
+"""
+
+import logging
+
+import numpy as np
+
+from ..comm.control import TAG_DONE, Backoff, messages_waiting
+from ..comm.param_server import (APPLIED, HEADER, PUSH_SEQ, BASE, STEPS, VERSION, WORDS_PER_REPLICA, WRITING,
+                                 ParamServerWindows, replica_word)
+from ..config import Optimizer
+from ..kernels.server_rules import adagrad_apply_, all_finite, sgd_apply_
+
+log = logging.getLogger(__name__)
+
+# Staleness histogram: counts of 0, 1, ..., STALENESS_BINS - 2, and >= STALENESS_BINS - 1.
+STALENESS_BINS = 64
+
+
+class ShardStats:
+    def __init__(self, n_replicas: int):
+        self.applied = np.zeros(n_replicas, np.int64)
+        self.rejected = np.zeros(n_replicas, np.int64)
+        self.staleness_hist = np.zeros(STALENESS_BINS, np.int64)
+        self.staleness_sum, self.staleness_max, self.steps_pushed = 0, 0, 0
+
+    def record(self, replica_id: int, staleness: int, steps: int) -> None:
+        self.applied[replica_id] += 1
+        self.staleness_sum += staleness
+        self.staleness_max = max(self.staleness_max, staleness)
+        self.staleness_hist[min(staleness, STALENESS_BINS - 1)] += 1
+        self.steps_pushed += steps
+
+    def as_dict(self) -> dict:
+        return {"applied": self.applied.tolist(), "rejected": self.rejected.tolist(),
+                "staleness_sum": self.staleness_sum, "staleness_max": self.staleness_max,
+                "staleness_hist": self.staleness_hist.tolist(), "steps_pushed": self.steps_pushed}
+
+
+class Shard:
+    """Shard `shard_id`'s state: the two published parameter buffers, the landing slots,
+    the Adagrad accumulators (private to this rank), the version and the statistics."""
+
+    def __init__(self, windows: ParamServerWindows, shard_id: int, optimizer: Optimizer, initial: np.ndarray):
+        self.windows, self.shard_id, self.opt = windows, shard_id, optimizer
+        self.length, self.n_replicas = len(initial), windows.n_replicas
+        data = windows.local_data
+        self.buffers = (data[:self.length], data[self.length:2 * self.length])
+        self.slots = [data[(2 + r) * self.length:(3 + r) * self.length] for r in range(self.n_replicas)]
+        self.buffers[0][:] = initial
+        self.accumulator = np.full(self.length, optimizer.adagrad_initial_accumulator, np.float32)
+        self.version, self.applied_seq = 0, np.zeros(self.n_replicas, np.int64)
+        self.stats = ShardStats(self.n_replicas)
+        windows.data_win.Sync()
+
+    def warm_up(self) -> None:
+        """Load (or compile) the update kernels now, before replicas start pushing: the first
+        call of a Numba kernel can take a second, long enough to stall a short run."""
+        tiny = np.zeros(1, np.float32)
+        all_finite(tiny)
+        adagrad_apply_(tiny.copy(), tiny, tiny, np.ones(1, np.float32), 0.0, 1.0)
+        sgd_apply_(tiny.copy(), tiny, tiny, 0.0)
+
+    @property
+    def params(self) -> np.ndarray:
+        """The current published parameters (L,), a view."""
+        return self.buffers[self.version % 2]
+
+    def apply_pending(self) -> int:
+        """Apply (or reject) every push posted since the last call; return how many."""
+        words = self.windows.read_words(self.shard_id, HEADER, WORDS_PER_REPLICA * self.n_replicas)
+        handled = 0
+        for replica_id in range(self.n_replicas):
+            own = words[WORDS_PER_REPLICA * replica_id:WORDS_PER_REPLICA * (replica_id + 1)]
+            if own[PUSH_SEQ] == self.applied_seq[replica_id]:
+                continue
+            self.windows.data_win.Sync()   # make the replica's Put visible to our own loads
+            self._apply_one(replica_id, int(own[BASE]), int(own[STEPS]))
+            self.applied_seq[replica_id] = own[PUSH_SEQ]
+            self.windows.write_words(self.shard_id, replica_word(replica_id, APPLIED), [own[PUSH_SEQ]])
+            handled += 1
+        return handled
+
+    def _apply_one(self, replica_id: int, base_version: int, steps: int) -> None:
+        grad = self.slots[replica_id]
+        if not all_finite(grad):
+            self.stats.rejected[replica_id] += 1
+            log.warning("rejected a non-finite push from replica %d (%d so far)", replica_id,
+                        self.stats.rejected[replica_id])
+            return
+        current, following = self.buffers[self.version % 2], self.buffers[(self.version + 1) % 2]
+        self.windows.write_words(self.shard_id, WRITING, [self.version + 1])
+        if self.opt.server_rule == "adagrad":
+            adagrad_apply_(following, current, grad, self.accumulator, self.opt.server_learning_rate,
+                           self.opt.adagrad_epsilon)
+        else:
+            sgd_apply_(following, current, grad, self.opt.server_learning_rate)
+        self.windows.data_win.Sync()
+        self.stats.record(replica_id, self.version - base_version, steps)
+        self.version += 1
+        self.windows.write_words(self.shard_id, VERSION, [self.version])
+
+    def serve(self, world_comm) -> None:
+        """Apply pushes until every replica has said it is done and nothing is pending."""
+        done, backoff = 0, Backoff(limit=2e-3)
+        while True:
+            if self.apply_pending():
+                backoff.reset()
+                continue
+            if done == self.n_replicas:
+                return
+            done += messages_waiting(world_comm, TAG_DONE)
+            if done < self.n_replicas:
+                backoff.sleep()

@@ -1,0 +1,32 @@
+"""PURE: the Downpour summary from every rank's gathered statistics."""
+
+
+def downpour_summary(job, gathered: list[dict], test_loss: float, test_accuracy: float) -> dict:
+    """gathered: one dict per world rank ('shard' and 'replica' records, see roles/downpour.py)."""
+    spec = job.spec
+    shards = sorted((g for g in gathered if g["role"] == "shard"), key=lambda g: g["shard_id"])
+    replicas = sorted((g for g in gathered if g["role"] == "replica"), key=lambda g: g["replica_id"])
+    applied = sum(sum(s["applied"]) for s in shards)
+    examples = sum(r["examples_seen"] for r in replicas)
+    loop_s = max(r["loop_s"] for r in replicas)
+    staleness_hist = [sum(column) for column in zip(*(s["staleness_hist"] for s in shards))]
+    return {
+        "algorithm": spec.optimizer.algorithm, "server_rule": spec.optimizer.server_rule,
+        "world_size": len(gathered), "n_replicas": len(replicas), "n_shards": len(shards),
+        "partitions_per_replica": spec.topology.partitions_per_replica, "n_params": job.network.n_params,
+        "steps": sum(r["steps"] for r in replicas), "replica_steps": [r["steps"] for r in replicas],
+        "examples_seen": examples, "wall_s": loop_s, "examples_per_s": examples / max(loop_s, 1e-9),
+        "replica_examples_per_s": [r["examples_seen"] / max(r["loop_s"], 1e-9) for r in replicas],
+        "final_train_loss": replicas[0]["last_train_loss"], "test_loss": test_loss,
+        "test_accuracy": test_accuracy, "stopped_on": replicas[0]["stopped_on"],
+        "pushes_applied": applied,
+        "pushes_rejected": sum(sum(s["rejected"]) for s in shards),
+        "rejected_by_replica": [sum(s["rejected"][r] for s in shards) for r in range(len(replicas))],
+        "pushes_deferred": sum(r["deferred_pushes"] for r in replicas),
+        "staleness_mean": sum(s["staleness_sum"] for s in shards) / max(applied, 1),
+        "staleness_max": max((s["staleness_max"] for s in shards), default=0),
+        "staleness_hist": staleness_hist,
+        "shard_versions": [s["version"] for s in shards],
+        "fetch_retries": sum(r["fetch_retries"] for r in replicas),
+        "dataset": job.info.path,
+    }
