@@ -1,0 +1,60 @@
+"""The parameter server under real mpiexec: properties that hold in any push order."""
+
+import numpy as np
+import pytest
+
+from tests.mpi.runner import assert_all_ranks, run_mpi
+
+
+def records(run, role):
+    return [r["data"] for r in run.ranks.values() if r["data"]["role"] == role]
+
+
+@pytest.mark.parametrize("n_ranks, n_shards", [(3, 1), (5, 2), (6, 3)])
+def test_final_parameters_are_initial_minus_the_sum_of_all_pushes(tmp_path, n_ranks, n_shards):
+    run = run_mpi(n_ranks, ["program", "push_sum", str(n_shards)], tmp_path, timeout=120)
+    assert_all_ranks(run, n_ranks)
+    shards, replicas = records(run, "shard"), records(run, "replica")
+    final = np.concatenate([np.array(s["params"]) for s in sorted(shards, key=lambda s: run_rank(run, s))])
+    pushed = np.sum([r["pushed_sum"] for r in replicas], axis=0)
+    np.testing.assert_array_equal(final, np.arange(len(final)) - pushed)
+    assert sum(sum(s["applied"]) for s in shards) == sum(r["pushes"] for r in replicas)
+    assert sum(s["version"] for s in shards) == sum(r["pushes"] for r in replicas)
+
+
+def run_rank(run, data):
+    return next(rank for rank, record in run.ranks.items() if record["data"] is data)
+
+
+@pytest.mark.parametrize("n_shards", [1, 2])
+def test_one_replica_fixed_schedule_equals_single_process_adagrad(tmp_path, digits_h5, n_shards):
+    run = run_mpi(n_shards + 1, ["program", "adagrad_reference", str(n_shards), str(digits_h5)], tmp_path)
+    assert_all_ranks(run, n_shards + 1)
+    (replica,) = records(run, "replica")
+    # float32 on both sides, the same operations in the same order: equal to rounding.
+    assert replica["max_abs_diff"] <= 1e-6 * max(1.0, replica["max_abs_param"]), replica
+
+
+def test_non_finite_pushes_are_rejected_and_counted(tmp_path):
+    run = run_mpi(3, ["program", "bad_push"], tmp_path)
+    assert_all_ranks(run, 3)
+    shards = records(run, "shard")
+    # Element 5 lies in shard 0's slice: shard 0 rejects 2 of 4 pushes, shard 1 none.
+    assert sorted(sum(s["rejected"]) for s in shards) == [0, 2]
+    assert sorted(sum(s["applied"]) for s in shards) == [2, 4]
+    for shard in shards:
+        params = np.array(shard["params"])
+        if sum(shard["rejected"]):       # applied: all-ones, then all-ones with a 2 at element 5
+            expected = np.full(len(params), -2.0)
+            expected[5] = -3.0
+        else:                            # its slice never held a bad value: all four applied
+            expected = np.full(len(params), -4.0)
+        np.testing.assert_array_equal(params, expected)
+
+
+def test_an_idle_shard_sleeps(tmp_path):
+    run = run_mpi(2, ["program", "idle_shard"], tmp_path)
+    assert_all_ranks(run, 2)
+    (shard,) = records(run, "shard")
+    assert shard["serve_cpu_fraction"] < 0.10, shard
+    print(f"idle shard CPU use: {100 * shard['serve_cpu_fraction']:.1f}% of one core")
