@@ -30,7 +30,11 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train a job (run it under mpiexec for several ranks)",
                                 description="Train a job spec. Every rank of the MPI job runs this command.")
     _add_job_args(train)
-    train.add_argument("--run-dir", help="where to write the run (default: runs/<job>-<time>); must not hold a run")
+    where = train.add_mutually_exclusive_group()
+    where.add_argument("--run-dir", help="where to write the run (default: runs/<job>-<time>); must not hold a run")
+    where.add_argument("--resume", metavar="RUN_DIR",
+                       help="continue RUN_DIR from its newest complete checkpoint (same layout; e.g. a larger "
+                            "--set run.steps=N lets it run further)")
     train.add_argument("-v", "--verbose", action="store_true", help="log INFO lines on stderr too")
 
     plan = commands.add_parser("plan", help="print the rank/role table for N ranks",
@@ -58,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "train":
             from .train import run_train
 
-            return run_train(args.job, args.overrides, args.run_dir, args.verbose)
+            return run_train(args.job, args.overrides, args.run_dir, args.verbose, args.resume)
         if args.command == "plan":
             from .commands import run_plan
 

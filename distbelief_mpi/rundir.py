@@ -28,11 +28,12 @@ def default_run_dir(job_path: str) -> Path:
     return path
 
 
-def prepare_run_dir(path: Path, spec: JobSpec) -> Path:
+def prepare_run_dir(path: Path, spec: JobSpec, resuming: bool = False) -> Path:
     """Create the run directory and write the resolved spec. Refuses a directory that
-    already holds a run, so nothing of an earlier run is overwritten."""
+    already holds a run, so nothing of an earlier run is overwritten, unless resuming it
+    (then the spec, with any new overrides such as a longer run.steps, replaces job.toml)."""
     path = Path(path)
-    if (path / "job.toml").exists():
+    if (path / "job.toml").exists() and not resuming:
         raise UserInputError(f"{path}: already holds a run (job.toml exists); choose a new --run-dir")
     try:
         (path / "logs").mkdir(parents=True, exist_ok=True)

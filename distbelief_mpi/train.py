@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .checkpoint.params_file import save_params
+from .checkpoint.resume import ResumePoint, find_resume_point
 from .comm.world import abort_job, agree_on_errors, init_world
 from .config import JobSpec, load_job
 from .data.hdf5 import DatasetInfo, read_info
@@ -35,6 +36,7 @@ class Job:
     layout: Layout
     role: RankRole
     run_dir: Path
+    resume: ResumePoint | None = None     # where a resumed run continues from
 
 
 def load_and_plan(job_path: str, overrides: list[str], world_size: int, world_rank: int):
@@ -46,16 +48,19 @@ def load_and_plan(job_path: str, overrides: list[str], world_size: int, world_ra
     return spec, info, network, layout, layout.role_of(world_rank)
 
 
-def run_train(job_path: str, overrides: list[str], run_dir_arg: str | None, verbose: bool) -> int:
+def run_train(job_path: str, overrides: list[str], run_dir_arg: str | None, verbose: bool,
+              resume_dir: str | None = None) -> int:
+    """resume_dir: continue that run directory from its newest complete checkpoint."""
     world_comm, world_rank, world_size = init_world()
     job, error = None, None
     # One name for all ranks, chosen by rank 0 (a default name holds rank 0's clock).
-    run_dir = Path(world_comm.bcast(str(run_dir_arg or default_run_dir(job_path)), root=0))
+    run_dir = Path(world_comm.bcast(str(resume_dir or run_dir_arg or default_run_dir(job_path)), root=0))
     try:
         spec, info, network, layout, role = load_and_plan(job_path, overrides, world_size, world_rank)
+        resume = find_resume_point(run_dir, spec, layout) if resume_dir else None
         if world_rank == 0:
-            prepare_run_dir(run_dir, spec)
-        job = Job(spec, info, network, layout, role, run_dir)
+            prepare_run_dir(run_dir, spec, resuming=resume is not None)
+        job = Job(spec, info, network, layout, role, run_dir, resume)
     except Exception as exc:   # noqa: BLE001 - every failure must reach the agreement, or others hang
         error = exc if isinstance(exc, UserInputError) else RuntimeError(traceback.format_exc())
     failed = agree_on_errors(world_comm, error)
@@ -102,7 +107,7 @@ def _dispatch(job: Job, world_comm, world_rank: int, world_size: int) -> None:
     if job.spec.optimizer.algorithm == "sgd":
         from .roles.sgd_replica import train_sgd
 
-        summary, params = train_sgd(job.spec, job.info, job.network, job.run_dir, world_size)
+        summary, params = train_sgd(job, world_size)
     else:
         from .roles.downpour import run_downpour
 

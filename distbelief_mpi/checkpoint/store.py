@@ -1,4 +1,7 @@
-"""Committed checkpoints: RUN_DIR/checkpoints/step-NNNNNNNNN/{params.h5, manifest.json}.
+"""Committed checkpoints: RUN_DIR/checkpoints/step-NNNNNNNNN/{data files, manifest.json}.
+
+Single-replica SGD writes one `params.h5`; Downpour writes one `shard-S.h5` per shard
+(each shard its own, see roles/shard_checkpoint.py) and the lead replica commits them.
 
 Every data file is written to a temporary name and renamed; the manifest (step, the
 SHA-256 of every file, caller metadata) is written last and is the commit marker. A
@@ -19,12 +22,23 @@ from .params_file import save_params
 MANIFEST = "manifest.json"
 
 
+def checkpoint_dir(root: Path, step: int) -> Path:
+    return Path(root) / f"step-{step:09d}"
+
+
 def commit_checkpoint(root: Path, step: int, params: np.ndarray, meta: dict, keep: int) -> Path:
-    """Write and commit the checkpoint for `step`, then delete all but the newest `keep`."""
-    directory = Path(root) / f"step-{step:09d}"
+    """Write and commit a one-file checkpoint for `step`, then keep only the newest `keep`."""
+    directory = checkpoint_dir(root, step)
     directory.mkdir(parents=True, exist_ok=True)
     save_params(directory / "params.h5", params, {"step": step})
-    manifest = {"step": step, "files": {"params.h5": file_sha256(directory / "params.h5")}, **meta}
+    return commit_files(root, step, {"params.h5": file_sha256(directory / "params.h5")}, meta, keep)
+
+
+def commit_files(root: Path, step: int, files: dict[str, str], meta: dict, keep: int) -> Path:
+    """Write the manifest (the commit marker) for data files already in place, with their
+    SHA-256 hashes; then delete all but the newest `keep` complete checkpoints."""
+    directory = checkpoint_dir(root, step)
+    manifest = {"step": step, "files": files, **meta}
     write_text_atomic(directory / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     prune_checkpoints(root, keep)
     return directory

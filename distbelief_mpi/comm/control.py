@@ -12,6 +12,8 @@ from mpi4py import MPI
 
 TAG_DONE = 101          # replica -> every shard: I have pushed everything; no more pushes
 TAG_WARMSTART = 102     # replica 0 -> other replicas: warmstart finished, start training
+TAG_CHECKPOINT = 103    # lead replica -> every shard: write your part of checkpoint {step, directory}
+TAG_CHECKPOINT_DONE = 104   # shard -> lead replica: written {shard_id, file, sha256, version}
 
 
 class Backoff:
@@ -43,10 +45,10 @@ def barrier_sleeping(comm, limit: float = 5e-3) -> None:
     wait_sleeping(comm.Ibarrier(), limit)
 
 
-def messages_waiting(comm, tag: int) -> int:
-    """Receive every pending message with `tag` (from anyone); return how many there were."""
-    count = 0
-    while comm.Iprobe(source=MPI.ANY_SOURCE, tag=tag):
-        comm.recv(source=MPI.ANY_SOURCE, tag=tag)
-        count += 1
-    return count
+def receive_all(comm, tag: int) -> list[tuple[object, int]]:
+    """Receive every pending message with `tag` (from anyone): [(message, source rank)]."""
+    received, status = [], MPI.Status()
+    while comm.Iprobe(source=MPI.ANY_SOURCE, tag=tag, status=status):
+        source = status.Get_source()
+        received.append((comm.recv(source=source, tag=tag), source))
+    return received

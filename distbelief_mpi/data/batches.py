@@ -43,7 +43,9 @@ class BatchStream:
         self.batch_size = int(batch_size)
         self.n_examples = len(x)
         self.examples_seen = 0
-        self._rng = np.random.default_rng([int(seed), int(replica_id)])
+        self._seed = (int(seed), int(replica_id))
+        self._rng = np.random.default_rng(self._seed)
+        self._epoch_rng_state = self._rng.bit_generator.state   # to redraw this epoch's order
         self._order = self._rng.permutation(self.n_examples)
         self._pos = 0  # next index into _order
         self._idx = np.empty(self.batch_size, dtype=np.intp)
@@ -59,6 +61,7 @@ class BatchStream:
         filled = 0
         while filled < self.batch_size:
             if self._pos == self.n_examples:  # epoch boundary: reshuffle
+                self._epoch_rng_state = self._rng.bit_generator.state
                 self._order = self._rng.permutation(self.n_examples)
                 self._pos = 0
             take = min(self.batch_size - filled, self.n_examples - self._pos)
@@ -73,3 +76,23 @@ class BatchStream:
         np.take(self.y, self._idx, axis=0, out=self._y_batch)
         self.examples_seen += self.batch_size
         return self._x_batch, self._y_batch
+
+    def state(self) -> dict:
+        """Everything needed to continue the exact same batch sequence (JSON-serialisable)."""
+        return {"epoch_rng_state": self._epoch_rng_state, "pos": self._pos,
+                "examples_seen": self.examples_seen}
+
+    def restore(self, state: dict) -> None:
+        """Continue exactly where `state()` was taken (same data, seed and batch size)."""
+        self._rng.bit_generator.state = state["epoch_rng_state"]
+        self._epoch_rng_state = state["epoch_rng_state"]
+        self._order = self._rng.permutation(self.n_examples)
+        self._pos, self.examples_seen = int(state["pos"]), int(state["examples_seen"])
+
+    def fast_forward(self, examples_seen: int) -> None:
+        """Continue counting from examples_seen with a fresh order drawn from (seed,
+        replica, examples_seen): for resuming when the exact state was not saved."""
+        self._rng = np.random.default_rng([*self._seed, int(examples_seen)])
+        self._epoch_rng_state = self._rng.bit_generator.state
+        self._order, self._pos = self._rng.permutation(self.n_examples), 0
+        self.examples_seen = int(examples_seen)

@@ -21,6 +21,8 @@ from ..kernels import sgd_update_
 from ..limits import RunClock
 from ..progress import Progress
 from ..rundir import MetricsLog
+from .checkpoint_coordinator import CheckpointCoordinator, reply_to_checkpoint
+from .shard_checkpoint import load_shard, shard_file_name
 from .downpour_replica import DownpourHooks, finish_replica, release_warmstart, wait_for_warmstart
 from .loop import Reporting, log_eval, run_loop
 from .shard import Shard
@@ -55,11 +57,19 @@ def _serve_shard(job, windows, world_comm) -> dict:
     start, stop = job.layout.shard_ranges[job.role.shard_id]
     initial = job.network.init_params(job.spec.run.seed)[start:stop]
     shard = Shard(windows, job.role.shard_id, job.spec.optimizer, initial)
+    resumed_from = None
+    if job.resume:
+        path = job.resume.directory / shard_file_name(job.role.shard_id)
+        shard.restore(load_shard(path, job.role.shard_id, start, stop))
+        resumed_from = shard.version
+        log.info("resumed from %s at version %d", path, shard.version)
     shard.warm_up()
     barrier_sleeping(world_comm)              # initial parameters are published
     log.info("serving parameters [%d, %d)", start, stop)
-    shard.serve(world_comm)
-    return {"role": "shard", "shard_id": job.role.shard_id, "version": shard.version, **shard.stats.as_dict()}
+    lead = job.layout.ranks_of("replica")[0]
+    shard.serve(world_comm, lambda request, _: reply_to_checkpoint(world_comm, shard, start, stop, request, lead))
+    return {"role": "shard", "shard_id": job.role.shard_id, "version": shard.version,
+            "resumed_from_version": resumed_from, **shard.stats.as_dict()}
 
 
 def _train_replica(job, windows, world_comm, replica_ranks) -> dict:
@@ -67,10 +77,15 @@ def _train_replica(job, windows, world_comm, replica_ranks) -> dict:
     start, stop = replica_slice(info.n_train, replica_id, spec.topology.replicas)
     x_train, y_train = read_split(info.path, "train", start, stop)
     stream = BatchStream(x_train, y_train, spec.optimizer.batch_size, spec.run.seed, replica_id)
+    first_step = job.resume.step if job.resume else 0
+    if first_step:
+        stream.fast_forward(first_step * spec.optimizer.batch_size)
     params = np.empty(job.network.n_params, np.float32)
-    warm = spec.optimizer.warmstart_steps and len(replica_ranks) > 1
+    warm = spec.optimizer.warmstart_steps and len(replica_ranks) > 1 and not job.resume
     release = partial(release_warmstart, world_comm, replica_ranks) if warm and replica_id == 0 else None
-    hooks = DownpourHooks(spec, ReplicaEndpoint(windows, replica_id), job.layout.shard_ranges, params, release)
+    checkpoints = CheckpointCoordinator(job, world_comm, windows.shard_ranks) if replica_id == 0 else None
+    hooks = DownpourHooks(spec, ReplicaEndpoint(windows, replica_id), job.layout.shard_ranges, params, release,
+                          checkpoints, stream)
     warm_up(job.network, x_train, y_train)
     barrier_sleeping(world_comm)              # shards have published the initial parameters
     if warm and replica_id != 0:
@@ -80,10 +95,10 @@ def _train_replica(job, windows, world_comm, replica_ranks) -> dict:
         with MetricsLog(job.run_dir) as metrics:
             x_test, y_test = read_split(info.path, "test")
             report = Reporting(metrics, (x_test, y_test), Progress(spec.run.progress_seconds))
-            result = run_loop(spec, job.network, params, stream, hooks, report)
+            result = run_loop(spec, job.network, params, stream, hooks, report, first_step)
             finish_replica(world_comm, hooks, windows.shard_ranks)
     else:
-        result = run_loop(spec, job.network, params, stream, hooks, Reporting())
+        result = run_loop(spec, job.network, params, stream, hooks, Reporting(), first_step)
         finish_replica(world_comm, hooks, windows.shard_ranks)
     return {"role": "replica", "replica_id": replica_id, "steps": result.clock.steps,
             "examples_seen": result.examples_seen, "train_s": result.train_s,

@@ -21,9 +21,10 @@ class DownpourHooks(StepHooks):
     """`on_warmstart_done` (replica 0 only) is called once, after warmstart_steps steps."""
 
     def __init__(self, spec: JobSpec, endpoint: ReplicaEndpoint, shard_ranges, params: np.ndarray,
-                 on_warmstart_done=None):
+                 on_warmstart_done=None, checkpoints=None, stream=None):
         self.spec, self.endpoint, self.params = spec, endpoint, params
         self.on_warmstart_done = on_warmstart_done
+        self.checkpoints, self.stream = checkpoints, stream   # the lead's CheckpointCoordinator
         self.ranges = [slice(start, stop) for start, stop in shard_ranges]
         self.accrued = np.zeros_like(params)                 # (n_params,) gradient not yet pushed
         self.accrued_steps = [0] * len(self.ranges)          # minibatch steps in each shard's part
@@ -48,6 +49,12 @@ class DownpourHooks(StepHooks):
             self.push_all(wait=False)
         if step + 1 >= self.spec.optimizer.warmstart_steps:
             self.release_warmstart()
+        if self.checkpoints:
+            self.checkpoints.poll()
+
+    def checkpoint(self, clock):
+        if self.checkpoints:
+            self.checkpoints.request(clock.steps, self.stream.examples_seen)
 
     def release_warmstart(self) -> None:
         if self.on_warmstart_done is not None:
@@ -73,6 +80,8 @@ class DownpourHooks(StepHooks):
 def finish_replica(world_comm, hooks: DownpourHooks, shard_ranks) -> None:
     """Push what is left (waiting for free slots), then tell every shard we are done."""
     hooks.release_warmstart()   # a run shorter than the warmstart must not strand the others
+    if hooks.checkpoints:
+        hooks.checkpoints.finish()
     hooks.push_all(wait=True)
     for rank in shard_ranks:
         world_comm.send(None, dest=rank, tag=TAG_DONE)

@@ -9,12 +9,14 @@ import time
 
 import numpy as np
 
+from ..checkpoint.params_file import load_params
+from ..checkpoint.resume import layout_signature
 from ..checkpoint.store import commit_checkpoint
-from ..config import JobSpec, to_toml
+from ..config import to_toml
 from ..data.batches import BatchStream
-from ..data.hdf5 import DatasetInfo, read_split
+from ..data.hdf5 import read_split
+from ..errors import CheckpointError
 from ..kernels import sgd_update_
-from ..model.network import Network
 from ..progress import Progress
 from ..rundir import MetricsLog
 from .loop import Reporting, StepHooks, log_eval, run_loop
@@ -23,33 +25,36 @@ log = logging.getLogger(__name__)
 
 
 class LocalSgd(StepHooks):
-    """params -= learning_rate * grad after every step; checkpoints hold the whole vector."""
+    """params -= learning_rate * grad after every step. A checkpoint holds the whole vector
+    and the batch stream's exact position, so a resumed run repeats the same steps."""
 
-    def __init__(self, spec: JobSpec, params: np.ndarray, stream: BatchStream, run_dir):
-        self.spec, self.params, self.stream, self.run_dir = spec, params, stream, run_dir
-        self.lr = np.float32(spec.optimizer.learning_rate)
+    def __init__(self, job, params: np.ndarray, stream: BatchStream):
+        self.job, self.params, self.stream = job, params, stream
+        self.lr = np.float32(job.spec.optimizer.learning_rate)
 
     def after_step(self, step, grad):
         sgd_update_(self.params, grad, self.lr)
 
     def checkpoint(self, clock):
-        commit_checkpoint(self.run_dir / "checkpoints", clock.steps, self.params,
-                          {"examples_seen": self.stream.examples_seen, "job": to_toml(self.spec)},
-                          self.spec.checkpoint.keep)
+        meta = {"examples_seen": self.stream.examples_seen, "stream": self.stream.state(),
+                "layout": layout_signature(self.job.spec, self.job.layout), "job": to_toml(self.job.spec)}
+        commit_checkpoint(self.job.run_dir / "checkpoints", clock.steps, self.params, meta,
+                          self.job.spec.checkpoint.keep)
 
 
-def train_sgd(spec: JobSpec, info: DatasetInfo, network: Network, run_dir, world_size: int
-              ) -> tuple[dict, np.ndarray]:
+def train_sgd(job, world_size: int) -> tuple[dict, np.ndarray]:
     """Train to the run limits; write metrics and checkpoints; return (summary, final params)."""
+    spec, info, network = job.spec, job.info, job.network
     started = time.perf_counter()
     x_train, y_train = read_split(info.path, "train")
     x_test, y_test = read_split(info.path, "test")
     params = network.init_params(spec.run.seed)
     stream = BatchStream(x_train, y_train, spec.optimizer.batch_size, spec.run.seed, replica_id=0)
-    log.info("training %d parameters on %d examples", network.n_params, len(y_train))
-    with MetricsLog(run_dir) as metrics:
+    first_step = _resume(job, params, stream) if job.resume else 0
+    log.info("training %d parameters on %d examples from step %d", network.n_params, len(y_train), first_step)
+    with MetricsLog(job.run_dir) as metrics:
         report = Reporting(metrics, (x_test, y_test), Progress(spec.run.progress_seconds))
-        result = run_loop(spec, network, params, stream, LocalSgd(spec, params, stream, run_dir), report)
+        result = run_loop(spec, network, params, stream, LocalSgd(job, params, stream), report, first_step)
         test_loss, test_accuracy = log_eval(metrics, network, params, x_test, y_test, result.clock)
     log.info("stopped on %s after %d steps; test accuracy %.4f", result.stopped_on, result.clock.steps,
              test_accuracy)
@@ -62,4 +67,16 @@ def train_sgd(spec: JobSpec, info: DatasetInfo, network: Network, run_dir, world
         "train_s": result.train_s, "examples_per_s": result.examples_seen / max(result.train_s, 1e-9),
         "final_train_loss": result.last_train_loss, "test_loss": test_loss, "test_accuracy": test_accuracy,
         "stopped_on": result.stopped_on, "dataset": info.path,
+        "resumed_from": None if job.resume is None else {"step": job.resume.step,
+                                                         "checkpoint": str(job.resume.directory)},
     }, params
+
+
+def _resume(job, params: np.ndarray, stream: BatchStream) -> int:
+    """Load the checkpoint's parameters and batch position into params and stream; return its step."""
+    saved, _ = load_params(job.resume.directory / "params.h5")
+    if len(saved) != len(params):
+        raise CheckpointError(f"{job.resume.directory}: holds {len(saved)} parameters, the model has {len(params)}")
+    params[:] = saved
+    stream.restore(job.resume.manifest["stream"])
+    return job.resume.step

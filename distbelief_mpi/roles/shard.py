@@ -10,8 +10,8 @@ import logging
 
 import numpy as np
 
-from ..comm.control import TAG_DONE, Backoff, messages_waiting
-from ..comm.param_server import (APPLIED, HEADER, PUSH_SEQ, BASE, STEPS, VERSION, WORDS_PER_REPLICA, WRITING,
+from ..comm.control import TAG_CHECKPOINT, TAG_DONE, Backoff, receive_all
+from ..comm.param_server import (APPLIED, BASE, HEADER, PUSH_SEQ, STEPS, VERSION, WORDS_PER_REPLICA, WRITING,
                                  ParamServerWindows, replica_word)
 from ..config import Optimizer
 from ..kernels.server_rules import adagrad_apply_, all_finite, sgd_apply_
@@ -28,6 +28,14 @@ class ShardStats:
         self.rejected = np.zeros(n_replicas, np.int64)
         self.staleness_hist = np.zeros(STALENESS_BINS, np.int64)
         self.staleness_sum, self.staleness_max, self.steps_pushed = 0, 0, 0
+
+    def restore(self, saved: dict) -> None:
+        """Continue the counters of a checkpointed run (as_dict's output)."""
+        self.applied[:] = saved["applied"]
+        self.rejected[:] = saved["rejected"]
+        self.staleness_hist[:] = saved["staleness_hist"]
+        self.staleness_sum, self.staleness_max = saved["staleness_sum"], saved["staleness_max"]
+        self.steps_pushed = saved["steps_pushed"]
 
     def record(self, replica_id: int, staleness: int, steps: int) -> None:
         self.applied[replica_id] += 1
@@ -57,6 +65,15 @@ class Shard:
         self.version, self.applied_seq = 0, np.zeros(self.n_replicas, np.int64)
         self.stats = ShardStats(self.n_replicas)
         windows.data_win.Sync()
+
+    def restore(self, state: dict) -> None:
+        """Start from a checkpoint (checkpoint/shard_checkpoint.load_shard's dict), before serving."""
+        self.version = state["version"]
+        self.buffers[self.version % 2][:] = state["params"]
+        self.accumulator[:] = state["accumulator"]
+        self.stats.restore(state["stats"])
+        self.windows.data_win.Sync()
+        self.windows.write_words(self.shard_id, VERSION, [self.version, self.version])   # VERSION, WRITING
 
     def warm_up(self) -> None:
         """Load (or compile) the update kernels now, before replicas start pushing: the first
@@ -105,8 +122,9 @@ class Shard:
         self.version += 1
         self.windows.write_words(self.shard_id, VERSION, [self.version])
 
-    def serve(self, world_comm) -> None:
-        """Apply pushes until every replica has said it is done and nothing is pending."""
+    def serve(self, world_comm, on_checkpoint=None) -> None:
+        """Apply pushes until every replica has said it is done and nothing is pending.
+        on_checkpoint(request, source_rank) handles a checkpoint request from the lead."""
         done, backoff = 0, Backoff(limit=2e-3)
         while True:
             if self.apply_pending():
@@ -114,6 +132,8 @@ class Shard:
                 continue
             if done == self.n_replicas:
                 return
-            done += messages_waiting(world_comm, TAG_DONE)
+            for request, source in receive_all(world_comm, TAG_CHECKPOINT):
+                on_checkpoint(request, source)
+            done += len(receive_all(world_comm, TAG_DONE))
             if done < self.n_replicas:
                 backoff.sleep()

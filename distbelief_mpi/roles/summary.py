@@ -27,6 +27,9 @@ def downpour_summary(job, gathered: list[dict], test_loss: float, test_accuracy:
         "staleness_max": max((s["staleness_max"] for s in shards), default=0),
         "staleness_hist": staleness_hist,
         "shard_versions": [s["version"] for s in shards],
+        "resumed_from": None if job.resume is None else {
+            "step": job.resume.step, "checkpoint": str(job.resume.directory),
+            "shard_versions": [s["resumed_from_version"] for s in shards]},
         "fetch_retries": sum(r["fetch_retries"] for r in replicas),
         "dataset": job.info.path,
     }

@@ -283,3 +283,25 @@ def test_class_count_must_suit_a_classifier(tmp_path, small_file, n_classes):
                       x_train=x, y_train=np.zeros(2, int), x_test=x, y_test=np.zeros(2, int), x_scale=1.0,
                       synthetic=True)
     assert not (tmp_path / "w.h5").exists()
+
+
+def test_batch_stream_state_restores_the_exact_sequence():
+    x, y = np.arange(70, dtype=np.float32).reshape(35, 2), np.arange(35)
+    first = BatchStream(x, y, 8, seed=4, replica_id=1)
+    for _ in range(9):                          # past two epoch boundaries
+        first.next_batch()
+    saved = first.state()
+    expected = [first.next_batch()[1].copy() for _ in range(10)]
+    second = BatchStream(x, y, 8, seed=4, replica_id=1)
+    second.restore(saved)
+    assert [second.next_batch()[1].tolist() for _ in range(10)] == [e.tolist() for e in expected]
+    assert second.examples_seen == first.examples_seen
+
+
+def test_fast_forward_keeps_counting_epochs():
+    x, y = np.zeros((10, 1), np.float32), np.arange(10)
+    stream = BatchStream(x, y, 5, seed=0)
+    stream.fast_forward(25)
+    assert stream.epoch == 2.5
+    seen = np.concatenate([stream.next_batch()[1].copy() for _ in range(2)])
+    assert sorted(seen.tolist()) == list(range(10))

@@ -1,0 +1,401 @@
+"""Parameter-server bandwidth: push + fetch of the whole parameter vector vs a plain memory copy.
+
+    mpiexec -n S+1 python bench/ps_bandwidth.py --shards S [--params 41_800_000] [--repeats 5]
+                                                [--rule adagrad|sgd] [--out FILE]
+    python bench/ps_bandwidth.py --all [--quick] [--out FILE]     # runs S = 1, 2, 4 and prints one table
+
+Ranks 0..S-1 run the real Shard serve loop (comm/param_server.py windows, roles/shard.py);
+rank S is one replica that, per repeat and interleaved so that all three see the same load:
+
+  memcpy   np.copyto between two preallocated float32 arrays of n_params (the baseline)
+  fetch    ReplicaEndpoint.fetch of every shard's slice into one (n_params,) float32 vector
+  push     ReplicaEndpoint.try_push of a full gradient to every shard (Put + flush + header
+           words). This is the TRANSFER figure: when it returns, the bytes are in the
+           shards' landing slots.
+  applied  push until every shard has consumed it (APPLIED == PUSH_SEQ, polled by the replica):
+           transfer + the shard noticing the push (serve-loop sleep backoff, up to 2 ms) +
+           the finite check + the server rule (Adagrad or SGD) + the replica's poll.
+  put only a diagnostic: the same Puts (flushed) into the replica's free landing slots but no
+           header words, so no shard wakes up to apply: transfer with no server update
+           running beside it (the protocol allows it: a free slot is the replica's).
+
+Shards time their side of every push (wrapping the rule kernels in this process only), so
+the server update is reported apart from memory movement. Timestamps are time.perf_counter
+(CLOCK_MONOTONIC, comparable across processes on one machine). GB/s = bytes of the
+parameter vector (4 * n_params) / seconds, for every row, memcpy included. Target on one
+node (the issue): push and fetch >= 0.5x memcpy.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+sys.path.insert(0, REPO)
+
+SPEECH_PARAMS = 41_800_000     # the paper's speech model, ~42M float32 (bench/kernels.py [1])
+QUICK_PARAMS = 4_000_000
+RESULT_PREFIX = "PS_BANDWIDTH_JSON "
+TAG_SHARD_TIMES = 201
+WARMUP_ROUNDS = 2              # push + fetch rounds before timing: page faults, both buffers touched
+TARGET = 0.5
+
+
+# ---------------------------------------------------------------- machine description
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def mpi_library_line() -> str:
+    """Callable before MPI_Init: the driver never initializes MPI (rc.initialize = False)."""
+    from mpi4py import MPI
+    return MPI.Get_library_version().strip().splitlines()[0].strip()
+
+
+def header_lines(command: str) -> list[str]:
+    return [f"date     {datetime.datetime.now().isoformat(timespec='seconds')}",
+            f"machine  {cpu_model()}, {usable_cores()} usable cores ({os.cpu_count()} logical CPUs), "
+            f"{platform.system()} {platform.release()}",
+            f"mpi      {mpi_library_line()}",
+            f"python   {platform.python_version()}, numpy {np.__version__}",
+            f"command  {command}"]
+
+
+def oversubscription_note(ranks: int, cores: int) -> str:
+    if ranks <= cores:
+        return f"{ranks} ranks on {cores} cores: one core per rank"
+    return (f"{ranks} ranks on {cores} cores: OVERSUBSCRIBED, the shards time-share the cores with "
+            f"each other and the replica (idle shards sleep, so transfers are not starved, but "
+            f"server updates of different shards cannot all run at once)")
+
+
+def gbps(n_bytes: int, seconds: float) -> float:
+    return n_bytes / seconds / 1e9 if seconds > 0 else float("inf")
+
+
+# ---------------------------------------------------------------- one MPI run (worker mode)
+def shard_main(world, windows, shard_id, ranges, rule, seed):
+    """The real Shard serve loop, with its update kernels and _apply_one timed."""
+    import distbelief_mpi.roles.shard as shard_mod
+    from distbelief_mpi.comm.control import barrier_sleeping
+    from distbelief_mpi.config import Optimizer
+
+    times = {"start": [], "finite": [], "rule": [], "end": []}
+
+    def timed(fn, key):
+        def wrapper(*args):
+            t0 = time.perf_counter()
+            out = fn(*args)
+            times[key].append(time.perf_counter() - t0)
+            return out
+        return wrapper
+
+    class TimedShard(shard_mod.Shard):
+        def _apply_one(self, replica_id, base_version, steps):
+            times["start"].append(time.perf_counter())   # the push has been noticed
+            super()._apply_one(replica_id, base_version, steps)
+            times["end"].append(time.perf_counter())     # published (APPLIED follows at once)
+
+    start, stop = ranges[shard_id]
+    initial = np.random.default_rng(seed + shard_id).standard_normal(stop - start).astype(np.float32)
+    shard = TimedShard(windows, shard_id, Optimizer(algorithm="downpour", server_rule=rule), initial)
+    shard.warm_up()                                    # untimed: original kernels, compiled/loaded
+    shard_mod.all_finite = timed(shard_mod.all_finite, "finite")
+    shard_mod.adagrad_apply_ = timed(shard_mod.adagrad_apply_, "rule")
+    shard_mod.sgd_apply_ = timed(shard_mod.sgd_apply_, "rule")
+    barrier_sleeping(world)
+    shard.serve(world)
+    world.send({"shard_id": shard_id, "version": shard.version, **times}, dest=world.Get_size() - 1,
+               tag=TAG_SHARD_TIMES)
+
+
+def replica_main(world, windows, n_shards, ranges, n_params, repeats):
+    from distbelief_mpi.comm.control import TAG_DONE, Backoff, barrier_sleeping
+    from distbelief_mpi.comm.param_server import ReplicaEndpoint
+
+    endpoint = ReplicaEndpoint(windows, 0)
+    rng = np.random.default_rng(1234)
+    grad = (rng.standard_normal(n_params) * 1e-3).astype(np.float32)   # finite: never rejected
+    fetched = np.zeros(n_params, np.float32)          # zeros(): touched now, not on the first fetch
+    src = rng.standard_normal(n_params).astype(np.float32)
+    dst = np.zeros(n_params, np.float32)
+    pieces = [(s, grad[a:b], fetched[a:b]) for s, (a, b) in enumerate(ranges)]
+    barrier_sleeping(world)
+
+    def wait_applied():
+        # Poll with short sleeps, not a hot spin: the shards need the cores to apply.
+        for s in range(n_shards):
+            wait = Backoff(first=5e-6, limit=100e-6)
+            while not endpoint.slot_free(s):
+                wait.sleep()
+
+    def do_push():
+        posted = []
+        t0 = time.perf_counter()
+        for s, g, _ in pieces:
+            if not endpoint.try_push(s, g, 0, 1):
+                raise RuntimeError(f"slot on shard {s} busy at the start of a push")
+            posted.append(time.perf_counter())
+        t1 = time.perf_counter()
+        wait_applied()
+        t2 = time.perf_counter()
+        return t0, t1, t2, posted
+
+    def do_put_only():
+        t0 = time.perf_counter()
+        for s, g, _ in pieces:
+            windows.put_slot(s, 0, g)
+        return time.perf_counter() - t0
+
+    def do_fetch():
+        t0 = time.perf_counter()
+        versions = [endpoint.fetch(s, out) for s, _, out in pieces]
+        return time.perf_counter() - t0, versions
+
+    for _ in range(WARMUP_ROUNDS):
+        do_push()
+        do_fetch()
+        np.copyto(dst, src)
+
+    rows = []
+    for _ in range(repeats):
+        time.sleep(5e-3)   # let the shards fall back to their longest idle sleep, as between real pushes
+        m0 = time.perf_counter()
+        np.copyto(dst, src)
+        memcpy = time.perf_counter() - m0
+        t_fetch, versions = do_fetch()
+        t_put_only = do_put_only()
+        time.sleep(5e-3)
+        t0, t1, t2, posted = do_push()
+        rows.append({"memcpy": memcpy, "fetch": t_fetch, "put_only": t_put_only, "push_start": t0, "push": t1 - t0,
+                     "applied": t2 - t0, "posted": posted, "versions": versions})
+    _, final_versions = do_fetch()
+    expected = WARMUP_ROUNDS + repeats
+    if final_versions != [expected] * n_shards:
+        raise RuntimeError(f"shard versions {final_versions}, expected {expected} each")
+    if not np.isfinite(fetched).all():
+        raise RuntimeError("fetched parameters are not finite")
+
+    for s in range(n_shards):
+        world.send(None, dest=s, tag=TAG_DONE)
+    shard_times = sorted((world.recv(source=s, tag=TAG_SHARD_TIMES) for s in range(n_shards)),
+                         key=lambda r: r["shard_id"])
+    return rows, shard_times, endpoint.fetch_retries
+
+
+def summarize(rows, shard_times, fetch_retries, n_params, n_shards, repeats, rule, world_size):
+    n_bytes = 4 * n_params
+    med = lambda xs: statistics.median(xs)  # noqa: E731
+    keys = ("memcpy", "fetch", "push", "applied", "put_only")
+    t = {key: med([r[key] for r in rows]) for key in keys}
+    best = {key: min(r[key] for r in rows) for key in keys}
+    # Server side, per timed push k (the first WARMUP_ROUNDS applies were the warm-up):
+    notice, finite, rule_t, apply_total, applied_server = [], [], [], [], []
+    for k, row in enumerate(rows):
+        i = WARMUP_ROUNDS + k
+        notice.append(max(st["start"][i] - row["posted"][st["shard_id"]] for st in shard_times))
+        finite.append(max(st["finite"][i] for st in shard_times))
+        rule_t.append(max(st["rule"][i] for st in shard_times))
+        apply_total.append(max(st["end"][i] - st["start"][i] for st in shard_times))
+        applied_server.append(max(st["end"][i] for st in shard_times) - row["push_start"])
+    t.update(notice_max=med(notice), finite=med(finite), rule=med(rule_t), apply=med(apply_total),
+             applied_server=med(applied_server))
+    per_shard = [{"shard_id": st["shard_id"],
+                  "notice": med([st["start"][WARMUP_ROUNDS + k] - row["posted"][st["shard_id"]]
+                                 for k, row in enumerate(rows)]),
+                  "finite": med(st["finite"][WARMUP_ROUNDS:]), "rule": med(st["rule"][WARMUP_ROUNDS:]),
+                  "apply": med([e - s for s, e in zip(st["start"][WARMUP_ROUNDS:], st["end"][WARMUP_ROUNDS:])])}
+                 for st in shard_times]
+    ratio = {"fetch": t["memcpy"] / t["fetch"], "push": t["memcpy"] / t["push"],
+             "applied": t["memcpy"] / t["applied"],
+             "round_trip": 2 * t["memcpy"] / (t["push"] + t["fetch"]),
+             "round_trip_applied": 2 * t["memcpy"] / (t["applied"] + t["fetch"]),
+             "put_only": t["memcpy"] / t["put_only"]}
+    return {"shards": n_shards, "ranks": world_size, "cores": usable_cores(), "params": n_params,
+            "bytes": n_bytes, "repeats": repeats, "rule": rule, "seconds": t, "best_seconds": best,
+            "gbps": {k: gbps(n_bytes, v) for k, v in t.items() if k in keys},
+            "ratio_to_memcpy": ratio, "meets_target": ratio["fetch"] >= TARGET and ratio["push"] >= TARGET,
+            "target": TARGET, "per_shard": per_shard, "fetch_retries": fetch_retries,
+            "raw_seconds": [{k: r[k] for k in keys} for r in rows]}
+
+
+def format_run(res) -> str:
+    t, g, r, b = res["seconds"], res["gbps"], res["ratio_to_memcpy"], res["best_seconds"]
+    mb = res["bytes"] / 1e6
+
+    def row(label, key, extra=""):
+        ratio = t["memcpy"] / t[key]
+        return (f"  {label:<27}{t[key] * 1e3:8.2f} ms {g[key]:6.2f} GB/s {ratio:5.2f}x  "
+                f"(best {b[key] * 1e3:7.2f} ms){extra}")
+
+    lines = [f"shards {res['shards']}: {res['params']:,} float32 = {mb:.1f} MB, {res['rule']} rule, "
+             f"median of {res['repeats']} (best = fastest repeat); "
+             f"{oversubscription_note(res['ranks'], res['cores'])}",
+             f"  {'':<27}{'median':>11} {'GB/s':>11} {'ratio':>6}",
+             row("memcpy (np.copyto)", "memcpy"),
+             row("fetch (all shards)", "fetch", f"  {res['fetch_retries']} seqlock retries"),
+             row("push, transfer (Put+hdr)", "push"),
+             row("push until applied", "applied", f"  server-side end {t['applied_server'] * 1e3:.2f} ms"),
+             row("put only (diagnostic)", "put_only", "  no header: no apply runs beside it"),
+             f"    push until applied, slowest shard per push: notice {t['notice_max'] * 1e3:.2f} ms, finite check "
+             f"{t['finite'] * 1e3:.2f} ms, {res['rule']} rule {t['rule'] * 1e3:.2f} ms, whole apply "
+             f"{t['apply'] * 1e3:.2f} ms",
+             f"  round trip push+fetch vs 2x memcpy: {r['round_trip']:.2f}x transfer, "
+             f"{r['round_trip_applied']:.2f}x with the apply",
+             f"  target >= {res['target']}x memcpy for push (transfer) and fetch: "
+             f"{'MET' if res['meets_target'] else 'MISSED'}"]
+    for ps in res["per_shard"]:
+        lines.append(f"    shard {ps['shard_id']}: notice {ps['notice'] * 1e3:.2f} ms, finite {ps['finite'] * 1e3:.2f} ms, "
+                     f"rule {ps['rule'] * 1e3:.2f} ms, apply {ps['apply'] * 1e3:.2f} ms")
+    return "\n".join(lines)
+
+
+def worker(args) -> int:
+    from mpi4py import MPI
+
+    from distbelief_mpi.comm.control import barrier_sleeping
+    from distbelief_mpi.comm.param_server import ParamServerWindows
+    from distbelief_mpi.layout import shard_ranges
+
+    world = MPI.COMM_WORLD
+    rank, size, n_shards = world.Get_rank(), world.Get_size(), args.shards
+    if size != n_shards + 1:
+        if rank == 0:
+            print(f"error: --shards {n_shards} needs mpiexec -n {n_shards + 1} (S shards + 1 replica), "
+                  f"got {size} ranks", file=sys.stderr)
+        return 2
+    ranges = shard_ranges(args.params, n_shards)
+    shard_id = rank if rank < n_shards else -1
+    windows = ParamServerWindows(world, list(range(n_shards)), ranges, 1, shard_id)
+    result = None
+    if shard_id >= 0:
+        shard_main(world, windows, shard_id, ranges, args.rule, seed=0)
+    else:
+        rows, shard_times, retries = replica_main(world, windows, n_shards, ranges, args.params, args.repeats)
+        result = summarize(rows, shard_times, retries, args.params, n_shards, args.repeats, args.rule, size)
+    barrier_sleeping(world)
+    windows.close()
+    if result is not None:
+        if not args.quiet:
+            print("\n".join(header_lines(f"mpiexec -n {size} " + " ".join([sys.executable] + sys.argv))))
+            print(format_run(result))
+        if args.out:
+            with open(args.out, "w") as f:
+                json.dump(result, f, indent=1)
+        print(RESULT_PREFIX + json.dumps(result), flush=True)
+    return 0
+
+
+# ---------------------------------------------------------------- driver mode (--all)
+def mpiexec_path() -> str:
+    beside = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+    found = beside if os.path.exists(beside) else shutil.which("mpiexec")
+    if not found:
+        raise SystemExit("mpiexec not found (install the project: pip install -e .)")
+    return found
+
+
+def launcher_flags(mpiexec: str) -> list[str]:
+    """Open MPI refuses more ranks than cores (and root) unless told; MPICH allows both."""
+    version = subprocess.run([mpiexec, "--version"], capture_output=True, text=True).stdout
+    if "Open MPI" not in version and "OpenRTE" not in version:
+        return []
+    return ["--oversubscribe"] + (["--allow-run-as-root"] if os.geteuid() == 0 else [])
+
+
+def driver(args) -> int:
+    import mpi4py
+    mpi4py.rc.initialize = False        # the driver only launches mpiexec; it is no MPI process
+    params = args.params or (QUICK_PARAMS if args.quick else SPEECH_PARAMS)
+    repeats = args.repeats or (3 if args.quick else 5)
+    mpiexec = mpiexec_path()
+    print("\n".join(header_lines(" ".join([sys.executable] + sys.argv))))
+    print(f"sizes    {params:,} float32 params = {4 * params / 1e6:.1f} MB per push and per fetch; "
+          f"{repeats} repeats (+{WARMUP_ROUNDS} warm-up rounds); rule {args.rule}")
+    results, failed = [], []
+    for n_shards in (1, 2, 4):
+        command = ["timeout", "-k", "10", str(args.timeout), mpiexec, *launcher_flags(mpiexec),
+                   "-n", str(n_shards + 1), sys.executable, os.path.abspath(__file__), "--shards", str(n_shards),
+                   "--params", str(params), "--repeats", str(repeats), "--rule", args.rule, "--quiet"]
+        print(f"\n$ {' '.join(command)}", flush=True)
+        started = time.perf_counter()
+        done = subprocess.run(command, capture_output=True, text=True, cwd=REPO,
+                              env={**os.environ, "PYTHONPATH": os.path.abspath(REPO)})
+        lines = [line for line in done.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
+        if done.returncode != 0 or not lines:
+            why = "timed out" if done.returncode in (124, 137) else f"exit {done.returncode}"
+            print(f"FAILED ({why})\nstdout:\n{done.stdout}\nstderr:\n{done.stderr}")
+            failed.append(n_shards)
+            continue
+        result = json.loads(lines[-1][len(RESULT_PREFIX):])
+        result["command"], result["wall_seconds"] = " ".join(command), time.perf_counter() - started
+        results.append(result)
+        print(format_run(result) + f"\n  (run took {result['wall_seconds']:.1f} s)", flush=True)
+
+    if results:
+        print(f"\nsummary: GB/s of the {4 * params / 1e6:.1f} MB vector (ratio to memcpy in the same run); "
+              f"'push' = transfer (Put + header), 'applied' = until every shard has applied it")
+        head = f"{'shards':>6} {'ranks/cores':>11} {'memcpy':>7} {'fetch':>14} {'push':>14} {'applied':>14} " \
+               f"{'rule ms':>8} {'notice ms':>9} {'>=0.5x':>6}"
+        print(head)
+        for res in results:
+            g, r, t = res["gbps"], res["ratio_to_memcpy"], res["seconds"]
+            cell = lambda k: f"{g[k]:6.2f} ({r[k]:.2f}x)"  # noqa: E731
+            print(f"{res['shards']:>6} {res['ranks']:>5}/{res['cores']:<5} {g['memcpy']:7.2f} {cell('fetch'):>14} "
+                  f"{cell('push'):>14} {cell('applied'):>14} {t['rule'] * 1e3:8.2f} {t['notice_max'] * 1e3:9.2f} "
+                  f"{'yes' if res['meets_target'] else 'NO':>6}")
+        if any(res["ranks"] > res["cores"] for res in results):
+            print(f"note: runs with more ranks than the {results[0]['cores']} cores time-share them "
+                  f"(see the per-run lines).")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"results": results, "failed": failed}, f, indent=1)
+    return 1 if failed else 0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shards", type=int, help="worker mode (under mpiexec -n SHARDS+1)")
+    ap.add_argument("--all", action="store_true", help="driver: launch mpiexec for 1, 2 and 4 shards")
+    ap.add_argument("--quick", action="store_true", help=f"driver: {QUICK_PARAMS:,} params, 3 repeats (smoke run)")
+    ap.add_argument("--params", type=int, default=None, help=f"float32 parameters (default {SPEECH_PARAMS:,})")
+    ap.add_argument("--repeats", type=int, default=None, help="timed repeats (default 5; --quick 3)")
+    ap.add_argument("--rule", choices=("adagrad", "sgd"), default="adagrad", help="the shards' server rule")
+    ap.add_argument("--timeout", type=int, default=150, help="driver: seconds per mpiexec run")
+    ap.add_argument("--out", help="also write the results as JSON to this file")
+    ap.add_argument("--quiet", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.all:
+        return driver(args)
+    if args.shards is None or args.shards < 1:
+        ap.error("give --shards S >= 1 (under mpiexec -n S+1) or --all")
+    args.params = args.params or SPEECH_PARAMS
+    args.repeats = args.repeats or 5
+    return worker(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""Resuming a run: find the newest complete checkpoint and check it fits the job."""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import CheckpointError
+from .store import complete_checkpoints, read_manifest
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    directory: Path
+    manifest: dict
+
+    @property
+    def step(self) -> int:
+        return int(self.manifest["step"])
+
+
+def layout_signature(spec, layout) -> dict:
+    """What a checkpoint must share with the job that resumes it."""
+    return {"algorithm": spec.optimizer.algorithm, "n_params": layout.n_params,
+            "shards": spec.topology.shards, "replicas": spec.topology.replicas,
+            "shard_ranges": [list(r) for r in layout.shard_ranges], "server_rule": spec.optimizer.server_rule}
+
+
+def find_resume_point(run_dir: Path, spec, layout) -> ResumePoint:
+    """The newest complete checkpoint of run_dir; CheckpointError naming every mismatch."""
+    root = Path(run_dir) / "checkpoints"
+    found = complete_checkpoints(root)
+    if not found:
+        raise CheckpointError(f"{run_dir}: no complete checkpoint to resume from (looked in {root})")
+    manifest = read_manifest(found[0])
+    saved, wanted = manifest.get("layout", {}), layout_signature(spec, layout)
+    mismatches = [f"{key}: the checkpoint has {saved.get(key)!r}, this job has {value!r}"
+                  for key, value in wanted.items() if saved.get(key) != value]
+    if mismatches:
+        raise CheckpointError(f"{found[0]}: does not fit this job; resume needs the same layout:\n"
+                              + "\n".join(f"  - {m}" for m in mismatches))
+    return ResumePoint(found[0], manifest)
