@@ -51,6 +51,7 @@ class Optimizer:
     fetch_every: int = 1             # downpour: a replica fetches fresh parameters every N steps
     push_every: int = 1              # downpour: a replica pushes its accrued gradient every N steps
     warmstart_steps: int = 0         # downpour: replica 0 trains alone this many steps before the others start
+    overlap_comm: bool = False       # downpour: fetch and push in a background thread, overlapping compute (docs/downpour.md)
 
 
 @dataclass(frozen=True)

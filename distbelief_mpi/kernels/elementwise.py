@@ -41,7 +41,7 @@ def _slope_from_output(y, kind, one):
     return one
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def bias_activation_(z, bias, kind):
     """z (M, N) <- act(z + bias) in place; bias (N,). Used by dense layers, M = batch."""
     m, n = z.shape
@@ -51,7 +51,7 @@ def bias_activation_(z, bias, kind):
             z[i, j] = _activate(z[i, j] + bias[j], kind, one)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def activation_grad_bias_(dz, y, kind, bias_grad):
     """dz (M, N) <- dz * act'(y) in place; bias_grad (N,) <- sum over rows of the result."""
     m, n = dz.shape
@@ -64,7 +64,7 @@ def activation_grad_bias_(dz, y, kind, bias_grad):
             bias_grad[j] += g
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def sgd_update_(params, grad, lr):
     """params (n,) <- params - lr * grad, in place, in the parameters' dtype."""
     step = params.dtype.type(lr)

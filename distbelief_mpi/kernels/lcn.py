@@ -18,7 +18,7 @@ from numba import njit
 LCN_EPS = 1e-4
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _box_sum_(src, r, tmp, out):
     """out (H, W) <- sum of src (H, W) over the cropped (2r+1)^2 window; tmp (H, W) scratch."""
     h_n, w_n = src.shape
@@ -36,7 +36,7 @@ def _box_sum_(src, r, tmp, out):
                 out[h, w] += tmp[i, w]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _inverse_counts(c_n, h_n, w_n, r, like):
     """(H, W) array of 1 / N(h, w), in the dtype of the array `like`."""
     inv = np.empty((h_n, w_n), dtype=like.dtype)
@@ -49,7 +49,7 @@ def _inverse_counts(c_n, h_n, w_n, r, like):
     return inv
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def lcn_forward_(x, size, y, d):
     """y (B, C, H, W) <- LCN(x); d (B, H, W) <- the divisor, kept for the backward pass."""
     b_n, c_n, h_n, w_n = x.shape
@@ -81,7 +81,7 @@ def lcn_forward_(x, size, y, d):
                     y[b, c, h, w] /= d[b, h, w]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def lcn_backward_(y, d, dy, size, dx):
     """dx (B, C, H, W) <- d loss / d x from dy, the forward output y and divisor d (B, H, W)."""
     b_n, c_n, h_n, w_n = y.shape

@@ -24,7 +24,7 @@ def local_out_size(size: int, patch: int, stride: int) -> int:
     return (size - patch) // stride + 1 if size >= patch else 0
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _to_batch_last(x):
     """(B, C, H, W) -> a new (C, H, W, B) array."""
     b_n, c_n, h_n, w_n = x.shape
@@ -65,7 +65,7 @@ def _scatter_add_patches(d_patches, oh, ow, stride, patch, dxt):
                 k += 1
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def local_forward_(x, w, bias, stride, patch, kind, y):
     """y (B, F, OH, OW) <- act(local(x) + bias). See the module docstring for shapes."""
     b_n = x.shape[0]
@@ -86,7 +86,7 @@ def local_forward_(x, w, bias, stride, patch, kind, y):
                     y[b, f, oh, ow] = _activate(acc[f, b] + bias[pos, f], kind, one)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def local_backward_(x, w, y, dy, stride, patch, kind, grad_w, grad_bias, dx, need_dx):
     """Write grad_w (P, K, F), grad_bias (P, F) and, if need_dx, dx (B, C, H, W) (overwritten).
 

@@ -11,7 +11,7 @@ from numba import njit
 L2POOL_EPS = 1e-6
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def maxpool_forward_(x, size, stride, y, argmax):
     """y (B, C, OH, OW) <- window max; argmax (B, C, OH, OW) int <- h * W + w of the max (first)."""
     b_n, c_n, _, w_n = x.shape
@@ -33,7 +33,7 @@ def maxpool_forward_(x, size, stride, y, argmax):
                     argmax[b, c, oh, ow] = where
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def maxpool_backward_(dy, argmax, dx):
     """dx (B, C, H, W) <- sum of dy routed to each window's max (overwritten)."""
     b_n, c_n, oh_n, ow_n = dy.shape
@@ -47,7 +47,7 @@ def maxpool_backward_(dy, argmax, dx):
                     dx[b, c, where // w_n, where % w_n] += dy[b, c, oh, ow]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def l2pool_forward_(x, size, stride, y):
     """y (B, C, OH, OW) <- sqrt(sum over the window of x^2 + L2POOL_EPS)."""
     b_n, c_n = x.shape[0], x.shape[1]
@@ -66,7 +66,7 @@ def l2pool_forward_(x, size, stride, y):
                     y[b, c, oh, ow] = np.sqrt(total)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def l2pool_backward_(x, y, dy, size, stride, dx):
     """dx (B, C, H, W) <- sum over windows containing the pixel of dy * x / y (overwritten)."""
     b_n, c_n = x.shape[0], x.shape[1]

@@ -15,16 +15,21 @@ import numpy as np
 from numba import njit
 
 
-@njit(cache=True)
+# x * 0 is 0 for finite x and NaN for NaN or +-Inf, so one summed pass finds any bad value;
+# reassociating the sum (but keeping NaN/Inf semantics) lets it vectorise: 22 ms -> a few ms
+# over 42M parameters, against a 15 ms memory copy.
+@njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc", "nsz"})
 def all_finite(values) -> bool:
-    """False as soon as one entry is NaN or +-Inf (a cheap pass before any update)."""
+    """False when any entry is NaN or +-Inf."""
+    total = values.dtype.type(0)
     for i in range(values.shape[0]):
-        if not np.isfinite(values[i]):
-            return False
-    return True
+        total += values[i] * values.dtype.type(0)
+    return total == 0
 
 
-@njit(cache=True)
+# error_model="numpy": no Python division-by-zero check, so the loops vectorise (packed
+# sqrt and divide): Adagrad over 42M parameters measured 104 ms -> 67 ms (bench/ps_bandwidth.py).
+@njit(cache=True, nogil=True, error_model="numpy")
 def sgd_apply_(params_out, params_in, grad, lr):
     """params_out <- params_in - lr * grad."""
     step = params_in.dtype.type(lr)
@@ -32,7 +37,7 @@ def sgd_apply_(params_out, params_in, grad, lr):
         params_out[i] = params_in[i] - step * grad[i]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def adagrad_apply_(params_out, params_in, grad, acc, gamma, eps):
     """acc += grad^2 (in place); params_out <- params_in - gamma * grad / (sqrt(acc) + eps)."""
     g_rate = params_in.dtype.type(gamma)

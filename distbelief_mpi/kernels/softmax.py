@@ -4,7 +4,7 @@ import numpy as np
 from numba import njit
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def softmax_xent(logits, labels, dlogits, scale):
     """Return (sum over rows of -log softmax(logits)[label], number of rows whose argmax == label).
 

@@ -6,6 +6,9 @@ to an accrued-gradient buffer; every `push_every` steps it pushes each shard's p
 accrued gradient into its landing slot there and resets that part. A push to a shard whose
 slot still holds the previous push is not waited for: the gradient keeps accruing and goes
 with the next push, so a replica never stalls on a busy shard mid-run.
+
+With optimizer.overlap_comm the transfers run in a background thread
+(roles/comm_worker.py) and overlap with the next minibatches; without it they run inline.
 """
 
 import numpy as np
@@ -14,6 +17,7 @@ from ..comm.control import TAG_DONE, TAG_WARMSTART, wait_sleeping
 from ..comm.param_server import ReplicaEndpoint
 from ..config import JobSpec
 from ..kernels import sgd_update_
+from .comm_worker import CommWorker
 from .loop import StepHooks
 
 
@@ -31,14 +35,21 @@ class DownpourHooks(StepHooks):
         self.base_versions = [0] * len(self.ranges)          # shard version of our last fetch
         self.alpha = np.float32(spec.optimizer.learning_rate)
         self.pushes, self.deferred_pushes = 0, 0
+        self.worker = CommWorker(endpoint, shard_ranges, len(params)) if spec.optimizer.overlap_comm else None
 
     def fetch_all(self) -> None:
+        """A synchronous fetch of every shard (the first one, and every one without overlap)."""
         for shard_id, part in enumerate(self.ranges):
             self.base_versions[shard_id] = self.endpoint.fetch(shard_id, self.params[part])
 
     def before_step(self, step):
-        if step % self.spec.optimizer.fetch_every == 0:
+        if step % self.spec.optimizer.fetch_every:
+            return
+        if self.worker is None or step == 0:
             self.fetch_all()
+        if self.worker is not None:
+            versions = self.worker.take_fetch(self.params)
+            self.base_versions = versions if versions is not None else self.base_versions
 
     def after_step(self, step, grad):
         sgd_update_(self.params, grad, self.alpha)
@@ -46,7 +57,7 @@ class DownpourHooks(StepHooks):
         for shard_id in range(len(self.ranges)):
             self.accrued_steps[shard_id] += 1
         if (step + 1) % self.spec.optimizer.push_every == 0:
-            self.push_all(wait=False)
+            self.push_in_background() if self.worker else self.push_all(wait=False)
         if step + 1 >= self.spec.optimizer.warmstart_steps:
             self.release_warmstart()
         if self.checkpoints:
@@ -60,6 +71,20 @@ class DownpourHooks(StepHooks):
         if self.on_warmstart_done is not None:
             self.on_warmstart_done()
             self.on_warmstart_done = None
+
+    def push_in_background(self) -> None:
+        fresh = self.worker.try_push(self.accrued, self.accrued_steps, self.base_versions)
+        if fresh is None:
+            self.deferred_pushes += 1
+            return
+        self.accrued, self.accrued_steps = fresh, [0] * len(self.ranges)
+
+    def stop_worker(self) -> None:
+        """Let the background pushes finish; afterwards transfers run inline."""
+        if self.worker is not None:
+            self.worker.close()
+            self.pushes += self.worker.pushes
+            self.worker = None
 
     def push_all(self, wait: bool) -> None:
         """Push each shard's accrued part; with wait=False skip (keep accruing) busy shards."""
@@ -82,6 +107,7 @@ def finish_replica(world_comm, hooks: DownpourHooks, shard_ranks) -> None:
     hooks.release_warmstart()   # a run shorter than the warmstart must not strand the others
     if hooks.checkpoints:
         hooks.checkpoints.finish()
+    hooks.stop_worker()
     hooks.push_all(wait=True)
     for rank in shard_ranks:
         world_comm.send(None, dest=rank, tag=TAG_DONE)

@@ -126,3 +126,31 @@ def test_unusable_run_dir_is_a_clear_error(tmp_path, digits_h5):
     run = train(1, tmp_path, digits_h5, run_dir="afile/run")
     assert_all_ranks(run, 1, exit_code=2)
     assert "cannot create the run directory" in run.stderr and "Traceback" not in run.stderr
+
+
+DOWNPOUR_JOB = str(REPO / "jobs" / "digits_downpour.toml")
+
+
+def test_digits_downpour_2_shards_3_replicas_reaches_95_percent(tmp_path, digits_h5):
+    """The shipped Downpour job (the README's default) under mpiexec -n 5."""
+    run = run_mpi(5, ["distbelief", "train", DOWNPOUR_JOB, "--set", f"data.path={digits_h5}",
+                      "--run-dir", str(tmp_path / "run")], tmp_path, timeout=300)
+    assert_all_ranks(run, 5)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["test_accuracy"] >= 0.95, summary
+    assert (summary["n_shards"], summary["n_replicas"], summary["world_size"]) == (2, 3, 5)
+    assert summary["pushes_applied"] > 0 and summary["pushes_rejected"] == 0
+    assert 0 <= summary["staleness_mean"] <= summary["staleness_max"]
+    assert len(summary["replica_examples_per_s"]) == 3 and min(summary["replica_examples_per_s"]) > 0
+    assert sum(summary["staleness_hist"]) == summary["pushes_applied"]
+    # every shard applied every push it counted: versions add up to the applied pushes
+    assert sum(summary["shard_versions"]) == summary["pushes_applied"]
+
+
+def test_downpour_with_background_transfers_trains(tmp_path, digits_h5):
+    run = run_mpi(4, ["distbelief", "train", DOWNPOUR_JOB, "--set", f"data.path={digits_h5}",
+                      "--set", "topology.replicas=2", "--set", "optimizer.overlap_comm=true",
+                      "--run-dir", str(tmp_path / "run")], tmp_path, timeout=300)
+    assert_all_ranks(run, 4)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["test_accuracy"] >= 0.90 and summary["pushes_applied"] > 0, summary

@@ -49,3 +49,8 @@ def test_all_finite_finds_any_bad_value(bad):
     assert all_finite(values) and all_finite(values[:0])
     values[7] = bad
     assert not all_finite(values)
+
+
+def test_all_finite_accepts_the_largest_finite_values():
+    assert all_finite(np.full(1001, np.finfo(np.float32).max, np.float32))
+    assert all_finite(np.full(7, -np.finfo(np.float64).max))
