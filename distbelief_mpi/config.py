@@ -60,6 +60,7 @@ class Data:
 
     path: str = ""                   # HDF5 dataset (schema in docs/datasets.md), relative to the working directory
     eval_examples: int = 0           # test examples used by periodic evaluations; 0: all (the final one always uses all)
+    chunk_examples: int = 0          # 0: load each replica's part into memory; N: stream it N rows at a time, prefetching
 
 
 @dataclass(frozen=True)
@@ -221,6 +222,7 @@ def check_values(spec: JobSpec) -> list[str]:
         (o.warmstart_steps >= 0, "optimizer.warmstart_steps", "must be >= 0"),
         (d.path != "", "data.path", "required: the HDF5 dataset to train on (see docs/datasets.md)"),
         (d.eval_examples >= 0, "data.eval_examples", "must be >= 0"),
+        (d.chunk_examples >= 0, "data.chunk_examples", "must be >= 0 (0: load into memory)"),
         (c.every_steps >= 0, "checkpoint.every_steps", "must be >= 0"),
         (c.every_seconds >= 0, "checkpoint.every_seconds", "must be >= 0"),
         (c.keep >= 1, "checkpoint.keep", "must be >= 1"),

@@ -96,3 +96,27 @@ class BatchStream:
         self._epoch_rng_state = self._rng.bit_generator.state
         self._order, self._pos = self._rng.permutation(self.n_examples), 0
         self.examples_seen = int(examples_seen)
+
+    def close(self) -> None:
+        """Nothing to release (the interface matches prefetch.ChunkedBatchStream)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+
+def open_replica_stream(path, n_train: int, replica_id: int, n_replicas: int, batch_size: int, seed: int,
+                        chunk_examples: int = 0):
+    """This replica's minibatches from its own part of /train: chunk_examples = 0 loads the part
+    into memory (BatchStream); N > 0 streams it N rows at a time, reading the next chunk in a
+    background thread while the current one trains (prefetch.ChunkedBatchStream)."""
+    from .hdf5 import read_split
+    from .prefetch import ChunkedBatchStream
+
+    start, stop = replica_slice(n_train, replica_id, n_replicas)
+    if chunk_examples:
+        return ChunkedBatchStream(path, start, stop, batch_size, seed, replica_id, chunk_examples)
+    x, y = read_split(path, "train", start, stop)
+    return BatchStream(x, y, batch_size, seed, replica_id)

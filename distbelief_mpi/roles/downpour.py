@@ -15,7 +15,7 @@ import numpy as np
 
 from ..comm.control import barrier_sleeping
 from ..comm.param_server import ParamServerWindows, ReplicaEndpoint
-from ..data.batches import BatchStream, replica_slice
+from ..data.batches import open_replica_stream
 from ..data.hdf5 import read_split
 from ..kernels import sgd_update_
 from ..limits import RunClock
@@ -74,31 +74,23 @@ def _serve_shard(job, windows, world_comm) -> dict:
 
 def _train_replica(job, windows, world_comm, replica_ranks) -> dict:
     spec, info, replica_id = job.spec, job.info, job.role.replica_id
-    start, stop = replica_slice(info.n_train, replica_id, spec.topology.replicas)
-    x_train, y_train = read_split(info.path, "train", start, stop)
-    stream = BatchStream(x_train, y_train, spec.optimizer.batch_size, spec.run.seed, replica_id)
     first_step = job.resume.step if job.resume else 0
-    if first_step:
-        stream.fast_forward(first_step * spec.optimizer.batch_size)
     params = np.empty(job.network.n_params, np.float32)
     warm = spec.optimizer.warmstart_steps and len(replica_ranks) > 1 and not job.resume
     release = partial(release_warmstart, world_comm, replica_ranks) if warm and replica_id == 0 else None
     checkpoints = CheckpointCoordinator(job, world_comm, windows.shard_ranks) if replica_id == 0 else None
-    hooks = DownpourHooks(spec, ReplicaEndpoint(windows, replica_id), job.layout.shard_ranges, params, release,
-                          checkpoints, stream)
-    warm_up(job.network, x_train, y_train)
-    barrier_sleeping(world_comm)              # shards have published the initial parameters
-    if warm and replica_id != 0:
-        wait_for_warmstart(world_comm, replica_ranks[0])
-    started = time.perf_counter()
-    if replica_id == 0:
-        with MetricsLog(job.run_dir) as metrics:
-            x_test, y_test = read_split(info.path, "test")
-            report = Reporting(metrics, (x_test, y_test), Progress(spec.run.progress_seconds))
-            result = run_loop(spec, job.network, params, stream, hooks, report, first_step)
-            finish_replica(world_comm, hooks, windows.shard_ranks)
-    else:
-        result = run_loop(spec, job.network, params, stream, hooks, Reporting(), first_step)
+    with open_replica_stream(info.path, info.n_train, replica_id, spec.topology.replicas,
+                             spec.optimizer.batch_size, spec.run.seed, spec.data.chunk_examples) as stream:
+        if first_step:
+            stream.fast_forward(first_step * spec.optimizer.batch_size)
+        hooks = DownpourHooks(spec, ReplicaEndpoint(windows, replica_id), job.layout.shard_ranges, params,
+                              release, checkpoints, stream)
+        warm_up(job.network, *read_split(info.path, "train", 0, 2))
+        barrier_sleeping(world_comm)              # shards have published the initial parameters
+        if warm and replica_id != 0:
+            wait_for_warmstart(world_comm, replica_ranks[0])
+        started = time.perf_counter()
+        result = _replica_loop(job, params, stream, hooks, first_step, lead=replica_id == 0)
         finish_replica(world_comm, hooks, windows.shard_ranks)
     return {"role": "replica", "replica_id": replica_id, "steps": result.clock.steps,
             "examples_seen": result.examples_seen, "train_s": result.train_s,
@@ -107,11 +99,20 @@ def _train_replica(job, windows, world_comm, replica_ranks) -> dict:
             "fetch_retries": hooks.endpoint.fetch_retries, "epochs": stream.epoch}
 
 
-def warm_up(network, x_train, y_train) -> None:
+def _replica_loop(job, params, stream, hooks, first_step: int, lead: bool):
+    """The lead replica also writes metrics, evaluates and prints progress."""
+    if not lead:
+        return run_loop(job.spec, job.network, params, stream, hooks, Reporting(), first_step)
+    with MetricsLog(job.run_dir) as metrics:
+        report = Reporting(metrics, read_split(job.info.path, "test"), Progress(job.spec.run.progress_seconds))
+        return run_loop(job.spec, job.network, params, stream, hooks, report, first_step)
+
+
+def warm_up(network, x_few, y_few) -> None:
     """Load (or compile) the model's kernels before the start barrier, so the first timed
     steps are real steps (a cold Numba kernel can take a second)."""
     params = network.init_params(0)
-    network.loss_and_grad(params, x_train[:2], y_train[:2], np.empty_like(params))
+    network.loss_and_grad(params, x_few, y_few, np.empty_like(params))
     sgd_update_(params, params, np.float32(0))
 
 

@@ -13,7 +13,7 @@ from ..checkpoint.params_file import load_params
 from ..checkpoint.resume import layout_signature
 from ..checkpoint.store import commit_checkpoint
 from ..config import to_toml
-from ..data.batches import BatchStream
+from ..data.batches import BatchStream, open_replica_stream
 from ..data.hdf5 import read_split
 from ..errors import CheckpointError
 from ..kernels import sgd_update_
@@ -46,13 +46,13 @@ def train_sgd(job, world_size: int) -> tuple[dict, np.ndarray]:
     """Train to the run limits; write metrics and checkpoints; return (summary, final params)."""
     spec, info, network = job.spec, job.info, job.network
     started = time.perf_counter()
-    x_train, y_train = read_split(info.path, "train")
     x_test, y_test = read_split(info.path, "test")
     params = network.init_params(spec.run.seed)
-    stream = BatchStream(x_train, y_train, spec.optimizer.batch_size, spec.run.seed, replica_id=0)
-    first_step = _resume(job, params, stream) if job.resume else 0
-    log.info("training %d parameters on %d examples from step %d", network.n_params, len(y_train), first_step)
-    with MetricsLog(job.run_dir) as metrics:
+    with open_replica_stream(info.path, info.n_train, 0, 1, spec.optimizer.batch_size, spec.run.seed,
+                             spec.data.chunk_examples) as stream, MetricsLog(job.run_dir) as metrics:
+        first_step = _resume(job, params, stream) if job.resume else 0
+        log.info("training %d parameters on %d examples from step %d", network.n_params, stream.n_examples,
+                 first_step)
         report = Reporting(metrics, (x_test, y_test), Progress(spec.run.progress_seconds))
         result = run_loop(spec, network, params, stream, LocalSgd(job, params, stream), report, first_step)
         test_loss, test_accuracy = log_eval(metrics, network, params, x_test, y_test, result.clock)

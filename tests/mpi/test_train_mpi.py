@@ -160,3 +160,12 @@ def test_downpour_with_background_transfers_trains(tmp_path, digits_h5):
     assert_all_ranks(run, 4)
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["test_accuracy"] >= 0.90 and summary["pushes_applied"] > 0, summary
+
+
+def test_downpour_streaming_replica_parts_with_prefetch(tmp_path, digits_h5):
+    """data.chunk_examples > 0: each replica streams its part from the HDF5 file in chunks."""
+    run = run_mpi(5, ["distbelief", "train", DOWNPOUR_JOB, "--set", f"data.path={digits_h5}",
+                      "--set", "data.chunk_examples=100", "--run-dir", str(tmp_path / "run")], tmp_path, timeout=300)
+    assert_all_ranks(run, 5)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["test_accuracy"] >= 0.93, summary
