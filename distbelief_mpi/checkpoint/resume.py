@@ -1,5 +1,6 @@
 """Resuming a run: find the newest complete checkpoint and check it fits the job."""
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,7 @@ class ResumePoint:
 def layout_signature(spec, layout) -> dict:
     """What a checkpoint must share with the job that resumes it."""
     return {"algorithm": spec.optimizer.algorithm, "n_params": layout.n_params,
+            "layers": [dataclasses.asdict(layer) for layer in spec.model.layers],
             "shards": spec.topology.shards, "replicas": spec.topology.replicas,
             "shard_ranges": [list(r) for r in layout.shard_ranges], "server_rule": spec.optimizer.server_rule}
 

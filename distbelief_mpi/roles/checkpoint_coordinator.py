@@ -38,6 +38,7 @@ class CheckpointCoordinator:
         if self.pending is None:
             return
         for reply, _ in receive_all(self.comm, TAG_CHECKPOINT_DONE):
+            assert reply["step"] == self.pending["step"], f"a reply for step {reply['step']} while committing {self.pending['step']}"
             self.pending["replies"][reply["shard_id"]] = reply
         if len(self.pending["replies"]) == len(self.shard_ranks):
             self._commit()
@@ -64,5 +65,6 @@ class CheckpointCoordinator:
 def reply_to_checkpoint(world_comm, shard, start: int, stop: int, request: dict, lead_rank: int) -> None:
     """Shard side: write this shard's part, tell the lead its name and hash."""
     name, sha = save_shard(Path(request["directory"]), shard, start, stop)
-    world_comm.send({"shard_id": shard.shard_id, "file": name, "sha256": sha, "version": shard.version},
+    world_comm.send({"shard_id": shard.shard_id, "step": request["step"], "file": name, "sha256": sha,
+                     "version": shard.version},
                     dest=lead_rank, tag=TAG_CHECKPOINT_DONE)

@@ -93,7 +93,8 @@ def _train_replica(job, windows, world_comm, replica_ranks) -> dict:
         result = _replica_loop(job, params, stream, hooks, first_step, lead=replica_id == 0)
         finish_replica(world_comm, hooks, windows.shard_ranks)
     return {"role": "replica", "replica_id": replica_id, "steps": result.clock.steps,
-            "examples_seen": result.examples_seen, "train_s": result.train_s,
+            "examples_seen": result.examples_seen, "examples_this_run": result.examples_this_run,
+            "train_s": result.train_s,
             "loop_s": time.perf_counter() - started, "last_train_loss": result.last_train_loss,
             "stopped_on": result.stopped_on, "pushes": hooks.pushes, "deferred_pushes": hooks.deferred_pushes,
             "fetch_retries": hooks.endpoint.fetch_retries, "epochs": stream.epoch}

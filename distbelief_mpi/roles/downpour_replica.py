@@ -33,6 +33,8 @@ class DownpourHooks(StepHooks):
         self.accrued = np.zeros_like(params)                 # (n_params,) gradient not yet pushed
         self.accrued_steps = [0] * len(self.ranges)          # minibatch steps in each shard's part
         self.base_versions = [0] * len(self.ranges)          # shard version of our last fetch
+        self.accrued_base = [0] * len(self.ranges)           # version the oldest accrued step started from
+        self.fetched = False                                 # no fetch yet in this run (new or resumed)
         self.alpha = np.float32(spec.optimizer.learning_rate)
         self.pushes, self.deferred_pushes = 0, 0
         self.worker = CommWorker(endpoint, shard_ranges, len(params)) if spec.optimizer.overlap_comm else None
@@ -43,11 +45,13 @@ class DownpourHooks(StepHooks):
             self.base_versions[shard_id] = self.endpoint.fetch(shard_id, self.params[part])
 
     def before_step(self, step):
-        if step % self.spec.optimizer.fetch_every:
-            return
-        if self.worker is None or step == 0:
+        if not self.fetched:          # the run's first step, also after a resume: fetch, inline
             self.fetch_all()
-        if self.worker is not None:
+            self.fetched = True
+        elif step % self.spec.optimizer.fetch_every == 0:
+            if self.worker is None:
+                self.fetch_all()
+                return
             versions = self.worker.take_fetch(self.params)
             self.base_versions = versions if versions is not None else self.base_versions
 
@@ -55,6 +59,8 @@ class DownpourHooks(StepHooks):
         sgd_update_(self.params, grad, self.alpha)
         np.add(self.accrued, grad, out=self.accrued)
         for shard_id in range(len(self.ranges)):
+            if not self.accrued_steps[shard_id]:     # staleness counts from the oldest accrued step
+                self.accrued_base[shard_id] = self.base_versions[shard_id]
             self.accrued_steps[shard_id] += 1
         if (step + 1) % self.spec.optimizer.push_every == 0:
             self.push_in_background() if self.worker else self.push_all(wait=False)
@@ -73,9 +79,9 @@ class DownpourHooks(StepHooks):
             self.on_warmstart_done = None
 
     def push_in_background(self) -> None:
-        fresh = self.worker.try_push(self.accrued, self.accrued_steps, self.base_versions)
+        fresh = self.worker.try_push(self.accrued, self.accrued_steps, self.accrued_base)
         if fresh is None:
-            self.deferred_pushes += 1
+            self.deferred_pushes += sum(1 for steps in self.accrued_steps if steps)   # per shard, as inline
             return
         self.accrued, self.accrued_steps = fresh, [0] * len(self.ranges)
 
@@ -91,7 +97,7 @@ class DownpourHooks(StepHooks):
         for shard_id, part in enumerate(self.ranges):
             if not self.accrued_steps[shard_id]:
                 continue
-            args = (shard_id, self.accrued[part], self.base_versions[shard_id], self.accrued_steps[shard_id])
+            args = (shard_id, self.accrued[part], self.accrued_base[shard_id], self.accrued_steps[shard_id])
             if wait:
                 self.endpoint.push(*args)
             elif not self.endpoint.try_push(*args):

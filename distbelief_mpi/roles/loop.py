@@ -58,7 +58,8 @@ class LoopResult:
     clock: RunClock
     last_train_loss: float
     train_s: float          # seconds spent in steps (hooks included), not in evaluation
-    examples_seen: int
+    examples_seen: int      # since the run began (a resumed run counts from its checkpoint)
+    examples_this_run: int  # in this invocation only: what rates divide by train_s
     stopped_on: str
 
 
@@ -76,6 +77,7 @@ def run_loop(spec: JobSpec, network: Network, params: np.ndarray, stream: BatchS
     """Minibatch steps until a run limit; params (n_params,) is the replica's working copy."""
     grad = np.empty_like(params)
     window, clock = Window(), RunClock(steps=first_step)
+    first_examples = stream.examples_seen
     train_s, start, last_metrics, last_ckpt = 0.0, time.perf_counter(), 0.0, 0.0
     while (reason := limit_reached(spec.run, clock)) is None:
         tick = time.perf_counter()
@@ -92,7 +94,7 @@ def run_loop(spec: JobSpec, network: Network, params: np.ndarray, stream: BatchS
         clock.seconds = time.perf_counter() - start
         if report.metrics and clock.seconds - last_metrics >= METRICS_INTERVAL_S:
             last_metrics = clock.seconds
-            log_window(report.metrics, window, clock, stream.examples_seen, train_s)
+            log_window(report.metrics, window, clock, stream.examples_seen, first_examples, train_s)
         if report.test_set and spec.run.eval_every and clock.steps % spec.run.eval_every == 0:
             x_test, y_test = report.test_set
             eval_n = spec.data.eval_examples or len(y_test)
@@ -102,23 +104,24 @@ def run_loop(spec: JobSpec, network: Network, params: np.ndarray, stream: BatchS
             hooks.checkpoint(clock)
         if report.progress and report.progress.due():
             report.progress.maybe_print(f"step {clock.steps} epoch {clock.epochs:.2f} "
-                                        f"{stream.examples_seen / max(train_s, 1e-9):,.0f} ex/s "
+                                        f"{(stream.examples_seen - first_examples) / max(train_s, 1e-9):,.0f} ex/s "
                                         f"loss {window.means()[0]:.4f}", fraction_done(spec.run, clock))
     if report.progress:
         report.progress.finish()
     last_loss = window.means()[0] if window.batches else window.last_loss
     if report.metrics and window.batches:
-        log_window(report.metrics, window, clock, stream.examples_seen, train_s)
-    return LoopResult(clock, last_loss, train_s, stream.examples_seen, reason)
+        log_window(report.metrics, window, clock, stream.examples_seen, first_examples, train_s)
+    return LoopResult(clock, last_loss, train_s, stream.examples_seen, stream.examples_seen - first_examples, reason)
 
 
-def log_window(metrics, window: Window, clock: RunClock, examples_seen: int, train_s: float) -> None:
+def log_window(metrics, window: Window, clock: RunClock, examples_seen: int, first_examples: int,
+               train_s: float) -> None:
     loss, accuracy = window.means()
     window.last_loss = loss
     metrics.write({"kind": "train", "time_s": round(clock.seconds, 4), "step": clock.steps,
                    "epoch": round(clock.epochs, 5), "examples": examples_seen,
                    "train_loss": loss, "train_accuracy": accuracy,
-                   "examples_per_s": examples_seen / max(train_s, 1e-9)})
+                   "examples_per_s": (examples_seen - first_examples) / max(train_s, 1e-9)})
     window.reset()
 
 

@@ -64,7 +64,7 @@ def train_sgd(job, world_size: int) -> tuple[dict, np.ndarray]:
         "partitions_per_replica": spec.topology.partitions_per_replica,
         "n_params": network.n_params, "steps": result.clock.steps, "epochs": stream.epoch,
         "examples_seen": result.examples_seen, "wall_s": time.perf_counter() - started,
-        "train_s": result.train_s, "examples_per_s": result.examples_seen / max(result.train_s, 1e-9),
+        "train_s": result.train_s, "examples_per_s": result.examples_this_run / max(result.train_s, 1e-9),
         "final_train_loss": result.last_train_loss, "test_loss": test_loss, "test_accuracy": test_accuracy,
         "stopped_on": result.stopped_on, "dataset": info.path,
         "resumed_from": None if job.resume is None else {"step": job.resume.step,

@@ -11,7 +11,7 @@ import logging
 import numpy as np
 
 from ..comm.control import TAG_CHECKPOINT, TAG_DONE, Backoff, receive_all
-from ..comm.param_server import (APPLIED, BASE, HEADER, PUSH_SEQ, STEPS, VERSION, WORDS_PER_REPLICA, WRITING,
+from ..comm.param_server import (APPLIED, BASE, HEADER, PUSH_SEQ, VERSION, WORDS_PER_REPLICA, WRITING,
                                  ParamServerWindows, replica_word)
 from ..config import Optimizer
 from ..kernels.server_rules import adagrad_apply_, all_finite, sgd_apply_
@@ -96,8 +96,11 @@ class Shard:
             own = words[WORDS_PER_REPLICA * replica_id:WORDS_PER_REPLICA * (replica_id + 1)]
             if own[PUSH_SEQ] == self.applied_seq[replica_id]:
                 continue
+            # BASE and STEPS were written before PUSH_SEQ; one Get_accumulate is only atomic per
+            # word, so read them again now that PUSH_SEQ has moved.
+            base, steps = self.windows.read_words(self.shard_id, replica_word(replica_id, BASE), 2)
             self.windows.data_win.Sync()   # make the replica's Put visible to our own loads
-            self._apply_one(replica_id, int(own[BASE]), int(own[STEPS]))
+            self._apply_one(replica_id, int(base), int(steps))
             self.applied_seq[replica_id] = own[PUSH_SEQ]
             self.windows.write_words(self.shard_id, replica_word(replica_id, APPLIED), [own[PUSH_SEQ]])
             handled += 1
@@ -112,6 +115,7 @@ class Shard:
             return
         current, following = self.buffers[self.version % 2], self.buffers[(self.version + 1) % 2]
         self.windows.write_words(self.shard_id, WRITING, [self.version + 1])
+        self.windows.data_win.Sync()   # WRITING is raised before any store into the buffer
         if self.opt.server_rule == "adagrad":
             adagrad_apply_(following, current, grad, self.accumulator, self.opt.server_learning_rate,
                            self.opt.adagrad_epsilon)
@@ -127,13 +131,13 @@ class Shard:
         on_checkpoint(request, source_rank) handles a checkpoint request from the lead."""
         done, backoff = 0, Backoff(limit=2e-3)
         while True:
+            for request, source in receive_all(world_comm, TAG_CHECKPOINT):   # promptly, even when busy
+                on_checkpoint(request, source)
             if self.apply_pending():
                 backoff.reset()
                 continue
             if done == self.n_replicas:
                 return
-            for request, source in receive_all(world_comm, TAG_CHECKPOINT):
-                on_checkpoint(request, source)
             done += len(receive_all(world_comm, TAG_DONE))
             if done < self.n_replicas:
                 backoff.sleep()

@@ -8,6 +8,7 @@ def downpour_summary(job, gathered: list[dict], test_loss: float, test_accuracy:
     replicas = sorted((g for g in gathered if g["role"] == "replica"), key=lambda g: g["replica_id"])
     applied = sum(sum(s["applied"]) for s in shards)
     examples = sum(r["examples_seen"] for r in replicas)
+    examples_now = sum(r["examples_this_run"] for r in replicas)   # rates: this invocation only
     loop_s = max(r["loop_s"] for r in replicas)
     staleness_hist = [sum(column) for column in zip(*(s["staleness_hist"] for s in shards))]
     return {
@@ -15,8 +16,8 @@ def downpour_summary(job, gathered: list[dict], test_loss: float, test_accuracy:
         "world_size": len(gathered), "n_replicas": len(replicas), "n_shards": len(shards),
         "partitions_per_replica": spec.topology.partitions_per_replica, "n_params": job.network.n_params,
         "steps": sum(r["steps"] for r in replicas), "replica_steps": [r["steps"] for r in replicas],
-        "examples_seen": examples, "wall_s": loop_s, "examples_per_s": examples / max(loop_s, 1e-9),
-        "replica_examples_per_s": [r["examples_seen"] / max(r["loop_s"], 1e-9) for r in replicas],
+        "examples_seen": examples, "wall_s": loop_s, "examples_per_s": examples_now / max(loop_s, 1e-9),
+        "replica_examples_per_s": [r["examples_this_run"] / max(r["loop_s"], 1e-9) for r in replicas],
         "final_train_loss": replicas[0]["last_train_loss"], "test_loss": test_loss,
         "test_accuracy": test_accuracy, "stopped_on": replicas[0]["stopped_on"],
         "pushes_applied": applied,
@@ -27,6 +28,7 @@ def downpour_summary(job, gathered: list[dict], test_loss: float, test_accuracy:
         "staleness_max": max((s["staleness_max"] for s in shards), default=0),
         "staleness_hist": staleness_hist,
         "shard_versions": [s["version"] for s in shards],
+        "steps_pushed_per_shard": [s["steps_pushed"] for s in shards],
         "resumed_from": None if job.resume is None else {
             "step": job.resume.step, "checkpoint": str(job.resume.directory),
             "shard_versions": [s["resumed_from_version"] for s in shards]},

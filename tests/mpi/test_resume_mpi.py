@@ -38,8 +38,10 @@ def test_sgd_resumed_run_is_bit_identical_to_an_uninterrupted_one(tmp_path, digi
 
 
 def test_downpour_resume_restores_every_shard_and_continues(tmp_path, digits_h5):
+    # fetch_every = 3: the checkpoint's step 40 is not a fetch step, yet a resumed replica must
+    # fetch before its first step.
     common = ["--set", "topology.replicas=2", "--set", "run.epochs=0", "--set", "checkpoint.every_steps=20",
-              "--set", "optimizer.warmstart_steps=0"]
+              "--set", "optimizer.warmstart_steps=0", "--set", "optimizer.fetch_every=3"]
     run_dir = tmp_path / "dp"
     train(4, tmp_path, DOWNPOUR_JOB, digits_h5, "--run-dir", str(run_dir), "--set", "run.steps=40", *common)
     newest = complete_checkpoints(run_dir / "checkpoints")[0]
@@ -53,10 +55,15 @@ def test_downpour_resume_restores_every_shard_and_continues(tmp_path, digits_h5)
     assert np.array_equal(restored, saved)
     assert summary(run_dir)["resumed_from"]["shard_versions"] == manifest["shard_versions"]
 
-    # Resuming further continues from step 40 on every replica, on top of the saved versions.
-    train(4, tmp_path, DOWNPOUR_JOB, digits_h5, "--resume", str(run_dir), "--set", "run.steps=70", *common)
+    # Resuming further continues from step 40 on every replica, on top of the saved versions
+    # (with background transfers: the first fetch of a resumed run is inline all the same).
+    train(4, tmp_path, DOWNPOUR_JOB, digits_h5, "--resume", str(run_dir), "--set", "run.steps=70",
+          "--set", "optimizer.overlap_comm=true", *common)
     after = summary(run_dir)
     assert after["replica_steps"] == [70, 70] and after["resumed_from"]["step"] == 40
+    # rates count this invocation's examples only: 30 steps x 32 examples x 2 replicas
+    assert round(after["examples_per_s"] * after["wall_s"]) == 30 * 32 * 2
+    assert after["examples_seen"] == 70 * 32 * 2
     assert all(v > s for v, s in zip(after["shard_versions"], manifest["shard_versions"]))
 
 
