@@ -11,7 +11,6 @@
 import argparse
 import datetime
 import os
-import platform
 import statistics
 import sys
 import time
@@ -24,6 +23,7 @@ from distbelief_mpi.kernels import (ACTIVATION_CODES, local_backward_, local_for
                                     set_compute_threads, sgd_update_)
 from distbelief_mpi.model.network import build_network  # noqa: E402
 from distbelief_mpi.model.spec import LayerSpec  # noqa: E402
+from machine import cpu_model  # bench/machine.py (bench/ is on sys.path when run as a script)
 
 
 def median_seconds(fn, repeats: int, warmup: int = 1) -> float:
@@ -37,15 +37,6 @@ def median_seconds(fn, repeats: int, warmup: int = 1) -> float:
     return statistics.median(times)
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 # ---------------------------------------------------------------- 1. speech model step

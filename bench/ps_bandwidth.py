@@ -38,6 +38,7 @@ import sys
 import time
 
 import numpy as np
+from machine import cpu_model  # bench/machine.py (bench/ is on sys.path when run as a script)
 
 REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, REPO)
@@ -51,15 +52,6 @@ TARGET = 0.5
 
 
 # ---------------------------------------------------------------- machine description
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def usable_cores() -> int:
