@@ -30,12 +30,17 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train a job (run it under mpiexec for several ranks)",
                                 description="Train a job spec. Every rank of the MPI job runs this command.")
     _add_job_args(train)
-    where = train.add_mutually_exclusive_group()
-    where.add_argument("--run-dir", help="where to write the run (default: runs/<job>-<time>); must not hold a run")
-    where.add_argument("--resume", metavar="RUN_DIR",
+    train.add_argument("--run-dir", help="where to write the run (default: runs/<job>-<time>); must not hold a "
+                                         "run unless --resume auto")
+    train.add_argument("--resume", metavar="RUN_DIR|auto",
                        help="continue RUN_DIR from its newest complete checkpoint (same layout; e.g. a larger "
-                            "--set run.steps=N lets it run further)")
+                            "--set run.steps=N runs further); 'auto' with --run-dir: continue it if it has a "
+                            "checkpoint, else start there (for requeued batch jobs). On SIGTERM or SIGUSR1 a run "
+                            "commits a final checkpoint and exits with code 75")
     train.add_argument("-v", "--verbose", action="store_true", help="log INFO lines on stderr too")
+    train.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                       help="print progress lines (rate, loss, ETA) every run.progress_seconds; default: yes, "
+                            "except inside a batch job (SLURM_JOB_ID, PBS_JOBID or LSB_JOBID set)")
 
     plan = commands.add_parser("plan", help="print the rank/role table for N ranks",
                                description="Print which rank plays which role, and each shard's parameter "
@@ -62,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "train":
             from .train import run_train
 
-            return run_train(args.job, args.overrides, args.run_dir, args.verbose, args.resume)
+            return run_train(args.job, args.overrides, args.run_dir, args.verbose, args.resume, args.progress)
         if args.command == "plan":
             from .commands import run_plan
 

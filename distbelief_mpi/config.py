@@ -70,6 +70,7 @@ class Checkpoint:
     every_steps: int = 0             # commit a checkpoint every N steps (0: off)
     every_seconds: float = 0.0       # ... or every S seconds of wall time (0: off)
     keep: int = 2                    # complete checkpoints kept; older ones are deleted
+    grace_seconds: float = 60.0      # on SIGTERM/SIGUSR1: time allowed to commit the final checkpoint
 
 
 @dataclass(frozen=True)
@@ -226,6 +227,7 @@ def check_values(spec: JobSpec) -> list[str]:
         (c.every_steps >= 0, "checkpoint.every_steps", "must be >= 0"),
         (c.every_seconds >= 0, "checkpoint.every_seconds", "must be >= 0"),
         (c.keep >= 1, "checkpoint.keep", "must be >= 1"),
+        (c.grace_seconds > 0, "checkpoint.grace_seconds", "must be > 0"),
         (r.steps >= 0, "run.steps", "must be >= 0"),
         (r.epochs >= 0, "run.epochs", "must be >= 0"),
         (r.seconds >= 0, "run.seconds", "must be >= 0"),

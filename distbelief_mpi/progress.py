@@ -1,7 +1,19 @@
 """The progress line the lead rank prints while training: step, rate, loss, ETA."""
 
+import os
 import sys
 import time
+
+# Set inside batch jobs, whose logs should not fill with progress lines unless asked.
+BATCH_JOB_VARIABLES = ("SLURM_JOB_ID", "PBS_JOBID", "LSB_JOBID")
+
+
+def wanted(flag: bool | None, environ=os.environ) -> bool:
+    """--progress / --no-progress decide; by default progress shows except in batch jobs.
+    (Under mpiexec no rank's stderr is a terminal, so a TTY test would silence every run.)"""
+    if flag is not None:
+        return flag
+    return not any(environ.get(name) for name in BATCH_JOB_VARIABLES)
 
 
 def format_seconds(seconds: float) -> str:

@@ -13,8 +13,10 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import preempt
 from .checkpoint.params_file import save_params
 from .checkpoint.resume import ResumePoint, find_resume_point
+from .checkpoint.store import complete_checkpoints
 from .comm.world import abort_job, agree_on_errors, init_world
 from .config import JobSpec, load_job
 from .data.hdf5 import DatasetInfo, read_info
@@ -22,6 +24,7 @@ from .errors import UserInputError
 from .layout import Layout, RankRole, plan_layout
 from .logs import setup_logging
 from .model.network import Network, build_network
+from .progress import wanted as progress_wanted
 from .rundir import default_run_dir, prepare_run_dir, write_summary
 from .threads import threads_for_rank
 
@@ -37,6 +40,7 @@ class Job:
     role: RankRole
     run_dir: Path
     resume: ResumePoint | None = None     # where a resumed run continues from
+    progress: bool = True                 # the lead prints progress lines (see progress.wanted)
 
 
 def load_and_plan(job_path: str, overrides: list[str], world_size: int, world_rank: int):
@@ -49,18 +53,28 @@ def load_and_plan(job_path: str, overrides: list[str], world_size: int, world_ra
 
 
 def run_train(job_path: str, overrides: list[str], run_dir_arg: str | None, verbose: bool,
-              resume_dir: str | None = None) -> int:
-    """resume_dir: continue that run directory from its newest complete checkpoint."""
+              resume: str | None = None, progress: bool | None = None) -> int:
+    """resume: a RUN_DIR to continue from its newest complete checkpoint, or "auto": continue
+    --run-dir's newest checkpoint when there is one, else start there afresh (for requeued jobs)."""
+    preempt.install()
     world_comm, world_rank, world_size = init_world()
     job, error = None, None
+    auto = resume == "auto"
     # One name for all ranks, chosen by rank 0 (a default name holds rank 0's clock).
-    run_dir = Path(world_comm.bcast(str(resume_dir or run_dir_arg or default_run_dir(job_path)), root=0))
+    chosen = run_dir_arg if auto else (resume or run_dir_arg)
+    run_dir = Path(world_comm.bcast(str(chosen or default_run_dir(job_path)), root=0))
     try:
+        if auto and not run_dir_arg:
+            raise UserInputError("--resume auto needs --run-dir: the directory a requeued job continues in")
+        if resume and not auto and run_dir_arg and Path(run_dir_arg) != Path(resume):
+            raise UserInputError(f"--run-dir {run_dir_arg} and --resume {resume} name different run directories")
         spec, info, network, layout, role = load_and_plan(job_path, overrides, world_size, world_rank)
-        resume = find_resume_point(run_dir, spec, layout) if resume_dir else None
+        resume_point = None
+        if resume and not (auto and not complete_checkpoints(run_dir / "checkpoints")):
+            resume_point = find_resume_point(run_dir, spec, layout)
         if world_rank == 0:
-            prepare_run_dir(run_dir, spec, resuming=resume is not None)
-        job = Job(spec, info, network, layout, role, run_dir, resume)
+            prepare_run_dir(run_dir, spec, resuming=resume_point is not None or auto)
+        job = Job(spec, info, network, layout, role, run_dir, resume_point, progress_wanted(progress))
     except Exception as exc:   # noqa: BLE001 - every failure must reach the agreement, or others hang
         error = exc if isinstance(exc, UserInputError) else RuntimeError(traceback.format_exc())
     failed = agree_on_errors(world_comm, error)
@@ -92,6 +106,11 @@ def _run_role(job: Job, world_comm, world_rank: int, world_size: int, verbose: b
 
         set_compute_threads(threads_for_rank(job.spec.topology.threads_per_rank))
         _dispatch(job, world_comm, world_rank, world_size)
+        if preempt.requested():
+            if world_rank == 0:
+                print(f"{job.run_dir}: preempted; the last committed checkpoint is kept. Continue with "
+                      f"--resume {job.run_dir} (or --run-dir {job.run_dir} --resume auto)", file=sys.stderr)
+            return preempt.EXIT_PREEMPTED
     except Exception as exc:   # noqa: BLE001 - any failure must end the whole job, loudly
         code = exc.exit_code if isinstance(exc, UserInputError) else 1
         detail = str(exc) if code == 2 else traceback.format_exc()

@@ -8,6 +8,7 @@ system has no single global instant, and each shard's file is consistent in itse
 """
 
 import logging
+import time
 from pathlib import Path
 
 from ..checkpoint.resume import layout_signature
@@ -43,13 +44,19 @@ class CheckpointCoordinator:
         if len(self.pending["replies"]) == len(self.shard_ranks):
             self._commit()
 
-    def finish(self) -> None:
-        """Wait (sleeping) until a checkpoint in flight is committed."""
-        wait = Backoff()
+    def finish(self, timeout: float | None = None) -> bool:
+        """Wait (sleeping) until a checkpoint in flight is committed; False if `timeout`
+        seconds pass first (the checkpoint stays uncommitted: the previous one is the newest)."""
+        wait, deadline = Backoff(), None if timeout is None else time.monotonic() + timeout
         while self.pending is not None:
             self.poll()
-            if self.pending is not None:
-                wait.sleep()
+            if self.pending is None:
+                break
+            if deadline is not None and time.monotonic() > deadline:
+                log.error("checkpoint at step %d not committed within %.0f s", self.pending["step"], timeout)
+                return False
+            wait.sleep()
+        return True
 
     def _commit(self) -> None:
         replies = [self.pending["replies"][s] for s in sorted(self.pending["replies"])]

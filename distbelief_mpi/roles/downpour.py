@@ -105,7 +105,7 @@ def _replica_loop(job, params, stream, hooks, first_step: int, lead: bool):
     if not lead:
         return run_loop(job.spec, job.network, params, stream, hooks, Reporting(), first_step)
     with MetricsLog(job.run_dir) as metrics:
-        report = Reporting(metrics, read_split(job.info.path, "test"), Progress(job.spec.run.progress_seconds))
+        report = Reporting(metrics, read_split(job.info.path, "test"), Progress(job.spec.run.progress_seconds if job.progress else 0))
         return run_loop(job.spec, job.network, params, stream, hooks, report, first_step)
 
 

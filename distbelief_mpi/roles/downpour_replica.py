@@ -73,6 +73,13 @@ class DownpourHooks(StepHooks):
         if self.checkpoints:
             self.checkpoints.request(clock.steps, self.stream.examples_seen)
 
+    def final_checkpoint(self, clock):
+        """Preempted: commit a checkpoint of this moment within checkpoint.grace_seconds."""
+        if self.checkpoints:
+            self.checkpoints.finish()            # one in flight first (request would wait anyway)
+            self.checkpoints.request(clock.steps, self.stream.examples_seen)
+            self.checkpoints.finish(timeout=self.spec.checkpoint.grace_seconds)
+
     def release_warmstart(self) -> None:
         if self.on_warmstart_done is not None:
             self.on_warmstart_done()
@@ -112,7 +119,7 @@ def finish_replica(world_comm, hooks: DownpourHooks, shard_ranks) -> None:
     """Push what is left (waiting for free slots), then tell every shard we are done."""
     hooks.release_warmstart()   # a run shorter than the warmstart must not strand the others
     if hooks.checkpoints:
-        hooks.checkpoints.finish()
+        hooks.checkpoints.finish(timeout=hooks.spec.checkpoint.grace_seconds)
     hooks.stop_worker()
     hooks.push_all(wait=True)
     for rank in shard_ranks:

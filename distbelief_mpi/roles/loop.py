@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import preempt
 from ..config import JobSpec
 from ..data.batches import BatchStream
 from ..limits import RunClock, fraction_done, limit_reached
@@ -31,6 +32,10 @@ class StepHooks:
 
     def checkpoint(self, clock: RunClock) -> None:
         """Called when a checkpoint is due (checkpoint.every_steps / every_seconds)."""
+
+    def final_checkpoint(self, clock: RunClock) -> None:
+        """Called once when the run is preempted: commit a checkpoint before leaving."""
+        self.checkpoint(clock)
 
 
 class Window:
@@ -79,7 +84,7 @@ def run_loop(spec: JobSpec, network: Network, params: np.ndarray, stream: BatchS
     window, clock = Window(), RunClock(steps=first_step)
     first_examples = stream.examples_seen
     train_s, start, last_metrics, last_ckpt = 0.0, time.perf_counter(), 0.0, 0.0
-    while (reason := limit_reached(spec.run, clock)) is None:
+    while (reason := limit_reached(spec.run, clock) or ("preempted" if preempt.requested() else None)) is None:
         tick = time.perf_counter()
         hooks.before_step(clock.steps)
         x_batch, y_batch = stream.next_batch()
@@ -106,6 +111,8 @@ def run_loop(spec: JobSpec, network: Network, params: np.ndarray, stream: BatchS
             report.progress.maybe_print(f"step {clock.steps} epoch {clock.epochs:.2f} "
                                         f"{(stream.examples_seen - first_examples) / max(train_s, 1e-9):,.0f} ex/s "
                                         f"loss {window.means()[0]:.4f}", fraction_done(spec.run, clock))
+    if reason == "preempted":
+        hooks.final_checkpoint(clock)
     if report.progress:
         report.progress.finish()
     last_loss = window.means()[0] if window.batches else window.last_loss

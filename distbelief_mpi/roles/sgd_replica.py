@@ -53,7 +53,7 @@ def train_sgd(job, world_size: int) -> tuple[dict, np.ndarray]:
         first_step = _resume(job, params, stream) if job.resume else 0
         log.info("training %d parameters on %d examples from step %d", network.n_params, stream.n_examples,
                  first_step)
-        report = Reporting(metrics, (x_test, y_test), Progress(spec.run.progress_seconds))
+        report = Reporting(metrics, (x_test, y_test), Progress(spec.run.progress_seconds if job.progress else 0))
         result = run_loop(spec, network, params, stream, LocalSgd(job, params, stream), report, first_step)
         test_loss, test_accuracy = log_eval(metrics, network, params, x_test, y_test, result.clock)
     log.info("stopped on %s after %d steps; test accuracy %.4f", result.stopped_on, result.clock.steps,

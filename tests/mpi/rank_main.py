@@ -38,6 +38,7 @@ def main() -> None:
         print(data["traceback"], file=sys.stderr)
     (result_dir / f"rank-{rank}.json").write_text(json.dumps({"rank": rank, "exit_code": code, "data": data}))
     sys.stdout.flush()
+    sys.exit(code)   # so mpiexec's own exit status reflects the ranks', as it would without this wrapper
 
 
 if __name__ == "__main__":

@@ -49,19 +49,37 @@ class MpiRun:
 def run_mpi(n: int, target: list[str], tmp_path: Path, timeout: float = 120, env: dict | None = None,
             cwd: Path = REPO) -> MpiRun:
     """Run `target` on n ranks; target is ['distbelief', ...args] or ['program', NAME, ...args]."""
+    return finish_mpi(start_mpi(n, target, tmp_path, timeout, env, cwd), timeout)
+
+
+@dataclass
+class Started:
+    process: subprocess.Popen
+    result_dir: Path
+
+
+def start_mpi(n: int, target: list[str], tmp_path: Path, timeout: float = 120, env: dict | None = None,
+              cwd: Path = REPO) -> Started:
+    """Launch without waiting (e.g. to signal mpiexec mid-run); finish_mpi collects the results.
+    `process.pid` is `timeout`'s, which passes SIGTERM on to mpiexec."""
     result_dir = Path(tmp_path) / f"mpi-results-{os.getpid()}-{n}-{abs(hash(tuple(target)))}"
     result_dir.mkdir(parents=True, exist_ok=True)
     mpiexec = mpiexec_path()
     command = ["timeout", "-k", "10", str(int(timeout)), mpiexec, *launcher_flags(mpiexec), "-n", str(n),
                sys.executable, "-m", "tests.mpi.rank_main", str(result_dir), *target]
     full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
-    done = subprocess.run(command, capture_output=True, text=True, cwd=cwd,
-                          env=full_env, timeout=timeout + 30)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd,
+                               env=full_env)
+    return Started(process, result_dir)
+
+
+def finish_mpi(started: Started, timeout: float = 120) -> MpiRun:
+    stdout, stderr = started.process.communicate(timeout=timeout + 30)
     ranks = {}
-    for path in result_dir.glob("rank-*.json"):
+    for path in started.result_dir.glob("rank-*.json"):
         record = json.loads(path.read_text())
         ranks[record["rank"]] = record
-    return MpiRun(done.returncode, done.stdout, done.stderr, ranks)
+    return MpiRun(started.process.returncode, stdout, stderr, ranks)
 
 
 def assert_all_ranks(run: MpiRun, n: int, exit_code: int = 0) -> None:

@@ -75,3 +75,10 @@ def test_partial_or_damaged_checkpoint_is_skipped(tmp_path):
     (newest / "params.h5").write_bytes(bytes(blob))        # damaged after commit
     assert [d.name for d in complete_checkpoints(root)] == ["step-000000001"]
     assert read_manifest(root / "step-000000003") is None and read_manifest(newest) is None
+
+
+def test_progress_is_quiet_in_batch_jobs_unless_asked():
+    from distbelief_mpi.progress import wanted
+
+    assert wanted(None, {}) and not wanted(None, {"SLURM_JOB_ID": "12"})
+    assert wanted(True, {"SLURM_JOB_ID": "12"}) and not wanted(False, {})

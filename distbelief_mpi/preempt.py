@@ -1,0 +1,35 @@
+"""Graceful preemption: SIGTERM (Slurm's warning before a kill, see sbatch --signal) or
+SIGUSR1 ends the run after the current step, with a final committed checkpoint.
+
+The handler only sets a flag; the minibatch loop reads it between steps, so no step is cut
+in half and no MPI call is interrupted. mpiexec (MPICH's Hydra) and srun deliver the signal
+to every rank. The job then exits with EXIT_PREEMPTED (75, sysexits' EX_TEMPFAIL: "try
+again later"), which the sbatch scripts turn into `scontrol requeue`; the requeued job
+continues with `--resume auto`.
+"""
+
+import signal
+
+EXIT_PREEMPTED = 75
+SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+_requested: list[int] = []
+
+
+def install() -> None:
+    """Catch the preemption signals (call once per process, from the main thread)."""
+    for signum in SIGNALS:
+        signal.signal(signum, _note)
+
+
+def _note(signum, frame) -> None:
+    _requested.append(signum)
+
+
+def requested() -> bool:
+    return bool(_requested)
+
+
+def reset() -> None:
+    """For tests running several jobs in one process."""
+    _requested.clear()

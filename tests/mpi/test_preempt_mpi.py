@@ -1,0 +1,65 @@
+"""Graceful preemption: SIGTERM to mpiexec mid-run commits a checkpoint, exits 75, and
+`--resume auto` continues from it."""
+
+import json
+import signal
+import time
+
+import pytest
+
+from distbelief_mpi.checkpoint.store import complete_checkpoints, read_manifest
+from distbelief_mpi.preempt import EXIT_PREEMPTED
+from tests.mpi.runner import REPO, assert_all_ranks, finish_mpi, run_mpi, start_mpi
+
+JOBS = {"sgd": ("digits_mlp.toml", 1), "downpour": ("digits_downpour.toml", 5)}
+
+
+def wait_for_training(run_dir, started, seconds=60):
+    """Until the lead has written a training-window line (the run is past its start-up)."""
+    deadline = time.monotonic() + seconds
+    metrics = run_dir / "metrics.jsonl"
+    while time.monotonic() < deadline and started.process.poll() is None:
+        if metrics.exists() and '"kind": "train"' in metrics.read_text():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"the run did not start training within {seconds} s")
+
+
+@pytest.mark.parametrize("algorithm", ["sgd", "downpour"])
+def test_sigterm_commits_a_checkpoint_and_resume_auto_finishes(tmp_path, digits_h5, algorithm):
+    job, ranks = JOBS[algorithm]
+    run_dir = tmp_path / "run"
+    common = ["distbelief", "train", str(REPO / "jobs" / job), "--set", f"data.path={digits_h5}",
+              "--run-dir", str(run_dir), "--resume", "auto", "--set", "run.epochs=0"]
+    started = start_mpi(ranks, [*common, "--set", "run.steps=100000000"], tmp_path, timeout=120)
+    wait_for_training(run_dir, started)
+    started.process.send_signal(signal.SIGTERM)        # `timeout` passes it on to mpiexec, mpiexec to every rank
+    run = finish_mpi(started, timeout=120)
+    assert run.returncode == EXIT_PREEMPTED, run.explain()
+    assert_all_ranks(run, ranks, exit_code=EXIT_PREEMPTED)
+    assert json.loads((run_dir / "summary.json").read_text())["stopped_on"] == "preempted"
+    (newest,) = complete_checkpoints(run_dir / "checkpoints")[:1]
+    step = read_manifest(newest)["step"]
+    assert step > 0
+
+    resumed = run_mpi(ranks, [*common, "--set", f"run.steps={step + 50}"], tmp_path, timeout=120)
+    assert_all_ranks(resumed, ranks)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["resumed_from"]["step"] == step and summary["stopped_on"] == "steps"
+    assert summary["test_accuracy"] > 0.5
+
+
+def test_resume_auto_without_a_checkpoint_starts_afresh(tmp_path, digits_h5):
+    run_dir = tmp_path / "fresh"
+    run = run_mpi(1, ["distbelief", "train", str(REPO / "jobs" / "digits_mlp.toml"), "--set", f"data.path={digits_h5}",
+                      "--run-dir", str(run_dir), "--resume", "auto", "--set", "run.steps=20"], tmp_path)
+    assert_all_ranks(run, 1)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["resumed_from"] is None and summary["steps"] == 20
+
+
+def test_resume_auto_needs_a_run_dir(tmp_path, digits_h5):
+    run = run_mpi(1, ["distbelief", "train", str(REPO / "jobs" / "digits_mlp.toml"), "--set", f"data.path={digits_h5}",
+                      "--resume", "auto"], tmp_path)
+    assert_all_ranks(run, 1, exit_code=2)
+    assert "--resume auto needs --run-dir" in run.stderr
