@@ -16,6 +16,7 @@ Train deep networks the way DistBelief did (Dean et al., NIPS 2012), over MPI.
   distbelief train JOB.toml              train (alone, or under mpiexec -n N)
   distbelief plan JOB.toml -n N          show which rank plays which role
   distbelief eval RUN_DIR [--data F.h5]  test accuracy of a finished run
+  distbelief report RUN_DIR [...]        PNG figures and a markdown summary of runs
 
 Job specs are TOML files (see jobs/ and docs/job-spec.md); datasets are HDF5 files
 made with `python -m data_tools` (see docs/datasets.md)."""
@@ -52,6 +53,16 @@ def build_parser() -> argparse.ArgumentParser:
                                    description="Evaluate RUN_DIR/params.h5 on a dataset's test split.")
     evaluate.add_argument("run_dir", metavar="RUN_DIR")
     evaluate.add_argument("--data", metavar="FILE.h5", help="dataset (default: the run's data.path)")
+
+    report = commands.add_parser("report", help="PNG figures and a markdown summary of one or more runs",
+                                 description="Plot loss and test accuracy vs wall time and vs examples, "
+                                             "examples/s per replica and Downpour staleness for one or more "
+                                             "runs on shared figures, and write report.md (needs matplotlib: "
+                                             "pip install 'distbelief-mpi[report]'; see docs/report.md).")
+    report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories to compare")
+    report.add_argument("--out", metavar="DIR",
+                        help="where to write the report (default: RUN_DIR/report for a single run; "
+                             "required for several)")
     return parser
 
 
@@ -72,6 +83,10 @@ def main(argv: list[str] | None = None) -> int:
             from .commands import run_plan
 
             return run_plan(args.job, args.overrides, args.ranks)
+        if args.command == "report":
+            from .report import run_report
+
+            return run_report(args.run_dirs, args.out)
         from .commands import run_eval
 
         return run_eval(args.run_dir, args.data)
