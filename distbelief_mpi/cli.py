@@ -36,12 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", metavar="RUN_DIR|auto",
                        help="continue RUN_DIR from its newest complete checkpoint (same layout; e.g. a larger "
                             "--set run.steps=N runs further); 'auto' with --run-dir: continue it if it has a "
-                            "checkpoint, else start there (for requeued batch jobs). On SIGTERM or SIGUSR1 a run "
-                            "commits a final checkpoint and exits with code 75")
+                            "committed checkpoint, else start there (for requeued batch jobs). On SIGTERM or SIGUSR1 "
+                            "a run commits a final checkpoint and exits with code 75 (1 if that fails)")
     train.add_argument("-v", "--verbose", action="store_true", help="log INFO lines on stderr too")
     train.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                        help="print progress lines (rate, loss, ETA) every run.progress_seconds; default: yes, "
-                            "except inside a batch job (SLURM_JOB_ID, PBS_JOBID or LSB_JOBID set)")
+                            "except when SLURM_JOB_ID, PBS_JOBID or LSB_JOBID is set (batch jobs; also salloc)")
 
     plan = commands.add_parser("plan", help="print the rank/role table for N ranks",
                                description="Print which rank plays which role, and each shard's parameter "
@@ -76,6 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "train":
+            from . import preempt
+
+            preempt.install()   # first, before the heavy imports: a signal during start-up is a preemption too
             from .train import run_train
 
             return run_train(args.job, args.overrides, args.run_dir, args.verbose, args.resume, args.progress)

@@ -79,7 +79,7 @@ class Run:
 
     steps: int = 0                   # stop after this many minibatch steps (0: no limit)
     epochs: float = 0.0              # ... or after this many passes over the training set (0: no limit)
-    seconds: float = 0.0             # ... or after this much wall time (0: no limit)
+    seconds: float = 0.0             # ... or after this much wall time of this invocation (0: no limit)
     seed: int = 0                    # initialisation and data order
     eval_every: int = 0              # evaluate on the test set every N steps (0: only at the end)
     progress_seconds: float = 10.0   # interval of the progress line on the lead rank

@@ -30,6 +30,11 @@ def requested() -> bool:
     return bool(_requested)
 
 
+def request() -> None:
+    """Another rank was preempted: stop here too (see roles/downpour_replica.py)."""
+    _requested.append(0)
+
+
 def reset() -> None:
     """For tests running several jobs in one process."""
     _requested.clear()

@@ -28,12 +28,18 @@ def default_run_dir(job_path: str) -> Path:
     return path
 
 
-def prepare_run_dir(path: Path, spec: JobSpec, resuming: bool = False) -> Path:
-    """Create the run directory and write the resolved spec. Refuses a directory that
-    already holds a run, so nothing of an earlier run is overwritten, unless resuming it
-    (then the spec, with any new overrides such as a longer run.steps, replaces job.toml)."""
+def prepare_run_dir(path: Path, spec: JobSpec, mode: str = "new") -> Path:
+    """Create the run directory and write the resolved spec.
+
+    mode "new" refuses a directory that already holds a run, so nothing of an earlier run is
+    overwritten; "resume" continues one (the spec, with any new overrides such as a longer
+    run.steps, replaces job.toml); "restart" (--resume auto before any checkpoint) starts it
+    again, keeping the abandoned attempt's metrics as metrics-abandoned-N.jsonl."""
     path = Path(path)
-    if (path / "job.toml").exists() and not resuming:
+    if mode == "restart" and (path / "metrics.jsonl").exists():
+        attempt = 1 + len(list(path.glob("metrics-abandoned-*.jsonl")))
+        (path / "metrics.jsonl").rename(path / f"metrics-abandoned-{attempt}.jsonl")
+    if (path / "job.toml").exists() and mode == "new":
         raise UserInputError(f"{path}: already holds a run (job.toml exists); choose a new --run-dir")
     try:
         (path / "logs").mkdir(parents=True, exist_ok=True)

@@ -15,8 +15,7 @@ from pathlib import Path
 
 from . import preempt
 from .checkpoint.params_file import save_params
-from .checkpoint.resume import ResumePoint, find_resume_point
-from .checkpoint.store import complete_checkpoints
+from .checkpoint.resume import ResumePoint, auto_resume_point, find_resume_point
 from .comm.world import abort_job, agree_on_errors, init_world
 from .config import JobSpec, load_job
 from .data.hdf5 import DatasetInfo, read_info
@@ -56,7 +55,6 @@ def run_train(job_path: str, overrides: list[str], run_dir_arg: str | None, verb
               resume: str | None = None, progress: bool | None = None) -> int:
     """resume: a RUN_DIR to continue from its newest complete checkpoint, or "auto": continue
     --run-dir's newest checkpoint when there is one, else start there afresh (for requeued jobs)."""
-    preempt.install()
     world_comm, world_rank, world_size = init_world()
     job, error = None, None
     auto = resume == "auto"
@@ -66,14 +64,15 @@ def run_train(job_path: str, overrides: list[str], run_dir_arg: str | None, verb
     try:
         if auto and not run_dir_arg:
             raise UserInputError("--resume auto needs --run-dir: the directory a requeued job continues in")
-        if resume and not auto and run_dir_arg and Path(run_dir_arg) != Path(resume):
+        if resume and not auto and run_dir_arg and Path(run_dir_arg).resolve() != Path(resume).resolve():
             raise UserInputError(f"--run-dir {run_dir_arg} and --resume {resume} name different run directories")
         spec, info, network, layout, role = load_and_plan(job_path, overrides, world_size, world_rank)
-        resume_point = None
-        if resume and not (auto and not complete_checkpoints(run_dir / "checkpoints")):
-            resume_point = find_resume_point(run_dir, spec, layout)
+        if auto:
+            resume_point = auto_resume_point(run_dir, spec, layout)
+        else:
+            resume_point = find_resume_point(run_dir, spec, layout) if resume else None
         if world_rank == 0:
-            prepare_run_dir(run_dir, spec, resuming=resume_point is not None or auto)
+            prepare_run_dir(run_dir, spec, mode="resume" if resume_point else "restart" if auto else "new")
         job = Job(spec, info, network, layout, role, run_dir, resume_point, progress_wanted(progress))
     except Exception as exc:   # noqa: BLE001 - every failure must reach the agreement, or others hang
         error = exc if isinstance(exc, UserInputError) else RuntimeError(traceback.format_exc())
@@ -105,12 +104,10 @@ def _run_role(job: Job, world_comm, world_rank: int, world_size: int, verbose: b
         from .kernels.threads import set_compute_threads   # numba loads only when training
 
         set_compute_threads(threads_for_rank(job.spec.topology.threads_per_rank))
-        _dispatch(job, world_comm, world_rank, world_size)
-        if preempt.requested():
-            if world_rank == 0:
-                print(f"{job.run_dir}: preempted; the last committed checkpoint is kept. Continue with "
-                      f"--resume {job.run_dir} (or --run-dir {job.run_dir} --resume auto)", file=sys.stderr)
-            return preempt.EXIT_PREEMPTED
+        summary = _dispatch(job, world_comm, world_rank, world_size)
+        lead = job.layout.ranks_of("replica")[0]
+        code = _exit_code(job, summary) if world_rank == lead else None
+        return world_comm.bcast(code, root=lead) if world_size > 1 else code
     except Exception as exc:   # noqa: BLE001 - any failure must end the whole job, loudly
         code = exc.exit_code if isinstance(exc, UserInputError) else 1
         detail = str(exc) if code == 2 else traceback.format_exc()
@@ -121,8 +118,23 @@ def _run_role(job: Job, world_comm, world_rank: int, world_size: int, verbose: b
     return 0
 
 
-def _dispatch(job: Job, world_comm, world_rank: int, world_size: int) -> None:
-    """Run this rank's role; the lead rank writes the summary and final parameters."""
+def _exit_code(job: Job, summary: dict) -> int:
+    """The lead decides for every rank: 75 only when the run stopped on a preemption signal and
+    its final checkpoint is committed (so a requeue continues from it); 1 when that failed."""
+    if summary["stopped_on"] != "preempted":
+        return 0
+    if summary.get("final_checkpoint") is None:
+        print(f"error: {job.run_dir}: preempted, but the final checkpoint was not committed within "
+              f"checkpoint.grace_seconds = {job.spec.checkpoint.grace_seconds}; not asking for a requeue",
+              file=sys.stderr)
+        return 1
+    print(f"{job.run_dir}: preempted; checkpoint committed at step {summary['final_checkpoint']}. Continue "
+          f"with --resume {job.run_dir} (or --run-dir {job.run_dir} --resume auto)", file=sys.stderr)
+    return preempt.EXIT_PREEMPTED
+
+
+def _dispatch(job: Job, world_comm, world_rank: int, world_size: int) -> dict | None:
+    """Run this rank's role; the lead rank writes the summary and final parameters and returns it."""
     if job.spec.optimizer.algorithm == "sgd":
         from .roles.sgd_replica import train_sgd
 
@@ -132,11 +144,12 @@ def _dispatch(job: Job, world_comm, world_rank: int, world_size: int) -> None:
 
         summary, params = run_downpour(job, world_comm, world_rank)
     if summary is None:
-        return
+        return None
     save_params(job.run_dir / "params.h5", params, {"step": summary["steps"]})
     write_summary(job.run_dir, summary)
     print(f"{job.run_dir}: test accuracy {summary['test_accuracy']:.4f} after {summary['steps']} steps "
           f"({summary['examples_per_s']:,.0f} examples/s, {summary['wall_s']:.1f} s)", flush=True)
+    return summary
 
 
 def summary_of(run_dir: Path) -> dict:

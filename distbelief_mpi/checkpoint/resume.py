@@ -4,8 +4,8 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import CheckpointError
-from .store import complete_checkpoints, read_manifest
+from ..errors import CheckpointError, UserInputError
+from .store import MANIFEST, complete_checkpoints, read_manifest
 
 
 @dataclass(frozen=True)
@@ -40,3 +40,21 @@ def find_resume_point(run_dir: Path, spec, layout) -> ResumePoint:
         raise CheckpointError(f"{found[0]}: does not fit this job; resume needs the same layout:\n"
                               + "\n".join(f"  - {m}" for m in mismatches))
     return ResumePoint(found[0], manifest)
+
+
+def auto_resume_point(run_dir: Path, spec, layout) -> ResumePoint | None:
+    """--resume auto: the newest complete checkpoint, or None (start afresh) when the run has
+    none yet. Refuses, rather than start afresh over them, committed checkpoints that are all
+    damaged and a finished run: both would lose work."""
+    run_dir = Path(run_dir)
+    root = run_dir / "checkpoints"
+    if complete_checkpoints(root):
+        return find_resume_point(run_dir, spec, layout)
+    committed = [d for d in root.glob("step-*") if (d / MANIFEST).exists()] if root.is_dir() else []
+    if committed:
+        raise CheckpointError(f"{root}: {len(committed)} committed checkpoint(s), all damaged (a file does not "
+                              "match its hash); not starting afresh over them. Move them aside to start anew.")
+    if (run_dir / "summary.json").exists():
+        raise UserInputError(f"{run_dir}: holds a finished run and no checkpoint to continue from; "
+                             "choose a new --run-dir")
+    return None

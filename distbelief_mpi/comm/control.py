@@ -14,6 +14,7 @@ TAG_DONE = 101          # replica -> every shard: I have pushed everything; no m
 TAG_WARMSTART = 102     # replica 0 -> other replicas: warmstart finished, start training
 TAG_CHECKPOINT = 103    # lead replica -> every shard: write your part of checkpoint {step, directory}
 TAG_CHECKPOINT_DONE = 104   # shard -> lead replica: written {shard_id, file, sha256, version}
+TAG_PREEMPT = 105       # replica -> other replicas: I got a preemption signal; stop after your step
 
 
 class Backoff:

@@ -93,7 +93,10 @@ def load_run(path) -> Run:
     # Downpour: metrics come from the lead replica alone, so its `examples` count one replica's
     # share. Scale them so the last train line matches summary.examples_seen (all replicas).
     # One replica: its count is the total already.
-    scale, n_replicas = 1.0, summary.get("n_replicas") or 1
+    # A run still in progress has no summary yet: its job spec says how many replicas.
+    n_replicas = summary.get("n_replicas") or (job.get("topology", {}).get("replicas", 1)
+                                                if job.get("optimizer", {}).get("algorithm") == "downpour" else 1)
+    scale = 1.0
     last_examples = train[-1].get("examples") if train else None
     if n_replicas > 1:
         scale = float(n_replicas)
@@ -150,9 +153,12 @@ def _read_metrics(path: Path) -> list[dict]:
     """Train and eval lines in file order; other kinds are skipped, blank lines too."""
     records = []
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise UserInputError(f"{path}: cannot read: {exc}") from None
+    lines = text.splitlines()
+    if lines and not text.endswith("\n"):
+        lines.pop()     # a line still being written (a run in progress, or killed mid-write)
     for lineno, line in enumerate(lines, start=1):
         if not line.strip():
             continue

@@ -25,8 +25,11 @@ class CheckpointCoordinator:
         self.job, self.comm, self.shard_ranks = job, world_comm, list(shard_ranks)
         self.root = job.run_dir / "checkpoints"
         self.pending: dict | None = None          # {"step": int, "replies": {shard_id: reply}}
+        self.last_committed = job.resume.step if job.resume else None   # a step's checkpoint exists
 
     def request(self, step: int, examples_seen: int) -> None:
+        if step == self.last_committed:   # e.g. preempted right after a periodic checkpoint: nothing new
+            return
         if self.pending is not None:   # checkpoints come faster than shards write them: wait
             log.warning("checkpoint at step %d waits for step %d's to be committed", step, self.pending["step"])
             self.finish()
@@ -53,7 +56,9 @@ class CheckpointCoordinator:
             if self.pending is None:
                 break
             if deadline is not None and time.monotonic() > deadline:
-                log.error("checkpoint at step %d not committed within %.0f s", self.pending["step"], timeout)
+                log.error("checkpoint at step %d not committed within %.1f s; abandoned", self.pending["step"],
+                          timeout)
+                self.pending = None       # late replies stay unread; the previous checkpoint is the newest
                 return False
             wait.sleep()
         return True
@@ -66,6 +71,7 @@ class CheckpointCoordinator:
         files = {r["file"]: r["sha256"] for r in replies}
         commit_files(self.root, self.pending["step"], files, meta, self.job.spec.checkpoint.keep)
         log.info("committed checkpoint at step %d", self.pending["step"])
+        self.last_committed = self.pending["step"]
         self.pending = None
 
 

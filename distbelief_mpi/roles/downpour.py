@@ -85,6 +85,7 @@ def _train_replica(job, windows, world_comm, replica_ranks) -> dict:
             stream.fast_forward(first_step * spec.optimizer.batch_size)
         hooks = DownpourHooks(spec, ReplicaEndpoint(windows, replica_id), job.layout.shard_ranges, params,
                               release, checkpoints, stream)
+        hooks.other_replicas = [rank for rank in replica_ranks if rank != job.role.world_rank]
         warm_up(job.network, *read_split(info.path, "train", 0, 2))
         barrier_sleeping(world_comm)              # shards have published the initial parameters
         if warm and replica_id != 0:
@@ -97,7 +98,8 @@ def _train_replica(job, windows, world_comm, replica_ranks) -> dict:
             "train_s": result.train_s,
             "loop_s": time.perf_counter() - started, "last_train_loss": result.last_train_loss,
             "stopped_on": result.stopped_on, "pushes": hooks.pushes, "deferred_pushes": hooks.deferred_pushes,
-            "fetch_retries": hooks.endpoint.fetch_retries, "epochs": stream.epoch}
+            "fetch_retries": hooks.endpoint.fetch_retries, "epochs": stream.epoch,
+            "final_checkpoint": hooks.final_checkpoint_step}
 
 
 def _replica_loop(job, params, stream, hooks, first_step: int, lead: bool):

@@ -11,9 +11,12 @@ With optimizer.overlap_comm the transfers run in a background thread
 (roles/comm_worker.py) and overlap with the next minibatches; without it they run inline.
 """
 
+import time
+
 import numpy as np
 
-from ..comm.control import TAG_DONE, TAG_WARMSTART, wait_sleeping
+from .. import preempt
+from ..comm.control import TAG_DONE, TAG_PREEMPT, TAG_WARMSTART, receive_all, wait_sleeping
 from ..comm.param_server import ReplicaEndpoint
 from ..config import JobSpec
 from ..kernels import sgd_update_
@@ -38,6 +41,9 @@ class DownpourHooks(StepHooks):
         self.alpha = np.float32(spec.optimizer.learning_rate)
         self.pushes, self.deferred_pushes = 0, 0
         self.worker = CommWorker(endpoint, shard_ranges, len(params)) if spec.optimizer.overlap_comm else None
+        self.other_replicas: list[int] = []        # world ranks of the other replicas (set by the caller)
+        self.preemption_shared = False
+        self.final_checkpoint_step: int | None = None
 
     def fetch_all(self) -> None:
         """A synchronous fetch of every shard (the first one, and every one without overlap)."""
@@ -68,17 +74,34 @@ class DownpourHooks(StepHooks):
             self.release_warmstart()
         if self.checkpoints:
             self.checkpoints.poll()
+        self.share_preemption()
 
     def checkpoint(self, clock):
         if self.checkpoints:
             self.checkpoints.request(clock.steps, self.stream.examples_seen)
 
     def final_checkpoint(self, clock):
-        """Preempted: commit a checkpoint of this moment within checkpoint.grace_seconds."""
-        if self.checkpoints:
-            self.checkpoints.finish()            # one in flight first (request would wait anyway)
+        """Preempted: commit a checkpoint of this moment, all within checkpoint.grace_seconds."""
+        if not self.checkpoints:
+            return
+        deadline = time.monotonic() + self.spec.checkpoint.grace_seconds
+        if self.checkpoints.finish(timeout=self.spec.checkpoint.grace_seconds):   # one in flight first
             self.checkpoints.request(clock.steps, self.stream.examples_seen)
-            self.checkpoints.finish(timeout=self.spec.checkpoint.grace_seconds)
+            self.checkpoints.finish(timeout=max(0.0, deadline - time.monotonic()))
+        self.final_checkpoint_step = self.checkpoints.last_committed if self.checkpoints.last_committed == \
+            clock.steps else None
+
+    def share_preemption(self) -> None:
+        """A signal may reach only some ranks: the first replica to see one tells the others,
+        and a replica told stops after its step as if signalled itself."""
+        if preempt.requested():
+            if not self.preemption_shared:
+                for rank in self.other_replicas:
+                    self.endpoint.windows.comm.send(None, dest=rank, tag=TAG_PREEMPT)
+                self.preemption_shared = True
+        elif receive_all(self.endpoint.windows.comm, TAG_PREEMPT):
+            preempt.request()
+            self.preemption_shared = True     # the sender has told everyone
 
     def release_warmstart(self) -> None:
         if self.on_warmstart_done is not None:
@@ -118,8 +141,9 @@ class DownpourHooks(StepHooks):
 def finish_replica(world_comm, hooks: DownpourHooks, shard_ranks) -> None:
     """Push what is left (waiting for free slots), then tell every shard we are done."""
     hooks.release_warmstart()   # a run shorter than the warmstart must not strand the others
-    if hooks.checkpoints:
-        hooks.checkpoints.finish(timeout=hooks.spec.checkpoint.grace_seconds)
+    hooks.share_preemption()    # a replica stopped by a signal tells the others before leaving
+    if hooks.checkpoints:       # a periodic checkpoint in flight: wait, within the grace time if preempted
+        hooks.checkpoints.finish(timeout=hooks.spec.checkpoint.grace_seconds if preempt.requested() else None)
     hooks.stop_worker()
     hooks.push_all(wait=True)
     for rank in shard_ranks:

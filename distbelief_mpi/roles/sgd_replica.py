@@ -11,7 +11,7 @@ import numpy as np
 
 from ..checkpoint.params_file import load_params
 from ..checkpoint.resume import layout_signature
-from ..checkpoint.store import commit_checkpoint
+from ..checkpoint.store import commit_checkpoint, complete_checkpoints, read_manifest
 from ..config import to_toml
 from ..data.batches import BatchStream, open_replica_stream
 from ..data.hdf5 import read_split
@@ -31,9 +31,16 @@ class LocalSgd(StepHooks):
     def __init__(self, job, params: np.ndarray, stream: BatchStream):
         self.job, self.params, self.stream = job, params, stream
         self.lr = np.float32(job.spec.optimizer.learning_rate)
+        self.final_checkpoint_step: int | None = None
 
     def after_step(self, step, grad):
         sgd_update_(self.params, grad, self.lr)
+
+    def final_checkpoint(self, clock):
+        newest = complete_checkpoints(self.job.run_dir / "checkpoints")[:1]
+        if not newest or read_manifest(newest[0])["step"] != clock.steps:   # else it exists already
+            self.checkpoint(clock)
+        self.final_checkpoint_step = clock.steps
 
     def checkpoint(self, clock):
         meta = {"examples_seen": self.stream.examples_seen, "stream": self.stream.state(),
@@ -54,7 +61,8 @@ def train_sgd(job, world_size: int) -> tuple[dict, np.ndarray]:
         log.info("training %d parameters on %d examples from step %d", network.n_params, stream.n_examples,
                  first_step)
         report = Reporting(metrics, (x_test, y_test), Progress(spec.run.progress_seconds if job.progress else 0))
-        result = run_loop(spec, network, params, stream, LocalSgd(job, params, stream), report, first_step)
+        hooks = LocalSgd(job, params, stream)
+        result = run_loop(spec, network, params, stream, hooks, report, first_step)
         test_loss, test_accuracy = log_eval(metrics, network, params, x_test, y_test, result.clock)
     log.info("stopped on %s after %d steps; test accuracy %.4f", result.stopped_on, result.clock.steps,
              test_accuracy)
@@ -66,7 +74,7 @@ def train_sgd(job, world_size: int) -> tuple[dict, np.ndarray]:
         "examples_seen": result.examples_seen, "wall_s": time.perf_counter() - started,
         "train_s": result.train_s, "examples_per_s": result.examples_this_run / max(result.train_s, 1e-9),
         "final_train_loss": result.last_train_loss, "test_loss": test_loss, "test_accuracy": test_accuracy,
-        "stopped_on": result.stopped_on, "dataset": info.path,
+        "stopped_on": result.stopped_on, "dataset": info.path, "final_checkpoint": hooks.final_checkpoint_step,
         "resumed_from": None if job.resume is None else {"step": job.resume.step,
                                                          "checkpoint": str(job.resume.directory)},
     }, params

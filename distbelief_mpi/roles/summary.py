@@ -33,5 +33,6 @@ def downpour_summary(job, gathered: list[dict], test_loss: float, test_accuracy:
             "step": job.resume.step, "checkpoint": str(job.resume.directory),
             "shard_versions": [s["resumed_from_version"] for s in shards]},
         "fetch_retries": sum(r["fetch_retries"] for r in replicas),
+        "final_checkpoint": replicas[0]["final_checkpoint"],   # the step committed on preemption, or None
         "dataset": job.info.path,
     }

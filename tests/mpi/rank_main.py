@@ -6,6 +6,7 @@ Targets: `distbelief ARGS...` (the CLI, in-process) or `program NAME ARGS...` (t
 
 import importlib
 import json
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -31,6 +32,7 @@ def main() -> None:
 
     result_dir, target = Path(sys.argv[1]), sys.argv[2:]
     rank = MPI.COMM_WORLD.Get_rank()
+    (result_dir / f"rank-{rank}.pid").write_text(str(os.getpid()))   # lets a test signal one rank
     try:
         code, data = run_target(target)
     except Exception:   # noqa: BLE001 - recorded as this rank's failure

@@ -2,6 +2,7 @@
 `--resume auto` continues from it."""
 
 import json
+import os
 import signal
 import time
 
@@ -63,3 +64,33 @@ def test_resume_auto_needs_a_run_dir(tmp_path, digits_h5):
                       "--resume", "auto"], tmp_path)
     assert_all_ranks(run, 1, exit_code=2)
     assert "--resume auto needs --run-dir" in run.stderr
+
+
+def start_long_downpour(tmp_path, digits_h5, *extra):
+    run_dir = tmp_path / "run"
+    target = ["distbelief", "train", str(REPO / "jobs" / "digits_downpour.toml"), "--set", f"data.path={digits_h5}",
+              "--run-dir", str(run_dir), "--set", "run.epochs=0", "--set", "run.steps=100000000", *extra]
+    started = start_mpi(5, target, tmp_path, timeout=120)
+    wait_for_training(run_dir, started)
+    return started, run_dir
+
+
+def test_a_signal_to_one_replica_stops_every_replica(tmp_path, digits_h5):
+    """Ranks 0-1 are shards, 2 the lead replica: signal only rank 3."""
+    started, run_dir = start_long_downpour(tmp_path, digits_h5)
+    pid = int((started.result_dir / "rank-3.pid").read_text())
+    os.kill(pid, signal.SIGTERM)
+    run = finish_mpi(started, timeout=120)
+    assert_all_ranks(run, 5, exit_code=EXIT_PREEMPTED)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["stopped_on"] == "preempted" and summary["final_checkpoint"] is not None
+    assert read_manifest(complete_checkpoints(run_dir / "checkpoints")[0])["step"] == summary["final_checkpoint"]
+
+
+def test_a_final_checkpoint_that_misses_the_grace_time_exits_1(tmp_path, digits_h5):
+    started, run_dir = start_long_downpour(tmp_path, digits_h5, "--set", "checkpoint.grace_seconds=0.000001")
+    started.process.send_signal(signal.SIGTERM)
+    run = finish_mpi(started, timeout=120)
+    assert_all_ranks(run, 5, exit_code=1)
+    assert "not committed within checkpoint.grace_seconds" in run.stderr
+    assert json.loads((run_dir / "summary.json").read_text())["final_checkpoint"] is None

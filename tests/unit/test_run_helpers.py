@@ -82,3 +82,34 @@ def test_progress_is_quiet_in_batch_jobs_unless_asked():
 
     assert wanted(None, {}) and not wanted(None, {"SLURM_JOB_ID": "12"})
     assert wanted(True, {"SLURM_JOB_ID": "12"}) and not wanted(False, {})
+
+
+def test_resume_auto_refuses_to_start_afresh_over_work(tmp_path):
+    from distbelief_mpi.checkpoint.resume import auto_resume_point
+    from distbelief_mpi.errors import UserInputError
+
+    run_dir = tmp_path / "run"
+    assert auto_resume_point(run_dir, None, None) is None                  # nothing yet: start afresh
+    (run_dir / "checkpoints" / "step-000000005").mkdir(parents=True)       # killed mid-write: still afresh
+    assert auto_resume_point(run_dir, None, None) is None
+    damaged = commit_checkpoint(run_dir / "checkpoints", 10, np.ones(8, np.float32), {}, keep=3)
+    (damaged / "params.h5").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="all damaged"):
+        auto_resume_point(run_dir, None, None)
+    finished = tmp_path / "finished"
+    finished.mkdir()
+    (finished / "summary.json").write_text("{}")
+    with pytest.raises(UserInputError, match="holds a finished run"):
+        auto_resume_point(finished, None, None)
+
+
+def test_restarting_a_run_dir_keeps_the_abandoned_metrics(tmp_path):
+    from distbelief_mpi.config import parse_job
+    from distbelief_mpi.rundir import prepare_run_dir
+
+    spec = parse_job({"data": {"path": "d.h5"}, "run": {"steps": 1}})
+    prepare_run_dir(tmp_path / "r", spec)
+    (tmp_path / "r" / "metrics.jsonl").write_text('{"kind": "train"}\n')
+    prepare_run_dir(tmp_path / "r", spec, mode="restart")
+    assert (tmp_path / "r" / "metrics-abandoned-1.jsonl").read_text() == '{"kind": "train"}\n'
+    assert not (tmp_path / "r" / "metrics.jsonl").exists()
