@@ -51,6 +51,7 @@ class Optimizer:
     fetch_every: int = 1             # downpour: a replica fetches fresh parameters every N steps
     push_every: int = 1              # downpour: a replica pushes its accrued gradient every N steps
     warmstart_steps: int = 0         # downpour: replica 0 trains alone this many steps before the others start
+    max_staleness: int = 0           # downpour: a shard rejects (and counts) pushes staler than this; 0: no bound
     overlap_comm: bool = False       # downpour: fetch and push in a background thread, overlapping compute (docs/downpour.md)
 
 
@@ -221,6 +222,7 @@ def check_values(spec: JobSpec) -> list[str]:
         (o.fetch_every >= 1, "optimizer.fetch_every", "must be >= 1"),
         (o.push_every >= 1, "optimizer.push_every", "must be >= 1"),
         (o.warmstart_steps >= 0, "optimizer.warmstart_steps", "must be >= 0"),
+        (o.max_staleness >= 0, "optimizer.max_staleness", "must be >= 0 (0: no bound)"),
         (d.path != "", "data.path", "required: the HDF5 dataset to train on (see docs/datasets.md)"),
         (d.eval_examples >= 0, "data.eval_examples", "must be >= 0"),
         (d.chunk_examples >= 0, "data.chunk_examples", "must be >= 0 (0: load into memory)"),

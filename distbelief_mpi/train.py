@@ -149,6 +149,10 @@ def _dispatch(job: Job, world_comm, world_rank: int, world_size: int) -> dict | 
     write_summary(job.run_dir, summary)
     print(f"{job.run_dir}: test accuracy {summary['test_accuracy']:.4f} after {summary['steps']} steps "
           f"({summary['examples_per_s']:,.0f} examples/s, {summary['wall_s']:.1f} s)", flush=True)
+    for replica_id, count in enumerate(summary.get("rejected_by_replica", [])):
+        if count:
+            print(f"warning: replica {replica_id} sent {count} push(es) holding NaN or Inf; the shards rejected "
+                  "them (lower the learning rates, or look at that replica's data)", file=sys.stderr)
     return summary
 
 

@@ -25,7 +25,8 @@ STALENESS_BINS = 64
 class ShardStats:
     def __init__(self, n_replicas: int):
         self.applied = np.zeros(n_replicas, np.int64)
-        self.rejected = np.zeros(n_replicas, np.int64)
+        self.rejected = np.zeros(n_replicas, np.int64)      # non-finite pushes
+        self.too_stale = np.zeros(n_replicas, np.int64)     # pushes over optimizer.max_staleness
         self.staleness_hist = np.zeros(STALENESS_BINS, np.int64)
         self.staleness_sum, self.staleness_max, self.steps_pushed = 0, 0, 0
 
@@ -33,6 +34,7 @@ class ShardStats:
         """Continue the counters of a checkpointed run (as_dict's output)."""
         self.applied[:] = saved["applied"]
         self.rejected[:] = saved["rejected"]
+        self.too_stale[:] = saved.get("too_stale", [0] * len(self.too_stale))
         self.staleness_hist[:] = saved["staleness_hist"]
         self.staleness_sum, self.staleness_max = saved["staleness_sum"], saved["staleness_max"]
         self.steps_pushed = saved["steps_pushed"]
@@ -46,6 +48,7 @@ class ShardStats:
 
     def as_dict(self) -> dict:
         return {"applied": self.applied.tolist(), "rejected": self.rejected.tolist(),
+                "too_stale": self.too_stale.tolist(),
                 "staleness_sum": self.staleness_sum, "staleness_max": self.staleness_max,
                 "staleness_hist": self.staleness_hist.tolist(), "steps_pushed": self.steps_pushed}
 
@@ -110,8 +113,13 @@ class Shard:
         grad = self.slots[replica_id]
         if not all_finite(grad):
             self.stats.rejected[replica_id] += 1
-            log.warning("rejected a non-finite push from replica %d (%d so far)", replica_id,
-                        self.stats.rejected[replica_id])
+            count = int(self.stats.rejected[replica_id])
+            if count <= 3 or count % 100 == 0:    # a replica that keeps sending them must not flood the log
+                log.warning("rejected a non-finite push from replica %d (%d so far)", replica_id, count)
+            return
+        bound = self.opt.max_staleness
+        if bound and self.version - base_version > bound:
+            self.stats.too_stale[replica_id] += 1
             return
         current, following = self.buffers[self.version % 2], self.buffers[(self.version + 1) % 2]
         self.windows.write_words(self.shard_id, WRITING, [self.version + 1])

@@ -24,6 +24,7 @@ def downpour_summary(job, gathered: list[dict], test_loss: float, test_accuracy:
         "pushes_rejected": sum(sum(s["rejected"]) for s in shards),
         "rejected_by_replica": [sum(s["rejected"][r] for s in shards) for r in range(len(replicas))],
         "pushes_deferred": sum(r["deferred_pushes"] for r in replicas),
+        "pushes_too_stale": sum(sum(s["too_stale"]) for s in shards),
         "staleness_mean": sum(s["staleness_sum"] for s in shards) / max(applied, 1),
         "staleness_max": max((s["staleness_max"] for s in shards), default=0),
         "staleness_hist": staleness_hist,

@@ -58,3 +58,14 @@ def test_an_idle_shard_sleeps(tmp_path):
     (shard,) = records(run, "shard")
     assert shard["serve_cpu_fraction"] < 0.10, shard
     print(f"idle shard CPU use: {100 * shard['serve_cpu_fraction']:.1f}% of one core")
+
+
+def test_bounded_staleness_applies_nothing_staler_than_the_bound(tmp_path):
+    run = run_mpi(3, ["program", "stale_pushes"], tmp_path)
+    assert_all_ranks(run, 3)
+    (shard,) = records(run, "shard")
+    hist = shard["staleness_hist"]
+    assert max(i for i, count in enumerate(hist) if count) <= 3 and shard["staleness_max"] <= 3
+    assert sum(shard["too_stale"]) > 0
+    assert sum(shard["applied"]) + sum(shard["too_stale"]) == 2 * 30
+    assert np.all(np.array(shard["params"]) == -sum(shard["applied"]))   # each applied push: all ones

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.mpi.runner import REPO
+from tests.mpi.runner import REPO  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,60 @@
+"""SIGKILL to mpiexec at random moments while checkpoints are being written (one every step):
+every restart must find a complete checkpoint (the newest or the one before), never a partial one,
+and continue from it. DISTBELIEF_FAULT_TRIALS sets the number of kills (CI: 6; long mode: 20)."""
+
+import json
+import random
+import signal
+import time
+
+import numpy as np
+
+from distbelief_mpi.checkpoint.params_file import load_params
+from distbelief_mpi.checkpoint.store import complete_checkpoints, read_manifest
+from tests.mpi.runner import REPO, assert_all_ranks, finish_mpi, run_mpi, start_mpi
+
+JOB = str(REPO / "jobs" / "digits_mlp.toml")
+
+
+def test_kills_during_checkpoint_writes_never_leave_a_partial_checkpoint(tmp_path, digits_h5, trials):
+    run_dir = tmp_path / "run"
+    common = ["distbelief", "train", JOB, "--set", f"data.path={digits_h5}", "--run-dir", str(run_dir),
+              "--resume", "auto", "--set", "run.epochs=0", "--set", "checkpoint.every_steps=1",
+              "--set", "checkpoint.keep=2", "--no-progress"]
+    rng, steps_seen = random.Random(7), []
+    for trial in range(trials):
+        started = start_mpi(1, [*common, "--set", "run.steps=100000000"], tmp_path / f"t{trial}", timeout=120)
+        deadline, previous = time.monotonic() + 60, steps_seen[-1] if steps_seen else -1
+        while newest_step(run_dir) <= previous:          # this attempt has committed a checkpoint of its own
+            assert time.monotonic() < deadline and started.process.poll() is None, "no new checkpoint"
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.0, 0.3))                # somewhere inside the stream of checkpoint writes
+        started.process.send_signal(signal.SIGKILL)      # `timeout -k`: mpiexec's parent; kill the tree
+        _kill_tree(started)
+        found = complete_checkpoints(run_dir / "checkpoints")
+        assert found, f"trial {trial}: no complete checkpoint after the kill"
+        params, _ = load_params(found[0] / "params.h5")  # the newest complete one really loads
+        assert np.all(np.isfinite(params))
+        steps_seen.append(read_manifest(found[0])["step"])
+    final = run_mpi(1, [*common, "--set", f"run.steps={steps_seen[-1] + 20}"], tmp_path / "final", timeout=120)
+    assert_all_ranks(final, 1)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["resumed_from"]["step"] >= steps_seen[-1]
+    print(f"{trials} kills during checkpoint writing: every restart found a complete checkpoint "
+          f"(steps {steps_seen}); data lost: none beyond the last checkpoint")
+
+
+def newest_step(run_dir) -> int:
+    found = complete_checkpoints(run_dir / "checkpoints")
+    return read_manifest(found[0])["step"] if found else -1
+
+
+def _kill_tree(started) -> None:
+    """SIGKILL reaches `timeout`, not mpiexec and the rank: kill the whole process group's children."""
+    import os
+    import subprocess
+
+    subprocess.run(["pkill", "-KILL", "-P", str(started.process.pid)], check=False)
+    subprocess.run(["pkill", "-KILL", "-f", str(started.result_dir)], check=False)
+    started.process.wait(timeout=30)
+    os.sync()
