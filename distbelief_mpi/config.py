@@ -248,6 +248,12 @@ def _value_of(spec: JobSpec, key: str) -> str:
     return repr(getattr(getattr(spec, section), name))
 
 
+def spec_items(spec: JobSpec) -> dict[str, str]:
+    """{"section.key": value as TOML text} for every key: what two ranks compare."""
+    return {f"{name}.{f.name}": _toml_value(getattr(getattr(spec, name), f.name))
+            for name in SECTIONS for f in dataclasses.fields(getattr(spec, name))}
+
+
 def to_toml(spec: JobSpec) -> str:
     """The resolved spec as TOML (every key, defaults included), loadable by load_job."""
     lines = [f"# resolved job spec (from {spec.source})"]

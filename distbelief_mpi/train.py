@@ -17,7 +17,7 @@ from . import preempt
 from .checkpoint.params_file import save_params
 from .checkpoint.resume import ResumePoint, auto_resume_point, find_resume_point
 from .comm.world import abort_job, agree_on_errors, init_world
-from .config import JobSpec, load_job
+from .config import JobSpec, load_job, spec_items
 from .data.hdf5 import DatasetInfo, read_info
 from .errors import UserInputError
 from .layout import Layout, RankRole, plan_layout
@@ -77,11 +77,27 @@ def run_train(job_path: str, overrides: list[str], run_dir_arg: str | None, verb
     except Exception as exc:   # noqa: BLE001 - every failure must reach the agreement, or others hang
         error = exc if isinstance(exc, UserInputError) else RuntimeError(traceback.format_exc())
     failed = agree_on_errors(world_comm, error)
+    if not failed:
+        failed = _spec_mismatches(world_comm, job.spec)
     if failed:
         _report_setup_errors(failed, world_rank)
         return max(code for _, code, _ in failed)   # the same exit code on every rank
     world_comm.Barrier()   # rank 0 has created the run directory
     return _run_role(job, world_comm, world_rank, world_size, verbose)
+
+
+def _spec_mismatches(world_comm, spec: JobSpec) -> list[tuple[int, int, str]]:
+    """Collective: every rank must run the same resolved spec (same file contents, same --set).
+    Returns [(rank, 2, message naming the differing keys)] for the ranks that differ from rank 0."""
+    mine = spec_items(spec)
+    everyone = world_comm.allgather(mine)
+    failed = []
+    for rank, items in enumerate(everyone):
+        differ = sorted(key for key in items.keys() | everyone[0].keys() if items.get(key) != everyone[0].get(key))
+        if differ:
+            shown = ", ".join(f"{key} ({everyone[0].get(key)!r} on rank 0, {items.get(key)!r} here)" for key in differ)
+            failed.append((rank, 2, f"{spec.source}: the job spec differs between ranks: {shown}"))
+    return failed
 
 
 def _report_setup_errors(failed, world_rank: int) -> None:
