@@ -13,7 +13,6 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..kernels import softmax_xent
-from ..kernels.local import local_out_size
 from .image_layers import LCN, L2Pool2D, LocallyConnected2D, MaxPool2D
 from .layers import Dense, Layer, SoftmaxOutput
 from .spec import LAYER_KEYS, LayerSpec, _check_values

@@ -11,7 +11,7 @@ import numpy as np
 
 from distbelief_mpi.checkpoint.params_file import load_params
 from distbelief_mpi.checkpoint.store import complete_checkpoints, read_manifest
-from tests.mpi.runner import REPO, assert_all_ranks, finish_mpi, run_mpi, start_mpi
+from tests.mpi.runner import REPO, assert_all_ranks, run_mpi, start_mpi
 
 JOB = str(REPO / "jobs" / "digits_mlp.toml")
 

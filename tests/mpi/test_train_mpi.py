@@ -59,7 +59,7 @@ def test_checkpoints_are_committed_during_training(tmp_path, digits_h5):
 def test_world_size_that_does_not_fit_stops_every_rank_with_exit_2(tmp_path, digits_h5, n):
     run = train(n, tmp_path, digits_h5)
     assert_all_ranks(run, n, exit_code=2)
-    assert f"needs 1 ranks" in run.stderr and f"got {n}" in run.stderr
+    assert "needs 1 ranks" in run.stderr and f"got {n}" in run.stderr
     assert run.stderr.count("error") == 1, "the message is printed once, by rank 0"
     assert not (tmp_path / "run" / "job.toml").exists()
     assert "Traceback" not in run.stderr
