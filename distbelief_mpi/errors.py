@@ -47,3 +47,8 @@ class LayoutError(UserInputError):
 
 class CheckpointError(UserInputError):
     """A checkpoint is missing, damaged or incompatible with the job."""
+
+
+class CheckpointWriteError(DistbeliefError):
+    """Writing a checkpoint failed (disk full, file-size limit, I/O error). Exit code 1: not bad
+    input, but the message says what happened; earlier checkpoints are intact."""

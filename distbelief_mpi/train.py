@@ -19,7 +19,7 @@ from .checkpoint.resume import ResumePoint, auto_resume_point, find_resume_point
 from .comm.world import abort_job, agree_on_errors, init_world
 from .config import JobSpec, load_job, spec_items
 from .data.hdf5 import DatasetInfo, read_info
-from .errors import UserInputError
+from .errors import DistbeliefError, UserInputError
 from .layout import Layout, RankRole, plan_layout
 from .logs import setup_logging
 from .model.network import Network, build_network
@@ -125,8 +125,8 @@ def _run_role(job: Job, world_comm, world_rank: int, world_size: int, verbose: b
         code = _exit_code(job, summary) if world_rank == lead else None
         return world_comm.bcast(code, root=lead) if world_size > 1 else code
     except Exception as exc:   # noqa: BLE001 - any failure must end the whole job, loudly
-        code = exc.exit_code if isinstance(exc, UserInputError) else 1
-        detail = str(exc) if code == 2 else traceback.format_exc()
+        code = exc.exit_code if isinstance(exc, DistbeliefError) else 1
+        detail = str(exc) if isinstance(exc, DistbeliefError) else traceback.format_exc()
         print(f"error on rank {world_rank} ({job.role.label}): {detail}", file=sys.stderr)
         if world_size > 1:
             abort_job(world_comm, code)

@@ -10,17 +10,19 @@ import h5py
 import numpy as np
 
 from ..errors import CheckpointError
-from ..fsutil import atomic_output
+from ..fsutil import write_hdf5_atomic
 
 
 def save_params(path: Path, params: np.ndarray, attrs: dict) -> None:
     """Write to a temporary name beside `path`, fsync and rename (crash-safe)."""
-    with atomic_output(path) as tmp, h5py.File(tmp, "w") as handle:
+    def fill(handle):
         handle.create_dataset("params", data=params, chunks=(min(len(params), 1 << 20) or 1,),
                               fletcher32=True)
         handle.attrs["n_params"] = len(params)
         for key, value in attrs.items():
             handle.attrs[key] = value
+
+    write_hdf5_atomic(Path(path), fill)
 
 
 def load_params(path: Path) -> tuple[np.ndarray, dict]:

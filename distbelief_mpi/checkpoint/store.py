@@ -9,6 +9,7 @@ directory without a manifest, or whose files do not match their hashes, is not a
 checkpoint: readers skip it and fall back to the previous complete one.
 """
 
+import contextlib
 import hashlib
 import json
 import shutil
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import CheckpointWriteError
 from ..fsutil import write_text_atomic
 from .params_file import save_params
 
@@ -29,9 +31,23 @@ def checkpoint_dir(root: Path, step: int) -> Path:
 def commit_checkpoint(root: Path, step: int, params: np.ndarray, meta: dict, keep: int) -> Path:
     """Write and commit a one-file checkpoint for `step`, then keep only the newest `keep`."""
     directory = checkpoint_dir(root, step)
-    directory.mkdir(parents=True, exist_ok=True)
-    save_params(directory / "params.h5", params, {"step": step})
+    with write_errors_named(directory):
+        directory.mkdir(parents=True, exist_ok=True)
+        save_params(directory / "params.h5", params, {"step": step})
     return commit_files(root, step, {"params.h5": file_sha256(directory / "params.h5")}, meta, keep)
+
+
+@contextlib.contextmanager
+def write_errors_named(directory: Path):
+    """Turn an OSError while writing checkpoint files (disk full, file-size limit) into one clear
+    message; the files already committed are untouched (every write goes to a temporary name)."""
+    try:
+        yield
+    except OSError as exc:   # HDF5 files are built in memory (fsutil.write_hdf5_atomic): plain OSErrors here
+        newest = complete_checkpoints(Path(directory).parent)[:1]
+        kept = f"the newest complete checkpoint, {newest[0].name}, is intact" if newest else "no checkpoint exists yet"
+        raise CheckpointWriteError(f"{directory}: cannot write the checkpoint ({exc.strerror or exc}); {kept}") \
+            from None
 
 
 def commit_files(root: Path, step: int, files: dict[str, str], meta: dict, keep: int) -> Path:
@@ -39,7 +55,8 @@ def commit_files(root: Path, step: int, files: dict[str, str], meta: dict, keep:
     SHA-256 hashes; then delete all but the newest `keep` complete checkpoints."""
     directory = checkpoint_dir(root, step)
     manifest = {"step": step, "files": files, **meta}
-    write_text_atomic(directory / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    with write_errors_named(directory):
+        write_text_atomic(directory / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     prune_checkpoints(root, keep)
     return directory
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ..checkpoint.store import file_sha256
+from ..checkpoint.store import file_sha256, write_errors_named
 from ..errors import CheckpointError
-from ..fsutil import atomic_output
+from ..fsutil import write_hdf5_atomic
 
 
 def shard_file_name(shard_id: int) -> str:
@@ -23,13 +23,21 @@ def shard_file_name(shard_id: int) -> str:
 def save_shard(directory: Path, shard, start: int, stop: int) -> tuple[str, str]:
     """Write this shard's state; return (file name, SHA-256)."""
     name = shard_file_name(shard.shard_id)
-    Path(directory).mkdir(parents=True, exist_ok=True)
-    with atomic_output(Path(directory) / name) as tmp, h5py.File(tmp, "w") as handle:
+    with write_errors_named(directory):
+        _write_shard(Path(directory), name, shard, start, stop)
+    return name, file_sha256(Path(directory) / name)
+
+
+def _write_shard(directory: Path, name: str, shard, start: int, stop: int) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+
+    def fill(handle):
         for key, values in (("params", shard.params), ("accumulator", shard.accumulator)):
             handle.create_dataset(key, data=values, chunks=(min(len(values), 1 << 20) or 1,), fletcher32=True)
         handle.attrs.update({"version": shard.version, "shard_id": shard.shard_id, "start": start, "stop": stop,
                              "stats": json.dumps(shard.stats.as_dict())})
-    return name, file_sha256(Path(directory) / name)
+
+    write_hdf5_atomic(directory / name, fill)
 
 
 def load_shard(path: Path, shard_id: int, start: int, stop: int) -> dict:

@@ -1,0 +1,54 @@
+"""A disk that fills up while a checkpoint is written (a small tmpfs, topped up with a filler
+file) stops the run with a clear message, and the previous checkpoint stays complete."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from distbelief_mpi.checkpoint.params_file import load_params
+from distbelief_mpi.checkpoint.store import complete_checkpoints
+from tests.mpi.runner import REPO
+
+JOB = str(REPO / "jobs" / "digits_mlp.toml")
+FREE_BYTES = 20_000     # room for logs and metrics lines, not for a 40 KB parameter file
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(mount)], capture_output=True,
+                          text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def train(*args):
+    command = ["timeout", "-k", "5", "120", sys.executable, "-m", "distbelief_mpi", "train", JOB, "--no-progress",
+               "--set", "run.epochs=0", "--set", "checkpoint.every_steps=10", "--set", "checkpoint.keep=5", *args]
+    return subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=150)
+
+
+def test_a_full_disk_while_checkpointing_is_clear_and_keeps_the_previous_checkpoint(small_disk, digits_h5):
+    run_dir = small_disk / "run"
+    first = train("--set", f"data.path={digits_h5}", "--run-dir", str(run_dir), "--set", "run.steps=10")
+    assert first.returncode == 0, first.stderr
+    free = shutil.disk_usage(small_disk).free
+    with open(small_disk / "filler", "wb") as filler:
+        filler.write(bytes(max(0, free - FREE_BYTES)))
+    done = train("--set", f"data.path={digits_h5}", "--resume", str(run_dir), "--set", "run.steps=30")
+    assert done.returncode == 1, (done.returncode, done.stderr)
+    assert "cannot write the checkpoint (No space left on device)" in done.stderr, done.stderr
+    assert "step-000000010, is intact" in done.stderr and "Traceback" not in done.stderr
+    (newest,) = complete_checkpoints(run_dir / "checkpoints")
+    assert newest.name == "step-000000010"
+    load_params(newest / "params.h5")
+    assert not [p for p in (run_dir / "checkpoints").rglob("*") if ".tmp" in p.name], "a temporary file was left"
+    os.remove(small_disk / "filler")
