@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("speech-frames", help="synthetic speech-like frames",
                        description="Write N synthetic float32 examples of 440 inputs "
                                    "(11 frames x 40 log-energies) with 8192 classes, "
-                                   "labelled by a seeded random teacher network so they are "
+                                   "drawn around seeded random class prototypes so they are "
                                    "learnable. Generated in blocks: N=1e6 needs ~100 MB RAM "
                                    "(and ~2 GB of disk).")
     p.add_argument("out", metavar="OUT.h5")

@@ -6,7 +6,6 @@ code 2 instead of some waiting on others. After that, an unexpected exception on
 rank aborts the whole job, naming the rank and role.
 """
 
-import json
 import logging
 import sys
 import traceback
@@ -170,7 +169,3 @@ def _dispatch(job: Job, world_comm, world_rank: int, world_size: int) -> dict | 
             print(f"warning: replica {replica_id} sent {count} push(es) holding NaN or Inf; the shards rejected "
                   "them (lower the learning rates, or look at that replica's data)", file=sys.stderr)
     return summary
-
-
-def summary_of(run_dir: Path) -> dict:
-    return json.loads((Path(run_dir) / "summary.json").read_text(encoding="utf-8"))

@@ -39,18 +39,20 @@ def run_downpour(job, world_comm, world_rank: int):
                                  role.shard_id if role.role == "shard" else -1)
     # No try/finally around this: closing the windows is collective, so after an error on
     # one rank it would wait forever; the error aborts the whole job instead (train.py).
+    lead = replica_ranks[0]
+    # The lead evaluates during training and at the end: one read of the test split serves both.
+    test_set = read_split(job.info.path, "test") if world_rank == lead else None
     if role.role == "shard":
         local = _serve_shard(job, windows, world_comm)
     else:
-        local = _train_replica(job, windows, world_comm, replica_ranks)
+        local = _train_replica(job, windows, world_comm, replica_ranks, test_set)
     barrier_sleeping(world_comm)              # every push is applied; shards are idle
-    lead = replica_ranks[0]
     gathered = world_comm.gather(local, root=lead)
     final = _fetch_final(job, windows) if world_rank == lead else None
     windows.close()
     if world_rank != lead:
         return None, None
-    return _report(job, gathered, final), final
+    return _report(job, gathered, final, test_set), final
 
 
 def _serve_shard(job, windows, world_comm) -> dict:
@@ -72,7 +74,7 @@ def _serve_shard(job, windows, world_comm) -> dict:
             "resumed_from_version": resumed_from, **shard.stats.as_dict()}
 
 
-def _train_replica(job, windows, world_comm, replica_ranks) -> dict:
+def _train_replica(job, windows, world_comm, replica_ranks, test_set) -> dict:
     spec, info, replica_id = job.spec, job.info, job.role.replica_id
     first_step = job.resume.step if job.resume else 0
     params = np.empty(job.network.n_params, np.float32)
@@ -91,7 +93,7 @@ def _train_replica(job, windows, world_comm, replica_ranks) -> dict:
         if warm and replica_id != 0:
             wait_for_warmstart(world_comm, replica_ranks[0])
         started = time.perf_counter()
-        result = _replica_loop(job, params, stream, hooks, first_step, lead=replica_id == 0)
+        result = _replica_loop(job, params, stream, hooks, first_step, test_set)
         finish_replica(world_comm, hooks, windows.shard_ranks)
     return {"role": "replica", "replica_id": replica_id, "steps": result.clock.steps,
             "examples_seen": result.examples_seen, "examples_this_run": result.examples_this_run,
@@ -102,12 +104,13 @@ def _train_replica(job, windows, world_comm, replica_ranks) -> dict:
             "final_checkpoint": hooks.final_checkpoint_step}
 
 
-def _replica_loop(job, params, stream, hooks, first_step: int, lead: bool):
-    """The lead replica also writes metrics, evaluates and prints progress."""
-    if not lead:
+def _replica_loop(job, params, stream, hooks, first_step: int, test_set):
+    """The lead replica (the one given the test set) also writes metrics, evaluates and prints progress."""
+    if test_set is None:
         return run_loop(job.spec, job.network, params, stream, hooks, Reporting(), first_step)
     with MetricsLog(job.run_dir) as metrics:
-        report = Reporting(metrics, read_split(job.info.path, "test"), Progress(job.spec.run.progress_seconds if job.progress else 0))
+        progress = Progress(job.spec.run.progress_seconds if job.progress else 0)
+        report = Reporting(metrics, test_set, progress)
         return run_loop(job.spec, job.network, params, stream, hooks, report, first_step)
 
 
@@ -128,8 +131,8 @@ def _fetch_final(job, windows) -> np.ndarray:
     return final
 
 
-def _report(job, gathered: list[dict], final: np.ndarray) -> dict:
-    x_test, y_test = read_split(job.info.path, "test")
+def _report(job, gathered: list[dict], final: np.ndarray, test_set) -> dict:
+    x_test, y_test = test_set
     with MetricsLog(job.run_dir) as metrics:
         replica0 = next(g for g in gathered if g["role"] == "replica" and g["replica_id"] == 0)
         clock = RunClock(steps=replica0["steps"], epochs=replica0["epochs"], seconds=replica0["loop_s"])
