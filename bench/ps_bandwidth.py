@@ -192,7 +192,7 @@ def replica_main(world, windows, n_shards, ranges, n_params, repeats):
         raise RuntimeError("fetched parameters are not finite")
 
     for s in range(n_shards):
-        world.send(None, dest=s, tag=TAG_DONE)
+        world.send(0, dest=s, tag=TAG_DONE)   # the payload: our replica id
     shard_times = sorted((world.recv(source=s, tag=TAG_SHARD_TIMES) for s in range(n_shards)),
                          key=lambda r: r["shard_id"])
     return rows, shard_times, endpoint.fetch_retries

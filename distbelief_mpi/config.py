@@ -1,6 +1,6 @@
 """Job spec: TOML -> frozen dataclasses. Every problem is collected and reported at once.
 
-A job spec has six sections; every key has a default except `data.path`. Unknown
+A job spec has seven sections; every key has a default except `data.path`. Unknown
 sections and keys, wrong types and impossible values are all listed in one ConfigError
 naming the file and the key (`section.key`). `--set section.key=value` overrides
 are applied before checking, so they are checked exactly like the file.
@@ -17,6 +17,8 @@ from .model.spec import LayerSpec, parse_layer
 
 ALGORITHMS = ("sgd", "downpour")
 SERVER_RULES = ("adagrad", "sgd")
+REPLICA_LOSS = ("abort", "continue")
+INJECTED_FAULTS = ("none", "hang", "freeze", "leave", "slow")
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,18 @@ class Run:
 
 
 @dataclass(frozen=True)
+class Faults:
+    """Hung and lost ranks (docs/reliability.md), and faults injected on purpose to test them."""
+
+    watchdog_seconds: float = 300.0  # abort the job, naming the rank, when a rank makes no progress this long (0: off)
+    replica_loss: str = "abort"      # downpour: a replica that leaves mid-run: abort, or continue (needs mpiexec -disable-auto-cleanup)
+    inject: str = "none"             # testing: none, hang (sleeps forever), freeze (SIGSTOP), leave (exits 3), slow
+    inject_replica: int = 0          # testing: the replica the injected fault hits
+    inject_after_steps: int = 10     # testing: ... after this many of its steps (slow: from the start)
+    slow_factor: float = 5.0         # testing: inject = slow makes each step take this many times as long
+
+
+@dataclass(frozen=True)
 class JobSpec:
     topology: Topology = field(default_factory=Topology)
     model: Model = field(default_factory=Model)
@@ -94,6 +108,7 @@ class JobSpec:
     data: Data = field(default_factory=Data)
     checkpoint: Checkpoint = field(default_factory=Checkpoint)
     run: Run = field(default_factory=Run)
+    faults: Faults = field(default_factory=Faults)
     source: str = "<defaults>"       # the file the spec came from (for messages)
 
 
@@ -204,7 +219,7 @@ def _parse_layers(entries: object, problems: list[str]) -> tuple[LayerSpec, ...]
 
 def check_values(spec: JobSpec) -> list[str]:
     """Impossible values, each named by its key. Types are already right here."""
-    t, o, d, c, r = spec.topology, spec.optimizer, spec.data, spec.checkpoint, spec.run
+    t, o, d, c, r, f = spec.topology, spec.optimizer, spec.data, spec.checkpoint, spec.run, spec.faults
     rules = [
         (t.shards >= 0, "topology.shards", "must be >= 0"),
         (t.replicas >= 1, "topology.replicas", "must be >= 1"),
@@ -237,6 +252,13 @@ def check_values(spec: JobSpec) -> list[str]:
         (r.seed >= 0, "run.seed", "must be >= 0"),
         (r.eval_every >= 0, "run.eval_every", "must be >= 0"),
         (r.progress_seconds >= 0, "run.progress_seconds", "must be >= 0 (0: no progress line)"),
+        (f.watchdog_seconds >= 0, "faults.watchdog_seconds", "must be >= 0 (0: off)"),
+        (f.replica_loss in REPLICA_LOSS, "faults.replica_loss", f"must be one of {list(REPLICA_LOSS)}"),
+        (f.inject in INJECTED_FAULTS, "faults.inject", f"must be one of {list(INJECTED_FAULTS)}"),
+        (0 <= f.inject_replica < t.replicas or f.inject == "none", "faults.inject_replica",
+         f"must name a replica, 0 to topology.replicas - 1 = {t.replicas - 1}"),
+        (f.inject_after_steps >= 0, "faults.inject_after_steps", "must be >= 0"),
+        (f.slow_factor >= 1, "faults.slow_factor", "must be >= 1"),
     ]
     return [f"{key}: {message}, got {_value_of(spec, key)}" for ok, key, message in rules if not ok]
 

@@ -52,3 +52,14 @@ class CheckpointError(UserInputError):
 class CheckpointWriteError(DistbeliefError):
     """Writing a checkpoint failed (disk full, file-size limit, I/O error). Exit code 1: not bad
     input, but the message says what happened; earlier checkpoints are intact."""
+
+
+class RankHung(DistbeliefError):
+    """A rank has made no progress for faults.watchdog_seconds (it, or a rank that waited on it,
+    noticed). Exit code 3, the watchdog's (watchdog.EXIT_HUNG); the message names the rank."""
+
+    exit_code = 3
+
+
+class RankLost(DistbeliefError):
+    """A rank has left the job mid-run and the job cannot, or was told not to, go on without it."""

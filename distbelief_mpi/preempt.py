@@ -26,6 +26,19 @@ def _note(signum, frame) -> None:
     _requested.append(signum)
 
 
+def survive_process_failures() -> None:
+    """faults.replica_loss = continue: MPICH's launcher, run with -disable-auto-cleanup,
+    tells the survivors that a process has exited by sending them SIGUSR1 (measured). That
+    is not a preemption: only SIGTERM is, then. The shards notice the loss themselves."""
+    signal.signal(signal.SIGUSR1, _note_process_failure)
+
+
+def _note_process_failure(signum, frame) -> None:
+    import logging
+
+    logging.getLogger(__name__).warning("the launcher reports that a process of the job has exited (SIGUSR1)")
+
+
 def requested() -> bool:
     return bool(_requested)
 

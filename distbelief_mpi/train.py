@@ -7,9 +7,10 @@ rank aborts the whole job, naming the rank and role.
 """
 
 import logging
+import os
 import sys
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import preempt
@@ -39,6 +40,7 @@ class Job:
     run_dir: Path
     resume: ResumePoint | None = None     # where a resumed run continues from
     progress: bool = True                 # the lead prints progress lines (see progress.wanted)
+    lost_ranks: list[int] = field(default_factory=list)   # ranks that left mid-run (faults.replica_loss)
 
 
 def load_and_plan(job_path: str, overrides: list[str], world_size: int, world_rank: int):
@@ -119,9 +121,13 @@ def _run_role(job: Job, world_comm, world_rank: int, world_size: int, verbose: b
         from .kernels.threads import set_compute_threads   # numba loads only when training
 
         set_compute_threads(threads_for_rank(job.spec.topology.threads_per_rank))
+        if job.spec.faults.replica_loss == "continue":
+            preempt.survive_process_failures()
         summary = _dispatch(job, world_comm, world_rank, world_size)
         lead = job.layout.ranks_of("replica")[0]
         code = _exit_code(job, summary) if world_rank == lead else None
+        if job.lost_ranks:
+            _end_without_finalize(code or 0)
         return world_comm.bcast(code, root=lead) if world_size > 1 else code
     except Exception as exc:   # noqa: BLE001 - any failure must end the whole job, loudly
         code = exc.exit_code if isinstance(exc, DistbeliefError) else 1
@@ -131,6 +137,15 @@ def _run_role(job: Job, world_comm, world_rank: int, world_size: int, verbose: b
             abort_job(world_comm, code)
         return code
     return 0
+
+
+def _end_without_finalize(code: int) -> None:
+    """A rank has left: MPI_Finalize, and freeing the windows, would wait for it forever
+    (measured with MPICH and Open MPI, docs/reliability.md). Everything is written; leave."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _exit_code(job: Job, summary: dict) -> int:
@@ -164,6 +179,9 @@ def _dispatch(job: Job, world_comm, world_rank: int, world_size: int) -> dict | 
     write_summary(job.run_dir, summary)
     print(f"{job.run_dir}: test accuracy {summary['test_accuracy']:.4f} after {summary['steps']} steps "
           f"({summary['examples_per_s']:,.0f} examples/s, {summary['wall_s']:.1f} s)", flush=True)
+    if summary.get("replicas_lost"):
+        print(f"warning: replica(s) {', '.join(map(str, summary['replicas_lost']))} left the job mid-run; "
+              "the others finished training without them", file=sys.stderr)
     for replica_id, count in enumerate(summary.get("rejected_by_replica", [])):
         if count:
             print(f"warning: replica {replica_id} sent {count} push(es) holding NaN or Inf; the shards rejected "

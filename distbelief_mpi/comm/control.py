@@ -10,11 +10,15 @@ import time
 
 from mpi4py import MPI
 
-TAG_DONE = 101          # replica -> every shard: I have pushed everything; no more pushes
+from .. import watchdog
+
+TAG_DONE = 101          # replica -> every shard: {replica id}: I have pushed everything; no more pushes
 TAG_WARMSTART = 102     # replica 0 -> other replicas: warmstart finished, start training
 TAG_CHECKPOINT = 103    # lead replica -> every shard: write your part of checkpoint {step, directory}
 TAG_CHECKPOINT_DONE = 104   # shard -> lead replica: written {shard_id, file, sha256, version}
 TAG_PREEMPT = 105       # replica -> other replicas: I got a preemption signal; stop after your step
+TAG_REPORT = 106        # every rank -> lead replica, at the end: its statistics (a dict)
+TAG_TEARDOWN = 107      # lead replica -> every rank still there: [world ranks that left]; all is done
 
 
 class Backoff:
@@ -24,6 +28,8 @@ class Backoff:
         self.delay, self.first, self.limit = first, first, limit
 
     def sleep(self) -> None:
+        """Waiting for others is progress for this rank's watchdog: the others are watched themselves."""
+        watchdog.beat()
         time.sleep(self.delay)
         self.delay = min(self.limit, self.delay * 2)
 

@@ -22,9 +22,12 @@ that sees the new PUSH_SEQ sees the whole gradient. Control words are only touch
 atomic Accumulate(REPLACE) / Fetch_and_op(NO_OP), as MPI requires for concurrent access.
 """
 
+import time
+
 import numpy as np
 from mpi4py import MPI
 
+from ..errors import RankHung
 from .control import Backoff
 
 VERSION, WRITING, HEADER = 0, 1, 2
@@ -54,6 +57,8 @@ class ParamServerWindows:
         self.data_win = MPI.Win.Allocate(4 * n_data, 4, info=info, comm=world_comm)
         self.ctrl_win = MPI.Win.Allocate(8 * n_ctrl, 8, info=info, comm=world_comm)
         info.Free()
+        for win in (self.data_win, self.ctrl_win):   # an MPI error raises here; our handler decides
+            win.Set_errhandler(MPI.ERRORS_RETURN)
         self.local_data = np.frombuffer(self.data_win.tomemory(), np.float32, n_data)
         self.local_ctrl = np.frombuffer(self.ctrl_win.tomemory(), np.int64, n_ctrl)
         self.local_ctrl[:] = 0
@@ -104,11 +109,15 @@ class ParamServerWindows:
 
 
 class ReplicaEndpoint:
-    """A replica's side: fetch consistent parameter slices, post pushes into its own slots."""
+    """A replica's side: fetch consistent parameter slices, post pushes into its own slots.
 
-    def __init__(self, windows: ParamServerWindows, replica_id: int):
-        self.windows, self.replica_id = windows, replica_id
+    A shard that has not taken our previous push for `hung_after` seconds (0: never judged)
+    is hung: try_push raises RankHung naming it rather than deferring forever."""
+
+    def __init__(self, windows: ParamServerWindows, replica_id: int, hung_after: float = 0.0):
+        self.windows, self.replica_id, self.hung_after = windows, replica_id, hung_after
         self.pushed = [0] * len(windows.shard_ranks)     # PUSH_SEQ we have posted, per shard
+        self.busy_since: list[float | None] = [None] * len(windows.shard_ranks)
         self.fetch_retries = 0
 
     def fetch(self, shard_id: int, out: np.ndarray) -> int:
@@ -127,12 +136,23 @@ class ReplicaEndpoint:
     def try_push(self, shard_id: int, grad: np.ndarray, base_version: int, steps: int) -> bool:
         """Post grad (L,) if our slot on the shard is free; False (nothing sent) if it is not."""
         if not self.slot_free(shard_id):
+            self._check_busy(shard_id)
             return False
+        self.busy_since[shard_id] = None
         self.windows.put_slot(shard_id, self.replica_id, grad)
         self.windows.write_words(shard_id, replica_word(self.replica_id, BASE), [base_version, steps])
         self.pushed[shard_id] += 1
         self.windows.write_words(shard_id, replica_word(self.replica_id, PUSH_SEQ), [self.pushed[shard_id]])
         return True
+
+    def _check_busy(self, shard_id: int) -> None:
+        now = time.monotonic()
+        if self.busy_since[shard_id] is None:
+            self.busy_since[shard_id] = now
+        elif self.hung_after and now - self.busy_since[shard_id] > self.hung_after:
+            raise RankHung(f"shard {shard_id} (rank {self.windows.shard_ranks[shard_id]}) has not taken replica "
+                           f"{self.replica_id}'s push for {now - self.busy_since[shard_id]:.0f} s: it is hung "
+                           f"(faults.watchdog_seconds = {self.hung_after:g})")
 
     def push(self, shard_id: int, grad: np.ndarray, base_version: int, steps: int) -> None:
         """Post grad, waiting (sleeping, never spinning) until the slot is free."""

@@ -113,7 +113,7 @@ def examples_per_s_figure(runs: list[Run], path) -> None:
     ticks, tick_labels, tops = [], [], []
     for i, run in enumerate(runs):
         s = run.summary
-        rates = list(s.get("replica_examples_per_s") or [])
+        rates = [rate or 0.0 for rate in s.get("replica_examples_per_s") or []]   # None: a replica that left
         if not rates and s.get("examples_per_s") is not None:
             rates = [s["examples_per_s"]]
         total = s.get("examples_per_s")

@@ -21,6 +21,7 @@ import threading
 import numpy as np
 
 from ..comm.param_server import ReplicaEndpoint
+from ..errors import DistbeliefError
 
 
 # Python hands the GIL to a waiting thread only every switch interval (5 ms by default):
@@ -78,6 +79,8 @@ class CommWorker:
         self._raise_error()
 
     def _raise_error(self) -> None:
+        if isinstance(self.error, DistbeliefError):   # ours (e.g. a hung shard): its message says it all
+            raise self.error
         if self.error is not None:
             raise RuntimeError("the replica's communication thread failed") from self.error
 

@@ -2,9 +2,14 @@
 
 Sequence (every rank): open the windows; shards publish the initial parameters; a
 sleeping barrier; replicas train (replica 0 alone first during a warmstart) while shards
-apply pushes; replicas push what is left and say DONE; shards drain and stop; a sleeping
-barrier; the lead replica (replica 0) fetches the final parameters from the shards,
-evaluates them, gathers everyone's statistics and writes the summary.
+apply pushes; replicas push what is left and say DONE; shards drain and stop; every rank
+sends its statistics to the lead replica (replica 0), which fetches the final parameters
+from the shards, tells every rank still there that all is done (and who left), evaluates
+the parameters and writes the summary.
+
+Every wait after the start is point-to-point, never a collective over all ranks: with
+faults.replica_loss = continue a replica may have left, and a collective would wait for
+it forever. A watchdog (watchdog.py) runs on every rank while it trains or serves.
 """
 
 import logging
@@ -13,17 +18,21 @@ from functools import partial
 
 import numpy as np
 
-from ..comm.control import barrier_sleeping
+from ..comm.control import TAG_REPORT, TAG_TEARDOWN, barrier_sleeping, wait_sleeping
 from ..comm.param_server import ParamServerWindows, ReplicaEndpoint
 from ..data.batches import open_replica_stream
+from ..comm.world import abort_job
 from ..data.hdf5 import read_split
+from ..fault_injection import FaultInjector
 from ..kernels import sgd_update_
 from ..limits import RunClock
 from ..progress import Progress
 from ..rundir import MetricsLog
+from ..watchdog import Watchdog
 from .checkpoint_coordinator import CheckpointCoordinator, reply_to_checkpoint
 from .shard_checkpoint import load_shard, shard_file_name
 from .downpour_replica import DownpourHooks, finish_replica, release_warmstart, wait_for_warmstart
+from .liveness import Peers, ReplicaWatch, collect_reports
 from .loop import Reporting, log_eval, run_loop
 from .shard import Shard
 from .summary import downpour_summary
@@ -32,9 +41,11 @@ log = logging.getLogger(__name__)
 
 
 def run_downpour(job, world_comm, world_rank: int):
-    """Returns (summary, final params) on the lead replica, (None, None) elsewhere."""
+    """Returns (summary, final params) on the lead replica, (None, None) elsewhere. Sets
+    job.lost_ranks to the world ranks that left mid-run (faults.replica_loss = continue)."""
     layout, role = job.layout, job.role
     shard_ranks, replica_ranks = layout.ranks_of("shard"), layout.ranks_of("replica")
+    peers = Peers.gather(world_comm)
     windows = ParamServerWindows(world_comm, shard_ranks, layout.shard_ranges, job.spec.topology.replicas,
                                  role.shard_id if role.role == "shard" else -1)
     # No try/finally around this: closing the windows is collective, so after an error on
@@ -42,20 +53,29 @@ def run_downpour(job, world_comm, world_rank: int):
     lead = replica_ranks[0]
     # The lead evaluates during training and at the end: one read of the test split serves both.
     test_set = read_split(job.info.path, "test") if world_rank == lead else None
+    watchdog = Watchdog(job.spec.faults.watchdog_seconds, f"rank {world_rank} ({role.label})",
+                        partial(abort_job, world_comm))
     if role.role == "shard":
-        local = _serve_shard(job, windows, world_comm)
+        local = _serve_shard(job, windows, world_comm, peers, watchdog)
     else:
-        local = _train_replica(job, windows, world_comm, replica_ranks, test_set)
-    barrier_sleeping(world_comm)              # every push is applied; shards are idle
-    gathered = world_comm.gather(local, root=lead)
-    final = _fetch_final(job, windows) if world_rank == lead else None
-    windows.close()
+        local = _train_replica(job, windows, world_comm, replica_ranks, test_set, watchdog)
+    with watchdog:
+        if world_rank != lead:   # the lead says when all is done, and whether anyone left
+            world_comm.send(local, dest=lead, tag=TAG_REPORT)
+            job.lost_ranks = wait_sleeping(world_comm.irecv(source=lead, tag=TAG_TEARDOWN))
+        else:
+            gathered, job.lost_ranks = collect_reports(world_comm, local, shard_ranks, replica_ranks, peers)
+            final = _fetch_final(job, windows)   # every push is applied; shards are idle
+            for rank in sorted(set(range(layout.world_size)) - set(job.lost_ranks) - {lead}):
+                world_comm.send(job.lost_ranks, dest=rank, tag=TAG_TEARDOWN)
+    if not job.lost_ranks:
+        windows.close()      # collective: only when every rank is still there (train.py ends the others)
     if world_rank != lead:
         return None, None
     return _report(job, gathered, final, test_set), final
 
 
-def _serve_shard(job, windows, world_comm) -> dict:
+def _serve_shard(job, windows, world_comm, peers, watchdog) -> dict:
     start, stop = job.layout.shard_ranges[job.role.shard_id]
     initial = job.network.init_params(job.spec.run.seed)[start:stop]
     shard = Shard(windows, job.role.shard_id, job.spec.optimizer, initial)
@@ -68,13 +88,17 @@ def _serve_shard(job, windows, world_comm) -> dict:
     shard.warm_up()
     barrier_sleeping(world_comm)              # initial parameters are published
     log.info("serving parameters [%d, %d)", start, stop)
-    lead = job.layout.ranks_of("replica")[0]
-    shard.serve(world_comm, lambda request, _: reply_to_checkpoint(world_comm, shard, start, stop, request, lead))
+    replica_ranks = job.layout.ranks_of("replica")
+    faults = job.spec.faults
+    with watchdog:
+        shard.serve(world_comm,
+                    lambda request, _: reply_to_checkpoint(world_comm, shard, start, stop, request, replica_ranks[0]),
+                    ReplicaWatch(peers, replica_ranks, faults.watchdog_seconds), faults.replica_loss)
     return {"role": "shard", "shard_id": job.role.shard_id, "version": shard.version,
             "resumed_from_version": resumed_from, **shard.stats.as_dict()}
 
 
-def _train_replica(job, windows, world_comm, replica_ranks, test_set) -> dict:
+def _train_replica(job, windows, world_comm, replica_ranks, test_set, watchdog) -> dict:
     spec, info, replica_id = job.spec, job.info, job.role.replica_id
     first_step = job.resume.step if job.resume else 0
     params = np.empty(job.network.n_params, np.float32)
@@ -85,16 +109,18 @@ def _train_replica(job, windows, world_comm, replica_ranks, test_set) -> dict:
                              spec.optimizer.batch_size, spec.run.seed, spec.data.chunk_examples) as stream:
         if first_step:
             stream.fast_forward(first_step * spec.optimizer.batch_size)
-        hooks = DownpourHooks(spec, ReplicaEndpoint(windows, replica_id), job.layout.shard_ranges, params,
-                              release, checkpoints, stream)
+        endpoint = ReplicaEndpoint(windows, replica_id, hung_after=spec.faults.watchdog_seconds)
+        hooks = DownpourHooks(spec, endpoint, job.layout.shard_ranges, params, release, checkpoints, stream)
         hooks.other_replicas = [rank for rank in replica_ranks if rank != job.role.world_rank]
         warm_up(job.network, *read_split(info.path, "train", 0, 2))
         barrier_sleeping(world_comm)              # shards have published the initial parameters
-        if warm and replica_id != 0:
-            wait_for_warmstart(world_comm, replica_ranks[0])
-        started = time.perf_counter()
-        result = _replica_loop(job, params, stream, hooks, first_step, test_set)
-        finish_replica(world_comm, hooks, windows.shard_ranks)
+        with watchdog:
+            if warm and replica_id != 0:
+                wait_for_warmstart(world_comm, replica_ranks[0])
+            started = time.perf_counter()
+            result = _replica_loop(job, params, stream, hooks, first_step, test_set,
+                                   FaultInjector(spec.faults, replica_id))
+            finish_replica(world_comm, hooks, windows.shard_ranks)
     return {"role": "replica", "replica_id": replica_id, "steps": result.clock.steps,
             "examples_seen": result.examples_seen, "examples_this_run": result.examples_this_run,
             "train_s": result.train_s,
@@ -104,14 +130,14 @@ def _train_replica(job, windows, world_comm, replica_ranks, test_set) -> dict:
             "final_checkpoint": hooks.final_checkpoint_step}
 
 
-def _replica_loop(job, params, stream, hooks, first_step: int, test_set):
+def _replica_loop(job, params, stream, hooks, first_step: int, test_set, inject):
     """The lead replica (the one given the test set) also writes metrics, evaluates and prints progress."""
     if test_set is None:
-        return run_loop(job.spec, job.network, params, stream, hooks, Reporting(), first_step)
+        return run_loop(job.spec, job.network, params, stream, hooks, Reporting(), first_step, inject)
     with MetricsLog(job.run_dir) as metrics:
         progress = Progress(job.spec.run.progress_seconds if job.progress else 0)
         report = Reporting(metrics, test_set, progress)
-        return run_loop(job.spec, job.network, params, stream, hooks, report, first_step)
+        return run_loop(job.spec, job.network, params, stream, hooks, report, first_step, inject)
 
 
 def warm_up(network, x_few, y_few) -> None:

@@ -147,7 +147,7 @@ def finish_replica(world_comm, hooks: DownpourHooks, shard_ranks) -> None:
     hooks.stop_worker()
     hooks.push_all(wait=True)
     for rank in shard_ranks:
-        world_comm.send(None, dest=rank, tag=TAG_DONE)
+        world_comm.send(hooks.endpoint.replica_id, dest=rank, tag=TAG_DONE)
 
 
 def wait_for_warmstart(world_comm, replica0_rank: int) -> None:

@@ -10,9 +10,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import preempt
+from .. import preempt, watchdog
 from ..config import JobSpec
 from ..data.batches import BatchStream
+from ..fault_injection import FaultInjector
 from ..limits import RunClock, fraction_done, limit_reached
 from ..model.network import Network
 from ..progress import Progress
@@ -78,8 +79,10 @@ class Reporting:
 
 
 def run_loop(spec: JobSpec, network: Network, params: np.ndarray, stream: BatchStream,
-             hooks: StepHooks, report: Reporting, first_step: int = 0) -> LoopResult:
-    """Minibatch steps until a run limit; params (n_params,) is the replica's working copy."""
+             hooks: StepHooks, report: Reporting, first_step: int = 0,
+             inject: FaultInjector | None = None) -> LoopResult:
+    """Minibatch steps until a run limit; params (n_params,) is the replica's working copy.
+    inject: the replica's injected fault (tests only)."""
     grad = np.empty_like(params)
     window, clock = Window(), RunClock(steps=first_step)
     first_examples = stream.examples_seen
@@ -93,6 +96,9 @@ def run_loop(spec: JobSpec, network: Network, params: np.ndarray, stream: BatchS
             raise FloatingPointError(f"training loss became {loss} at step {clock.steps + 1}; "
                                      "lower optimizer.learning_rate")
         hooks.after_step(clock.steps, grad)
+        watchdog.beat()
+        if inject is not None:
+            inject.after_step(clock.steps + 1 - first_step, time.perf_counter() - tick)
         train_s += time.perf_counter() - tick
         window.add(loss, correct, len(y_batch))
         clock.steps, clock.epochs = clock.steps + 1, stream.epoch

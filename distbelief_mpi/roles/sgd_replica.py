@@ -13,12 +13,15 @@ from ..checkpoint.params_file import load_params
 from ..checkpoint.resume import layout_signature
 from ..checkpoint.store import commit_checkpoint, complete_checkpoints, read_manifest
 from ..config import to_toml
+from ..comm.world import abort_job
 from ..data.batches import BatchStream, open_replica_stream
 from ..data.hdf5 import read_split
 from ..errors import CheckpointError
+from ..fault_injection import FaultInjector
 from ..kernels import sgd_update_
 from ..progress import Progress
 from ..rundir import MetricsLog
+from ..watchdog import Watchdog
 from .loop import Reporting, StepHooks, log_eval, run_loop
 
 log = logging.getLogger(__name__)
@@ -62,7 +65,8 @@ def train_sgd(job, world_size: int) -> tuple[dict, np.ndarray]:
                  first_step)
         report = Reporting(metrics, (x_test, y_test), Progress(spec.run.progress_seconds if job.progress else 0))
         hooks = LocalSgd(job, params, stream)
-        result = run_loop(spec, network, params, stream, hooks, report, first_step)
+        with Watchdog(spec.faults.watchdog_seconds, f"rank 0 ({job.role.label})", _abort_world):
+            result = run_loop(spec, network, params, stream, hooks, report, first_step, FaultInjector(spec.faults, 0))
         test_loss, test_accuracy = log_eval(metrics, network, params, x_test, y_test, result.clock)
     log.info("stopped on %s after %d steps; test accuracy %.4f", result.stopped_on, result.clock.steps,
              test_accuracy)
@@ -78,6 +82,12 @@ def train_sgd(job, world_size: int) -> tuple[dict, np.ndarray]:
         "resumed_from": None if job.resume is None else {"step": job.resume.step,
                                                          "checkpoint": str(job.resume.directory)},
     }, params
+
+
+def _abort_world(code: int) -> None:
+    from mpi4py import MPI
+
+    abort_job(MPI.COMM_WORLD, code)
 
 
 def _resume(job, params: np.ndarray, stream: BatchStream) -> int:

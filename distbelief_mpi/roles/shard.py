@@ -10,11 +10,14 @@ import logging
 
 import numpy as np
 
+from .. import watchdog
 from ..comm.control import TAG_CHECKPOINT, TAG_DONE, Backoff, receive_all
 from ..comm.param_server import (APPLIED, BASE, HEADER, PUSH_SEQ, VERSION, WORDS_PER_REPLICA, WRITING,
                                  ParamServerWindows, replica_word)
 from ..config import Optimizer
+from ..errors import RankHung, RankLost
 from ..kernels.server_rules import adagrad_apply_, all_finite, sgd_apply_
+from .liveness import ReplicaWatch
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +32,7 @@ class ShardStats:
         self.too_stale = np.zeros(n_replicas, np.int64)     # pushes over optimizer.max_staleness
         self.staleness_hist = np.zeros(STALENESS_BINS, np.int64)
         self.staleness_sum, self.staleness_max, self.steps_pushed = 0, 0, 0
+        self.lost: list[int] = []                           # replicas that left mid-run (replica_loss = continue)
 
     def restore(self, saved: dict) -> None:
         """Continue the counters of a checkpointed run (as_dict's output)."""
@@ -50,7 +54,8 @@ class ShardStats:
         return {"applied": self.applied.tolist(), "rejected": self.rejected.tolist(),
                 "too_stale": self.too_stale.tolist(),
                 "staleness_sum": self.staleness_sum, "staleness_max": self.staleness_max,
-                "staleness_hist": self.staleness_hist.tolist(), "steps_pushed": self.steps_pushed}
+                "staleness_hist": self.staleness_hist.tolist(), "steps_pushed": self.steps_pushed,
+                "lost_replicas": list(self.lost)}
 
 
 class Shard:
@@ -67,6 +72,7 @@ class Shard:
         self.accumulator = np.full(self.length, optimizer.adagrad_initial_accumulator, np.float32)
         self.version, self.applied_seq = 0, np.zeros(self.n_replicas, np.int64)
         self.stats = ShardStats(self.n_replicas)
+        self.watch: ReplicaWatch | None = None
         windows.data_win.Sync()
 
     def restore(self, state: dict) -> None:
@@ -105,6 +111,8 @@ class Shard:
             self.windows.data_win.Sync()   # make the replica's Put visible to our own loads
             self._apply_one(replica_id, int(base), int(steps))
             self.applied_seq[replica_id] = own[PUSH_SEQ]
+            if self.watch is not None:
+                self.watch.saw(replica_id)
             self.windows.write_words(self.shard_id, replica_word(replica_id, APPLIED), [own[PUSH_SEQ]])
             handled += 1
         return handled
@@ -134,18 +142,39 @@ class Shard:
         self.version += 1
         self.windows.write_words(self.shard_id, VERSION, [self.version])
 
-    def serve(self, world_comm, on_checkpoint=None) -> None:
-        """Apply pushes until every replica has said it is done and nothing is pending.
-        on_checkpoint(request, source_rank) handles a checkpoint request from the lead."""
-        done, backoff = 0, Backoff(limit=2e-3)
+    def serve(self, world_comm, on_checkpoint=None, watch: ReplicaWatch | None = None,
+              replica_loss: str = "abort") -> None:
+        """Apply pushes until every replica has said it is done (or has left) and nothing is
+        pending. on_checkpoint(request, source_rank) handles a checkpoint request from the lead;
+        watch (liveness.ReplicaWatch) judges silent replicas: a hung one ends the job, one that
+        has left ends it too unless replica_loss is "continue"."""
+        self.watch, finished, backoff = watch, set(), Backoff(limit=2e-3)
         while True:
+            watchdog.beat()
             for request, source in receive_all(world_comm, TAG_CHECKPOINT):   # promptly, even when busy
                 on_checkpoint(request, source)
             if self.apply_pending():
                 backoff.reset()
                 continue
-            if done == self.n_replicas:
+            if len(finished) == self.n_replicas:
                 return
-            done += len(receive_all(world_comm, TAG_DONE))
-            if done < self.n_replicas:
+            finished.update(replica_id for replica_id, _ in receive_all(world_comm, TAG_DONE))
+            if watch is not None:
+                self._judge_silent(finished, replica_loss)
+            if len(finished) < self.n_replicas:
                 backoff.sleep()
+
+    def _judge_silent(self, finished: set[int], replica_loss: str) -> None:
+        left, hung = self.watch.verdicts(finished)
+        for replica_id, silent in hung:
+            raise RankHung(f"replica {replica_id} (rank {self.watch.replica_ranks[replica_id]}) has sent shard "
+                           f"{self.shard_id} no push for {silent:.0f} s and its process has not exited: it is hung "
+                           f"(faults.watchdog_seconds = {self.watch.timeout:g})")
+        for replica_id in left:
+            rank = self.watch.replica_ranks[replica_id]
+            if replica_loss != "continue":
+                raise RankLost(f"replica {replica_id} (rank {rank}) has left the job (its process exited); "
+                               "faults.replica_loss = abort ends the job (resume from the last checkpoint)")
+            log.warning("replica %d (rank %d) has left the job; training goes on without it", replica_id, rank)
+            self.stats.lost.append(replica_id)
+            finished.add(replica_id)

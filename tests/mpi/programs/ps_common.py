@@ -40,7 +40,7 @@ def run_ps(world_comm, n_shards: int, initial: np.ndarray, optimizer: Optimizer,
         barrier_sleeping(world_comm)
         record = {"role": "replica", **replica_body(ReplicaEndpoint(windows, replica_id), replica_id, ranges)}
         for shard_rank in range(n_shards):
-            world_comm.send(None, dest=shard_rank, tag=TAG_DONE)
+            world_comm.send(replica_id, dest=shard_rank, tag=TAG_DONE)
     barrier_sleeping(world_comm)
     windows.close()
     return record

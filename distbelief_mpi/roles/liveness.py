@@ -1,0 +1,116 @@
+"""Which ranks are alive, and which replicas have gone silent: what a shard decides on.
+
+MPI (the MPICH wheel, Open MPI without ULFM) cannot tell a survivor that a peer has
+exited, and the fault-tolerance extensions are not usable from mpi4py. On one node the
+operating system can: every rank learns every other rank's (host, pid) at start-up, and
+a replica that has gone silent is checked with kill(pid, 0) and /proc (a zombie counts as
+gone). A silent replica on another host cannot be checked; it is treated as hung.
+"""
+
+import os
+import socket
+import time
+from dataclasses import dataclass
+
+from ..comm.control import TAG_REPORT, Backoff, receive_all
+from ..errors import RankLost
+
+# A silent replica's process is looked at after this long without a push (a cheap check)...
+CHECK_AFTER_S = 1.0
+
+
+@dataclass(frozen=True)
+class Peers:
+    hosts: tuple[str, ...]    # per world rank
+    pids: tuple[int, ...]
+
+    @classmethod
+    def gather(cls, world_comm) -> "Peers":
+        """Collective, at start-up (every rank is alive then)."""
+        everyone = world_comm.allgather((socket.gethostname(), os.getpid()))
+        return cls(tuple(host for host, _ in everyone), tuple(pid for _, pid in everyone))
+
+    def gone(self, rank: int) -> bool | None:
+        """True: the rank's process has exited; False: it is running; None: it runs on
+        another host, so this rank cannot tell."""
+        if self.hosts[rank] != socket.gethostname():
+            return None
+        return not process_alive(self.pids[rank])
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            state = stat.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True            # no /proc (not Linux): kill(pid, 0) is all we know
+    return state not in ("Z", "X")    # a zombie has exited; its parent has not reaped it yet
+
+
+class ReplicaWatch:
+    """A shard's view of each replica's activity: the last time a replica posted a push or
+    had one applied. `verdicts()` names the replicas that have left (process gone) and the
+    ones that are hung (alive, or unknowable, and silent for `timeout` seconds). A replica
+    is only called hung after its first push: before it, it may be waiting out a warmstart."""
+
+    def __init__(self, peers: Peers, replica_ranks: list[int], timeout: float):
+        self.peers, self.replica_ranks, self.timeout = peers, list(replica_ranks), timeout
+        now = time.monotonic()
+        self.last_seen = {replica_id: now for replica_id in range(len(replica_ranks))}
+        self.pushed: set[int] = set()
+        self.next_check = now + CHECK_AFTER_S
+
+    def saw(self, replica_id: int) -> None:
+        self.last_seen[replica_id] = time.monotonic()
+        self.pushed.add(replica_id)
+
+    def verdicts(self, finished: set[int]) -> tuple[list[int], list[tuple[int, float]]]:
+        """(left, hung) among replicas not in `finished` (done or already lost): left is
+        [replica id], hung is [(replica id, silent seconds)]. Cheap between checks."""
+        now = time.monotonic()
+        if now < self.next_check:
+            return [], []
+        self.next_check = now + CHECK_AFTER_S
+        left, hung = [], []
+        for replica_id, seen in self.last_seen.items():
+            silent = now - seen
+            if replica_id in finished or silent < CHECK_AFTER_S:
+                continue
+            gone = self.peers.gone(self.replica_ranks[replica_id])
+            if gone:
+                left.append(replica_id)
+            elif self.timeout and silent > self.timeout and replica_id in self.pushed:
+                hung.append((replica_id, silent))
+        return left, hung
+
+
+def collect_reports(world_comm, own: dict, shard_ranks, replica_ranks, peers: Peers) -> tuple[list[dict], list[int]]:
+    """The lead, at the end: every other rank's statistics (TAG_REPORT). Returns (reports,
+    world ranks that left). Shards report only once every replica is done or has left, so
+    the replicas they list as lost are final; a replica whose process is gone without a
+    report is lost too. A shard that has left ends the job: it held parameters."""
+    me = world_comm.Get_rank()
+    reports, waiting, lost, backoff = {me: own}, set(shard_ranks) | set(replica_ranks) - {me}, set(), Backoff()
+    while waiting:
+        for report, source in receive_all(world_comm, TAG_REPORT):
+            reports[source] = report
+            waiting.discard(source)
+            lost |= {replica_ranks[r] for r in report.get("lost_replicas", [])}
+        for rank in sorted(waiting & lost):
+            waiting.discard(rank)
+        for rank in sorted(waiting):
+            if peers.gone(rank):
+                if rank in shard_ranks:
+                    raise RankLost(f"shard rank {rank} has left the job: the parameters it held are lost "
+                                   "(resume from the last checkpoint)")
+                lost.add(rank)
+                waiting.discard(rank)
+        if waiting:
+            backoff.sleep()
+    return [reports[rank] for rank in sorted(reports) if rank not in lost], sorted(lost)
