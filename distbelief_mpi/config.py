@@ -15,10 +15,10 @@ from pathlib import Path
 from .errors import ConfigError
 from .model.spec import LayerSpec, parse_layer
 
-ALGORITHMS = ("sgd", "downpour")
+ALGORITHMS = ("sgd", "downpour", "sandblaster")
 SERVER_RULES = ("adagrad", "sgd")
 REPLICA_LOSS = ("abort", "continue")
-INJECTED_FAULTS = ("none", "hang", "freeze", "leave", "slow")
+INJECTED_FAULTS = ("none", "hang", "freeze", "leave", "slow", "duplicate")
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ class Model:
 class Optimizer:
     """How parameters are updated."""
 
-    algorithm: str = "sgd"           # sgd: one replica holds the parameters; downpour: async replicas + shards
+    algorithm: str = "sgd"           # sgd: one replica holds the parameters; downpour: async replicas + shards; sandblaster: L-BFGS with a coordinator
     learning_rate: float = 0.05      # step size alpha a replica applies to each minibatch gradient locally
     batch_size: int = 64             # examples per minibatch (per replica)
     server_rule: str = "adagrad"     # downpour: how a shard applies each push: adagrad or sgd (fixed rate)
@@ -51,10 +51,17 @@ class Optimizer:
     adagrad_initial_accumulator: float = 0.1  # downpour: starting sum of squared gradients per parameter
     adagrad_epsilon: float = 1e-8    # downpour: added to sqrt(accumulator) in adagrad's denominator
     fetch_every: int = 1             # downpour: a replica fetches fresh parameters every N steps
-    push_every: int = 1              # downpour: a replica pushes its accrued gradient every N steps
+    push_every: int = 1              # downpour: a replica pushes its accrued gradient every N steps (sandblaster: every N counted portions)
     warmstart_steps: int = 0         # downpour: replica 0 trains alone this many steps before the others start
     max_staleness: int = 0           # downpour: a shard rejects (and counts) pushes staler than this; 0: no bound
     overlap_comm: bool = False       # downpour: fetch and push in a background thread, overlapping compute (docs/downpour.md)
+    lbfgs_memory: int = 10           # sandblaster: (s, y) pairs of L-BFGS history, kept on the shards
+    sandblaster_batch: int = 0       # sandblaster: examples per L-BFGS batch (0: the whole training split, one batch)
+    lbfgs_iterations_per_batch: int = 20  # sandblaster: L-BFGS iterations on one batch before the next (history restarts)
+    portion_examples: int = 0        # sandblaster: examples per portion a replica computes (0: about batch / (8 x replicas))
+    backup_tasks: bool = True        # sandblaster: near a batch's end, free replicas redo outstanding portions; first result wins
+    backup_after: float = 0.0        # sandblaster: backups start once every portion is issued and this fraction is complete
+    l2_penalty: float = 0.0          # sandblaster: adds l2_penalty / 2 * |w|^2 to the loss (all parameters), on the shards
 
 
 @dataclass(frozen=True)
@@ -94,7 +101,7 @@ class Faults:
 
     watchdog_seconds: float = 300.0  # abort the job, naming the rank, when a rank makes no progress this long (0: off)
     replica_loss: str = "abort"      # downpour: a replica that leaves mid-run: abort, or continue (needs mpiexec -disable-auto-cleanup)
-    inject: str = "none"             # testing: none, hang (sleeps forever), freeze (SIGSTOP), leave (exits 3), slow
+    inject: str = "none"             # testing: none, hang (sleeps forever), freeze (SIGSTOP), leave (exits 1), slow, duplicate (sandblaster: every result sent twice)
     inject_replica: int = 0          # testing: the replica the injected fault hits
     inject_after_steps: int = 10     # testing: ... after this many of its steps (slow: from the start)
     slow_factor: float = 5.0         # testing: inject = slow makes each step take this many times as long
@@ -238,6 +245,12 @@ def check_values(spec: JobSpec) -> list[str]:
         (o.push_every >= 1, "optimizer.push_every", "must be >= 1"),
         (o.warmstart_steps >= 0, "optimizer.warmstart_steps", "must be >= 0"),
         (o.max_staleness >= 0, "optimizer.max_staleness", "must be >= 0 (0: no bound)"),
+        (o.lbfgs_memory >= 1, "optimizer.lbfgs_memory", "must be >= 1"),
+        (o.sandblaster_batch >= 0, "optimizer.sandblaster_batch", "must be >= 0 (0: the whole training split)"),
+        (o.lbfgs_iterations_per_batch >= 1, "optimizer.lbfgs_iterations_per_batch", "must be >= 1"),
+        (o.portion_examples >= 0, "optimizer.portion_examples", "must be >= 0 (0: automatic)"),
+        (0 <= o.backup_after <= 1, "optimizer.backup_after", "must be a fraction in [0, 1]"),
+        (o.l2_penalty >= 0, "optimizer.l2_penalty", "must be >= 0"),
         (d.path != "", "data.path", "required: the HDF5 dataset to train on (see docs/datasets.md)"),
         (d.eval_examples >= 0, "data.eval_examples", "must be >= 0"),
         (d.chunk_examples >= 0, "data.chunk_examples", "must be >= 0 (0: load into memory)"),

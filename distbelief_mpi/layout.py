@@ -30,6 +30,14 @@ ALGORITHM_RULES = {
          "optimizer.algorithm = downpour runs unpartitioned replicas in this version: "
          "set topology.partitions_per_replica = 1"),
     ],
+    "sandblaster": [
+        (lambda t: t.coordinator, "optimizer.algorithm = sandblaster needs a coordinator: set topology.coordinator = true"),
+        (lambda t: t.shards >= 1, "optimizer.algorithm = sandblaster keeps parameters and history on shards: "
+                                  "set topology.shards >= 1"),
+        (lambda t: t.partitions_per_replica == 1,
+         "optimizer.algorithm = sandblaster runs unpartitioned replicas in this version: "
+         "set topology.partitions_per_replica = 1"),
+    ],
 }
 
 
@@ -63,6 +71,12 @@ class Layout:
 
     def ranks_of(self, role: str) -> list[int]:
         return [r.world_rank for r in self.roles if r.role == role]
+
+    @property
+    def lead_rank(self) -> int:
+        """The rank that reports (summary, exit code): the coordinator if there is one, else replica 0."""
+        coordinators = self.ranks_of("coordinator")
+        return coordinators[0] if coordinators else self.ranks_of("replica")[0]
 
 
 def ranks_needed(topology: Topology) -> int:

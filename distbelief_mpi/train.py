@@ -124,7 +124,7 @@ def _run_role(job: Job, world_comm, world_rank: int, world_size: int, verbose: b
         if job.spec.faults.replica_loss == "continue":
             preempt.survive_process_failures()
         summary = _dispatch(job, world_comm, world_rank, world_size)
-        lead = job.layout.ranks_of("replica")[0]
+        lead = job.layout.lead_rank
         code = _exit_code(job, summary) if world_rank == lead else None
         if job.lost_ranks:
             _end_without_finalize(code or 0)
@@ -169,6 +169,10 @@ def _dispatch(job: Job, world_comm, world_rank: int, world_size: int) -> dict | 
         from .roles.sgd_replica import train_sgd
 
         summary, params = train_sgd(job, world_size)
+    elif job.spec.optimizer.algorithm == "sandblaster":
+        from .roles.sandblaster import run_sandblaster
+
+        summary, params = run_sandblaster(job, world_comm, world_rank)
     else:
         from .roles.downpour import run_downpour
 

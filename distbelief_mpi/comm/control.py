@@ -19,6 +19,13 @@ TAG_CHECKPOINT_DONE = 104   # shard -> lead replica: written {shard_id, file, sh
 TAG_PREEMPT = 105       # replica -> other replicas: I got a preemption signal; stop after your step
 TAG_REPORT = 106        # every rank -> lead replica, at the end: its statistics (a dict)
 TAG_TEARDOWN = 107      # lead replica -> every rank still there: [world ranks that left]; all is done
+# Sandblaster (roles/sandblaster*.py)
+TAG_SB_COMMAND = 110    # coordinator -> shard: a command tuple (roles/sandblaster_shard.py)
+TAG_SB_REPLY = 111      # shard -> coordinator: the command's result
+TAG_SB_WORK = 112       # coordinator -> replica: {eval, portion, rows, counted, flush} or {"stop": True}
+TAG_SB_RESULT = 113     # replica -> coordinator: {eval, portion, loss, correct} of a computed portion
+TAG_SB_PUSHED = 114     # replica -> coordinator: {eval, pushes, portions}: counted portions pushed so far
+TAG_SB_BYE = 115        # replica -> coordinator, at the end: its statistics
 
 
 class Backoff:
@@ -45,6 +52,15 @@ def wait_sleeping(request, limit: float = 5e-3):
         if done:
             return value
         backoff.sleep()
+
+
+def recv_sleeping(comm, source: int, tag: int, limit: float = 5e-3):
+    """comm.recv(source, tag) without burning a core, for a pickled message of any size
+    (mpi4py's irecv of a pickled object has a fixed-size buffer)."""
+    backoff = Backoff(limit=limit)
+    while not comm.Iprobe(source=source, tag=tag):
+        backoff.sleep()
+    return comm.recv(source=source, tag=tag)
 
 
 def barrier_sleeping(comm, limit: float = 5e-3) -> None:

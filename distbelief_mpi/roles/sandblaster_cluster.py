@@ -1,0 +1,146 @@
+"""The coordinator's view of the cluster for optim/lbfgs.py: shards run vector commands; one
+evaluation is one distributed pass over the batch by the replicas, portion by portion.
+
+An evaluation at point P (the shards' vector named P), gradient into G:
+  1. every shard publishes float32(P) and zeroes its gradient sum;
+  2. the coordinator hands portions to replicas as they free up (optim/portions.py: affinity,
+     then backups near the end); each result's verdict goes back with the replica's next
+     portion; only a counted (first) result adds its loss here and its gradient on the replica;
+  3. once every portion is counted and every counted gradient is pushed (TAG_SB_PUSHED notes),
+     every shard waits for exactly those pushes and sets G := sum / batch examples (+ the
+     optimizer.l2_penalty term, whose loss the shards return as partial sums).
+A late result of an earlier evaluation (a straggler's, lost to a backup) is discarded.
+"""
+
+import time
+
+import numpy as np
+
+from .. import watchdog
+from ..comm.control import (TAG_SB_COMMAND, TAG_SB_PUSHED, TAG_SB_REPLY, TAG_SB_RESULT, TAG_SB_WORK, Backoff,
+                            receive_all, recv_sleeping)
+from ..optim.portions import PortionScheduler, PortionTotals
+
+
+class MpiCluster:
+    def __init__(self, world_comm, shard_ranks, replica_ranks, optimizer):
+        self.comm, self.shard_ranks, self.replica_ranks = world_comm, list(shard_ranks), list(replica_ranks)
+        self.opt = optimizer
+        self.portions: list[tuple[int, int]] = []      # [start, stop) rows of the current batch's portions
+        self.eval_id, self.totals = 0, PortionTotals()
+        self.late_results, self.evaluation_seconds = 0, []
+        self.busy: set[int] = set()        # replicas computing a portion we have not had the result of
+        self.examples_evaluated = 0
+
+    # -- shards ------------------------------------------------------------------------
+    def shard_call(self, command: tuple) -> list:
+        """Send a command to every shard, then collect every reply (in shard order)."""
+        for rank in self.shard_ranks:
+            self.comm.send(command, dest=rank, tag=TAG_SB_COMMAND)
+        return [recv_sleeping(self.comm, rank, TAG_SB_REPLY, limit=1e-3)
+                for rank in self.shard_ranks]
+
+    def run_command(self, cmd) -> list:
+        """optim/lbfgs.py's interface: per-shard partial results of a vector command."""
+        return self.shard_call(("vec", cmd))
+
+    def gather(self, name: str) -> np.ndarray:
+        """The whole vector `name` as float32: for evaluation and params.h5 only."""
+        return np.concatenate(self.shard_call(("gather", name)))
+
+    # -- evaluations -------------------------------------------------------------------
+    def evaluate(self, point: str, grad: str) -> float:
+        """Mean loss over the batch at `point`; the mean gradient lands in the shards' `grad`."""
+        started = time.perf_counter()
+        self.eval_id += 1
+        self.shard_call(("publish", point))
+        n_examples = self.portions[-1][1] - self.portions[0][0]
+        scheduler = PortionScheduler(len(self.portions), len(self.replica_ranks),
+                                     backup_after=self.opt.backup_after, max_backups=1 if self.opt.backup_tasks else 0)
+        loss_sum, pushes = Evaluation(self, scheduler).run()
+        penalty = sum(self.shard_call(("collect", grad, pushes, n_examples, point, self.opt.l2_penalty)))
+        self.totals.add(scheduler)
+        self.examples_evaluated += n_examples
+        self.evaluation_seconds.append(time.perf_counter() - started)
+        return loss_sum / n_examples + penalty
+
+    def stop_replicas(self) -> None:
+        for rank in self.replica_ranks:
+            self.comm.send({"stop": True}, dest=rank, tag=TAG_SB_WORK)
+
+
+class Evaluation:
+    """One pass over the batch's portions (step 2 above)."""
+
+    def __init__(self, cluster: MpiCluster, scheduler: PortionScheduler):
+        self.c, self.s = cluster, scheduler
+        n = len(cluster.replica_ranks)
+        self.counted = [0] * n            # counted portions per replica
+        self.pushed = [0] * n             # of which pushed (TAG_SB_PUSHED)
+        self.pushes = [0] * n             # pushes posted per replica (what each shard must sum)
+        self.idle = set(range(n)) - cluster.busy    # a straggler still on an earlier evaluation is not idle
+        self.loss_sum = 0.0
+
+    def run(self) -> tuple[float, list[int]]:
+        for replica in sorted(self.idle):
+            self._offer(replica, counted=None)
+        backoff = Backoff(limit=2e-4)     # a short nap: replicas wait on our answers
+        while not (self.s.done and self.pushed == self.counted):
+            watchdog.beat()
+            busy = self._take_results() + self._take_push_notes()
+            backoff.reset() if busy else backoff.sleep()
+        return self.loss_sum, self.pushes
+
+    def _take_results(self) -> int:
+        rank_to_replica = {rank: i for i, rank in enumerate(self.c.replica_ranks)}
+        results = receive_all(self.c.comm, TAG_SB_RESULT)
+        for result, source in results:
+            replica, echo = rank_to_replica[source], result.get("echo", False)
+            if result["eval"] != self.c.eval_id:           # a straggler's result of an earlier evaluation
+                self.c.late_results += 1
+                if not echo:
+                    self._answer(replica, counted=False)
+                continue
+            counted = self.s.complete(replica, result["portion"])
+            if counted:
+                self.loss_sum += result["loss"]
+                self.counted[replica] += 1
+            if not echo:                                   # an injected duplicate gets no answer
+                self._answer(replica, counted)
+            if counted:
+                self._wake_idle()
+        return len(results)
+
+    def _take_push_notes(self) -> int:
+        notes = receive_all(self.c.comm, TAG_SB_PUSHED)
+        rank_to_replica = {rank: i for i, rank in enumerate(self.c.replica_ranks)}
+        for note, source in notes:
+            if note["eval"] == self.c.eval_id:
+                replica = rank_to_replica[source]
+                self.pushed[replica], self.pushes[replica] = note["portions"], note["pushes"]
+        return len(notes)
+
+    def _wake_idle(self) -> None:
+        """A completion may free a backup for, or end the batch for, a replica waiting idle."""
+        for replica in sorted(self.idle):
+            self._offer(replica, counted=None)
+
+    def _answer(self, replica: int, counted: bool) -> None:
+        """Exactly one answer per result: a replica reads it as the verdict on that result."""
+        self.c.busy.discard(replica)
+        self._offer(replica, counted)
+
+    def _offer(self, replica: int, counted: bool | None) -> None:
+        """Answer a replica: the verdict on its last result and its next portion (or none now)."""
+        portion = None if self.s.done else self.s.next_for(replica)
+        all_issued = self.s.portions_issued == self.s.n
+        if portion is None:
+            self.idle.add(replica)
+            if counted is None:
+                return                     # nothing to tell it: it waits for a later offer
+        else:
+            self.idle.discard(replica)
+            self.c.busy.add(replica)
+        message = {"eval": self.c.eval_id, "portion": portion, "counted": counted, "flush": all_issued,
+                   "rows": None if portion is None else self.c.portions[portion]}
+        self.c.comm.send(message, dest=self.c.replica_ranks[replica], tag=TAG_SB_WORK)

@@ -1,0 +1,94 @@
+"""A Sandblaster model replica: computes the portions the coordinator hands it.
+
+Loop: wait for the coordinator's next message (TAG_SB_WORK). A message of a new evaluation
+first makes the replica fetch that point from every shard (once per evaluation). A message
+may carry the verdict on the replica's previous result ("counted": only a result counted by
+the coordinator, the first for its portion, is added to the accrued gradient, so a backup's
+loser adds nothing) and a new portion to compute. Counted gradients are pushed every
+optimizer.push_every counted portions, and at once when the coordinator says "flush" (the
+batch is nearly or fully done), each push followed by a small TAG_SB_PUSHED note, so the
+coordinator knows when every counted gradient has reached the shards.
+
+Gradients travel as sums over a portion's examples (not means): the shards add them up and
+divide by the batch size once.
+"""
+
+import time
+
+import numpy as np
+
+from ..comm.control import TAG_SB_BYE, TAG_SB_PUSHED, TAG_SB_RESULT, TAG_SB_WORK, recv_sleeping
+from ..comm.param_server import ReplicaEndpoint
+from ..fault_injection import FaultInjector
+
+
+class PortionWorker:
+    def __init__(self, job, world_comm, coordinator: int, endpoint: ReplicaEndpoint, train_set, shard_ranges):
+        self.job, self.comm, self.coordinator, self.endpoint = job, world_comm, coordinator, endpoint
+        self.x_train, self.y_train = train_set                    # permuted by run.seed (the coordinator's rows)
+        self.ranges = [slice(start, stop) for start, stop in shard_ranges]
+        n_params = job.network.n_params
+        self.params, self.grad = np.empty(n_params, np.float32), np.empty(n_params, np.float32)
+        self.result = np.empty(n_params, np.float32)              # the last computed portion's gradient sum
+        self.accrued = np.zeros(n_params, np.float32)             # counted, not yet pushed
+        self.inject = FaultInjector(job.spec.faults, job.role.replica_id)
+        self.eval_id, self.unpushed, self.pushes, self.portions_pushed = None, 0, 0, 0
+        self.stats = {"portions_computed": 0, "results_counted": 0, "fetches": 0, "pushes": 0, "compute_s": 0.0}
+
+    def run(self) -> dict:
+        while True:
+            message = recv_sleeping(self.comm, self.coordinator, TAG_SB_WORK)
+            if message.get("stop"):
+                break
+            self._handle(message)
+        report = {"role": "replica", "replica_id": self.job.role.replica_id, **self.stats}
+        self.comm.send(report, dest=self.coordinator, tag=TAG_SB_BYE)
+        return report
+
+    def _handle(self, message: dict) -> None:
+        if message["eval"] != self.eval_id:
+            self._start_evaluation(message["eval"])
+        if message.get("counted"):
+            np.add(self.accrued, self.result, out=self.accrued)
+            self.unpushed += 1
+            self.stats["results_counted"] += 1
+        if self.unpushed and (self.unpushed >= self.job.spec.optimizer.push_every or message["flush"]
+                              or message["portion"] is None):
+            self._push()
+        if message["portion"] is not None:
+            self._compute(message["portion"], *message["rows"])
+
+    def _start_evaluation(self, eval_id: int) -> None:
+        """A new point: fetch it (the accrued gradient is empty: the coordinator ended the last
+        evaluation only after every counted portion was pushed)."""
+        for shard_id, part in enumerate(self.ranges):
+            self.endpoint.fetch(shard_id, self.params[part])
+        self.eval_id, self.unpushed, self.pushes, self.portions_pushed = eval_id, 0, 0, 0
+        self.accrued[:] = 0
+        self.stats["fetches"] += 1
+
+    def _compute(self, portion: int, start: int, stop: int) -> None:
+        tick = time.perf_counter()
+        loss, correct = self.job.network.loss_and_grad(self.params, self.x_train[start:stop],
+                                                       self.y_train[start:stop], self.grad)
+        np.multiply(self.grad, np.float32(stop - start), out=self.result)     # mean -> sum over the portion
+        seconds = time.perf_counter() - tick
+        self.inject.after_step(1, seconds)                                     # a slowed replica sleeps here
+        self.stats["compute_s"] += time.perf_counter() - tick
+        self.stats["portions_computed"] += 1
+        result = {"eval": self.eval_id, "portion": portion, "loss": float(loss) * (stop - start),
+                  "correct": int(correct)}
+        self.comm.send(result, dest=self.coordinator, tag=TAG_SB_RESULT)
+        if self.inject.duplicates:      # injected: the same result again; it must not count twice
+            self.comm.send({**result, "echo": True}, dest=self.coordinator, tag=TAG_SB_RESULT)
+
+    def _push(self) -> None:
+        for shard_id, part in enumerate(self.ranges):
+            self.endpoint.push(shard_id, self.accrued[part], self.eval_id, self.unpushed)
+        self.pushes += 1
+        self.portions_pushed += self.unpushed
+        self.stats["pushes"] += 1
+        self.accrued[:] = 0
+        self.unpushed = 0
+        self.comm.send({"eval": self.eval_id, "pushes": self.pushes, "portions": self.portions_pushed},
+                       dest=self.coordinator, tag=TAG_SB_PUSHED)

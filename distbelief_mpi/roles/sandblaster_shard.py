@@ -1,0 +1,111 @@
+"""A Sandblaster shard: runs the coordinator's vector commands on its slice, publishes the point
+replicas evaluate, and sums the gradients they push.
+
+It holds, for its slice [start, stop) only, the float64 work vectors and L-BFGS history
+(optim/vector_ops.ShardVectors) and the two windows Downpour uses: replicas fetch the
+published float32 point with the same seqlock and Put gradient sums into their landing slots.
+Between commands it drains the slots into `total` (float64), so a replica's next push never
+waits long. Commands (TAG_SB_COMMAND, each answered on TAG_SB_REPLY, in order):
+
+    ("vec", cmd)                 a vector command; reply: its partial scalars
+    ("publish", name)            name := float32(name); publish it for fetching; total := 0
+    ("collect", name, pushes, n, point, l2)  wait until pushes[r] pushes of replica r are summed;
+                                 name := total / n + l2 * point; reply: the partial l2 / 2 * |point|^2
+    ("gather", name)             reply: the slice of `name` as float32 (evaluation, params.h5)
+    ("stop",)                    reply: this shard's statistics; the serve loop ends
+"""
+
+import numpy as np
+
+from .. import watchdog
+from ..comm.control import TAG_SB_COMMAND, TAG_SB_REPLY, Backoff
+from ..comm.param_server import VERSION, WRITING
+from ..kernels.server_rules import all_finite
+from ..optim.vector_ops import ShardVectors
+from .shard import Shard
+
+
+class GradientSink(Shard):
+    """Landing slots whose pushes are summed (not applied): the batch gradient in the making."""
+
+    def __init__(self, windows, shard_id: int, optimizer, initial: np.ndarray):
+        super().__init__(windows, shard_id, optimizer, initial)
+        self.total = np.zeros(self.length, np.float64)          # (L,) sum of pushed gradient sums
+        self.summed = np.zeros(self.n_replicas, np.int64)       # pushes summed since the last publish
+        self.non_finite = 0
+
+    def _apply_one(self, replica_id: int, base_version: int, steps: int) -> None:
+        grad = self.slots[replica_id]
+        if not all_finite(grad):      # summed all the same: the coordinator sees a non-finite loss and backtracks
+            self.non_finite += 1
+        self.total += grad
+        self.summed[replica_id] += 1
+        self.stats.record(replica_id, 0, steps)
+
+    def publish(self, values: np.ndarray) -> int:
+        """Make values (L,) the parameters replicas fetch (the Downpour seqlock); a new evaluation."""
+        following = self.buffers[(self.version + 1) % 2]
+        self.windows.write_words(self.shard_id, WRITING, [self.version + 1])
+        self.windows.data_win.Sync()
+        following[:] = values
+        self.windows.data_win.Sync()
+        self.version += 1
+        self.windows.write_words(self.shard_id, VERSION, [self.version])
+        self.total[:] = 0
+        self.summed[:] = 0
+        return self.version
+
+
+def serve_commands(world_comm, coordinator: int, sink: GradientSink, vectors: ShardVectors) -> dict:
+    """Run commands until ("stop",); returns the statistics sent with the last reply."""
+    while True:
+        command = _next_command(world_comm, coordinator, sink)
+        kind = command[0]
+        if kind == "stop":
+            stats = {"role": "shard", "shard_id": sink.shard_id, "pushes_summed": int(sink.stats.applied.sum()),
+                     "non_finite_pushes": sink.non_finite}
+            world_comm.send(stats, dest=coordinator, tag=TAG_SB_REPLY)
+            return stats
+        world_comm.send(_run(command, sink, vectors), dest=coordinator, tag=TAG_SB_REPLY)
+
+
+def _run(command: tuple, sink: GradientSink, vectors: ShardVectors):
+    kind = command[0]
+    if kind == "vec":
+        return vectors.execute(command[1])
+    if kind == "publish":
+        vectors.execute(("round32", command[1]))
+        return sink.publish(vectors[command[1]])
+    if kind == "collect":
+        _, name, pushes, n_examples, point, l2 = command
+        _wait_for_pushes(sink, np.asarray(pushes, np.int64))
+        vectors.load(name, sink.total / n_examples)
+        if not l2:
+            return 0.0
+        vectors.execute(("axpy", name, point, l2))
+        return 0.5 * l2 * vectors.execute(("dot", point, point))
+    if kind == "gather":
+        return vectors[command[1]].astype(np.float32)
+    raise ValueError(f"unknown shard command {kind!r}")
+
+
+def _next_command(world_comm, coordinator: int, sink: GradientSink) -> tuple:
+    """Sleep until the coordinator's next command, summing pushes meanwhile."""
+    backoff = Backoff(limit=1e-3)
+    while not world_comm.Iprobe(source=coordinator, tag=TAG_SB_COMMAND):
+        watchdog.beat()
+        if sink.apply_pending():
+            backoff.reset()
+        else:
+            backoff.sleep()
+    return world_comm.recv(source=coordinator, tag=TAG_SB_COMMAND)
+
+
+def _wait_for_pushes(sink: GradientSink, expected: np.ndarray) -> None:
+    """Every replica has posted its pushes before the coordinator asks; some may not be summed yet."""
+    backoff = Backoff(limit=1e-3)
+    while np.any(sink.summed < expected):
+        if sink.apply_pending():
+            backoff.reset()
+        else:
+            backoff.sleep()
