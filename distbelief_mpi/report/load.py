@@ -63,7 +63,7 @@ class Run:
         """Legend text: run name, algorithm (and server rule), shards x replicas."""
         algo = self.algorithm + (f"/{self.server_rule}" if self.server_rule else "")
         replicas = self.n_replicas
-        if self.algorithm == "downpour":
+        if self.algorithm in ("downpour", "sandblaster"):
             return f"{self.name} ({algo}, {self.n_shards} shards x {replicas} replicas)"
         return f"{self.name} ({algo}, {replicas or 1} replica{'' if replicas in (None, 1) else 's'})"
 
