@@ -8,6 +8,7 @@ from .config import load_job
 from .data.hdf5 import read_info, read_split
 from .errors import CheckpointError, DatasetError, UserInputError
 from .layout import format_layout, layout_problems, plan_layout
+from .model.partition import partition_offsets
 from .model.network import build_network
 
 
@@ -15,11 +16,12 @@ def run_plan(job_path: str, overrides: list[str], world_size: int) -> int:
     spec = load_job(job_path, overrides)
     if world_size < 1:
         raise UserInputError(f"-n {world_size}: the world size must be >= 1")
-    n_params, notes = None, []
+    n_params, notes, offsets = None, [], ()
     try:
         info = read_info(spec.data.path)
         network = build_network(spec.model.layers, info.input_shape, info.n_classes, source=spec.source)
         n_params = network.n_params
+        offsets = partition_offsets(network, spec)
         notes = [f"model ({n_params:,} parameters, input {info.input_shape}, {info.n_classes} classes):"]
         notes += [f"  {line}" for line in network.describe()]
     except DatasetError as exc:
@@ -29,7 +31,7 @@ def run_plan(job_path: str, overrides: list[str], world_size: int) -> int:
         print(f"error: {job_path}: cannot run on {world_size} ranks:", file=sys.stderr)
         print("\n".join(f"  - {p}" for p in problems), file=sys.stderr)
         return 2
-    print(format_layout(plan_layout(world_size, spec, n_params)))
+    print(format_layout(plan_layout(world_size, spec, n_params, offsets)))
     print("\n".join(notes))
     return 0
 

@@ -273,6 +273,14 @@ def check_values(spec: JobSpec) -> list[str]:
         (0 <= f.inject_replica < t.replicas or f.inject == "none", "faults.inject_replica",
          f"must name a replica, 0 to topology.replicas - 1 = {t.replicas - 1}"),
         (f.inject_after_steps >= 0, "faults.inject_after_steps", "must be >= 0"),
+        (f.replica_loss != "continue" or o.algorithm == "downpour", "faults.replica_loss",
+         "continue is for optimizer.algorithm = downpour (sgd has one replica; sandblaster's coordinator "
+         "cannot finish a pass without a replica that left)"),
+        (not f.watchdog_seconds or f.watchdog_seconds > c.grace_seconds, "faults.watchdog_seconds",
+         f"must be 0 or more than checkpoint.grace_seconds = {c.grace_seconds:g} (a preempted lead pushes "
+         "nothing while it commits its final checkpoint)"),
+        (f.replica_loss != "continue" or t.partitions_per_replica == 1, "faults.replica_loss",
+         "continue needs unpartitioned replicas (the partitions of a replica wait for each other every step)"),
         (f.slow_factor >= 1, "faults.slow_factor", "must be >= 1"),
     ]
     return [f"{key}: {message}, got {_value_of(spec, key)}" for ok, key, message in rules if not ok]

@@ -26,9 +26,9 @@ ALGORITHM_RULES = {
     "downpour": [
         (lambda t: t.shards >= 1, "optimizer.algorithm = downpour needs a parameter server: set topology.shards >= 1"),
         (lambda t: not t.coordinator, "optimizer.algorithm = downpour has no coordinator: set topology.coordinator = false"),
-        (lambda t: t.partitions_per_replica == 1,
-         "optimizer.algorithm = downpour runs unpartitioned replicas in this version: "
-         "set topology.partitions_per_replica = 1"),
+        (lambda t: t.shards >= t.partitions_per_replica,
+         "optimizer.algorithm = downpour with partitioned replicas gives every partition its own shards: "
+         "set topology.shards >= topology.partitions_per_replica"),
     ],
     "sandblaster": [
         (lambda t: t.coordinator, "optimizer.algorithm = sandblaster needs a coordinator: set topology.coordinator = true"),
@@ -65,6 +65,18 @@ class Layout:
     roles: tuple[RankRole, ...]
     shard_ranges: tuple[tuple[int, int], ...]   # [start, stop) of the flat vector per shard
     n_params: int
+    partition_offsets: tuple[int, ...] = ()     # partition p's parameters: [offsets[p], offsets[p + 1])
+    shard_partitions: tuple[int, ...] = ()      # the partition whose parameters each shard holds
+
+    def shards_of_partition(self, partition_id: int) -> list[int]:
+        """The shards a partition talks to (all of them for an unpartitioned replica)."""
+        if not self.shard_partitions:
+            return list(range(len(self.shard_ranges)))
+        return [s for s, p in enumerate(self.shard_partitions) if p == partition_id]
+
+    def rank_of(self, replica_id: int, partition_id: int) -> int:
+        return next(r.world_rank for r in self.roles
+                    if r.role == "replica" and (r.replica_id, r.partition_id) == (replica_id, partition_id))
 
     def role_of(self, world_rank: int) -> RankRole:
         return self.roles[world_rank]
@@ -95,14 +107,35 @@ def layout_problems(world_size: int, spec: JobSpec, n_params: int | None) -> lis
     return problems
 
 
-def plan_layout(world_size: int, spec: JobSpec, n_params: int | None = None) -> Layout:
-    """Assign every rank its role. Raises LayoutError listing every problem."""
+def plan_layout(world_size: int, spec: JobSpec, n_params: int | None = None,
+                partition_offsets: tuple[int, ...] = ()) -> Layout:
+    """Assign every rank its role. Raises LayoutError listing every problem. With partitioned
+    replicas, partition_offsets (model/partition.ParamOrder.offsets) cut the parameter vector into
+    the partitions' blocks, and every shard holds part of one block only."""
     problems = layout_problems(world_size, spec, n_params)
     if problems:
         raise LayoutError(problems)
     roles = assign_roles(spec.topology)
+    if len(partition_offsets) > 2 and spec.topology.shards:
+        ranges, owners = partition_shard_ranges(partition_offsets, spec.topology.shards)
+        return Layout(world_size, roles, ranges, n_params or 0, tuple(partition_offsets), owners)
     ranges = shard_ranges(n_params or 0, spec.topology.shards)
     return Layout(world_size, roles, ranges, n_params or 0)
+
+
+def partition_shard_ranges(offsets: tuple[int, ...], n_shards: int):
+    """Shards shared out among partitions in proportion to their parameter counts (at least one
+    each), then each partition's block split as shard_ranges does. Returns (ranges, owners)."""
+    sizes = [offsets[p + 1] - offsets[p] for p in range(len(offsets) - 1)]
+    counts = [1] * len(sizes)
+    for _ in range(n_shards - len(sizes)):     # the next shard to the partition with most per shard
+        counts[max(range(len(sizes)), key=lambda p: sizes[p] / counts[p])] += 1
+    ranges, owners = [], []
+    for p, (size, count) in enumerate(zip(sizes, counts)):
+        for start, stop in shard_ranges(size, count):
+            ranges.append((offsets[p] + start, offsets[p] + stop))
+            owners.append(p)
+    return tuple(ranges), tuple(owners)
 
 
 def assign_roles(topology: Topology) -> tuple[RankRole, ...]:
@@ -143,11 +176,22 @@ def format_layout(layout: Layout) -> str:
     for role in layout.roles:
         if role.role == "shard":
             start, stop = layout.shard_ranges[role.shard_id]
-            rows.append((str(role.world_rank), "shard", str(role.shard_id), f"[{start}, {stop}) = {stop - start}"))
+            owner = f" (partition {layout.shard_partitions[role.shard_id]})" if layout.shard_partitions else ""
+            rows.append((str(role.world_rank), "shard", str(role.shard_id), f"[{start}, {stop}) = {stop - start}{owner}"))
         elif role.role == "replica":
             ids = f"{role.replica_id}/{role.partition_id}"
-            rows.append((str(role.world_rank), "replica", ids, "all (held locally)" if not layout.shard_ranges else "-"))
+            rows.append((str(role.world_rank), "replica", ids, _replica_parameters(layout, role)))
         else:
             rows.append((str(role.world_rank), role.role, "-", "-"))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
+
+
+def _replica_parameters(layout: Layout, role: RankRole) -> str:
+    if not layout.shard_ranges:
+        return "all (held locally)"
+    if not layout.partition_offsets:
+        return "-"
+    start, stop = layout.partition_offsets[role.partition_id], layout.partition_offsets[role.partition_id + 1]
+    shards = ", ".join(map(str, layout.shards_of_partition(role.partition_id)))
+    return f"[{start}, {stop}) = {stop - start}, with shards {shards}"

@@ -23,6 +23,7 @@ from .errors import DistbeliefError, UserInputError
 from .layout import Layout, RankRole, plan_layout
 from .logs import setup_logging
 from .model.network import Network, build_network
+from .model.partition import partition_offsets
 from .progress import wanted as progress_wanted
 from .rundir import default_run_dir, prepare_run_dir, write_summary
 from .threads import threads_for_rank
@@ -48,7 +49,7 @@ def load_and_plan(job_path: str, overrides: list[str], world_size: int, world_ra
     spec = load_job(job_path, overrides)
     info = read_info(spec.data.path)
     network = build_network(spec.model.layers, info.input_shape, info.n_classes, source=spec.source)
-    layout = plan_layout(world_size, spec, network.n_params)
+    layout = plan_layout(world_size, spec, network.n_params, partition_offsets(network, spec))
     return spec, info, network, layout, layout.role_of(world_rank)
 
 

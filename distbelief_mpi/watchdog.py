@@ -13,7 +13,7 @@ the stacks and exits the process `GIL_GRACE_S` later; the launcher then ends the
 """
 
 import faulthandler
-import logging
+import os
 import sys
 import threading
 import time
@@ -21,7 +21,6 @@ import time
 EXIT_HUNG = 3            # the job's exit code after a watchdog abort (docs/reliability.md)
 GIL_GRACE_S = 30.0       # the C-level fallback fires this much later than the thread would
 
-log = logging.getLogger(__name__)
 _active: "Watchdog | None" = None
 
 
@@ -69,10 +68,12 @@ class Watchdog:
             faulthandler.dump_traceback_later(self.timeout - idle + GIL_GRACE_S, exit=True, file=sys.__stderr__)
 
     def _fire(self, idle: float) -> None:
-        faulthandler.cancel_dump_traceback_later()
+        """Straight to file descriptor 2 (a hung main thread may hold the locks of sys.stderr and of
+        logging), then abort whatever happens; the faulthandler timer stays armed behind it."""
         message = (f"error on {self.label}: watchdog: no progress for {idle:.0f} s "
-                   f"(faults.watchdog_seconds = {self.timeout:g}); aborting the job. Stacks of this rank:")
-        log.critical(message)
-        print(message, file=sys.stderr, flush=True)
-        faulthandler.dump_traceback(file=sys.__stderr__, all_threads=True)   # needs a real file descriptor
-        self.abort(EXIT_HUNG)
+                   f"(faults.watchdog_seconds = {self.timeout:g}); aborting the job. Stacks of this rank:\n")
+        try:
+            os.write(2, message.encode())
+            faulthandler.dump_traceback(file=sys.__stderr__, all_threads=True)
+        finally:
+            self.abort(EXIT_HUNG)

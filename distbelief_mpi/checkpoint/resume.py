@@ -23,7 +23,10 @@ def layout_signature(spec, layout) -> dict:
     return {"algorithm": spec.optimizer.algorithm, "n_params": layout.n_params,
             "layers": [dataclasses.asdict(layer) for layer in spec.model.layers],
             "shards": spec.topology.shards, "replicas": spec.topology.replicas,
-            "shard_ranges": [list(r) for r in layout.shard_ranges], "server_rule": spec.optimizer.server_rule}
+            "shard_ranges": [list(r) for r in layout.shard_ranges], "server_rule": spec.optimizer.server_rule,
+            # partitioned replicas order the parameters partition-major (model/partition.py)
+            **({"partitions_per_replica": spec.topology.partitions_per_replica}
+               if spec.topology.partitions_per_replica > 1 else {})}
 
 
 def find_resume_point(run_dir: Path, spec, layout) -> ResumePoint:
@@ -34,8 +37,8 @@ def find_resume_point(run_dir: Path, spec, layout) -> ResumePoint:
         raise CheckpointError(f"{run_dir}: no complete checkpoint to resume from (looked in {root})")
     manifest = read_manifest(found[0])
     saved, wanted = manifest.get("layout", {}), layout_signature(spec, layout)
-    mismatches = [f"{key}: the checkpoint has {saved.get(key)!r}, this job has {value!r}"
-                  for key, value in wanted.items() if saved.get(key) != value]
+    mismatches = [f"{key}: the checkpoint has {saved.get(key)!r}, this job has {wanted.get(key)!r}"
+                  for key in sorted(wanted.keys() | saved.keys()) if saved.get(key) != wanted.get(key)]
     if mismatches:
         raise CheckpointError(f"{found[0]}: does not fit this job; resume needs the same layout:\n"
                               + "\n".join(f"  - {m}" for m in mismatches))

@@ -20,6 +20,7 @@ import threading
 
 import numpy as np
 
+from .. import watchdog
 from ..comm.param_server import ReplicaEndpoint
 from ..errors import DistbeliefError
 
@@ -75,7 +76,9 @@ class CommWorker:
     def close(self) -> None:
         """Finish what is queued (pushes included), then stop the thread."""
         self.jobs.put(("stop",))
-        self.thread.join()
+        while self.thread.is_alive():      # a push waiting on a hung shard raises RankHung over there
+            watchdog.beat()
+            self.thread.join(timeout=0.5)
         self._raise_error()
 
     def _raise_error(self) -> None:

@@ -18,7 +18,7 @@ from functools import partial
 
 import numpy as np
 
-from ..comm.control import TAG_REPORT, TAG_TEARDOWN, barrier_sleeping, wait_sleeping
+from ..comm.control import TAG_REPORT, TAG_TEARDOWN, barrier_sleeping
 from ..comm.param_server import ParamServerWindows, ReplicaEndpoint
 from ..data.batches import open_replica_stream
 from ..comm.world import abort_job
@@ -32,8 +32,9 @@ from ..watchdog import Watchdog
 from .checkpoint_coordinator import CheckpointCoordinator, reply_to_checkpoint
 from .shard_checkpoint import load_shard, shard_file_name
 from .downpour_replica import DownpourHooks, finish_replica, release_warmstart, wait_for_warmstart
-from .liveness import Peers, ReplicaWatch, collect_reports
+from .liveness import Peers, ReplicaWatch, collect_reports, recv_unless_gone
 from .loop import Reporting, log_eval, run_loop
+from .partitions import ShardSubset, own_shards, parameter_order, partition_network, replica_comm, stop_agreement
 from .shard import Shard
 from .summary import downpour_summary
 
@@ -46,6 +47,7 @@ def run_downpour(job, world_comm, world_rank: int):
     layout, role = job.layout, job.role
     shard_ranks, replica_ranks = layout.ranks_of("shard"), layout.ranks_of("replica")
     peers = Peers.gather(world_comm)
+    job_replica_comm = replica_comm(world_comm, role, job.spec.topology.partitions_per_replica)
     windows = ParamServerWindows(world_comm, shard_ranks, layout.shard_ranges, job.spec.topology.replicas,
                                  role.shard_id if role.role == "shard" else -1)
     # No try/finally around this: closing the windows is collective, so after an error on
@@ -58,11 +60,11 @@ def run_downpour(job, world_comm, world_rank: int):
     if role.role == "shard":
         local = _serve_shard(job, windows, world_comm, peers, watchdog)
     else:
-        local = _train_replica(job, windows, world_comm, replica_ranks, test_set, watchdog)
+        local = _train_replica(job, windows, world_comm, job_replica_comm, test_set, watchdog)
     with watchdog:
         if world_rank != lead:   # the lead says when all is done, and whether anyone left
             world_comm.send(local, dest=lead, tag=TAG_REPORT)
-            job.lost_ranks = wait_sleeping(world_comm.irecv(source=lead, tag=TAG_TEARDOWN))
+            job.lost_ranks = recv_unless_gone(world_comm, lead, TAG_TEARDOWN, peers, "the lead replica")
         else:
             gathered, job.lost_ranks = collect_reports(world_comm, local, shard_ranks, replica_ranks, peers)
             final = _fetch_final(job, windows)   # every push is applied; shards are idle
@@ -77,7 +79,7 @@ def run_downpour(job, world_comm, world_rank: int):
 
 def _serve_shard(job, windows, world_comm, peers, watchdog) -> dict:
     start, stop = job.layout.shard_ranges[job.role.shard_id]
-    initial = job.network.init_params(job.spec.run.seed)[start:stop]
+    initial = _initial_params(job)[start:stop]
     shard = Shard(windows, job.role.shard_id, job.spec.optimizer, initial)
     resumed_from = None
     if job.resume:
@@ -88,40 +90,47 @@ def _serve_shard(job, windows, world_comm, peers, watchdog) -> dict:
     shard.warm_up()
     barrier_sleeping(world_comm)              # initial parameters are published
     log.info("serving parameters [%d, %d)", start, stop)
-    replica_ranks = job.layout.ranks_of("replica")
-    faults = job.spec.faults
+    lead, faults = job.layout.ranks_of("replica")[0], job.spec.faults
+    owner = job.layout.shard_partitions[job.role.shard_id] if job.layout.shard_partitions else 0
+    pushers = [job.layout.rank_of(r, owner) for r in range(job.spec.topology.replicas)]   # who pushes to us
     with watchdog:
-        shard.serve(world_comm,
-                    lambda request, _: reply_to_checkpoint(world_comm, shard, start, stop, request, replica_ranks[0]),
-                    ReplicaWatch(peers, replica_ranks, faults.watchdog_seconds), faults.replica_loss)
+        shard.serve(world_comm, lambda request, _: reply_to_checkpoint(world_comm, shard, start, stop, request, lead),
+                    ReplicaWatch(peers, pushers, faults.watchdog_seconds), faults.replica_loss)
     return {"role": "shard", "shard_id": job.role.shard_id, "version": shard.version,
             "resumed_from_version": resumed_from, **shard.stats.as_dict()}
 
 
-def _train_replica(job, windows, world_comm, replica_ranks, test_set, watchdog) -> dict:
-    spec, info, replica_id = job.spec, job.info, job.role.replica_id
+def _train_replica(job, windows, world_comm, comm, test_set, watchdog) -> dict:
+    """comm: this replica's communicator when it is partitioned (else None)."""
+    spec, info, role = job.spec, job.info, job.role
+    replica_id, first = role.replica_id, role.replica_id == 0 and role.partition_id == 0
     first_step = job.resume.step if job.resume else 0
-    params = np.empty(job.network.n_params, np.float32)
-    warm = spec.optimizer.warmstart_steps and len(replica_ranks) > 1 and not job.resume
-    release = partial(release_warmstart, world_comm, replica_ranks) if warm and replica_id == 0 else None
-    checkpoints = CheckpointCoordinator(job, world_comm, windows.shard_ranks) if replica_id == 0 else None
+    network = partition_network(job, comm) if comm is not None else job.network
+    params = np.empty(network.n_params, np.float32)
+    warm = spec.optimizer.warmstart_steps and spec.topology.replicas > 1 and not job.resume
+    others = [r.world_rank for r in job.layout.roles if r.role == "replica" and r.replica_id != 0]
+    release = partial(release_warmstart, world_comm, others) if warm and first else None
+    checkpoints = CheckpointCoordinator(job, world_comm, windows.shard_ranks) if first else None
+    shard_ids, local_ranges = own_shards(job)
     with open_replica_stream(info.path, info.n_train, replica_id, spec.topology.replicas,
                              spec.optimizer.batch_size, spec.run.seed, spec.data.chunk_examples) as stream:
         if first_step:
             stream.fast_forward(first_step * spec.optimizer.batch_size)
-        endpoint = ReplicaEndpoint(windows, replica_id, hung_after=spec.faults.watchdog_seconds)
-        hooks = DownpourHooks(spec, endpoint, job.layout.shard_ranges, params, release, checkpoints, stream)
-        hooks.other_replicas = [rank for rank in replica_ranks if rank != job.role.world_rank]
-        warm_up(job.network, *read_split(info.path, "train", 0, 2))
+        endpoint = ShardSubset(ReplicaEndpoint(windows, replica_id, hung_after=spec.faults.watchdog_seconds),
+                               shard_ids)
+        hooks = DownpourHooks(spec, endpoint, local_ranges, params, release, checkpoints, stream)
+        hooks.other_replicas = [rank for rank in job.layout.ranks_of("replica") if rank != role.world_rank]
+        warm_up(job.network, *read_split(info.path, "train", 0, 2))   # the same kernels a partition runs
         barrier_sleeping(world_comm)              # shards have published the initial parameters
         with watchdog:
             if warm and replica_id != 0:
-                wait_for_warmstart(world_comm, replica_ranks[0])
+                wait_for_warmstart(world_comm, job.layout.ranks_of("replica")[0])
             started = time.perf_counter()
-            result = _replica_loop(job, params, stream, hooks, first_step, test_set,
-                                   FaultInjector(spec.faults, replica_id))
-            finish_replica(world_comm, hooks, windows.shard_ranks)
-    return {"role": "replica", "replica_id": replica_id, "steps": result.clock.steps,
+            result = _replica_loop(job, network, params, stream, hooks, first_step, test_set,
+                                   FaultInjector(spec.faults, replica_id), comm, windows)
+            finish_replica(world_comm, hooks, [windows.shard_ranks[s] for s in shard_ids])
+    return {"role": "replica", "replica_id": replica_id, "partition_id": role.partition_id,
+            "steps": result.clock.steps,
             "examples_seen": result.examples_seen, "examples_this_run": result.examples_this_run,
             "train_s": result.train_s,
             "loop_s": time.perf_counter() - started, "last_train_loss": result.last_train_loss,
@@ -130,14 +139,17 @@ def _train_replica(job, windows, world_comm, replica_ranks, test_set, watchdog) 
             "final_checkpoint": hooks.final_checkpoint_step}
 
 
-def _replica_loop(job, params, stream, hooks, first_step: int, test_set, inject):
-    """The lead replica (the one given the test set) also writes metrics, evaluates and prints progress."""
+def _replica_loop(job, network, params, stream, hooks, first_step: int, test_set, inject, comm, windows):
+    """The lead replica (the one given the test set) also writes metrics, evaluates and prints progress.
+    A partitioned lead evaluates the whole model on parameters fetched from every shard."""
+    agree = stop_agreement(comm) if comm is not None else None
     if test_set is None:
-        return run_loop(job.spec, job.network, params, stream, hooks, Reporting(), first_step, inject)
+        return run_loop(job.spec, network, params, stream, hooks, Reporting(), first_step, inject, agree)
     with MetricsLog(job.run_dir) as metrics:
         progress = Progress(job.spec.run.progress_seconds if job.progress else 0)
-        report = Reporting(metrics, test_set, progress)
-        return run_loop(job.spec, job.network, params, stream, hooks, report, first_step, inject)
+        whole = (lambda: (job.network, _fetch_final(job, windows))) if comm is not None else None
+        report = Reporting(metrics, test_set, progress, whole)
+        return run_loop(job.spec, network, params, stream, hooks, report, first_step, inject, agree)
 
 
 def warm_up(network, x_few, y_few) -> None:
@@ -149,12 +161,20 @@ def warm_up(network, x_few, y_few) -> None:
 
 
 def _fetch_final(job, windows) -> np.ndarray:
-    """The shards' parameters after the last push (no shard writes any more)."""
+    """The shards' parameters, in the canonical order (after the last push, no shard writes any more)."""
     final = np.empty(job.network.n_params, np.float32)
     endpoint = ReplicaEndpoint(windows, job.role.replica_id)
     for shard_id, (start, stop) in enumerate(job.layout.shard_ranges):
         endpoint.fetch(shard_id, final[start:stop])
-    return final
+    order = parameter_order(job)
+    return final if order is None else order.to_canonical(final)
+
+
+def _initial_params(job) -> np.ndarray:
+    """The initial parameters in the order the shards hold them (partition-major when partitioned)."""
+    initial = job.network.init_params(job.spec.run.seed)
+    order = parameter_order(job)
+    return initial if order is None else order.from_canonical(initial)
 
 
 def _report(job, gathered: list[dict], final: np.ndarray, test_set) -> dict:

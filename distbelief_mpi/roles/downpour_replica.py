@@ -154,6 +154,7 @@ def wait_for_warmstart(world_comm, replica0_rank: int) -> None:
     wait_sleeping(world_comm.irecv(source=replica0_rank, tag=TAG_WARMSTART))
 
 
-def release_warmstart(world_comm, replica_ranks) -> None:
-    for rank in replica_ranks[1:]:
+def release_warmstart(world_comm, waiting_ranks) -> None:
+    """Replica 0 (its partition 0) lets every rank of the other replicas start."""
+    for rank in waiting_ranks:
         world_comm.send(None, dest=rank, tag=TAG_WARMSTART)

@@ -21,21 +21,34 @@ CHECK_AFTER_S = 1.0
 
 @dataclass(frozen=True)
 class Peers:
-    hosts: tuple[str, ...]    # per world rank
+    hosts: tuple[str, ...]    # per world rank: process_space()
     pids: tuple[int, ...]
 
     @classmethod
     def gather(cls, world_comm) -> "Peers":
         """Collective, at start-up (every rank is alive then)."""
-        everyone = world_comm.allgather((socket.gethostname(), os.getpid()))
+        everyone = world_comm.allgather((process_space(), os.getpid()))
         return cls(tuple(host for host, _ in everyone), tuple(pid for _, pid in everyone))
 
     def gone(self, rank: int) -> bool | None:
         """True: the rank's process has exited; False: it is running; None: it runs on
         another host, so this rank cannot tell."""
-        if self.hosts[rank] != socket.gethostname():
+        if self.hosts[rank] != process_space():
             return None
         return not process_alive(self.pids[rank])
+
+
+def process_space() -> str:
+    """Where a pid means the same process: the host, its boot and the pid namespace (containers
+    sharing a host name, or nodes all called "localhost", must not compare pids)."""
+    parts = [socket.gethostname()]
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as boot:
+            parts.append(boot.read().strip())
+        parts.append(str(os.stat("/proc/self/ns/pid").st_ino))
+    except OSError:
+        pass
+    return "/".join(parts)
 
 
 def process_alive(pid: int) -> bool:
@@ -96,7 +109,7 @@ def collect_reports(world_comm, own: dict, shard_ranks, replica_ranks, peers: Pe
     the replicas they list as lost are final; a replica whose process is gone without a
     report is lost too. A shard that has left ends the job: it held parameters."""
     me = world_comm.Get_rank()
-    reports, waiting, lost, backoff = {me: own}, set(shard_ranks) | set(replica_ranks) - {me}, set(), Backoff()
+    reports, waiting, lost, backoff = {me: own}, (set(shard_ranks) | set(replica_ranks)) - {me}, set(), Backoff()
     while waiting:
         for report, source in receive_all(world_comm, TAG_REPORT):
             reports[source] = report
@@ -114,3 +127,15 @@ def collect_reports(world_comm, own: dict, shard_ranks, replica_ranks, peers: Pe
         if waiting:
             backoff.sleep()
     return [reports[rank] for rank in sorted(reports) if rank not in lost], sorted(lost)
+
+
+def recv_unless_gone(world_comm, source: int, tag: int, peers: Peers, who: str):
+    """Receive from `source`, sleeping; RankLost naming it if its process exits meanwhile."""
+    backoff, next_check = Backoff(), time.monotonic() + CHECK_AFTER_S
+    while not world_comm.Iprobe(source=source, tag=tag):
+        if time.monotonic() > next_check:
+            next_check = time.monotonic() + CHECK_AFTER_S
+            if peers.gone(source):
+                raise RankLost(f"{who} (rank {source}) has left the job (its process exited)")
+        backoff.sleep()
+    return world_comm.recv(source=source, tag=tag)

@@ -76,18 +76,20 @@ class Reporting:
     metrics: object = None        # rundir.MetricsLog
     test_set: tuple | None = None  # (x_test, y_test)
     progress: Progress | None = None
+    eval_model: object = None     # () -> (network, params) to evaluate; default: the loop's own
 
 
 def run_loop(spec: JobSpec, network: Network, params: np.ndarray, stream: BatchStream,
              hooks: StepHooks, report: Reporting, first_step: int = 0,
-             inject: FaultInjector | None = None) -> LoopResult:
+             inject: FaultInjector | None = None, agree=None) -> LoopResult:
     """Minibatch steps until a run limit; params (n_params,) is the replica's working copy.
-    inject: the replica's injected fault (tests only)."""
+    inject: the replica's injected fault (tests only). agree(reason) -> reason: the stop
+    decision shared by ranks that must stop on the same step (a partitioned replica's)."""
     grad = np.empty_like(params)
     window, clock = Window(), RunClock(steps=first_step)
     first_examples = stream.examples_seen
     train_s, start, last_metrics, last_ckpt = 0.0, time.perf_counter(), 0.0, 0.0
-    while (reason := limit_reached(spec.run, clock) or ("preempted" if preempt.requested() else None)) is None:
+    while (reason := _stop_reason(spec, clock, agree)) is None:
         tick = time.perf_counter()
         hooks.before_step(clock.steps)
         x_batch, y_batch = stream.next_batch()
@@ -109,7 +111,8 @@ def run_loop(spec: JobSpec, network: Network, params: np.ndarray, stream: BatchS
         if report.test_set and spec.run.eval_every and clock.steps % spec.run.eval_every == 0:
             x_test, y_test = report.test_set
             eval_n = spec.data.eval_examples or len(y_test)
-            log_eval(report.metrics, network, params, x_test[:eval_n], y_test[:eval_n], clock)
+            eval_network, eval_params = report.eval_model() if report.eval_model else (network, params)
+            log_eval(report.metrics, eval_network, eval_params, x_test[:eval_n], y_test[:eval_n], clock)
         if checkpoint_due(spec, clock, last_ckpt):
             last_ckpt = clock.seconds
             hooks.checkpoint(clock)
@@ -125,6 +128,11 @@ def run_loop(spec: JobSpec, network: Network, params: np.ndarray, stream: BatchS
     if report.metrics and window.batches:
         log_window(report.metrics, window, clock, stream.examples_seen, first_examples, train_s)
     return LoopResult(clock, last_loss, train_s, stream.examples_seen, stream.examples_seen - first_examples, reason)
+
+
+def _stop_reason(spec: JobSpec, clock: RunClock, agree) -> str | None:
+    reason = limit_reached(spec.run, clock) or ("preempted" if preempt.requested() else None)
+    return agree(reason) if agree else reason
 
 
 def log_window(metrics, window: Window, clock: RunClock, examples_seen: int, first_examples: int,

@@ -10,13 +10,14 @@ split, runs until a run limit or convergence). A step is one L-BFGS iteration.
 """
 
 import logging
+import math
 import time
 from functools import partial
 
 import numpy as np
 
 from .. import preempt, watchdog
-from ..comm.control import TAG_SB_BYE, TAG_SB_PUSHED, TAG_SB_RESULT, barrier_sleeping, receive_all, recv_sleeping
+from ..comm.control import TAG_SB_BYE, TAG_SB_PUSHED, TAG_SB_RESULT, barrier_sleeping, receive_all
 from ..comm.param_server import ParamServerWindows, ReplicaEndpoint
 from ..comm.world import abort_job
 from ..data.hdf5 import read_split
@@ -28,6 +29,7 @@ from ..progress import Progress
 from ..rundir import MetricsLog
 from ..watchdog import Watchdog
 from .downpour import warm_up
+from .liveness import Peers
 from .sandblaster_cluster import MpiCluster
 from .sandblaster_replica import PortionWorker
 from .sandblaster_shard import GradientSink, serve_commands
@@ -39,6 +41,7 @@ def run_sandblaster(job, world_comm, world_rank: int):
     """Returns (summary, final params) on the coordinator, (None, None) elsewhere."""
     layout, role = job.layout, job.role
     shard_ranks, replica_ranks = layout.ranks_of("shard"), layout.ranks_of("replica")
+    peers = Peers.gather(world_comm)
     windows = ParamServerWindows(world_comm, shard_ranks, layout.shard_ranges, job.spec.topology.replicas,
                                  role.shard_id if role.role == "shard" else -1)
     guard = Watchdog(job.spec.faults.watchdog_seconds, f"rank {world_rank} ({role.label})",
@@ -49,7 +52,7 @@ def run_sandblaster(job, world_comm, world_rank: int):
     elif role.role == "replica":
         _work(job, windows, world_comm, guard)
     else:
-        outcome = _coordinate(job, world_comm, shard_ranks, replica_ranks, guard)
+        outcome = _coordinate(job, world_comm, shard_ranks, replica_ranks, guard, peers)
     barrier_sleeping(world_comm)
     windows.close()
     return outcome
@@ -78,8 +81,9 @@ def _work(job, windows, world_comm, guard) -> None:
         PortionWorker(job, world_comm, job.layout.lead_rank, endpoint, train_set, job.layout.shard_ranges).run()
 
 
-def _coordinate(job, world_comm, shard_ranks, replica_ranks, guard):
-    cluster = MpiCluster(world_comm, shard_ranks, replica_ranks, job.spec.optimizer)
+def _coordinate(job, world_comm, shard_ranks, replica_ranks, guard, peers):
+    cluster = MpiCluster(world_comm, shard_ranks, replica_ranks, job.spec.optimizer, peers,
+                         job.spec.faults.watchdog_seconds)
     x_test, y_test = read_split(job.info.path, "test")
     barrier_sleeping(world_comm)
     with guard, MetricsLog(job.run_dir) as metrics:
@@ -118,11 +122,16 @@ class Driver:
             self.cluster.portions = [(start + a, start + b) for a, b in cut_portions(stop - start, portion)]
             log.info("batch %d: examples [%d, %d) in %d portions", self.batches, start, stop, len(self.cluster.portions))
             result = lbfgs(self.cluster, opt.lbfgs_memory, options, self.after_iteration)
+            if not math.isfinite(result.loss):
+                raise FloatingPointError(f"the batch loss became {result.loss} at iteration {self.clock.steps + 1}; "
+                                         "check the data, or add optimizer.l2_penalty")
             self.batches += 1
             self.statuses.append(result.status)
             self.restarts += result.restarts
-            if self.stopped_on is None and n_batches == 1:   # one batch: converged (or cannot go on)
-                self.stopped_on = f"converged ({result.status})"
+            if self.stopped_on is None and (n_batches == 1 or result.iterations == 0):
+                self.stopped_on = f"converged ({result.status})"     # one batch, or no step possible on one
+            self.stopped_on = self.stopped_on or limit_reached(self.spec.run, self.clock) or \
+                ("preempted" if preempt.requested() else None)
         self.progress.finish()
 
     def after_iteration(self, result) -> bool:
@@ -157,7 +166,7 @@ class Driver:
 def _stop_everyone(cluster: MpiCluster) -> tuple[list[dict], list[dict]]:
     """Replicas say goodbye with their statistics (late results are dropped); then the shards."""
     cluster.stop_replicas()
-    replicas = [recv_sleeping(cluster.comm, rank, TAG_SB_BYE) for rank in cluster.replica_ranks]
+    replicas = [cluster.receive(rank, TAG_SB_BYE, f"replica {i}") for i, rank in enumerate(cluster.replica_ranks)]
     cluster.late_results += len(receive_all(cluster.comm, TAG_SB_RESULT))
     receive_all(cluster.comm, TAG_SB_PUSHED)
     return replicas, cluster.shard_call(("stop",))

@@ -18,14 +18,19 @@ import numpy as np
 
 from .. import watchdog
 from ..comm.control import (TAG_SB_COMMAND, TAG_SB_PUSHED, TAG_SB_REPLY, TAG_SB_RESULT, TAG_SB_WORK, Backoff,
-                            receive_all, recv_sleeping)
+                            receive_all)
+from ..errors import RankHung, RankLost
 from ..optim.portions import PortionScheduler, PortionTotals
 
 
 class MpiCluster:
-    def __init__(self, world_comm, shard_ranks, replica_ranks, optimizer):
+    """peers (roles/liveness.Peers) and hung_after (faults.watchdog_seconds) let the coordinator
+    name a shard or replica that has left or hangs, instead of waiting for it forever."""
+
+    def __init__(self, world_comm, shard_ranks, replica_ranks, optimizer, peers=None, hung_after: float = 0.0):
         self.comm, self.shard_ranks, self.replica_ranks = world_comm, list(shard_ranks), list(replica_ranks)
-        self.opt = optimizer
+        self.opt, self.peers, self.hung_after = optimizer, peers, hung_after
+        self.assigned_at: dict[int, float] = {}     # replica -> when its outstanding portion was handed out
         self.portions: list[tuple[int, int]] = []      # [start, stop) rows of the current batch's portions
         self.eval_id, self.totals = 0, PortionTotals()
         self.late_results, self.evaluation_seconds = 0, []
@@ -37,8 +42,24 @@ class MpiCluster:
         """Send a command to every shard, then collect every reply (in shard order)."""
         for rank in self.shard_ranks:
             self.comm.send(command, dest=rank, tag=TAG_SB_COMMAND)
-        return [recv_sleeping(self.comm, rank, TAG_SB_REPLY, limit=1e-3)
-                for rank in self.shard_ranks]
+        return [self.receive(rank, TAG_SB_REPLY, f"shard {i}") for i, rank in enumerate(self.shard_ranks)]
+
+    def receive(self, rank: int, tag: int, who: str):
+        """A reply from `rank`, sleeping; RankLost / RankHung naming it when it has left or hangs."""
+        backoff, started, next_check = Backoff(limit=1e-3), time.monotonic(), time.monotonic() + 1.0
+        while not self.comm.Iprobe(source=rank, tag=tag):
+            if time.monotonic() > next_check:
+                next_check = time.monotonic() + 1.0
+                self.check_alive(rank, who, time.monotonic() - started)
+            backoff.sleep()
+        return self.comm.recv(source=rank, tag=tag)
+
+    def check_alive(self, rank: int, who: str, waited: float) -> None:
+        if self.peers is not None and self.peers.gone(rank):
+            raise RankLost(f"{who} (rank {rank}) has left the job (its process exited)")
+        if self.hung_after and waited > self.hung_after:
+            raise RankHung(f"{who} (rank {rank}) has not answered the coordinator for {waited:.0f} s: it is hung "
+                           f"(faults.watchdog_seconds = {self.hung_after:g})")
 
     def run_command(self, cmd) -> list:
         """optim/lbfgs.py's interface: per-shard partial results of a vector command."""
@@ -85,10 +106,14 @@ class Evaluation:
         for replica in sorted(self.idle):
             self._offer(replica, counted=None)
         backoff = Backoff(limit=2e-4)     # a short nap: replicas wait on our answers
+        next_check = time.monotonic() + 1.0
         while not (self.s.done and self.pushed == self.counted):
             watchdog.beat()
             busy = self._take_results() + self._take_push_notes()
             backoff.reset() if busy else backoff.sleep()
+            if time.monotonic() > next_check:
+                next_check = time.monotonic() + 1.0
+                self._check_busy_replicas()
         return self.loss_sum, self.pushes
 
     def _take_results(self) -> int:
@@ -97,8 +122,8 @@ class Evaluation:
         for result, source in results:
             replica, echo = rank_to_replica[source], result.get("echo", False)
             if result["eval"] != self.c.eval_id:           # a straggler's result of an earlier evaluation
-                self.c.late_results += 1
                 if not echo:
+                    self.c.late_results += 1
                     self._answer(replica, counted=False)
                 continue
             counted = self.s.complete(replica, result["portion"])
@@ -110,6 +135,13 @@ class Evaluation:
             if counted:
                 self._wake_idle()
         return len(results)
+
+    def _check_busy_replicas(self) -> None:
+        """A replica computing a portion must still exist, and must answer within the watchdog time."""
+        now = time.monotonic()
+        for replica in sorted(self.c.busy):
+            self.c.check_alive(self.c.replica_ranks[replica], f"replica {replica}",
+                               now - self.c.assigned_at.get(replica, now))
 
     def _take_push_notes(self) -> int:
         notes = receive_all(self.c.comm, TAG_SB_PUSHED)
@@ -133,7 +165,9 @@ class Evaluation:
     def _offer(self, replica: int, counted: bool | None) -> None:
         """Answer a replica: the verdict on its last result and its next portion (or none now)."""
         portion = None if self.s.done else self.s.next_for(replica)
-        all_issued = self.s.portions_issued == self.s.n
+        # Near the end, counted gradients go to the shards at once: a replica busy with its last
+        # portion (perhaps lost to a backup) must not hold counted work the pass is waiting for.
+        near_end = self.s.n - self.s.portions_issued <= len(self.c.replica_ranks)
         if portion is None:
             self.idle.add(replica)
             if counted is None:
@@ -141,6 +175,7 @@ class Evaluation:
         else:
             self.idle.discard(replica)
             self.c.busy.add(replica)
-        message = {"eval": self.c.eval_id, "portion": portion, "counted": counted, "flush": all_issued,
+            self.c.assigned_at[replica] = time.monotonic()
+        message = {"eval": self.c.eval_id, "portion": portion, "counted": counted, "flush": near_end,
                    "rows": None if portion is None else self.c.portions[portion]}
         self.c.comm.send(message, dest=self.c.replica_ranks[replica], tag=TAG_SB_WORK)

@@ -33,6 +33,7 @@ class PortionWorker:
         self.accrued = np.zeros(n_params, np.float32)             # counted, not yet pushed
         self.inject = FaultInjector(job.spec.faults, job.role.replica_id)
         self.eval_id, self.unpushed, self.pushes, self.portions_pushed = None, 0, 0, 0
+        self.fetched = False
         self.stats = {"portions_computed": 0, "results_counted": 0, "fetches": 0, "pushes": 0, "compute_s": 0.0}
 
     def run(self) -> dict:
@@ -56,15 +57,21 @@ class PortionWorker:
                               or message["portion"] is None):
             self._push()
         if message["portion"] is not None:
+            if not self.fetched:
+                self._fetch()
             self._compute(message["portion"], *message["rows"])
 
     def _start_evaluation(self, eval_id: int) -> None:
-        """A new point: fetch it (the accrued gradient is empty: the coordinator ended the last
-        evaluation only after every counted portion was pushed)."""
-        for shard_id, part in enumerate(self.ranges):
-            self.endpoint.fetch(shard_id, self.params[part])
+        """A new point (the accrued gradient is empty: the coordinator ended the last evaluation
+        only after every counted portion was pushed); fetched before the first portion."""
         self.eval_id, self.unpushed, self.pushes, self.portions_pushed = eval_id, 0, 0, 0
         self.accrued[:] = 0
+        self.fetched = False
+
+    def _fetch(self) -> None:
+        for shard_id, part in enumerate(self.ranges):
+            self.endpoint.fetch(shard_id, self.params[part])
+        self.fetched = True
         self.stats["fetches"] += 1
 
     def _compute(self, portion: int, start: int, stop: int) -> None:
@@ -73,7 +80,7 @@ class PortionWorker:
                                                        self.y_train[start:stop], self.grad)
         np.multiply(self.grad, np.float32(stop - start), out=self.result)     # mean -> sum over the portion
         seconds = time.perf_counter() - tick
-        self.inject.after_step(1, seconds)                                     # a slowed replica sleeps here
+        self.inject.after_step(self.stats["portions_computed"] + 1, seconds)   # a slowed replica sleeps here
         self.stats["compute_s"] += time.perf_counter() - tick
         self.stats["portions_computed"] += 1
         result = {"eval": self.eval_id, "portion": portion, "loss": float(loss) * (stop - start),

@@ -172,6 +172,10 @@ class Shard:
                            f"(faults.watchdog_seconds = {self.watch.timeout:g})")
         for replica_id in left:
             rank = self.watch.replica_ranks[replica_id]
+            if replica_id == 0:
+                raise RankLost(f"replica 0 (rank {rank}), the lead, has left the job (its process exited): it "
+                               "coordinates checkpoints and writes the summary, so the job ends (resume from the "
+                               "last checkpoint)")
             if replica_loss != "continue":
                 raise RankLost(f"replica {replica_id} (rank {rank}) has left the job (its process exited); "
                                "faults.replica_loss = abort ends the job (resume from the last checkpoint)")

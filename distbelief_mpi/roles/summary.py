@@ -6,7 +6,9 @@ def downpour_summary(job, gathered: list[dict], test_loss: float, test_accuracy:
     roles/downpour.py); a replica that left mid-run has none and is listed in replicas_lost."""
     spec, n_replicas = job.spec, job.spec.topology.replicas
     shards = sorted((g for g in gathered if g["role"] == "shard"), key=lambda g: g["shard_id"])
-    replicas = sorted((g for g in gathered if g["role"] == "replica"), key=lambda g: g["replica_id"])
+    every_partition = [g for g in gathered if g["role"] == "replica"]
+    # One record per replica for its steps and examples: partition 0's (its partitions step together).
+    replicas = sorted((g for g in every_partition if g.get("partition_id", 0) == 0), key=lambda g: g["replica_id"])
     applied = sum(sum(s["applied"]) for s in shards)
     examples = sum(r["examples_seen"] for r in replicas)
     examples_now = sum(r["examples_this_run"] for r in replicas)   # rates: this invocation only
@@ -27,7 +29,7 @@ def downpour_summary(job, gathered: list[dict], test_loss: float, test_accuracy:
         "pushes_applied": applied,
         "pushes_rejected": sum(sum(s["rejected"]) for s in shards),
         "rejected_by_replica": [sum(s["rejected"][r] for s in shards) for r in range(n_replicas)],
-        "pushes_deferred": sum(r["deferred_pushes"] for r in replicas),
+        "pushes_deferred": sum(r["deferred_pushes"] for r in every_partition),
         "pushes_too_stale": sum(sum(s["too_stale"]) for s in shards),
         "staleness_mean": sum(s["staleness_sum"] for s in shards) / max(applied, 1),
         "staleness_max": max((s["staleness_max"] for s in shards), default=0),
@@ -37,7 +39,7 @@ def downpour_summary(job, gathered: list[dict], test_loss: float, test_accuracy:
         "resumed_from": None if job.resume is None else {
             "step": job.resume.step, "checkpoint": str(job.resume.directory),
             "shard_versions": [s["resumed_from_version"] for s in shards]},
-        "fetch_retries": sum(r["fetch_retries"] for r in replicas),
+        "fetch_retries": sum(r["fetch_retries"] for r in every_partition),
         "final_checkpoint": replicas[0]["final_checkpoint"],   # the step committed on preemption, or None
         "dataset": job.info.path,
     }

@@ -20,9 +20,11 @@ def test_a_hung_replica_ends_the_job_naming_it(tmp_path, digits_h5, kind):
     run_dir = tmp_path / "run"
     ended = train(5, "digits_downpour.toml", run_dir,
                   [f"data.path={digits_h5}", "run.epochs=100000", "optimizer.warmstart_steps=0",
-                   f"faults.watchdog_seconds={WATCHDOG_S}", f"faults.inject=\"{kind}\"", "faults.inject_replica=1",
+                   f"faults.watchdog_seconds={WATCHDOG_S}", "checkpoint.grace_seconds=2",
+                   f"faults.inject=\"{kind}\"", "faults.inject_replica=1",
                    "faults.inject_after_steps=30"])
-    assert ended.returncode == EXIT_HUNG, ended.explain()
+    # MPI_Abort(3); Hydra reports 9 instead when it had to SIGKILL a stopped (frozen) rank.
+    assert ended.returncode in (EXIT_HUNG, 9), ended.explain()
     assert "replica 1" in ended.stderr and "rank 3" in ended.stderr, ended.explain()
     assert "hung" in ended.stderr or "watchdog: no progress" in ended.stderr, ended.explain()
     injected_at = _injection_time(run_dir)
@@ -34,7 +36,7 @@ def test_a_hung_replica_ends_the_job_naming_it(tmp_path, digits_h5, kind):
 def test_a_hung_single_replica_run_ends_on_its_watchdog(tmp_path, digits_h5):
     run_dir = tmp_path / "run"
     ended = train(1, "digits_mlp.toml", run_dir,
-                  [f"data.path={digits_h5}", "run.epochs=100000", f"faults.watchdog_seconds={WATCHDOG_S}",
+                  [f"data.path={digits_h5}", "run.epochs=100000", f"faults.watchdog_seconds={WATCHDOG_S}", "checkpoint.grace_seconds=2",
                    "faults.inject=\"hang\"", "faults.inject_replica=0", "faults.inject_after_steps=30"])
     assert ended.returncode == EXIT_HUNG, ended.explain()
     assert "rank 0 (replica 0/partition 0): watchdog: no progress" in ended.stderr, ended.explain()

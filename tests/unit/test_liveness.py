@@ -12,13 +12,13 @@ from distbelief_mpi.roles import liveness
 from distbelief_mpi.roles.liveness import ReplicaWatch, process_alive
 
 
-def test_the_watchdog_fires_after_the_timeout_without_beats(capsys):
+def test_the_watchdog_fires_after_the_timeout_without_beats(capfd):
     fired = threading.Event()
     codes = []
     with watchdog.Watchdog(0.3, "rank 7 (replica 2/partition 0)", lambda code: (codes.append(code), fired.set())):
         assert fired.wait(5)
     assert codes == [watchdog.EXIT_HUNG]
-    assert "rank 7 (replica 2/partition 0): watchdog: no progress" in capsys.readouterr().err
+    assert "rank 7 (replica 2/partition 0): watchdog: no progress" in capfd.readouterr().err
 
 
 def test_beats_from_the_main_thread_keep_the_watchdog_quiet():

@@ -1,0 +1,171 @@
+"""Model parallelism: time per minibatch step of one replica split over P partitions (P ranks),
+as speed-up T(1) / T(P), and the bytes each partition sends per step: the paper's Fig. 3.
+
+    python bench/model_parallel.py [--parts 1 2] [--repeats 7] [--quick] [--out-dir DIR]
+    mpiexec -n P python bench/model_parallel.py --worker MODEL     # one measurement (internal)
+
+Models:
+  local   a locally connected image network: 1x64x64 -> local 7x7 16 filters -> maxpool 2 ->
+          local 5x5 16 filters -> maxpool 2 -> dense 256 -> softmax 10 (6.7M parameters), batch 32
+  speech  the paper's speech model shape: 440 -> 4 x 2560 sigmoid -> 8192 softmax (42M), batch 128
+
+Each rank computes with one thread (Numba and BLAS), so P ranks use P cores. A step is the
+partitioned forward + backward (model/partitioned.py) with its exchanges over MPI
+(comm/partition_exchange.py); P = 1 runs the ordinary whole network. Figures are medians
+of `repeats` steps after 2 warm-up steps; every P runs in its own mpiexec, one after another,
+in one invocation. With more partitions than cores the ranks time-share the cores: the table
+says so, and those points measure oversubscription, not model parallelism.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+RESULT_PREFIX = "MODEL_PARALLEL_JSON "
+TARGETS = {"local": 1.6, "speech": 1.3}    # at P = 2 on a 2-core machine (the issue)
+
+
+def models():
+    from distbelief_mpi.model.spec import LayerSpec
+
+    local = ((1, 64, 64), 10, 32, (LayerSpec("local", filters=16, patch=7, stride=1, activation="relu"),
+                                   LayerSpec("maxpool", size=2, stride=2),
+                                   LayerSpec("local", filters=16, patch=5, stride=1, activation="relu"),
+                                   LayerSpec("maxpool", size=2, stride=2),
+                                   LayerSpec("dense", units=256, activation="relu")))
+    speech = ((440,), 8192, 128, tuple(LayerSpec("dense", units=2560, activation="sigmoid") for _ in range(4)))
+    return {"local": local, "speech": speech}
+
+
+def worker(name: str, repeats: int, quick: bool) -> None:
+    """Under mpiexec -n P: time the partitioned step on every rank; rank 0 prints the result."""
+    import numpy as np
+    from mpi4py import MPI
+
+    from distbelief_mpi.comm.partition_exchange import MpiExchanger
+    from distbelief_mpi.kernels.threads import set_compute_threads
+    from distbelief_mpi.model.network import build_network
+    from distbelief_mpi.model.partition import param_order, plan_partitions
+    from distbelief_mpi.model.partitioned import PartitionedNetwork
+
+    set_compute_threads(1)
+    comm, (shape, classes, batch, layers) = MPI.COMM_WORLD, models()[name]
+    if quick:
+        batch = max(4, batch // 8)
+    network = build_network(layers, shape, classes)
+    parts, part = comm.Get_size(), comm.Get_rank()
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch,) + shape).astype(np.float32)
+    y = rng.integers(0, classes, batch)
+    if parts == 1:
+        model, params = network, network.init_params(0)
+    else:
+        plans = plan_partitions(network, parts)
+        order = param_order(network, plans)
+        model = PartitionedNetwork(network, plans, part, MpiExchanger(comm, network.dtype))
+        params = order.from_canonical(network.init_params(0))[order.offsets[part]:order.offsets[part + 1]]
+    grad = np.empty_like(params)
+    times, sent = [], []
+    for step in range(repeats + 2):
+        comm.Barrier()
+        before = getattr(model, "bytes_sent", 0)
+        tick = time.perf_counter()
+        model.loss_and_grad(params, x, y, grad)
+        seconds = comm.allreduce(time.perf_counter() - tick, op=MPI.MAX)   # the step ends with its slowest part
+        if step >= 2:
+            times.append(seconds)
+            sent.append(getattr(model, "bytes_sent", 0) - before)
+    all_sent = comm.gather(statistics.median(sent), root=0)
+    if part == 0:
+        print(RESULT_PREFIX + json.dumps({"model": name, "parts": parts, "batch": batch, "n_params": network.n_params,
+                                          "step_s": statistics.median(times), "bytes_sent": all_sent}), flush=True)
+
+
+def measure(name: str, parts: int, repeats: int, quick: bool) -> dict:
+    mpiexec = str(Path(sys.executable).parent / "mpiexec")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+           "NUMBA_NUM_THREADS": "1"}
+    done = subprocess.run([mpiexec, "-n", str(parts), sys.executable, __file__, "--worker", name,
+                           "--repeats", str(repeats)] + (["--quick"] if quick else []),
+                          capture_output=True, text=True, cwd=REPO, env=env, timeout=1800)
+    for line in done.stdout.splitlines():
+        if line.startswith(RESULT_PREFIX):
+            return json.loads(line[len(RESULT_PREFIX):])
+    raise RuntimeError(f"no result from {name} P={parts}:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
+
+
+def report(results: list[dict], cores: int) -> str:
+    from machine import cpu_model  # bench/machine.py
+
+    lines = [f"Model parallelism: one replica over P partitions, 1 thread per rank; {cores} cores "
+             f"({cpu_model()}), {datetime.date.today()}", "",
+             "| model | P | step (ms) | speed-up T(1)/T(P) | bytes sent per step, per partition | target at P = 2 |",
+             "|---|---|---|---|---|---|"]
+    base = {r["model"]: r["step_s"] for r in results if r["parts"] == 1}
+    for r in results:
+        note = " (more ranks than cores)" if r["parts"] > cores else ""
+        target = f">= {TARGETS[r['model']]}x" if r["parts"] == 2 else ""
+        sent = ", ".join(f"{b / 1e6:.2f} MB" for b in r["bytes_sent"])
+        lines.append(f"| {r['model']} ({r['n_params'] / 1e6:.1f}M, batch {r['batch']}) | {r['parts']} | "
+                     f"{r['step_s'] * 1000:.1f} | {base[r['model']] / r['step_s']:.2f}x{note} | {sent} | {target} |")
+    return "\n".join(lines)
+
+
+def plot(results: list[dict], path: Path) -> None:
+    """Speed-up vs partitions, one line per model, as the paper's Fig. 3."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5, 3.5))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for name in dict.fromkeys(r["model"] for r in results):
+        rows = [r for r in results if r["model"] == name]
+        base = next(r["step_s"] for r in rows if r["parts"] == 1)
+        ax.plot([r["parts"] for r in rows], [base / r["step_s"] for r in rows], marker="o", label=name)
+    top = max(r["parts"] for r in results)
+    ax.plot([1, top], [1, top], color="grey", linestyle=":", label="linear")
+    ax.set_xlabel("partitions per replica (ranks)")
+    ax.set_ylabel("speed-up over 1 partition")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--parts", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--models", nargs="+", default=["local", "speech"], choices=["local", "speech"])
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--quick", action="store_true", help="batch / 8 and 3 repeats: a smoke run")
+    parser.add_argument("--out-dir", help="write model_parallel.md and model_parallel.png here")
+    args = parser.parse_args()
+    if args.worker:
+        worker(args.worker, args.repeats, args.quick)
+        return
+    repeats = 3 if args.quick else args.repeats
+    results = []
+    for name in args.models:
+        for parts in sorted(set([1] + args.parts)):
+            results.append(measure(name, parts, repeats, args.quick))
+            print(f"{name} P={parts}: {results[-1]['step_s'] * 1000:.1f} ms", file=sys.stderr, flush=True)
+    text = report(results, len(os.sched_getaffinity(0)))
+    print(text)
+    if args.out_dir:
+        out = Path(args.out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "model_parallel.md").write_text(text + "\n")
+        plot(results, out / "model_parallel.png")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,171 @@
+"""PURE: how one model replica is split over P partitions within its layers (the paper's Fig. 1),
+and the parameter order that makes each partition's parameters one contiguous block.
+
+Image layers (local, maxpool, l2pool, lcn) split their OUTPUT map into P blocks of rows (all
+channels and columns); partition p computes rows [r0, r1) and needs input rows [a, b): its own
+rows plus a halo owned by its neighbours. Dense layers (and the softmax output) split their
+output units into P slices; each needs the whole input. Activations are therefore held as
+
+    ("rows", bounds)   image (B, C, H, W): partition p holds rows bounds[p] of H
+    ("units", bounds)  vector (B, D): partition p holds units bounds[p]
+    ("full", None)     every partition holds all of it (the input batch; the logits)
+
+Parameters: a layer's block for partition p is, in the canonical (P = 1) layout,
+  dense  W (D, U) row-major then b (U,): columns [u0, u1) of W and b[u0:u1];
+  local  W (positions, K, F) then b (positions, F): the positions of output rows [r0, r1),
+and is stored in the partition's own layer layout (W_p (D, U_p) then b_p; W_p (pos_p, K, F) then
+b_p), so the partition's sub-layers are ordinary layers. The partitioned flat vector is
+partition-major (partition 0's blocks of every layer, then partition 1's, ...); `order[j]` is the
+canonical index of its element j. With P = 1 it is the canonical vector itself.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import LayoutError
+from ..kernels.local import local_out_size
+from .image_layers import LCN, L2Pool2D, LocallyConnected2D, MaxPool2D
+from .layers import Dense, SoftmaxOutput
+
+
+def even_bounds(n: int, parts: int) -> tuple[tuple[int, int], ...]:
+    """[start, stop) of `parts` near-equal contiguous pieces of range(n) (larger ones last)."""
+    cuts = [n * p // parts for p in range(parts + 1)]
+    return tuple((cuts[p], cuts[p + 1]) for p in range(parts))
+
+
+@dataclass(frozen=True)
+class LayerSplit:
+    """One layer's split: what each partition takes in and gives out, and its sub-layer."""
+
+    index: int
+    kind: str                                   # "image" or "dense"
+    in_split: tuple                             # the previous activation's split ("rows"/"units"/"full", bounds)
+    out_split: tuple                            # this layer's output split
+    need: tuple[tuple[int, int], ...]           # image: input rows [a, b) each partition needs; dense: ()
+    sublayers: tuple                            # per partition: an ordinary layer over its part
+    param_index: tuple[np.ndarray, ...]         # per partition: canonical indices (within the layer's block)
+
+
+def plan_partitions(network, parts: int) -> list[LayerSplit]:
+    """The split of every layer of `network` (model/network.Network) over `parts` partitions.
+    Raises LayoutError when a layer has fewer output rows or units than partitions."""
+    problems, plans = [], []
+    split = ("full", None)
+    for index, layer in enumerate(network.layers):
+        rows_or_units = layer.out_shape[1] if len(layer.out_shape) == 3 else layer.out_shape[0]
+        if rows_or_units < parts:
+            what = "rows" if len(layer.out_shape) == 3 else "units"
+            problems.append(f"model layer {index} ({layer.kind}) has {rows_or_units} output {what}: too few to "
+                            f"split over topology.partitions_per_replica = {parts}")
+            continue
+        plan = _plan_image(index, layer, split, parts) if len(layer.out_shape) == 3 else \
+            _plan_dense(index, layer, split, parts)
+        plans.append(plan)
+        split = plan.out_split
+    if problems:
+        raise LayoutError(problems)
+    return plans
+
+
+def _plan_image(index, layer, in_split, parts) -> LayerSplit:
+    out_bounds = even_bounds(layer.out_shape[1], parts)
+    c, h, w = layer.in_shape
+    need, subs, params = [], [], []
+    for r0, r1 in out_bounds:
+        a, b = _input_rows(layer, r0, r1, h)
+        need.append((a, b))
+        subs.append(_image_sublayer(layer, (c, b - a, w)))
+        params.append(_local_param_index(layer, r0, r1) if isinstance(layer, LocallyConnected2D)
+                      else np.zeros(0, np.int64))
+    return LayerSplit(index, "image", in_split, ("rows", out_bounds), tuple(need), tuple(subs), tuple(params))
+
+
+def _input_rows(layer, r0: int, r1: int, h: int) -> tuple[int, int]:
+    """Input rows output rows [r0, r1) depend on. LCN: 2 * (size // 2) beyond them on each side
+    (its mean and its variance each look size // 2 rows away), cropped to the image."""
+    if isinstance(layer, LCN):
+        halo = 2 * (layer.size // 2)
+        return max(0, r0 - halo), min(h, r1 + halo)
+    stride = layer.stride
+    window = layer.patch if isinstance(layer, LocallyConnected2D) else layer.size
+    return r0 * stride, (r1 - 1) * stride + window
+
+
+def _image_sublayer(layer, in_shape):
+    if isinstance(layer, LocallyConnected2D):
+        return LocallyConnected2D(in_shape, layer.filters, layer.patch, layer.stride, layer.activation, layer.dtype)
+    if isinstance(layer, MaxPool2D):
+        return MaxPool2D(in_shape, layer.size, layer.stride, layer.dtype)
+    if isinstance(layer, L2Pool2D):
+        return L2Pool2D(in_shape, layer.size, layer.stride, layer.dtype)
+    return LCN(in_shape, layer.size, layer.dtype)
+
+
+def _local_param_index(layer, r0: int, r1: int) -> np.ndarray:
+    """Canonical indices of the positions of output rows [r0, r1): W rows then b rows."""
+    ow = layer.out_shape[2]
+    p0, p1 = r0 * ow, r1 * ow
+    n_w, per_w = layer.n_pos * layer.k * layer.filters, layer.k * layer.filters
+    return np.concatenate([np.arange(p0 * per_w, p1 * per_w), n_w + np.arange(p0 * layer.filters,
+                                                                              p1 * layer.filters)])
+
+
+def _plan_dense(index, layer, in_split, parts) -> LayerSplit:
+    out_bounds = even_bounds(layer.units, parts)
+    subs, params = [], []
+    weights = np.arange(layer.n_in * layer.units).reshape(layer.n_in, layer.units)
+    for u0, u1 in out_bounds:
+        if isinstance(layer, SoftmaxOutput):
+            subs.append(Dense(layer.in_shape, u1 - u0, "none", layer.dtype))
+        else:
+            subs.append(Dense(layer.in_shape, u1 - u0, layer.activation, layer.dtype))
+        params.append(np.concatenate([weights[:, u0:u1].ravel(), layer.n_in * layer.units + np.arange(u0, u1)]))
+    return LayerSplit(index, "dense", in_split, ("units", out_bounds), (), tuple(subs), tuple(params))
+
+
+@dataclass(frozen=True)
+class ParamOrder:
+    """The partition-major parameter order: order[j] = canonical index of element j;
+    partition p's block is [offsets[p], offsets[p + 1])."""
+
+    order: np.ndarray
+    offsets: tuple[int, ...]
+
+    def to_canonical(self, partitioned: np.ndarray) -> np.ndarray:
+        canonical = np.empty_like(partitioned)
+        canonical[self.order] = partitioned
+        return canonical
+
+    def from_canonical(self, canonical: np.ndarray) -> np.ndarray:
+        return canonical[self.order]
+
+
+def param_order(network, plans: list[LayerSplit]) -> ParamOrder:
+    parts = len(plans[0].sublayers)
+    pieces, offsets = [], [0]
+    for p in range(parts):
+        for plan, block in zip(plans, network.param_slices):
+            pieces.append(block.start + plan.param_index[p])
+        offsets.append(offsets[-1] + sum(plan.sublayers[p].n_params for plan in plans))
+    order = np.concatenate(pieces) if pieces else np.zeros(0, np.int64)
+    return ParamOrder(order.astype(np.int64), tuple(offsets))
+
+
+def check_rows(plans: list[LayerSplit]) -> None:
+    """Internal consistency: every image sub-layer computes exactly its rows (a bug guard)."""
+    for plan in plans:
+        if plan.kind != "image":
+            continue
+        for sub, (r0, r1), (a, b) in zip(plan.sublayers, plan.out_split[1], plan.need):
+            if not isinstance(sub, LCN):
+                assert local_out_size(b - a, getattr(sub, "patch", getattr(sub, "size", 0)), sub.stride) == r1 - r0
+
+
+def partition_offsets(network, spec) -> tuple[int, ...]:
+    """The partitions' block offsets for the job's partitions_per_replica (() when it is 1)."""
+    parts = spec.topology.partitions_per_replica
+    if parts == 1:
+        return ()
+    return param_order(network, plan_partitions(network, parts)).offsets
