@@ -133,6 +133,7 @@ def plot(results: list[dict], path: Path) -> None:
         ax.plot([r["parts"] for r in rows], [base / r["step_s"] for r in rows], marker="o", label=name)
     top = max(r["parts"] for r in results)
     ax.plot([1, top], [1, top], color="grey", linestyle=":", label="linear")
+    ax.set_xticks(sorted({r["parts"] for r in results}))
     ax.set_xlabel("partitions per replica (ranks)")
     ax.set_ylabel("speed-up over 1 partition")
     ax.legend()

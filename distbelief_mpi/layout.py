@@ -34,9 +34,9 @@ ALGORITHM_RULES = {
         (lambda t: t.coordinator, "optimizer.algorithm = sandblaster needs a coordinator: set topology.coordinator = true"),
         (lambda t: t.shards >= 1, "optimizer.algorithm = sandblaster keeps parameters and history on shards: "
                                   "set topology.shards >= 1"),
-        (lambda t: t.partitions_per_replica == 1,
-         "optimizer.algorithm = sandblaster runs unpartitioned replicas in this version: "
-         "set topology.partitions_per_replica = 1"),
+        (lambda t: t.shards >= t.partitions_per_replica,
+         "optimizer.algorithm = sandblaster with partitioned replicas gives every partition its own shards: "
+         "set topology.shards >= topology.partitions_per_replica"),
     ],
 }
 

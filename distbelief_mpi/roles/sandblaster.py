@@ -30,6 +30,7 @@ from ..rundir import MetricsLog
 from ..watchdog import Watchdog
 from .downpour import warm_up
 from .liveness import Peers
+from .partitions import ShardSubset, own_shards, parameter_order, partition_network, replica_comm
 from .sandblaster_cluster import MpiCluster
 from .sandblaster_replica import PortionWorker
 from .sandblaster_shard import GradientSink, serve_commands
@@ -40,8 +41,9 @@ log = logging.getLogger(__name__)
 def run_sandblaster(job, world_comm, world_rank: int):
     """Returns (summary, final params) on the coordinator, (None, None) elsewhere."""
     layout, role = job.layout, job.role
-    shard_ranks, replica_ranks = layout.ranks_of("shard"), layout.ranks_of("replica")
+    shard_ranks = layout.ranks_of("shard")
     peers = Peers.gather(world_comm)
+    comm = replica_comm(world_comm, role, job.spec.topology.partitions_per_replica)
     windows = ParamServerWindows(world_comm, shard_ranks, layout.shard_ranges, job.spec.topology.replicas,
                                  role.shard_id if role.role == "shard" else -1)
     guard = Watchdog(job.spec.faults.watchdog_seconds, f"rank {world_rank} ({role.label})",
@@ -50,9 +52,10 @@ def run_sandblaster(job, world_comm, world_rank: int):
     if role.role == "shard":
         _serve(job, windows, world_comm, guard)
     elif role.role == "replica":
-        _work(job, windows, world_comm, guard)
+        _work(job, windows, world_comm, guard, comm)
     else:
-        outcome = _coordinate(job, world_comm, shard_ranks, replica_ranks, guard, peers)
+        speakers = [layout.rank_of(r, 0) for r in range(job.spec.topology.replicas)]   # partition 0 of each
+        outcome = _coordinate(job, world_comm, shard_ranks, speakers, guard, peers)
     barrier_sleeping(world_comm)
     windows.close()
     return outcome
@@ -60,7 +63,7 @@ def run_sandblaster(job, world_comm, world_rank: int):
 
 def _serve(job, windows, world_comm, guard) -> None:
     start, stop = job.layout.shard_ranges[job.role.shard_id]
-    initial = job.network.init_params(job.spec.run.seed)[start:stop]
+    initial = _initial_params(job)[start:stop]
     sink = GradientSink(windows, job.role.shard_id, job.spec.optimizer, initial)
     sink.warm_up()
     vectors = ShardVectors(stop - start, job.spec.optimizer.lbfgs_memory)
@@ -70,20 +73,29 @@ def _serve(job, windows, world_comm, guard) -> None:
         serve_commands(world_comm, job.layout.lead_rank, sink, vectors)
 
 
-def _work(job, windows, world_comm, guard) -> None:
+def _initial_params(job) -> np.ndarray:
+    initial = job.network.init_params(job.spec.run.seed)
+    order = parameter_order(job)
+    return initial if order is None else order.from_canonical(initial)
+
+
+def _work(job, windows, world_comm, guard, comm) -> None:
     x_train, y_train = read_split(job.info.path, "train")
     order = np.random.default_rng(job.spec.run.seed).permutation(len(y_train))   # the coordinator's rows
     train_set = (x_train[order], y_train[order])
     warm_up(job.network, train_set[0][:2], train_set[1][:2])
-    endpoint = ReplicaEndpoint(windows, job.role.replica_id, hung_after=job.spec.faults.watchdog_seconds)
+    shard_ids, local_ranges = own_shards(job)
+    endpoint = ShardSubset(ReplicaEndpoint(windows, job.role.replica_id, hung_after=job.spec.faults.watchdog_seconds),
+                           shard_ids)
+    network = partition_network(job, comm) if comm is not None else None
     barrier_sleeping(world_comm)
     with guard:
-        PortionWorker(job, world_comm, job.layout.lead_rank, endpoint, train_set, job.layout.shard_ranges).run()
+        PortionWorker(job, world_comm, job.layout.lead_rank, endpoint, train_set, local_ranges, network, comm).run()
 
 
 def _coordinate(job, world_comm, shard_ranks, replica_ranks, guard, peers):
     cluster = MpiCluster(world_comm, shard_ranks, replica_ranks, job.spec.optimizer, peers,
-                         job.spec.faults.watchdog_seconds)
+                         job.spec.faults.watchdog_seconds, parameter_order(job))
     x_test, y_test = read_split(job.info.path, "test")
     barrier_sleeping(world_comm)
     with guard, MetricsLog(job.run_dir) as metrics:

@@ -27,9 +27,10 @@ class MpiCluster:
     """peers (roles/liveness.Peers) and hung_after (faults.watchdog_seconds) let the coordinator
     name a shard or replica that has left or hangs, instead of waiting for it forever."""
 
-    def __init__(self, world_comm, shard_ranks, replica_ranks, optimizer, peers=None, hung_after: float = 0.0):
+    def __init__(self, world_comm, shard_ranks, replica_ranks, optimizer, peers=None, hung_after: float = 0.0,
+                 order=None):
         self.comm, self.shard_ranks, self.replica_ranks = world_comm, list(shard_ranks), list(replica_ranks)
-        self.opt, self.peers, self.hung_after = optimizer, peers, hung_after
+        self.opt, self.peers, self.hung_after, self.order = optimizer, peers, hung_after, order
         self.assigned_at: dict[int, float] = {}     # replica -> when its outstanding portion was handed out
         self.portions: list[tuple[int, int]] = []      # [start, stop) rows of the current batch's portions
         self.eval_id, self.totals = 0, PortionTotals()
@@ -66,8 +67,9 @@ class MpiCluster:
         return self.shard_call(("vec", cmd))
 
     def gather(self, name: str) -> np.ndarray:
-        """The whole vector `name` as float32: for evaluation and params.h5 only."""
-        return np.concatenate(self.shard_call(("gather", name)))
+        """The whole vector `name` as float32, in the canonical order: for evaluation and params.h5 only."""
+        whole = np.concatenate(self.shard_call(("gather", name)))
+        return whole if self.order is None else self.order.to_canonical(whole)
 
     # -- evaluations -------------------------------------------------------------------
     def evaluate(self, point: str, grad: str) -> float:

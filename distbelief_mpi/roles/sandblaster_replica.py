@@ -23,11 +23,19 @@ from ..fault_injection import FaultInjector
 
 
 class PortionWorker:
-    def __init__(self, job, world_comm, coordinator: int, endpoint: ReplicaEndpoint, train_set, shard_ranges):
+    """network: the whole model, or this rank's partition of it (model/partitioned.py); then
+    partition 0 talks to the coordinator and relays every message to the other partitions over
+    replica_comm, and every partition pushes its own block to its own shards (shard_ranges are
+    relative to that block; endpoint is a roles/partitions.ShardSubset)."""
+
+    def __init__(self, job, world_comm, coordinator: int, endpoint: ReplicaEndpoint, train_set, shard_ranges,
+                 network=None, replica_comm=None):
         self.job, self.comm, self.coordinator, self.endpoint = job, world_comm, coordinator, endpoint
+        self.network, self.replica_comm = network or job.network, replica_comm
+        self.speaks = replica_comm is None or replica_comm.Get_rank() == 0    # to the coordinator
         self.x_train, self.y_train = train_set                    # permuted by run.seed (the coordinator's rows)
         self.ranges = [slice(start, stop) for start, stop in shard_ranges]
-        n_params = job.network.n_params
+        n_params = self.network.n_params
         self.params, self.grad = np.empty(n_params, np.float32), np.empty(n_params, np.float32)
         self.result = np.empty(n_params, np.float32)              # the last computed portion's gradient sum
         self.accrued = np.zeros(n_params, np.float32)             # counted, not yet pushed
@@ -38,13 +46,24 @@ class PortionWorker:
 
     def run(self) -> dict:
         while True:
-            message = recv_sleeping(self.comm, self.coordinator, TAG_SB_WORK)
+            message = self._next_message()
             if message.get("stop"):
                 break
             self._handle(message)
         report = {"role": "replica", "replica_id": self.job.role.replica_id, **self.stats}
-        self.comm.send(report, dest=self.coordinator, tag=TAG_SB_BYE)
+        if self.speaks:
+            self.comm.send(report, dest=self.coordinator, tag=TAG_SB_BYE)
         return report
+
+    def _next_message(self) -> dict:
+        if self.replica_comm is None:
+            return recv_sleeping(self.comm, self.coordinator, TAG_SB_WORK)
+        if not self.speaks:
+            return recv_sleeping(self.replica_comm, 0, TAG_SB_WORK)
+        message = recv_sleeping(self.comm, self.coordinator, TAG_SB_WORK)
+        for partition in range(1, self.replica_comm.Get_size()):
+            self.replica_comm.send(message, dest=partition, tag=TAG_SB_WORK)
+        return message
 
     def _handle(self, message: dict) -> None:
         if message["eval"] != self.eval_id:
@@ -76,13 +95,15 @@ class PortionWorker:
 
     def _compute(self, portion: int, start: int, stop: int) -> None:
         tick = time.perf_counter()
-        loss, correct = self.job.network.loss_and_grad(self.params, self.x_train[start:stop],
-                                                       self.y_train[start:stop], self.grad)
+        loss, correct = self.network.loss_and_grad(self.params, self.x_train[start:stop],
+                                                   self.y_train[start:stop], self.grad)
         np.multiply(self.grad, np.float32(stop - start), out=self.result)     # mean -> sum over the portion
         seconds = time.perf_counter() - tick
         self.inject.after_step(self.stats["portions_computed"] + 1, seconds)   # a slowed replica sleeps here
         self.stats["compute_s"] += time.perf_counter() - tick
         self.stats["portions_computed"] += 1
+        if not self.speaks:      # every partition has the same loss; partition 0 reports it
+            return
         result = {"eval": self.eval_id, "portion": portion, "loss": float(loss) * (stop - start),
                   "correct": int(correct)}
         self.comm.send(result, dest=self.coordinator, tag=TAG_SB_RESULT)
@@ -97,5 +118,7 @@ class PortionWorker:
         self.stats["pushes"] += 1
         self.accrued[:] = 0
         self.unpushed = 0
+        if not self.speaks:      # the shards count every partition's pushes themselves
+            return
         self.comm.send({"eval": self.eval_id, "pushes": self.pushes, "portions": self.portions_pushed},
                        dest=self.coordinator, tag=TAG_SB_PUSHED)

@@ -55,3 +55,22 @@ def test_downpour_with_two_partitions_per_replica_trains(tmp_path, digits_h5):
     assert summary["replica_steps"][0] == summary["replica_steps"][1] > 0
     assert summary["test_accuracy"] >= 0.9, summary
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir())   # shards checkpointed the blocks
+
+
+def test_sandblaster_with_partitioned_replicas_follows_the_unpartitioned_run(tmp_path, digits_h5):
+    """Coordinator + 2 shards + 2 replicas, unpartitioned (5 ranks) and split in 2 (7 ranks):
+    the same L-BFGS iterates, so the same batch losses, up to float32 summation order."""
+    losses = {}
+    for parts in (1, 2):
+        run_dir = tmp_path / f"p{parts}"
+        sets = [f"data.path={digits_h5}", "topology.replicas=2", f"topology.partitions_per_replica={parts}",
+                'model.layers=[{type="local", filters=4, patch=3, activation="relu"}, '
+                '{type="dense", units=32, activation="relu"}]', "run.steps=10", "run.eval_every=0"]
+        target = ["distbelief", "train", str(REPO / "jobs" / "digits_sandblaster.toml"), "--run-dir", str(run_dir),
+                  "--no-progress", *[item for kv in sets for item in ("--set", kv)]]
+        run = run_mpi(3 + 2 * parts, target, tmp_path / f"p{parts}-results", timeout=300)
+        assert_all_ranks(run, 3 + 2 * parts)
+        lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        losses[parts] = [line["train_loss"] for line in lines if line["kind"] == "train"]
+    assert len(losses[2]) == 10
+    assert losses[2] == pytest.approx(losses[1], rel=1e-4)
