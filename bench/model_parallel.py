@@ -6,7 +6,7 @@ as speed-up T(1) / T(P), and the bytes each partition sends per step: the paper'
 
 Models:
   local   a locally connected image network: 1x64x64 -> local 7x7 16 filters -> maxpool 2 ->
-          local 5x5 16 filters -> maxpool 2 -> dense 256 -> softmax 10 (6.7M parameters), batch 32
+          local 5x5 16 filters -> maxpool 2 -> dense 256 -> softmax 10 (7.3M parameters), batch 32
   speech  the paper's speech model shape: 440 -> 4 x 2560 sigmoid -> 8192 softmax (42M), batch 128
 
 Each rank computes with one thread (Numba and BLAS), so P ranks use P cores. A step is the
@@ -105,7 +105,7 @@ def measure(name: str, parts: int, repeats: int, quick: bool) -> dict:
 def report(results: list[dict], cores: int) -> str:
     from machine import cpu_model  # bench/machine.py
 
-    lines = [f"Model parallelism: one replica over P partitions, 1 thread per rank; {cores} cores "
+    lines = ["## Model parallelism", "", f"One replica over P partitions, 1 thread per rank; {cores} cores "
              f"({cpu_model()}), {datetime.date.today()}", "",
              "| model | P | step (ms) | speed-up T(1)/T(P) | bytes sent per step, per partition | target at P = 2 |",
              "|---|---|---|---|---|---|"]
@@ -164,7 +164,8 @@ def main() -> None:
     if args.out_dir:
         out = Path(args.out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "model_parallel.md").write_text(text + "\n")
+        (out / "model_parallel.md").write_text(text + "\n\n![speed-up vs partitions](model_parallel.png)\n")
+        (out / "model_parallel.json").write_text(json.dumps(results, indent=1))   # the cost model's check
         plot(results, out / "model_parallel.png")
 
 

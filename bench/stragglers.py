@@ -62,7 +62,8 @@ def measure(args) -> dict[str, list[dict]]:
 
 def table(results: dict[str, list[dict]], args) -> str:
     base = statistics.median(s["evaluation_s_median"] for s in results["no straggler"])
-    lines = [f"Sandblaster, 3 replicas + 2 shards + coordinator, batch {args.batch} examples in portions of "
+    lines = ["## Sandblaster stragglers", "",
+             f"Sandblaster, 3 replicas + 2 shards + coordinator, batch {args.batch} examples in portions of "
              f"{args.portion}, {args.steps} L-BFGS iterations per run, median of {args.rounds} interleaved rounds",
              f"machine: {cpu_model()}, {datetime.date.today()}", "",
              "| configuration | batch pass (ms) | vs no straggler | backups issued / won per pass | target |",

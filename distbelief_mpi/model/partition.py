@@ -24,7 +24,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import LayoutError
-from ..kernels.local import local_out_size
 from .image_layers import LCN, L2Pool2D, LocallyConnected2D, MaxPool2D
 from .layers import Dense, SoftmaxOutput
 
@@ -151,16 +150,6 @@ def param_order(network, plans: list[LayerSplit]) -> ParamOrder:
         offsets.append(offsets[-1] + sum(plan.sublayers[p].n_params for plan in plans))
     order = np.concatenate(pieces) if pieces else np.zeros(0, np.int64)
     return ParamOrder(order.astype(np.int64), tuple(offsets))
-
-
-def check_rows(plans: list[LayerSplit]) -> None:
-    """Internal consistency: every image sub-layer computes exactly its rows (a bug guard)."""
-    for plan in plans:
-        if plan.kind != "image":
-            continue
-        for sub, (r0, r1), (a, b) in zip(plan.sublayers, plan.out_split[1], plan.need):
-            if not isinstance(sub, LCN):
-                assert local_out_size(b - a, getattr(sub, "patch", getattr(sub, "size", 0)), sub.stride) == r1 - r0
 
 
 def partition_offsets(network, spec) -> tuple[int, ...]:

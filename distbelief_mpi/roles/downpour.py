@@ -128,7 +128,7 @@ def _train_replica(job, windows, world_comm, comm, test_set, watchdog) -> dict:
             started = time.perf_counter()
             result = _replica_loop(job, network, params, stream, hooks, first_step, test_set,
                                    FaultInjector(spec.faults, replica_id), comm, windows)
-            finish_replica(world_comm, hooks, [windows.shard_ranks[s] for s in shard_ids])
+            finish_replica(world_comm, hooks, [windows.shard_ranks[s] for s in shard_ids], comm)
     return {"role": "replica", "replica_id": replica_id, "partition_id": role.partition_id,
             "steps": result.clock.steps,
             "examples_seen": result.examples_seen, "examples_this_run": result.examples_this_run,

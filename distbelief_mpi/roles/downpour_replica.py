@@ -16,7 +16,7 @@ import time
 import numpy as np
 
 from .. import preempt
-from ..comm.control import TAG_DONE, TAG_PREEMPT, TAG_WARMSTART, receive_all, wait_sleeping
+from ..comm.control import TAG_DONE, TAG_PREEMPT, TAG_WARMSTART, barrier_sleeping, receive_all, wait_sleeping
 from ..comm.param_server import ReplicaEndpoint
 from ..config import JobSpec
 from ..kernels import sgd_update_
@@ -138,12 +138,16 @@ class DownpourHooks(StepHooks):
             self.accrued_steps[shard_id] = 0
 
 
-def finish_replica(world_comm, hooks: DownpourHooks, shard_ranks) -> None:
-    """Push what is left (waiting for free slots), then tell every shard we are done."""
+def finish_replica(world_comm, hooks: DownpourHooks, shard_ranks, replica_comm=None) -> None:
+    """Push what is left (waiting for free slots), then tell our shards we are done.
+    replica_comm (a partitioned replica's): its partitions say done together, after the lead's
+    last checkpoint is committed, so no partition's shards stop serving checkpoint requests early."""
     hooks.release_warmstart()   # a run shorter than the warmstart must not strand the others
     hooks.share_preemption()    # a replica stopped by a signal tells the others before leaving
     if hooks.checkpoints:       # a periodic checkpoint in flight: wait, within the grace time if preempted
         hooks.checkpoints.finish(timeout=hooks.spec.checkpoint.grace_seconds if preempt.requested() else None)
+    if replica_comm is not None:
+        barrier_sleeping(replica_comm)
     hooks.stop_worker()
     hooks.push_all(wait=True)
     for rank in shard_ranks:

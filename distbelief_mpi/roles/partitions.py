@@ -12,7 +12,7 @@ from functools import cache
 import numpy as np
 from mpi4py import MPI
 
-from ..comm.partition_exchange import MpiExchanger
+from ..comm.partition_exchange import MpiExchanger, wait_all
 from ..model.partition import ParamOrder, param_order, plan_partitions
 from ..model.partitioned import PartitionedNetwork
 
@@ -57,9 +57,13 @@ def own_shards(job) -> tuple[list[int], list[tuple[int, int]]]:
 
 def stop_agreement(comm):
     """run_loop's `agree`: every partition of the replica stops for the strongest reason any has."""
+    mine, agreed = np.zeros(1, np.int64), np.zeros(1, np.int64)
+
     def agree(reason):
-        code = comm.allreduce(STOP_REASONS.index(reason), op=MPI.MAX)
-        return STOP_REASONS[code]
+        mine[0] = STOP_REASONS.index(reason)
+        # non-blocking: the lead may be evaluating or checkpointing while its partners wait here
+        wait_all([comm.Iallreduce(mine, agreed, op=MPI.MAX)])
+        return STOP_REASONS[int(agreed[0])]
     return agree
 
 

@@ -96,6 +96,8 @@ def _work(job, windows, world_comm, guard, comm) -> None:
 def _coordinate(job, world_comm, shard_ranks, replica_ranks, guard, peers):
     cluster = MpiCluster(world_comm, shard_ranks, replica_ranks, job.spec.optimizer, peers,
                          job.spec.faults.watchdog_seconds, parameter_order(job))
+    parts = job.spec.topology.partitions_per_replica
+    cluster.partners = {r: [job.layout.rank_of(r, p) for p in range(1, parts)] for r in range(len(replica_ranks))}
     x_test, y_test = read_split(job.info.path, "test")
     barrier_sleeping(world_comm)
     with guard, MetricsLog(job.run_dir) as metrics:

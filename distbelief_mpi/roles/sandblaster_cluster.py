@@ -32,6 +32,7 @@ class MpiCluster:
         self.comm, self.shard_ranks, self.replica_ranks = world_comm, list(shard_ranks), list(replica_ranks)
         self.opt, self.peers, self.hung_after, self.order = optimizer, peers, hung_after, order
         self.assigned_at: dict[int, float] = {}     # replica -> when its outstanding portion was handed out
+        self.partners: dict[int, list[int]] = {}    # replica -> ranks of its other partitions (partitioned runs)
         self.portions: list[tuple[int, int]] = []      # [start, stop) rows of the current batch's portions
         self.eval_id, self.totals = 0, PortionTotals()
         self.late_results, self.evaluation_seconds = 0, []
@@ -144,6 +145,8 @@ class Evaluation:
         for replica in sorted(self.c.busy):
             self.c.check_alive(self.c.replica_ranks[replica], f"replica {replica}",
                                now - self.c.assigned_at.get(replica, now))
+            for partition, rank in enumerate(self.c.partners.get(replica, []), start=1):
+                self.c.check_alive(rank, f"replica {replica}/partition {partition}", 0.0)
 
     def _take_push_notes(self) -> int:
         notes = receive_all(self.c.comm, TAG_SB_PUSHED)

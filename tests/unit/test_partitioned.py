@@ -51,6 +51,10 @@ IMAGE = (LayerSpec("local", filters=3, patch=3, stride=1, activation="tanh"),
          LayerSpec("local", filters=2, patch=2, stride=1, activation="sigmoid"),
          LayerSpec("l2pool", size=2, stride=1),
          LayerSpec("dense", units=7, activation="relu"))
+STRIDED = (LayerSpec("local", filters=2, patch=3, stride=2, activation="relu"),   # 14x6: windows skip rows
+           LayerSpec("maxpool", size=3, stride=2),                                # 6x2: overlapping windows
+           LayerSpec("lcn", size=5),                                              # halo 4, cropped at borders
+           LayerSpec("dense", units=6, activation="tanh"))
 
 
 def run_partitioned(network, parts, params, x, y):
@@ -75,10 +79,12 @@ def run_partitioned(network, parts, params, x, y):
     for thread in threads:
         thread.join(60)
     assert not errors, errors
+    assert len(results) == parts and not exchanger.box, exchanger.box.keys()   # every message was received
     return results, order.to_canonical(grad_flat)
 
 
-@pytest.mark.parametrize("layers,shape", [(MLP, (20,)), (IMAGE, (2, 17, 15))], ids=["mlp", "image"])
+@pytest.mark.parametrize("layers,shape", [(MLP, (20,)), (IMAGE, (2, 17, 15)), (STRIDED, (1, 30, 14))],
+                         ids=["mlp", "image", "strided"])
 @pytest.mark.parametrize("parts", [1, 2, 3, 4])
 def test_partitioned_step_equals_the_whole_network_in_float64(layers, shape, parts):
     network = build_network(layers, shape, n_classes=5, dtype=np.float64)

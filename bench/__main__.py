@@ -1,0 +1,108 @@
+"""`python -m bench all [--quick]`: every benchmark, one after another, into BENCHMARKS.md + PNG plots.
+
+    python -m bench all                     # the full set (about 20 minutes on 2 cores)
+    python -m bench all --quick             # a smoke run of every benchmark (a few minutes; CI runs it)
+    python -m bench all --only scaling model_parallel --report BENCHMARKS.md --out-dir bench/results
+
+Each benchmark is its own script in bench/ (run as a subprocess, so each gets a clean MPI and
+thread setting); its markdown section, or its plain-text table in a code block, goes into the
+report under the exact command that produced it. Plots land in --out-dir, linked from the report.
+"""
+
+import argparse
+import datetime
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def plan(out: Path, quick: bool, dataset: str) -> list[tuple[str, list[str], str | None]]:
+    """(name, script arguments, markdown file it writes or None for plain-text stdout)."""
+    q = ["--quick"] if quick else []
+    d = ["--dataset", dataset]
+    return [
+        ("compute", ["compute.py", *q, "--out-dir", str(out)], "compute.md"),
+        ("kernels", ["kernels.py", *q], None),
+        ("ps_bandwidth", ["ps_bandwidth.py", "--all", *q], None),
+        ("ps_latency", ["ps_latency.py", *q, "--out-dir", str(out)], "ps_latency.md"),
+        ("scaling", ["scaling.py", *q, *d, "--out-dir", str(out)], "scaling.md"),
+        ("model_parallel", ["model_parallel.py", *q, "--out-dir", str(out)], "model_parallel.md"),
+        ("stragglers", ["stragglers.py", *q, *d, "--out", str(out / "stragglers.md")], "stragglers.md"),
+        ("time_to_accuracy", ["time_to_accuracy.py", *q, *d, "--out-dir", str(out)], "time_to_accuracy.md"),
+        ("cost_model", ["cost_model.py", *q, "--measured", str(out / "model_parallel.json"), "--out-dir", str(out)],
+         "cost_model.md"),
+    ]
+
+
+def header(command: str, quick: bool) -> str:
+    from machine import cpu_model
+
+    try:
+        from mpi4py import MPI
+        mpi = MPI.Get_library_version().splitlines()[0].strip()
+    except Exception as exc:   # noqa: BLE001 - reported, not fatal
+        mpi = f"unknown ({exc})"
+    try:
+        import torch
+        peer = f"PyTorch {torch.__version__} (CPU)"
+    except ImportError:
+        peer = "PyTorch not installed (its columns are skipped)"
+    import numpy
+    return "\n".join([
+        "# Benchmarks" + (" (quick smoke run: figures not meaningful)" if quick else ""), "",
+        f"- machine: {cpu_model()}, {len(os.sched_getaffinity(0))} usable cores, {platform.system()} {platform.release()}",
+        f"- date: {datetime.datetime.now().isoformat(timespec='minutes')}",
+        f"- software: Python {platform.python_version()}, NumPy {numpy.__version__}, {mpi}; {peer}",
+        f"- reproduce: `{command}` (each section gives its own command)", ""])
+
+
+def run_one(name: str, args: list[str], md: str | None, out: Path) -> tuple[str, bool]:
+    """(the section's markdown, whether the benchmark ran)."""
+    command = [sys.executable, str(REPO / "bench" / args[0]), *args[1:]]
+    shown = "python bench/" + " ".join(args)
+    print(f"[bench] {name}: {shown}", file=sys.stderr, flush=True)
+    start = time.monotonic()
+    done = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+    took = f"_{time.monotonic() - start:.0f} s; command: `{shown}`_"
+    if done.returncode != 0:
+        return f"## {name}\n\n{took}\n\n**failed** (exit {done.returncode}):\n\n```text\n{done.stderr[-3000:]}\n```\n", False
+    if md and (out / md).exists():
+        return f"{(out / md).read_text().rstrip()}\n\n{took}\n", True
+    return f"## {name}\n\n{took}\n\n```text\n{done.stdout.rstrip()}\n```\n", True
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("what", choices=["all"])
+    parser.add_argument("--quick", action="store_true", help="smoke run of every benchmark")
+    parser.add_argument("--only", nargs="+", help="run only these benchmarks (names as in the report)")
+    parser.add_argument("--dataset", default="data/fashion-mnist.h5", help="Fashion-MNIST HDF5 (data_tools fashion-mnist)")
+    parser.add_argument("--out-dir", default="bench/results", help="plots and per-benchmark files")
+    parser.add_argument("--report", default="BENCHMARKS.md", help="the report to write")
+    args = parser.parse_args()
+    out, report = Path(args.out_dir).resolve(), Path(args.report).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    command = "python -m bench all" + (" --quick" if args.quick else "")
+    sections, failed = [header(command, args.quick)], []
+    for name, script_args, md in plan(out, args.quick, args.dataset):
+        if args.only and name not in args.only:
+            continue
+        text, ran = run_one(name, script_args, md, out)
+        failed += [] if ran else [name]
+        # plots sit in out; the report links them from its own folder
+        sections.append(re.sub(r"!\[([^\]]*)\]\(([^)/]+\.png)\)",
+                               lambda m: f"![{m.group(1)}]({os.path.relpath(out / m.group(2), report.parent)})", text))
+    report.write_text("\n".join(sections))
+    print(f"[bench] wrote {report}" + (f"; failed: {', '.join(failed)}" if failed else ""), file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,164 @@
+"""Time to accuracy on Fashion-MNIST at equal core budget (the paper's Figs. 4 and 5 in miniature).
+
+    python bench/time_to_accuracy.py [--quick] [--sandblaster-seconds 60] [--out-dir DIR]
+
+The same network (784 -> 256 relu -> 128 relu -> softmax 10) trained on the same machine, one run
+after another, each evaluated on 2,000 test images about every second of training:
+
+  sgd            single-replica minibatch SGD (jobs/fashion_mlp.toml, 1 rank)
+  downpour-sgd   Downpour, fixed-rate SGD on the shards (jobs/fashion_downpour.toml with
+                 server_rule = sgd, no warmstart; 2 shards x 4 replicas, 6 ranks)
+  downpour-adagrad  Downpour + Adagrad with warmstart (jobs/fashion_downpour.toml as shipped)
+  sandblaster    Sandblaster L-BFGS (jobs/fashion_sandblaster.toml, 6 ranks), for a fixed time
+  pytorch        the same network and SGD in one PyTorch process (when PyTorch is installed)
+
+Time is wall time since the run's training loop started. The table gives the time of the first
+evaluation at >= 85% and the final accuracy on the whole test split. Target (the issue):
+Downpour + Adagrad reaches 85% sooner than single-replica SGD.
+"""
+
+import argparse
+import datetime
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from machine import cpu_model  # bench/machine.py (bench/ is on sys.path when run as a script)
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+THRESHOLD = 0.85
+EVAL_N = 2000
+RUNS = {   # name -> (job, ranks, overrides)
+    "sgd": ("fashion_mlp.toml", 1, ["run.eval_every=200"]),
+    "downpour-sgd": ("fashion_downpour.toml", 6, ["optimizer.server_rule=\"sgd\"", "optimizer.warmstart_steps=0",
+                                                  "run.eval_every=100"]),
+    "downpour-adagrad": ("fashion_downpour.toml", 6, ["run.eval_every=100"]),
+    "sandblaster": ("fashion_sandblaster.toml", 6, ["run.eval_every=5"]),
+}
+
+
+def run_ours(name: str, dataset: str, workdir: Path, quick: bool, sandblaster_s: float) -> dict:
+    job, ranks, sets = RUNS[name]
+    limits = ["run.epochs=2"] if quick else []
+    if name == "sandblaster":
+        limits = [f"run.seconds={10 if quick else sandblaster_s}"]
+    run_dir = workdir / name
+    overrides = [f"data.path={dataset}", f"data.eval_examples={EVAL_N}", "checkpoint.every_seconds=0", *sets, *limits]
+    command = [str(Path(sys.executable).parent / "mpiexec"), "-n", str(ranks), sys.executable, "-m", "distbelief_mpi",
+               "train", str(REPO / "jobs" / job), "--run-dir", str(run_dir), "--no-progress",
+               *[item for kv in overrides for item in ("--set", kv)]]
+    subprocess.run(command, check=True, cwd=REPO, capture_output=True, timeout=1800)
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    evals = [(line["time_s"], line["test_accuracy"]) for line in lines if line["kind"] == "eval"]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    return {"name": name, "ranks": ranks, "curve": evals[:-1], "final": summary["test_accuracy"],
+            "wall_s": summary["wall_s"]}
+
+
+def run_pytorch(dataset: str, quick: bool) -> dict | None:
+    """The same MLP and minibatch SGD (lr 0.05, batch 64) in one PyTorch process, one thread."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    from distbelief_mpi.data.hdf5 import read_split
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    x, y = (torch.from_numpy(a) for a in read_split(dataset, "train"))
+    x_test, y_test = (torch.from_numpy(a) for a in read_split(dataset, "test"))
+    x, x_test = x.reshape(len(x), -1), x_test.reshape(len(x_test), -1)
+    model = torch.nn.Sequential(torch.nn.Linear(784, 256), torch.nn.ReLU(), torch.nn.Linear(256, 128),
+                                torch.nn.ReLU(), torch.nn.Linear(128, 10))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    curve, start, last_eval = [], time.perf_counter(), 0.0
+    for _ in range(2 if quick else 15):
+        for batch in torch.randperm(len(x)).split(64):
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(model(x[batch]), y[batch].long()).backward()
+            optimizer.step()
+            if time.perf_counter() - start - last_eval >= 1.0:
+                last_eval = time.perf_counter() - start
+                curve.append((last_eval, _accuracy(model, x_test[:EVAL_N], y_test[:EVAL_N])))
+    return {"name": "pytorch", "ranks": 1, "curve": curve, "final": _accuracy(model, x_test, y_test),
+            "wall_s": time.perf_counter() - start}
+
+
+def _accuracy(model, x, y) -> float:
+    import torch
+
+    with torch.no_grad():
+        return float((model(x).argmax(1) == y.long()).float().mean())
+
+
+def first_at(curve, threshold: float) -> float | None:
+    return next((t for t, accuracy in curve if accuracy >= threshold), None)
+
+
+def table(results: list[dict], command: str) -> str:
+    lines = ["## Time to accuracy (Fashion-MNIST)", "",
+             f"Machine: {cpu_model()}, {datetime.date.today()}. Command: `{command}`. Evaluations on "
+             f"{EVAL_N} test images; final accuracy on all 10,000.", "",
+             f"| run | ranks | first evaluation >= {THRESHOLD:.0%} (s) | final test accuracy | wall s |",
+             "|---|---|---|---|---|"]
+    for r in results:
+        reached = first_at(r["curve"], THRESHOLD)
+        shown = f"{reached:.1f}" if reached is not None else "not reached"
+        lines.append(f"| {r['name']} | {r['ranks']} | {shown} | {r['final']:.1%} | {r['wall_s']:.1f} |")
+    by_name = {r["name"]: first_at(r["curve"], THRESHOLD) for r in results}
+    sgd, adagrad = by_name.get("sgd"), by_name.get("downpour-adagrad")
+    if sgd and adagrad:
+        verdict = "met" if adagrad < sgd else f"missed by {adagrad - sgd:.1f} s"
+        lines += ["", f"Target, Downpour + Adagrad reaches {THRESHOLD:.0%} sooner than single-replica SGD: "
+                      f"{adagrad:.1f} s vs {sgd:.1f} s, {verdict}."]
+    return "\n".join(lines)
+
+
+def plot(results: list[dict], path: Path) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for r in results:
+        ax.plot([t for t, _ in r["curve"]], [a for _, a in r["curve"]], marker=".", label=f"{r['name']} ({r['ranks']} ranks)")
+    ax.axhline(THRESHOLD, color="grey", linestyle=":")
+    ax.set_xlabel("wall time (s)")
+    ax.set_ylabel(f"test accuracy ({EVAL_N} images)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", default="data/fashion-mnist.h5")
+    parser.add_argument("--sandblaster-seconds", type=float, default=60.0)
+    parser.add_argument("--quick", action="store_true", help="2 epochs (Sandblaster: 10 s): a smoke run")
+    parser.add_argument("--out-dir", help="write time_to_accuracy.md/.json/.png here")
+    args = parser.parse_args()
+    results = []
+    with tempfile.TemporaryDirectory() as workdir:
+        for name in RUNS:
+            results.append(run_ours(name, args.dataset, Path(workdir), args.quick, args.sandblaster_seconds))
+            print(f"{name}: final {results[-1]['final']:.4f}", file=sys.stderr, flush=True)
+    torch_run = run_pytorch(args.dataset, args.quick)
+    if torch_run:
+        results.append(torch_run)
+    text = table(results, "python bench/time_to_accuracy.py" + (" --quick" if args.quick else ""))
+    print(text)
+    if args.out_dir:
+        out = Path(args.out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "time_to_accuracy.md").write_text(text + "\n\n![accuracy vs time](time_to_accuracy.png)\n")
+        (out / "time_to_accuracy.json").write_text(json.dumps(results, indent=1))
+        plot(results, out / "time_to_accuracy.png")
+
+
+if __name__ == "__main__":
+    main()
