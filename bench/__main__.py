@@ -63,10 +63,16 @@ def header(command: str, quick: bool) -> str:
         f"- reproduce: `{command}` (each section gives its own command)", ""])
 
 
+def _relative(arg: str) -> str:
+    """Paths inside the repository as the reader would type them (from its top folder)."""
+    path = Path(arg)
+    return os.path.relpath(path, REPO) if path.is_absolute() and REPO in path.parents else arg
+
+
 def run_one(name: str, args: list[str], md: str | None, out: Path) -> tuple[str, bool]:
     """(the section's markdown, whether the benchmark ran)."""
     command = [sys.executable, str(REPO / "bench" / args[0]), *args[1:]]
-    shown = "python bench/" + " ".join(args)
+    shown = "python bench/" + " ".join(_relative(a) for a in args)
     print(f"[bench] {name}: {shown}", file=sys.stderr, flush=True)
     start = time.monotonic()
     done = subprocess.run(command, capture_output=True, text=True, cwd=REPO)

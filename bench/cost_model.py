@@ -32,7 +32,8 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "bench")]
+sys.path.insert(0, str(REPO))
+sys.path.append(str(REPO / "bench"))      # machine.py, model_parallel.py
 PINGPONG_PREFIX = "COST_MODEL_PINGPONG "
 PAPER_POINTS = {"speech": (8, 2.2), "image": (81, 12.0)}     # (machines, speed-up), paper section 3
 
@@ -92,22 +93,15 @@ def forward_bytes(plan: dict, batch: int, itemsize: int) -> np.ndarray:
     return sent * per_row * batch * itemsize
 
 
-def logits_bytes(network, parts: int, batch: int) -> np.ndarray:
-    from distbelief_mpi.model.partition import even_bounds
-    own = np.array([b - a for a, b in even_bounds(network.n_classes, parts)], float)
-    sent = np.repeat(own[:, None], parts, axis=1)
-    np.fill_diagonal(sent, 0)
-    return sent * batch * network.dtype.itemsize
-
-
 def exchanges(network, plans: list[dict], batch: int) -> list[np.ndarray]:
-    """Every (P, P) byte matrix of one step: per layer forward and backward, then the logits."""
-    size = network.dtype.itemsize
-    out = []
+    """Every (P, P) byte matrix of one step: per layer forward and backward, then the logits
+    gather (a dense-style gather of the output layer's units; its gradient stays local)."""
+    size, out, last = network.dtype.itemsize, [], plans[-1]
     for plan in plans:
         f = forward_bytes(plan, batch, size)
         out += [f, f.T]
-    return out + [logits_bytes(network, len(plans[0]["out"]), batch)]
+    logits = {**last, "in_split": ("units", tuple(map(tuple, last["out"]))), "need": last["out"][:0]}
+    return out + [forward_bytes(logits, batch, size)]
 
 
 def bytes_per_partition(network, parts: int, batch: int) -> np.ndarray:
@@ -182,34 +176,46 @@ def shares(plan: dict) -> np.ndarray:
     return (need[:, 1] - need[:, 0]) / layer.in_shape[1]
 
 
-def partition_step(network, parts: int, batch: int, layer_seconds, machine: Machine, loss_s: float = 0.0) -> float:
-    """Predicted seconds per step of one replica over `parts` partitions (the equation above)."""
+def step_parts(network, parts: int, batch: int, layer_seconds, machine: Machine, loss_s: float = 0.0) -> dict:
+    """Predicted seconds per step of one replica over `parts` partitions (the equation above), as
+    {compute, halo (image layers' row exchanges), gather (dense layers' inputs and the logits)}."""
     if machine.partition_per_machine:
         speed = 1 + (machine.cores_per_machine - 1) * machine.parallel_efficiency
     else:
         speed = 1 / max(1.0, parts / machine.cores_per_machine)
     plans = plan_geometry(network, parts)
-    scale = machine.compute_scale / speed
     compute = sum(shares(plan).max() * t for plan, t in zip(plans, layer_seconds)) + loss_s
-    return compute * scale + sum(exchange_seconds(m, machine) for m in exchanges(network, plans, batch))
+    out = {"compute": compute * machine.compute_scale / speed, "halo": 0.0, "gather": 0.0}
+    matrices = exchanges(network, plans, batch)
+    for i, plan in enumerate(plans):
+        out["halo" if len(plan["need"]) else "gather"] += sum(exchange_seconds(m, machine) for m in matrices[2 * i:2 * i + 2])
+    out["gather"] += exchange_seconds(matrices[-1], machine)
+    return out
+
+
+def partition_step(network, parts: int, batch: int, layer_seconds, machine: Machine, loss_s: float = 0.0) -> float:
+    """Predicted seconds per step of one replica over `parts` partitions."""
+    return sum(step_parts(network, parts, batch, layer_seconds, machine, loss_s).values())
 
 
 # ---------------------------------------------------------------- this node's MPI: a ping-pong
 def pingpong_worker(repeats: int = 20) -> None:
     from mpi4py import MPI
     comm, medians = MPI.COMM_WORLD, {}
+    rank = comm.Get_rank()
     for n in (1024, 8 << 20):
         buf, times = np.zeros(n, np.uint8), []
         for _ in range(repeats + 2):
             comm.Barrier()
             tick = time.perf_counter()
-            if comm.Get_rank() == 0:
-                comm.Send(buf, 1), comm.Recv(buf, 1)
-            else:
-                comm.Recv(buf, 0), comm.Send(buf, 0)
+            for sender in (0, 1):              # 0 -> 1, then back
+                if rank == sender:
+                    comm.Send(buf, 1 - rank)
+                else:
+                    comm.Recv(buf, 1 - rank)
             times.append((time.perf_counter() - tick) / 2)
         medians[n] = statistics.median(times[2:])
-    if comm.Get_rank() == 0:
+    if rank == 0:
         latency = medians[1024]
         print(PINGPONG_PREFIX + json.dumps({"latency_s": latency,
                                             "bandwidth_bytes_per_s": (8 << 20) / (medians[8 << 20] - latency)}))
@@ -299,10 +305,10 @@ def curves(models: dict, cluster: Machine, machines) -> dict:
 
 def paper_comparison(quick: bool, core_gflops: float, efficiency: float) -> dict:
     speech, image, calib = paper_networks()
-    repeats, batch = (2, 8) if quick else (3, 32)
+    repeats = 2 if quick else 3
     speech_costs = layer_costs(speech, 128, repeats)
     here_gflops = sum(c.flops for c in speech_costs[1:]) / sum(c.seconds for c in speech_costs[1:]) / 1e9
-    seconds = analytic_seconds(image, 32, [(calib.layers, layer_costs(calib, batch, repeats)),
+    seconds = analytic_seconds(image, 32, [(calib.layers, layer_costs(calib, 32, repeats)),
                                            (speech.layers, speech_costs)])
     models = {"speech": (speech, 128, [c.seconds for c in speech_costs], loss_seconds(speech, 128, repeats)),
               "image": (image, 32, seconds, loss_seconds(image, 32, repeats))}
@@ -312,8 +318,9 @@ def paper_comparison(quick: bool, core_gflops: float, efficiency: float) -> dict
                 "cores 4x slower": replace(cluster, compute_scale=cluster.compute_scale * 4),
                 "10 Gbit/s": replace(cluster, bandwidth_bytes_per_s=1.25e9), "no latency": replace(cluster, latency_s=0.0)}
     return {"cluster": asdict(cluster), "here_dense_gflops": here_gflops, "machines": machines,
-            "n_params": {"speech": speech.n_params, "image": image.n_params}, "step_s_1": {
-                n: partition_step(m[0], 1, m[1], m[2], cluster, m[3]) for n, m in models.items()},
+            "n_params": {"speech": speech.n_params, "image": image.n_params},
+            "parts_s": {n: {p: step_parts(m[0], p, m[1], m[2], cluster, m[3]) for p in (1, PAPER_POINTS[n][0])}
+                        for n, m in models.items()},
             "curves": curves(models, cluster, machines),
             "variants": {k: curves(models, v, [8, 81]) for k, v in variants.items()}}
 
@@ -322,19 +329,24 @@ def paper_comparison(quick: bool, core_gflops: float, efficiency: float) -> dict
 TABLE_P = (1, 2, 4, 8, 16, 32, 64, 81, 128)
 
 
-def report(command: str, node: Machine, pingpong_note: str, rows: list[dict], paper: dict) -> str:
+def report(command: str, node: Machine, pingpong_note: str, rows: list[dict], paper: dict, load: tuple) -> str:
     from machine import cpu_model  # bench/machine.py
-    c = paper["cluster"]
-    lines = ["## Cost model", "", f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}",
-             f"- machine: {cpu_model()}, {node.cores_per_machine} usable cores", f"- command: `{command}`",
-             f"- this node's MPI (mpiexec -n 2 ping-pong, medians): latency {node.latency_s * 1e6:.1f} us, "
-             f"bandwidth {node.bandwidth_bytes_per_s / 1e9:.2f} GB/s{pingpong_note}", "", "```",
-             __doc__.split("Per step", 1)[1].strip("\n").join(["Per step", ""]), "```", "",
-             "Assumptions: exchanges in one layer run concurrently and links are full duplex (a "
-             "partition's transfer time is max(sent, received) / bandwidth); compute and communication "
-             "do not overlap; per-layer times are one-thread medians measured in this run; the Python "
-             "assembly copies around an exchange are not modelled.", "",
-             "### Validation on this node (partitions = 1-thread MPI ranks; flag: |error| > 25%)", "",
+    busy = " **(busy: other processes shared the cores, timings unreliable)**" if max(load) > node.cores_per_machine else ""
+    return "\n".join(["## Cost model", "", f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}",
+                      f"- machine: {cpu_model()}, {node.cores_per_machine} usable cores", f"- command: `{command}`",
+                      f"- load average (1 min) at start / end: {load[0]:.1f} / {load[1]:.1f}{busy}",
+                      f"- this node's MPI (mpiexec -n 2 ping-pong, medians): latency {node.latency_s * 1e6:.1f} us, "
+                      f"bandwidth {node.bandwidth_bytes_per_s / 1e9:.2f} GB/s{pingpong_note}", "", "```",
+                      "Per step" + __doc__.split("Per step", 1)[1].rstrip(), "```", "",
+                      "Assumptions: exchanges in one layer run concurrently and links are full duplex (a partition's "
+                      "transfer time is max(sent, received) / bandwidth); compute and communication do not overlap; "
+                      "per-layer times are one-thread medians measured in this run; not modelled: the Python copies "
+                      "around an exchange and the waits caused by run-to-run jitter between partitions.", ""]
+                     + validation_section(rows) + paper_section(paper))
+
+
+def validation_section(rows: list[dict]) -> list[str]:
+    lines = ["### Validation on this node (partitions = 1-thread MPI ranks; flag: |error| > 25%)", "",
              "| model | batch | P | measured ms | predicted ms | error | MB sent per partition, measured / predicted | |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -342,28 +354,37 @@ def report(command: str, node: Machine, pingpong_note: str, rows: list[dict], pa
         lines.append(f"| {r['model']} | {r['batch']} | {r['parts']} | {r['measured_s'] * 1e3:.1f} | "
                      f"{r['predicted_s'] * 1e3:.1f} | {r['error'] * 100:+.1f}% | {mb} | "
                      f"{'**> 25%**' if abs(r['error']) > 0.25 else 'ok'} |")
-    lines += ["", f"### The paper's models on a 2012-like cluster: one partition per machine, {c['cores_per_machine']} "
-              f"cores each at parallel efficiency {c['parallel_efficiency']}, {c['bandwidth_bytes_per_s'] * 8 / 1e9:g} "
-              f"Gbit/s, {c['latency_s'] * 1e6:g} us latency", "",
-              f"A 2012 core is taken as {paper['here_dense_gflops'] / c['compute_scale']:.0f} GFLOP/s on dense GEMMs; "
-              f"ours measured {paper['here_dense_gflops']:.0f} (one thread), so compute_scale = {c['compute_scale']:.2f}, "
-              "applied to every layer kind. speech: 440 -> 4 x 2560 sigmoid -> 8192, batch 128, "
-              f"{paper['n_params']['speech'] / 1e6:.0f}M params, layer times measured; image: {IMAGE_MODEL} "
-              f"({paper['n_params']['image'] / 1e9:.2f}B params), batch 32, layer times = flops x our measured "
-              "seconds per flop of each layer kind. T(1): " + ", ".join(f"{k} {v:.2f} s" for k, v in paper["step_s_1"].items()), "",
-              "| machines | " + " | ".join(map(str, TABLE_P)) + " | paper |", "|---" * (len(TABLE_P) + 2) + "|"]
+    return lines + [""]
+
+
+def paper_section(paper: dict) -> list[str]:
+    c, curves_ = paper["cluster"], paper["curves"]
+    lines = [f"### The paper's models on a 2012-like cluster: one partition per machine, {c['cores_per_machine']} cores "
+             f"each at parallel efficiency {c['parallel_efficiency']}, {c['bandwidth_bytes_per_s'] * 8 / 1e9:g} Gbit/s, "
+             f"{c['latency_s'] * 1e6:g} us latency", "",
+             f"- a 2012 core does {paper['here_dense_gflops'] / c['compute_scale']:.0f} GFLOP/s on dense GEMMs (assumed); "
+             f"ours measured {paper['here_dense_gflops']:.0f} on one thread, so compute_scale = {c['compute_scale']:.2f} "
+             "for every layer kind",
+             f"- speech: 440 -> 4 x 2560 sigmoid -> 8192 ({paper['n_params']['speech'] / 1e6:.0f}M params), batch 128, "
+             "layer times measured",
+             f"- image: {IMAGE_MODEL} ({paper['n_params']['image'] / 1e9:.2f}B params), batch 32, layer times = flops x "
+             "our measured seconds per flop of each layer kind", "",
+             "| speed-up at machines | " + " | ".join(map(str, TABLE_P)) + " | paper |", "|---" * (len(TABLE_P) + 2) + "|"]
     for name, (at, value) in PAPER_POINTS.items():
-        curve = paper["curves"][name]
-        lines.append(f"| {name} | " + " | ".join(f"{curve[p - 1]:.2f}" for p in TABLE_P) +
+        lines.append(f"| {name} | " + " | ".join(f"{curves_[name][p - 1]:.2f}" for p in TABLE_P) +
                      f" | {'>' if name == 'image' else ''}{value:g}x at {at} |")
-    peaks = {n: int(np.argmax(paper["curves"][n])) + 1 for n in PAPER_POINTS}
-    lines += ["", "Peaks: " + ", ".join(f"{n} {paper['curves'][n][p - 1]:.2f}x at {p} machines" for n, p in peaks.items())
-              + ". Rows and units are split whole, so the slowest partition has ceil(n / P) of n rows: the image "
-              "curve is jagged (167 rows over 81 partitions: 3 rows vs a mean of 2.06). The paper's 81 = 9 x 9 "
-              "suggests 2-D blocks, which would balance better; model/partition.py splits rows only.",
-              "", "![predicted speed-up vs machines](cost_model.png)", "", "Sensitivity (speed-up at the paper's points):", "", "| variant | speech at 8 | image at 81 |",
-              "|---|---|---|"] + [f"| {k} | {v['speech'][0]:.2f} | {v['image'][1]:.2f} |" for k, v in paper["variants"].items()]
-    return "\n".join(lines)
+    peaks = {n: int(np.argmax(curves_[n])) + 1 for n in PAPER_POINTS}
+    lines += ["", "Peaks: " + ", ".join(f"{n} {curves_[n][p - 1]:.2f}x at {p} machines" for n, p in peaks.items()) +
+              ". Rows and units are split whole, so the slowest partition has ceil(n / P) of n rows: the image curve "
+              "is jagged (167 rows over 81 partitions: 3 rows vs a mean of 2.06). The paper's 81 = 9 x 9 suggests "
+              "2-D blocks, which would balance better; model/partition.py splits rows only.", "",
+              "![predicted speed-up vs machines](cost_model.png)", "",
+              "| predicted seconds per step | machines | compute | halo exchanges | dense-input + logits gathers | total |",
+              "|---|---|---|---|---|---|"]
+    lines += [f"| {n} | {p} | " + " | ".join(f"{x:.3f}" for x in v.values()) + f" | {sum(v.values()):.3f} |"
+              for n, d in paper["parts_s"].items() for p, v in d.items()]
+    return lines + ["", "| sensitivity: speed-up | speech at 8 | image at 81 |", "|---|---|---|"] + \
+        [f"| {k} | {v['speech'][0]:.2f} | {v['image'][1]:.2f} |" for k, v in paper["variants"].items()]
 
 
 def plot(paper: dict, path: Path) -> None:
@@ -380,6 +401,9 @@ def plot(paper: dict, path: Path) -> None:
     ax.plot([1, 128], [1, 128], color="grey", linestyle=":", label="linear")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log", base=2)
+    ticks = [2 ** k for k in range(8)]
+    ax.set_xticks(ticks, [str(t) for t in ticks])
+    ax.set_yticks(ticks, [str(t) for t in ticks])
     ax.set_xlabel("machines (partitions of one replica)")
     ax.set_ylabel("speed-up over 1 machine")
     ax.legend(fontsize=8)
@@ -403,6 +427,7 @@ def main() -> None:
 
     from distbelief_mpi.kernels import set_compute_threads
     set_compute_threads(1)
+    load_start = os.getloadavg()[0]
     measured = load_measured(args.measured) if args.measured else \
         [measure(m, p, 3 if args.quick else 7, args.quick) for m in ("local", "speech") for p in (1, 2)]
     try:
@@ -413,7 +438,7 @@ def main() -> None:
                    partition_per_machine=False)
     rows = validate(measured, node, 3 if args.quick else 5)
     paper = paper_comparison(args.quick, args.core_gflops_2012, args.efficiency)
-    text = report(" ".join(["python"] + sys.argv), node, note, rows, paper)
+    text = report(" ".join(["python"] + sys.argv), node, note, rows, paper, (load_start, os.getloadavg()[0]))
     print(text)
     if args.out_dir:
         out = Path(args.out_dir)

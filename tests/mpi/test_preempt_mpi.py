@@ -12,7 +12,8 @@ from distbelief_mpi.checkpoint.store import complete_checkpoints, read_manifest
 from distbelief_mpi.preempt import EXIT_PREEMPTED
 from tests.mpi.runner import REPO, assert_all_ranks, finish_mpi, run_mpi, start_mpi
 
-JOBS = {"sgd": ("digits_mlp.toml", 1), "downpour": ("digits_downpour.toml", 5)}
+JOBS = {"sgd": ("digits_mlp.toml", 1), "downpour": ("digits_downpour.toml", 5),
+        "partitioned": ("digits_lc_partitioned.toml", 6)}   # 2 replicas x 2 partitions + 2 shards
 
 
 def wait_for_training(run_dir, started, seconds=60):
@@ -26,12 +27,16 @@ def wait_for_training(run_dir, started, seconds=60):
     raise AssertionError(f"the run did not start training within {seconds} s")
 
 
-@pytest.mark.parametrize("algorithm", ["sgd", "downpour"])
+@pytest.mark.parametrize("algorithm", ["sgd", "downpour", "partitioned"])
 def test_sigterm_commits_a_checkpoint_and_resume_auto_finishes(tmp_path, digits_h5, algorithm):
+    """The partitioned job also checkpoints every 5 steps, so the signal usually finds a checkpoint
+    in flight: every partition's shards must still be serving when the final one is requested."""
     job, ranks = JOBS[algorithm]
     run_dir = tmp_path / "run"
     common = ["distbelief", "train", str(REPO / "jobs" / job), "--set", f"data.path={digits_h5}",
               "--run-dir", str(run_dir), "--resume", "auto", "--set", "run.epochs=0"]
+    if algorithm == "partitioned":
+        common += ["--set", "checkpoint.every_steps=5"]
     started = start_mpi(ranks, [*common, "--set", "run.steps=100000000"], tmp_path, timeout=120)
     wait_for_training(run_dir, started)
     started.process.send_signal(signal.SIGTERM)        # `timeout` passes it on to mpiexec, mpiexec to every rank

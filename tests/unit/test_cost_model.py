@@ -1,0 +1,119 @@
+"""bench/cost_model.py without MPI: its byte counts equal what PartitionedNetwork really sends
+(in-process threads), its plan equals plan_partitions', and the step-time equation behaves:
+speed-up 1 at P = 1, linear with free communication on a balanced net, latency and bandwidth
+terms linear in their inputs."""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from distbelief_mpi.model.network import build_network
+from distbelief_mpi.model.partition import plan_partitions
+from distbelief_mpi.model.spec import LayerSpec
+from tests.unit.test_partitioned import run_partitioned
+
+sys.path.append(str(Path(__file__).resolve().parents[2] / "bench"))
+import cost_model as cm  # noqa: E402
+
+MLP = (LayerSpec("dense", units=13, activation="tanh"), LayerSpec("dense", units=9, activation="relu"))
+IMAGE = (LayerSpec("local", filters=3, patch=3, stride=1, activation="tanh"),
+         LayerSpec("maxpool", size=2, stride=2),
+         LayerSpec("lcn", size=3),
+         LayerSpec("local", filters=2, patch=2, stride=1, activation="sigmoid"),
+         LayerSpec("l2pool", size=2, stride=1),
+         LayerSpec("dense", units=7, activation="relu"))
+STRIDED = (LayerSpec("local", filters=2, patch=3, stride=2, activation="relu"),   # windows skip rows
+           LayerSpec("maxpool", size=3, stride=2),                                # overlapping windows
+           LayerSpec("lcn", size=5),                                              # halo cropped at borders
+           LayerSpec("dense", units=6, activation="tanh"))
+NETS = [(MLP, (20,)), (IMAGE, (2, 17, 15)), (STRIDED, (1, 30, 14))]
+FREE = cm.Machine(1, float("inf"), 0.0)   # free communication, one core per partition machine
+
+
+@pytest.mark.parametrize("layers,shape", NETS, ids=["mlp", "image", "strided"])
+@pytest.mark.parametrize("parts", [1, 2, 3, 4])
+def test_bytes_equal_what_partitioned_network_sends(layers, shape, parts):
+    network = build_network(layers, shape, n_classes=5, dtype=np.float64)
+    rng = np.random.default_rng(parts)
+    results, _ = run_partitioned(network, parts, network.init_params(0), rng.standard_normal((6,) + shape),
+                                 rng.integers(0, 5, 6))
+    sent = [results[p][2] for p in range(parts)]
+    assert cm.bytes_per_partition(network, parts, 6).tolist() == sent
+
+
+@pytest.mark.parametrize("layers,shape", NETS, ids=["mlp", "image", "strided"])
+def test_geometry_equals_plan_partitions(layers, shape):
+    network = build_network(layers, shape, n_classes=5)
+    for parts in (1, 2, 3, 4):
+        for mine, theirs in zip(cm.plan_geometry(network, parts), plan_partitions(network, parts)):
+            assert mine["in_split"] == theirs.in_split
+            assert [tuple(b) for b in mine["out"]] == list(theirs.out_split[1])
+            assert [tuple(n) for n in mine["need"]] == list(theirs.need)
+
+
+def test_geometry_refuses_more_partitions_than_rows_and_never_allocates_parameters():
+    _, image, _ = cm.paper_networks()
+    assert image.n_params > 1.7e9
+    assert cm.bytes_per_partition(image, 128, 32).shape == (128,)
+    with pytest.raises(ValueError):
+        cm.plan_geometry(image, 168)
+
+
+def balanced():
+    """Every layer's units divisible by 8: equal shares at P = 1, 2, 4, 8."""
+    layers = (LayerSpec("dense", units=64, activation="relu"), LayerSpec("dense", units=32, activation="relu"))
+    return build_network(layers, (40,), n_classes=16)
+
+
+def test_speed_up_is_one_at_one_partition_and_linear_with_free_communication():
+    network, seconds = balanced(), [0.3, 0.2, 0.1]
+    slow = cm.Machine(4, 1e6, 1e-3, compute_scale=2.0, parallel_efficiency=0.5)
+    assert cm.partition_step(network, 1, 32, seconds, slow, 0.05) == pytest.approx(0.65 * 2.0 / 2.5)
+    for parts in (1, 2, 4, 8):
+        assert cm.partition_step(network, parts, 32, seconds, FREE) == pytest.approx(0.6 / parts)
+
+
+def test_communication_makes_speed_up_sublinear_and_time_positive():
+    network, seconds = balanced(), [0.03, 0.02, 0.01]
+    ethernet = cm.Machine(1, 125e6, 100e-6)
+    times = [cm.partition_step(network, p, 32, seconds, ethernet) for p in (1, 2, 4, 8)]
+    assert all(t > 0 for t in times)
+    assert all(times[0] / t < p for t, p in zip(times[1:], (2, 4, 8)))
+
+
+def test_latency_term_counts_messages_and_bandwidth_term_scales_with_bytes():
+    network, seconds, parts, batch = balanced(), [0.0, 0.0, 0.0], 4, 32
+    latency = cm.Machine(1, float("inf"), 1e-4)
+    # 5 exchanges (dense 2 and output: forward gather + backward return each, logits): P - 1 messages each
+    assert cm.partition_step(network, parts, batch, seconds, latency) == pytest.approx(5 * (parts - 1) * 1e-4)
+    t1 = cm.partition_step(network, parts, batch, seconds, cm.Machine(1, 1e8, 0.0))
+    t2 = cm.partition_step(network, parts, batch, seconds, cm.Machine(1, 5e7, 0.0))
+    assert t2 == pytest.approx(2 * t1)
+    # each gather: a partition receives the 3/4 of the (B, units) activation others hold, 4 bytes each
+    received = batch * 4 * (3 / 4) * (64 + 64 + 32 + 32 + 16)
+    assert t1 == pytest.approx(received / 1e8)
+
+
+def test_ranks_beyond_the_cores_time_share():
+    network, seconds = balanced(), [0.4, 0.2, 0.2]
+    node = cm.Machine(2, float("inf"), 0.0, partition_per_machine=False)
+    assert cm.partition_step(network, 2, 8, seconds, node) == pytest.approx(0.4)
+    assert cm.partition_step(network, 4, 8, seconds, node) == pytest.approx(0.4)   # 0.2 of work, 2x slower
+
+
+def test_layer_costs_measure_every_layer():
+    network = build_network(IMAGE, (2, 17, 15), n_classes=5)
+    costs = cm.layer_costs(network, 4, repeats=1)
+    assert [c.kind for c in costs] == [layer.kind for layer in network.layers]
+    assert all(c.seconds > 0 and c.flops > 0 for c in costs)
+    assert cm.loss_seconds(network, 4, repeats=1) > 0
+
+
+def test_measured_results_load_from_a_json_list_or_result_lines(tmp_path):
+    result = {"model": "local", "parts": 2, "batch": 4, "step_s": 0.01, "bytes_sent": [1, 2]}
+    (tmp_path / "list.json").write_text(f"[{json.dumps(result)}]")
+    (tmp_path / "lines.txt").write_text(f"noise\nMODEL_PARALLEL_JSON {json.dumps(result)}\n")
+    assert cm.load_measured(tmp_path / "list.json") == cm.load_measured(tmp_path / "lines.txt") == [result]
