@@ -36,7 +36,8 @@ def plan(out: Path, quick: bool, dataset: str) -> list[tuple[str, list[str], str
         ("model_parallel", ["model_parallel.py", *q, "--out-dir", str(out)], "model_parallel.md"),
         ("stragglers", ["stragglers.py", *q, *d, "--out", str(out / "stragglers.md")], "stragglers.md"),
         ("time_to_accuracy", ["time_to_accuracy.py", *q, *d, "--out-dir", str(out)], "time_to_accuracy.md"),
-        ("cost_model", ["cost_model.py", *q, "--measured", str(out / "model_parallel.json"), "--out-dir", str(out)],
+        ("cost_model", ["cost_model.py", *q, "--measured", str(out / "model_parallel.json"),
+                        "--scaling", str(out / "scaling.json"), "--out-dir", str(out)],
          "cost_model.md"),
     ]
 

@@ -329,7 +329,72 @@ def paper_comparison(quick: bool, core_gflops: float, efficiency: float) -> dict
 TABLE_P = (1, 2, 4, 8, 16, 32, 64, 81, 128)
 
 
-def report(command: str, node: Machine, pingpong_note: str, rows: list[dict], paper: dict, load: tuple) -> str:
+# ---------------------------------------------------------------- Downpour replicas on one node
+
+DOWNPOUR_EVERY = 4          # bench/scaling.py pushes and fetches every 4 steps
+DOWNPOUR_BATCH = 64
+
+
+def downpour_rows(scaling_path: str, node: Machine, repeats: int) -> list[dict]:
+    """Predicted vs measured examples/s of bench/scaling.py (Fashion LC net, 1 shard + R replicas):
+      t_replica = t_step + (fetch + push of the whole vector) / bandwidth / every, where t_step is
+                  the layers, the loss, the local update, the accrual and the minibatch gather
+      shard CPU per second = R * t_apply / every / t_replica   (Adagrad over the whole vector)
+      examples/s = R * batch / t_replica * min(1, cores / (R + shard CPU))   (time-sharing)"""
+    import tomllib
+
+    from distbelief_mpi.config import parse_job
+    from distbelief_mpi.kernels.server_rules import adagrad_apply_
+    from distbelief_mpi.model.network import build_network
+
+    spec = parse_job(tomllib.loads((REPO / "jobs" / "fashion_lc_partitioned.toml").read_text()))
+    network = build_network(spec.model.layers, (1, 28, 28), 10)
+    t_step = sum(c.seconds for c in layer_costs(network, DOWNPOUR_BATCH, repeats)) + \
+        loss_seconds(network, DOWNPOUR_BATCH, repeats)
+    vec = np.zeros(network.n_params, np.float32)
+    t_apply = _median_seconds(lambda: adagrad_apply_(vec.copy(), vec, vec, np.ones_like(vec), 0.05, 1e-8), repeats)
+    t_step += replica_overhead(vec, repeats)
+    t_transfer = 2 * 4 * network.n_params / node.bandwidth_bytes_per_s + 4 * node.latency_s
+    t_replica = t_step + t_transfer / DOWNPOUR_EVERY
+    measured = json.loads(Path(scaling_path).read_text())
+    rows = []
+    for replicas, rates in sorted(measured.items(), key=lambda kv: int(kv[0])):
+        r = int(replicas)
+        shard_cpu = r * t_apply / DOWNPOUR_EVERY / t_replica
+        predicted = r * DOWNPOUR_BATCH / t_replica * min(1.0, node.cores_per_machine / (r + shard_cpu))
+        actual = float(np.median(rates))
+        rows.append({"replicas": r, "measured": actual, "predicted": predicted, "error": predicted / actual - 1})
+    return rows
+
+
+def replica_overhead(vec: np.ndarray, repeats: int) -> float:
+    """Per step, besides the layers: the local update and the accrual over the whole vector
+    (n_params,) and gathering the minibatch's rows (64 x 784 float32 from a shuffled split)."""
+    from distbelief_mpi.kernels import sgd_update_
+
+    grad, accrued = np.ones_like(vec), np.zeros_like(vec)
+    split, rows = np.zeros((60000 // 2, 1, 28, 28), np.float32), np.random.default_rng(0).integers(0, 30000, 64)
+
+    def one_step():
+        sgd_update_(vec, grad, np.float32(0.0))
+        np.add(accrued, grad, out=accrued)
+        split[rows]
+    return _median_seconds(one_step, repeats * 20)
+
+
+def downpour_section(rows: list[dict]) -> list[str]:
+    if not rows:
+        return []
+    lines = ["### Validation: Downpour replicas on this node (bench/scaling.py; flag: |error| > 25%)", "",
+             "| replicas | measured examples/s | predicted | error | |", "|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['replicas']} | {r['measured']:,.0f} | {r['predicted']:,.0f} | {r['error'] * 100:+.1f}% | "
+                     f"{'**> 25%**' if abs(r['error']) > 0.25 else 'ok'} |")
+    return lines + [""]
+
+
+def report(command: str, node: Machine, pingpong_note: str, rows: list[dict], paper: dict, load: tuple,
+           downpour: list[dict] = ()) -> str:
     from machine import cpu_model  # bench/machine.py
     busy = " **(busy: other processes shared the cores, timings unreliable)**" if max(load) > node.cores_per_machine else ""
     return "\n".join(["## Cost model", "", f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}",
@@ -342,7 +407,7 @@ def report(command: str, node: Machine, pingpong_note: str, rows: list[dict], pa
                       "transfer time is max(sent, received) / bandwidth); compute and communication do not overlap; "
                       "per-layer times are one-thread medians measured in this run; not modelled: the Python copies "
                       "around an exchange and the waits caused by run-to-run jitter between partitions.", ""]
-                     + validation_section(rows) + paper_section(paper))
+                     + validation_section(rows) + downpour_section(downpour) + paper_section(paper))
 
 
 def validation_section(rows: list[dict]) -> list[str]:
@@ -417,6 +482,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small batches, fewer repeats")
     parser.add_argument("--measured", help="model_parallel results (JSON list or MODEL_PARALLEL_JSON lines); "
                                            "default: run bench/model_parallel.py's P = 1, 2 now")
+    parser.add_argument("--scaling", help="bench/scaling.py's scaling.json: also check the Downpour prediction")
     parser.add_argument("--out-dir", help="write cost_model.md, cost_model.png, cost_model.json here")
     parser.add_argument("--core-gflops-2012", type=float, default=10.0)
     parser.add_argument("--efficiency", type=float, default=0.8, help="parallel efficiency of a machine's cores")
@@ -438,14 +504,16 @@ def main() -> None:
                    partition_per_machine=False)
     rows = validate(measured, node, 3 if args.quick else 5)
     paper = paper_comparison(args.quick, args.core_gflops_2012, args.efficiency)
-    text = report(" ".join(["python"] + sys.argv), node, note, rows, paper, (load_start, os.getloadavg()[0]))
+    downpour = downpour_rows(args.scaling, node, 3 if args.quick else 5) if args.scaling else []
+    text = report(" ".join(["python"] + sys.argv), node, note, rows, paper, (load_start, os.getloadavg()[0]), downpour)
     print(text)
     if args.out_dir:
         out = Path(args.out_dir)
         out.mkdir(parents=True, exist_ok=True)
         (out / "cost_model.md").write_text(text + "\n")
         plot(paper, out / "cost_model.png")
-        (out / "cost_model.json").write_text(json.dumps({"node": asdict(node), "validation": rows, "paper": paper}))
+        (out / "cost_model.json").write_text(json.dumps({"node": asdict(node), "validation": rows, "paper": paper,
+                                                         "downpour": downpour}))
 
 
 if __name__ == "__main__":
