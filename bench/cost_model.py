@@ -133,13 +133,10 @@ def layer_flops(layer, batch: int, need_dx: bool) -> float:
 
 
 def _median_seconds(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        tick = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - tick)
-    return statistics.median(times)
+    """One warm-up call, then the median of `repeats` timed calls (bench/kernels.py's helper)."""
+    from kernels import median_seconds
+
+    return median_seconds(fn, repeats)
 
 
 def layer_costs(network, batch: int, repeats: int = 3) -> list[LayerCost]:

@@ -13,22 +13,11 @@ import pytest
 from distbelief_mpi.model.network import build_network
 from distbelief_mpi.model.partition import plan_partitions
 from distbelief_mpi.model.spec import LayerSpec
-from tests.unit.test_partitioned import run_partitioned
+from tests.unit.test_partitioned import IMAGE, MLP, STRIDED, run_partitioned
 
 sys.path.append(str(Path(__file__).resolve().parents[2] / "bench"))
 import cost_model as cm  # noqa: E402
 
-MLP = (LayerSpec("dense", units=13, activation="tanh"), LayerSpec("dense", units=9, activation="relu"))
-IMAGE = (LayerSpec("local", filters=3, patch=3, stride=1, activation="tanh"),
-         LayerSpec("maxpool", size=2, stride=2),
-         LayerSpec("lcn", size=3),
-         LayerSpec("local", filters=2, patch=2, stride=1, activation="sigmoid"),
-         LayerSpec("l2pool", size=2, stride=1),
-         LayerSpec("dense", units=7, activation="relu"))
-STRIDED = (LayerSpec("local", filters=2, patch=3, stride=2, activation="relu"),   # windows skip rows
-           LayerSpec("maxpool", size=3, stride=2),                                # overlapping windows
-           LayerSpec("lcn", size=5),                                              # halo cropped at borders
-           LayerSpec("dense", units=6, activation="tanh"))
 NETS = [(MLP, (20,)), (IMAGE, (2, 17, 15)), (STRIDED, (1, 30, 14))]
 FREE = cm.Machine(1, float("inf"), 0.0)   # free communication, one core per partition machine
 
