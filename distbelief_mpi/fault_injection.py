@@ -5,7 +5,7 @@ what the watchdog, the shards and the lead do about them. Never set in a real jo
     freeze  the replica stops itself with SIGSTOP: the shards must notice its silence
     leave   the replica exits (code 1) without a word: survived with faults.replica_loss = continue
     slow    every step of the replica takes faults.slow_factor times as long (a straggler)
-    duplicate  (Sandblaster) the replica sends every portion's result twice: counted once?
+    duplicate  (Sandblaster) the replica sends every portion's result twice; the coordinator must count it once
 """
 
 import logging
