@@ -94,7 +94,7 @@ def main() -> None:
     if args.worker:
         worker(pushes)
         return
-    from machine import cpu_model  # bench/machine.py
+    from machine import cpu_model, write_results  # bench/machine.py
 
     done = subprocess.run([str(Path(sys.executable).parent / "mpiexec"), "-n", "2", sys.executable, __file__,
                            "--worker", "--pushes", str(pushes)], capture_output=True, text=True, cwd=REPO, timeout=300)
@@ -112,10 +112,7 @@ def main() -> None:
         f"| CPU of an idle shard over {IDLE_S:g} s | {r['idle_shard_cpu']:.1%} of one core | |"])
     print(text)
     if args.out_dir:
-        out = Path(args.out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "ps_latency.md").write_text(text + "\n")
-        (out / "ps_latency.json").write_text(json.dumps(r, indent=1))
+        write_results(args.out_dir, "ps_latency", text, r)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from machine import cpu_model  # bench/machine.py (bench/ is on sys.path when run as a script)
+from machine import cpu_model, write_results  # bench/machine.py (bench/ is on sys.path when run as a script)
 
 REPO = Path(__file__).resolve().parents[1]
 TARGET = 1.7
@@ -80,11 +80,8 @@ def main() -> None:
     text = table(results, args, len(os.sched_getaffinity(0)))
     print(text)
     if args.out_dir:
-        out = Path(args.out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "scaling.md").write_text(text + "\n")
-        (out / "scaling.json").write_text(json.dumps(
-            {r: [s["examples_per_s"] for s in runs] for r, runs in results.items()}, indent=1))
+        write_results(args.out_dir, "scaling", text,
+                      {r: [s["examples_per_s"] for s in runs] for r, runs in results.items()})
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from machine import cpu_model  # bench/machine.py (bench/ is on sys.path when run as a script)
+from machine import cpu_model, write_results  # bench/machine.py (bench/ is on sys.path when run as a script)
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -153,10 +153,8 @@ def main() -> None:
     text = table(results, "python bench/time_to_accuracy.py" + (" --quick" if args.quick else ""))
     print(text)
     if args.out_dir:
-        out = Path(args.out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "time_to_accuracy.md").write_text(text + "\n\n![accuracy vs time](time_to_accuracy.png)\n")
-        (out / "time_to_accuracy.json").write_text(json.dumps(results, indent=1))
+        out = write_results(args.out_dir, "time_to_accuracy", text + "\n\n![accuracy vs time](time_to_accuracy.png)",
+                            results)
         plot(results, out / "time_to_accuracy.png")
 
 

@@ -32,9 +32,10 @@ from ..watchdog import Watchdog
 from .checkpoint_coordinator import CheckpointCoordinator, reply_to_checkpoint
 from .shard_checkpoint import load_shard, shard_file_name
 from .downpour_replica import DownpourHooks, finish_replica, release_warmstart, wait_for_warmstart
-from .liveness import Peers, ReplicaWatch, collect_reports, recv_unless_gone
+from .liveness import Peers, ReplicaWatch, collect_reports, recv_watched
 from .loop import Reporting, log_eval, run_loop
-from .partitions import ShardSubset, own_shards, parameter_order, partition_network, replica_comm, stop_agreement
+from .partitions import (ShardSubset, initial_params, own_shards, parameter_order, partition_network, replica_comm,
+                         stop_agreement)
 from .shard import Shard
 from .summary import downpour_summary
 
@@ -64,7 +65,7 @@ def run_downpour(job, world_comm, world_rank: int):
     with watchdog:
         if world_rank != lead:   # the lead says when all is done, and whether anyone left
             world_comm.send(local, dest=lead, tag=TAG_REPORT)
-            job.lost_ranks = recv_unless_gone(world_comm, lead, TAG_TEARDOWN, peers, "the lead replica")
+            job.lost_ranks = recv_watched(world_comm, lead, TAG_TEARDOWN, peers, "the lead replica")
         else:
             gathered, job.lost_ranks = collect_reports(world_comm, local, shard_ranks, replica_ranks, peers)
             final = _fetch_final(job, windows)   # every push is applied; shards are idle
@@ -79,7 +80,7 @@ def run_downpour(job, world_comm, world_rank: int):
 
 def _serve_shard(job, windows, world_comm, peers, watchdog) -> dict:
     start, stop = job.layout.shard_ranges[job.role.shard_id]
-    initial = _initial_params(job)[start:stop]
+    initial = initial_params(job)[start:stop]
     shard = Shard(windows, job.role.shard_id, job.spec.optimizer, initial)
     resumed_from = None
     if job.resume:
@@ -168,13 +169,6 @@ def _fetch_final(job, windows) -> np.ndarray:
         endpoint.fetch(shard_id, final[start:stop])
     order = parameter_order(job)
     return final if order is None else order.to_canonical(final)
-
-
-def _initial_params(job) -> np.ndarray:
-    """The initial parameters in the order the shards hold them (partition-major when partitioned)."""
-    initial = job.network.init_params(job.spec.run.seed)
-    order = parameter_order(job)
-    return initial if order is None else order.from_canonical(initial)
 
 
 def _report(job, gathered: list[dict], final: np.ndarray, test_set) -> dict:

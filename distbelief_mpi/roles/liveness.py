@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 
 from ..comm.control import TAG_REPORT, Backoff, receive_all
-from ..errors import RankLost
+from ..errors import RankHung, RankLost
 
 # A silent replica's process is looked at after this long without a push (a cheap check)...
 CHECK_AFTER_S = 1.0
@@ -129,13 +129,24 @@ def collect_reports(world_comm, own: dict, shard_ranks, replica_ranks, peers: Pe
     return [reports[rank] for rank in sorted(reports) if rank not in lost], sorted(lost)
 
 
-def recv_unless_gone(world_comm, source: int, tag: int, peers: Peers, who: str):
-    """Receive from `source`, sleeping; RankLost naming it if its process exits meanwhile."""
-    backoff, next_check = Backoff(), time.monotonic() + CHECK_AFTER_S
+def recv_watched(world_comm, source: int, tag: int, peers: Peers | None, who: str, hung_after: float = 0.0,
+                 limit: float = 5e-3):
+    """Receive from `source`, sleeping; RankLost if its process exits meanwhile, RankHung if
+    nothing comes within hung_after seconds (0: wait as long as it lives). `who` names it."""
+    backoff, started = Backoff(limit=limit), time.monotonic()
+    next_check = started + CHECK_AFTER_S
     while not world_comm.Iprobe(source=source, tag=tag):
         if time.monotonic() > next_check:
             next_check = time.monotonic() + CHECK_AFTER_S
-            if peers.gone(source):
-                raise RankLost(f"{who} (rank {source}) has left the job (its process exited)")
+            judge(peers, source, who, time.monotonic() - started, hung_after)
         backoff.sleep()
     return world_comm.recv(source=source, tag=tag)
+
+
+def judge(peers: Peers | None, rank: int, who: str, waited: float, hung_after: float) -> None:
+    """RankLost when `rank`'s process has exited; RankHung when it has been awaited too long."""
+    if peers is not None and peers.gone(rank):
+        raise RankLost(f"{who} (rank {rank}) has left the job (its process exited)")
+    if hung_after and waited > hung_after:
+        raise RankHung(f"{who} (rank {rank}) has not answered for {waited:.0f} s: it is hung "
+                       f"(faults.watchdog_seconds = {hung_after:g})")

@@ -31,6 +31,13 @@ def parameter_order(job) -> ParamOrder | None:
     return None if parts == 1 else _model_split(job.network, parts)[1]
 
 
+def initial_params(job) -> np.ndarray:
+    """The run's initial parameters in the order the shards hold them (partition-major when partitioned)."""
+    initial = job.network.init_params(job.spec.run.seed)
+    order = parameter_order(job)
+    return initial if order is None else order.from_canonical(initial)
+
+
 def replica_comm(world_comm, role, parts: int):
     """Collective over every rank: the communicator of this rank's replica (rank = partition id),
     or None (unpartitioned, or not a replica)."""

@@ -30,7 +30,7 @@ from ..rundir import MetricsLog
 from ..watchdog import Watchdog
 from .downpour import warm_up
 from .liveness import Peers
-from .partitions import ShardSubset, own_shards, parameter_order, partition_network, replica_comm
+from .partitions import ShardSubset, initial_params, own_shards, parameter_order, partition_network, replica_comm
 from .sandblaster_cluster import MpiCluster
 from .sandblaster_replica import PortionWorker
 from .sandblaster_shard import GradientSink, serve_commands
@@ -63,7 +63,7 @@ def run_sandblaster(job, world_comm, world_rank: int):
 
 def _serve(job, windows, world_comm, guard) -> None:
     start, stop = job.layout.shard_ranges[job.role.shard_id]
-    initial = _initial_params(job)[start:stop]
+    initial = initial_params(job)[start:stop]
     sink = GradientSink(windows, job.role.shard_id, job.spec.optimizer, initial)
     sink.warm_up()
     vectors = ShardVectors(stop - start, job.spec.optimizer.lbfgs_memory)
@@ -71,12 +71,6 @@ def _serve(job, windows, world_comm, guard) -> None:
     barrier_sleeping(world_comm)
     with guard:
         serve_commands(world_comm, job.layout.lead_rank, sink, vectors)
-
-
-def _initial_params(job) -> np.ndarray:
-    initial = job.network.init_params(job.spec.run.seed)
-    order = parameter_order(job)
-    return initial if order is None else order.from_canonical(initial)
 
 
 def _work(job, windows, world_comm, guard, comm) -> None:

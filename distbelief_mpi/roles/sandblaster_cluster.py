@@ -19,8 +19,8 @@ import numpy as np
 from .. import watchdog
 from ..comm.control import (TAG_SB_COMMAND, TAG_SB_PUSHED, TAG_SB_REPLY, TAG_SB_RESULT, TAG_SB_WORK, Backoff,
                             receive_all)
-from ..errors import RankHung, RankLost
 from ..optim.portions import PortionScheduler, PortionTotals
+from .liveness import judge, recv_watched
 
 
 class MpiCluster:
@@ -33,6 +33,7 @@ class MpiCluster:
         self.opt, self.peers, self.hung_after, self.order = optimizer, peers, hung_after, order
         self.assigned_at: dict[int, float] = {}     # replica -> when its outstanding portion was handed out
         self.partners: dict[int, list[int]] = {}    # replica -> ranks of its other partitions (partitioned runs)
+        self.replica_of = {rank: i for i, rank in enumerate(self.replica_ranks)}   # world rank -> replica
         self.portions: list[tuple[int, int]] = []      # [start, stop) rows of the current batch's portions
         self.eval_id, self.totals = 0, PortionTotals()
         self.late_results, self.evaluation_seconds = 0, []
@@ -48,20 +49,10 @@ class MpiCluster:
 
     def receive(self, rank: int, tag: int, who: str):
         """A reply from `rank`, sleeping; RankLost / RankHung naming it when it has left or hangs."""
-        backoff, started, next_check = Backoff(limit=1e-3), time.monotonic(), time.monotonic() + 1.0
-        while not self.comm.Iprobe(source=rank, tag=tag):
-            if time.monotonic() > next_check:
-                next_check = time.monotonic() + 1.0
-                self.check_alive(rank, who, time.monotonic() - started)
-            backoff.sleep()
-        return self.comm.recv(source=rank, tag=tag)
+        return recv_watched(self.comm, rank, tag, self.peers, who, self.hung_after, limit=1e-3)
 
     def check_alive(self, rank: int, who: str, waited: float) -> None:
-        if self.peers is not None and self.peers.gone(rank):
-            raise RankLost(f"{who} (rank {rank}) has left the job (its process exited)")
-        if self.hung_after and waited > self.hung_after:
-            raise RankHung(f"{who} (rank {rank}) has not answered the coordinator for {waited:.0f} s: it is hung "
-                           f"(faults.watchdog_seconds = {self.hung_after:g})")
+        judge(self.peers, rank, who, waited, self.hung_after)
 
     def run_command(self, cmd) -> list:
         """optim/lbfgs.py's interface: per-shard partial results of a vector command."""
@@ -120,10 +111,9 @@ class Evaluation:
         return self.loss_sum, self.pushes
 
     def _take_results(self) -> int:
-        rank_to_replica = {rank: i for i, rank in enumerate(self.c.replica_ranks)}
         results = receive_all(self.c.comm, TAG_SB_RESULT)
         for result, source in results:
-            replica, echo = rank_to_replica[source], result.get("echo", False)
+            replica, echo = self.c.replica_of[source], result.get("echo", False)
             if result["eval"] != self.c.eval_id:           # a straggler's result of an earlier evaluation
                 if not echo:
                     self.c.late_results += 1
@@ -150,10 +140,9 @@ class Evaluation:
 
     def _take_push_notes(self) -> int:
         notes = receive_all(self.c.comm, TAG_SB_PUSHED)
-        rank_to_replica = {rank: i for i, rank in enumerate(self.c.replica_ranks)}
         for note, source in notes:
             if note["eval"] == self.c.eval_id:
-                replica = rank_to_replica[source]
+                replica = self.c.replica_of[source]
                 self.pushed[replica], self.pushes[replica] = note["portions"], note["pushes"]
         return len(notes)
 
