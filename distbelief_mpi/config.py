@@ -251,8 +251,6 @@ def check_values(spec: JobSpec) -> list[str]:
         (o.portion_examples >= 0, "optimizer.portion_examples", "must be >= 0 (0: automatic)"),
         (0 <= o.backup_after <= 1, "optimizer.backup_after", "must be a fraction in [0, 1]"),
         (o.l2_penalty >= 0, "optimizer.l2_penalty", "must be >= 0"),
-        (o.algorithm != "sandblaster" or not (c.every_steps or c.every_seconds), "checkpoint.every_steps",
-         "sandblaster does not checkpoint yet (docs/sandblaster.md): set checkpoint.every_steps and every_seconds to 0"),
         (d.path != "", "data.path", "required: the HDF5 dataset to train on (see docs/datasets.md)"),
         (d.eval_examples >= 0, "data.eval_examples", "must be >= 0"),
         (d.chunk_examples >= 0, "data.chunk_examples", "must be >= 0 (0: load into memory)"),

@@ -154,10 +154,6 @@ def _exit_code(job: Job, summary: dict) -> int:
     its final checkpoint is committed (so a requeue continues from it); 1 when that failed."""
     if summary["stopped_on"] != "preempted":
         return 0
-    if job.spec.optimizer.algorithm == "sandblaster":
-        print(f"error: {job.run_dir}: preempted; Sandblaster does not checkpoint yet, so there is nothing to "
-              "requeue from (params.h5 holds the last iterate)", file=sys.stderr)
-        return 1
     if summary.get("final_checkpoint") is None:
         print(f"error: {job.run_dir}: preempted, but the final checkpoint was not committed within "
               f"checkpoint.grace_seconds = {job.spec.checkpoint.grace_seconds}; not asking for a requeue",

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import CheckpointError, UserInputError
-from .store import MANIFEST, complete_checkpoints, read_manifest
+from .store import MANIFEST, newest_complete
 
 
 @dataclass(frozen=True)
@@ -32,17 +32,17 @@ def layout_signature(spec, layout) -> dict:
 def find_resume_point(run_dir: Path, spec, layout) -> ResumePoint:
     """The newest complete checkpoint of run_dir; CheckpointError naming every mismatch."""
     root = Path(run_dir) / "checkpoints"
-    found = complete_checkpoints(root)
-    if not found:
+    found = newest_complete(root)
+    if found is None:
         raise CheckpointError(f"{run_dir}: no complete checkpoint to resume from (looked in {root})")
-    manifest = read_manifest(found[0])
+    directory, manifest = found
     saved, wanted = manifest.get("layout", {}), layout_signature(spec, layout)
     mismatches = [f"{key}: the checkpoint has {saved.get(key)!r}, this job has {wanted.get(key)!r}"
                   for key in sorted(wanted.keys() | saved.keys()) if saved.get(key) != wanted.get(key)]
     if mismatches:
-        raise CheckpointError(f"{found[0]}: does not fit this job; resume needs the same layout:\n"
+        raise CheckpointError(f"{directory}: does not fit this job; resume needs the same layout:\n"
                               + "\n".join(f"  - {m}" for m in mismatches))
-    return ResumePoint(found[0], manifest)
+    return ResumePoint(directory, manifest)
 
 
 def auto_resume_point(run_dir: Path, spec, layout) -> ResumePoint | None:
@@ -51,7 +51,7 @@ def auto_resume_point(run_dir: Path, spec, layout) -> ResumePoint | None:
     damaged and a finished run: both would lose work."""
     run_dir = Path(run_dir)
     root = run_dir / "checkpoints"
-    if complete_checkpoints(root):
+    if newest_complete(root) is not None:
         return find_resume_point(run_dir, spec, layout)
     committed = [d for d in root.glob("step-*") if (d / MANIFEST).exists()] if root.is_dir() else []
     if committed:

@@ -91,6 +91,19 @@ def complete_checkpoints(root: Path) -> list[Path]:
     return [d for d in candidates if read_manifest(d) is not None]
 
 
+def newest_complete(root: Path) -> tuple[Path, dict] | None:
+    """The newest committed, undamaged checkpoint and its manifest, or None. Each manifest is read
+    (and its files hashed) once, so a reader racing a live job's pruning never gets a checkpoint
+    whose manifest has gone by the time it looks."""
+    root = Path(root)
+    candidates = sorted((d for d in root.glob("step-*") if d.is_dir()), reverse=True) if root.is_dir() else []
+    for directory in candidates:
+        manifest = read_manifest(directory)
+        if manifest is not None:
+            return directory, manifest
+    return None
+
+
 def prune_checkpoints(root: Path, keep: int) -> None:
     """Delete all but the newest `keep` complete checkpoints, and any older partial ones."""
     complete = complete_checkpoints(root)

@@ -145,6 +145,21 @@ class _Mirror:
         for pid in list(self.ids):
             self.drop(pid)
 
+    def to_json(self) -> dict:
+        """Plain lists (JSON floats round-trip exactly): a checkpoint resumes bit-identically."""
+        table = (lambda t: [[i, j, v] for (i, j), v in sorted(t.items())])
+        return {"ids": list(self.ids), "next_id": self.next_id, "sy": table(self.sy), "yy": table(self.yy),
+                "sg": sorted(self.sg.items()), "yg": sorted(self.yg.items()), "gg": self.gg}
+
+    @classmethod
+    def from_json(cls, saved: dict) -> "_Mirror":
+        mirror = cls()
+        mirror.ids, mirror.next_id, mirror.gg = [int(i) for i in saved["ids"]], int(saved["next_id"]), saved["gg"]
+        mirror.sy = {(int(i), int(j)): v for i, j, v in saved["sy"]}
+        mirror.yy = {(int(i), int(j)): v for i, j, v in saved["yy"]}
+        mirror.sg, mirror.yg = ({int(i): v for i, v in saved[key]} for key in ("sg", "yg"))
+        return mirror
+
 
 def lbfgs(cluster, memory: int = 10, opts: LbfgsOptions = LbfgsOptions(), callback=None) -> LbfgsResult:
     """Run L-BFGS from the shards' "x"; on return the shards hold the final x and its gradient g.
@@ -153,16 +168,41 @@ def lbfgs(cluster, memory: int = 10, opts: LbfgsOptions = LbfgsOptions(), callba
     evaluations at different points. The shards' history is dropped at the start. callback(result)
     runs after every iteration; a true return value stops the run (status "stopped").
     """
-    return _Coordinator(cluster, memory, opts, callback).run()
+    return LbfgsRun(cluster, memory, opts, callback).run()
 
 
-class _Coordinator:
-    """One run of the coordinator: scalars only; every vector operation is a command to the shards."""
+class LbfgsRun:
+    """One run of the coordinator: scalars only; every vector operation is a command to the shards.
 
-    def __init__(self, cluster, memory: int, opts: LbfgsOptions, callback=None):
+    Checkpoints: snapshot() (from the callback, between iterations) returns the coordinator's whole
+    state as JSON-able data once the shards' history matches it; LbfgsRun(..., state=that) continues
+    from it, given shards restored to the x, g and history they held then, and takes exactly the
+    steps an uninterrupted run takes.
+    """
+
+    def __init__(self, cluster, memory: int, opts: LbfgsOptions, callback=None, state: dict | None = None):
         self.cluster, self.memory, self.opts, self.callback = cluster, memory, opts, callback
         self.res, self.h = LbfgsResult(math.nan, math.nan, ""), _Mirror()
         self.pending: list[tuple] = [("drop_all",)]   # no-result commands, sent with the next batch
+        self.f = math.nan                             # the loss at the shards' x
+        self.restored = state is not None             # then x's loss, gradient and dots are known
+        if state is not None:
+            self._restore(state)
+
+    def snapshot(self) -> dict:
+        """The state to resume from; first sends pending history pruning, so the shards agree."""
+        if self.pending:
+            self.send([])
+        res = self.res
+        counters = {k: getattr(res, k) for k in ("status", "iterations", "evaluations", "restarts",
+                                                  "pairs_rejected", "batches", "reductions")}
+        return {"f": self.f, "mirror": self.h.to_json(), **counters}
+
+    def _restore(self, state: dict) -> None:
+        self.h, self.f, self.pending = _Mirror.from_json(state["mirror"]), state["f"], []
+        for key in ("status", "iterations", "evaluations", "restarts", "pairs_rejected", "batches", "reductions"):
+            setattr(self.res, key, state[key])
+        self.res.losses = [self.f]     # the losses before the snapshot are in the metrics log
 
     def send(self, cmds) -> np.ndarray:
         """One command batch; returns its reduced scalars (float64, n_scalars of the batch)."""
@@ -198,10 +238,12 @@ class _Coordinator:
             h.drop(h.ids[0])
 
     def run(self) -> LbfgsResult:
-        res, h, opts = self.res, self.h, self.opts
-        f = self.cluster.evaluate("x", "g")
-        res.evaluations, res.losses = 1, [f]
-        h.gg = self.send([("dots", (("g", "g"),))])[0]
+        res, opts = self.res, self.opts
+        if not self.restored:
+            self.f = self.cluster.evaluate("x", "g")
+            res.evaluations, res.losses = 1, [self.f]
+            self.h.gg = self.send([("dots", (("g", "g"),))])[0]
+        h = self.h
         while not res.status:
             if math.sqrt(h.gg) <= opts.gtol or res.iterations >= opts.max_iter:
                 res.status = "gtol" if math.sqrt(h.gg) <= opts.gtol else "max_iter"
@@ -211,7 +253,7 @@ class _Coordinator:
                 self.restart()
                 terms, dg = two_loop_terms([], {}, {}, {}, {}, h.gg)
             self.pending.append(("lincomb", "d", terms))
-            ok, _, ft, n = line_search(self.try_step, f, dg, first_step(bool(h.ids), h.gg), opts,
+            ok, _, ft, n = line_search(self.try_step, self.f, dg, first_step(bool(h.ids), h.gg), opts,
                                        opts.max_evals - res.evaluations)
             res.evaluations += n
             if not ok and h.ids and res.evaluations < opts.max_evals:
@@ -221,15 +263,15 @@ class _Coordinator:
                 res.status = "max_evals" if res.evaluations >= opts.max_evals else "line_search_failed"
                 break
             self.accept()
-            res.iterations, f_old, f = res.iterations + 1, f, ft
-            res.losses.append(f)
-            res.status = "ftol" if converged(f_old, f, opts.ftol) else \
+            res.iterations, f_old, self.f = res.iterations + 1, self.f, ft
+            res.losses.append(self.f)
+            res.status = "ftol" if converged(f_old, self.f, opts.ftol) else \
                 "max_evals" if res.evaluations >= opts.max_evals else ""
             if self.callback is not None and self.callback(res) and not res.status:
                 res.status = "stopped"
         if self.pending:
             self.send([])  # leave the shards' history consistent with the mirror
-        res.loss, res.grad_norm = f, math.sqrt(h.gg)
+        res.loss, res.grad_norm = self.f, math.sqrt(h.gg)
         return res
 
 

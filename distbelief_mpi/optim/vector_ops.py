@@ -68,6 +68,27 @@ class ShardVectors:
         """Set a work vector from an array of this slice's length (start-up, tests)."""
         np.copyto(self._work(name), np.asarray(values, dtype=np.float64).reshape(self.length))
 
+    # What an iteration boundary needs (d, x_trial and g_trial are rewritten before they are read).
+    def state(self) -> dict:
+        """{"x", "g": (L,), "pids": [k], "s", "y": (k, L)} float64: a checkpoint of this slice."""
+        pids = list(self.history)
+        pairs = [self.history[pid] for pid in pids]
+        stack = (lambda which: np.array([pair[which] for pair in pairs]).reshape(len(pids), self.length))
+        return {"x": self.vectors["x"].copy(), "g": self.vectors["g"].copy(), "pids": pids,
+                "s": stack(0), "y": stack(1)}
+
+    def restore(self, state: dict) -> None:
+        """Back to what state() returned (the same slice length; at most memory + 1 pairs)."""
+        self.load("x", state["x"])
+        self.load("g", state["g"])
+        self._op_drop_all()
+        pids = [int(pid) for pid in state["pids"]]
+        if len(pids) > self.memory + 1:
+            raise ValueError(f"{len(pids)} history pairs saved; this run keeps {self.memory}")
+        for pid, s, y in zip(pids, state["s"], state["y"]):
+            self.history[pid] = (np.array(s, np.float64).reshape(self.length),
+                                 np.array(y, np.float64).reshape(self.length))
+
     def __getitem__(self, name: str) -> np.ndarray:
         if name in self.vectors:
             return self.vectors[name]

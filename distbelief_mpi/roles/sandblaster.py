@@ -6,34 +6,32 @@ never holds the parameters while optimising; it gathers them only to evaluate on
 split (run.eval_every, and at the end) and to write params.h5. Batches: consecutive windows
 of optimizer.sandblaster_batch examples over the training split shuffled once by run.seed;
 each runs lbfgs_iterations_per_batch iterations with fresh history (one batch, the whole
-split, runs until a run limit or convergence). A step is one L-BFGS iteration.
+split, runs until a run limit or convergence). A step is one L-BFGS iteration. The batch
+loop and checkpoints: roles/sandblaster_driver.py.
 """
 
 import logging
-import math
 import time
 from functools import partial
 
 import numpy as np
 
-from .. import preempt, watchdog
 from ..comm.control import TAG_SB_BYE, TAG_SB_PUSHED, TAG_SB_RESULT, barrier_sleeping, receive_all
 from ..comm.param_server import ParamServerWindows, ReplicaEndpoint
 from ..comm.world import abort_job
 from ..data.hdf5 import read_split
-from ..limits import RunClock, fraction_done, limit_reached
-from ..optim.lbfgs import LbfgsOptions, lbfgs
-from ..optim.portions import cut_portions
 from ..optim.vector_ops import ShardVectors
-from ..progress import Progress
 from ..rundir import MetricsLog
 from ..watchdog import Watchdog
 from .downpour import warm_up
 from .liveness import Peers
 from .partitions import ShardSubset, initial_params, own_shards, parameter_order, partition_network, replica_comm
+from .sandblaster_checkpoint import load_vectors
 from .sandblaster_cluster import MpiCluster
+from .sandblaster_driver import Driver
 from .sandblaster_replica import PortionWorker
 from .sandblaster_shard import GradientSink, serve_commands
+from .shard_checkpoint import shard_file_name
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +65,15 @@ def _serve(job, windows, world_comm, guard) -> None:
     sink = GradientSink(windows, job.role.shard_id, job.spec.optimizer, initial)
     sink.warm_up()
     vectors = ShardVectors(stop - start, job.spec.optimizer.lbfgs_memory)
-    vectors.load("x", initial)
+    if job.resume:
+        path = job.resume.directory / shard_file_name(job.role.shard_id)
+        vectors.restore(load_vectors(path, job.role.shard_id, start, stop))
+        log.info("resumed from %s (%d history pairs)", path, len(vectors.history))
+    else:
+        vectors.load("x", initial)
     barrier_sleeping(world_comm)
     with guard:
-        serve_commands(world_comm, job.layout.lead_rank, sink, vectors)
+        serve_commands(world_comm, job.layout.lead_rank, sink, vectors, (start, stop))
 
 
 def _work(job, windows, world_comm, guard, comm) -> None:
@@ -107,70 +110,6 @@ def _coordinate(job, world_comm, shard_ranks, replica_ranks, guard, peers):
     return _summary(job, cluster, driver, replicas, shards, wall_s, test_loss, test_accuracy), final
 
 
-class Driver:
-    """The batch loop around lbfgs(): limits, metrics, evaluations, progress, preemption."""
-
-    def __init__(self, job, cluster: MpiCluster, metrics, test_set):
-        self.job, self.cluster, self.metrics, self.test_set = job, cluster, metrics, test_set
-        self.spec, self.n_train = job.spec, job.info.n_train
-        self.clock, self.started = RunClock(), time.perf_counter()
-        self.progress = Progress(self.spec.run.progress_seconds if job.progress else 0)
-        self.stopped_on, self.statuses, self.restarts, self.batches = None, [], 0, 0
-        self.last_loss = float("nan")     # the batch loss after the last iteration
-
-    def run(self) -> None:
-        opt = self.spec.optimizer
-        size = min(opt.sandblaster_batch or self.n_train, self.n_train)
-        n_batches = -(-self.n_train // size)
-        portion = opt.portion_examples or max(1, size // (8 * len(self.cluster.replica_ranks)))
-        options = LbfgsOptions(max_iter=10**12 if n_batches == 1 else opt.lbfgs_iterations_per_batch)
-        while self.stopped_on is None:
-            start = (self.batches % n_batches) * size
-            stop = min(self.n_train, start + size)
-            self.cluster.portions = [(start + a, start + b) for a, b in cut_portions(stop - start, portion)]
-            log.info("batch %d: examples [%d, %d) in %d portions", self.batches, start, stop, len(self.cluster.portions))
-            result = lbfgs(self.cluster, opt.lbfgs_memory, options, self.after_iteration)
-            if not math.isfinite(result.loss):
-                raise FloatingPointError(f"the batch loss became {result.loss} at iteration {self.clock.steps + 1}; "
-                                         "check the data, or add optimizer.l2_penalty")
-            self.batches += 1
-            self.statuses.append(result.status)
-            self.restarts += result.restarts
-            if self.stopped_on is None and (n_batches == 1 or result.iterations == 0):
-                self.stopped_on = f"converged ({result.status})"     # one batch, or no step possible on one
-            self.stopped_on = self.stopped_on or limit_reached(self.spec.run, self.clock) or \
-                ("preempted" if preempt.requested() else None)
-        self.progress.finish()
-
-    def after_iteration(self, result) -> bool:
-        """lbfgs()'s callback after each iteration; True stops the run."""
-        clock = self.clock
-        clock.steps += 1
-        clock.epochs = self.cluster.examples_evaluated / self.n_train
-        clock.seconds = time.perf_counter() - self.started
-        loss = self.last_loss = result.losses[-1]
-        self.metrics.write({"kind": "train", "time_s": round(clock.seconds, 4), "step": clock.steps,
-                            "epoch": round(clock.epochs, 5), "examples": self.cluster.examples_evaluated,
-                            "train_loss": loss, "evaluations": self.cluster.eval_id,
-                            "examples_per_s": self.cluster.examples_evaluated / max(clock.seconds, 1e-9)})
-        every = self.spec.run.eval_every
-        if every and clock.steps % every == 0:
-            self.evaluate()
-        if self.progress.due():
-            self.progress.maybe_print(f"iteration {clock.steps} epoch {clock.epochs:.2f} loss {loss:.4f} "
-                                      f"({self.cluster.eval_id} evaluations)", fraction_done(self.spec.run, clock))
-        watchdog.beat()
-        self.stopped_on = limit_reached(self.spec.run, clock) or ("preempted" if preempt.requested() else None)
-        return self.stopped_on is not None
-
-    def evaluate(self) -> None:
-        x_test, y_test = self.test_set
-        eval_n = self.spec.data.eval_examples or len(y_test)
-        loss, accuracy = self.job.network.evaluate(self.cluster.gather("x"), x_test[:eval_n], y_test[:eval_n])
-        self.metrics.write({"kind": "eval", "time_s": round(self.clock.seconds, 4), "step": self.clock.steps,
-                            "test_examples": eval_n, "test_loss": loss, "test_accuracy": accuracy})
-
-
 def _stop_everyone(cluster: MpiCluster) -> tuple[list[dict], list[dict]]:
     """Replicas say goodbye with their statistics (late results are dropped); then the shards."""
     cluster.stop_replicas()
@@ -196,5 +135,7 @@ def _summary(job, cluster: MpiCluster, driver: Driver, replicas, shards, wall_s,
         "replica_portions": [r["portions_computed"] for r in replicas],
         "replica_results_counted": [r["results_counted"] for r in replicas],
         "non_finite_pushes": sum(s["non_finite_pushes"] for s in shards),
-        "final_checkpoint": None, "resumed_from": None, "dataset": job.info.path,
+        "final_checkpoint": driver.final_checkpoint_step, "dataset": job.info.path,
+        "resumed_from": None if job.resume is None else {"step": job.resume.step,
+                                                         "checkpoint": str(job.resume.directory)},
     }

@@ -12,6 +12,8 @@ waits long. Commands (TAG_SB_COMMAND, each answered on TAG_SB_REPLY, in order):
     ("collect", name, pushes, n, point, l2)  wait until pushes[r] pushes of replica r are summed;
                                  name := total / n + l2 * point; reply: the partial l2 / 2 * |point|^2
     ("gather", name)             reply: the slice of `name` as float32 (evaluation, params.h5)
+    ("save", directory)          write x, g and the history to directory/shard-S.h5
+                                 (roles/sandblaster_checkpoint.py); reply: {"file": (name, sha)}
     ("stop",)                    reply: this shard's statistics; the serve loop ends
 """
 
@@ -22,6 +24,7 @@ from ..comm.control import TAG_SB_COMMAND, TAG_SB_REPLY, Backoff
 from ..comm.param_server import VERSION, WRITING
 from ..kernels.server_rules import all_finite
 from ..optim.vector_ops import ShardVectors
+from .sandblaster_checkpoint import shard_save_reply
 from .shard import Shard
 
 
@@ -56,8 +59,10 @@ class GradientSink(Shard):
         return self.version
 
 
-def serve_commands(world_comm, coordinator: int, sink: GradientSink, vectors: ShardVectors) -> dict:
-    """Run commands until ("stop",); returns the statistics sent with the last reply."""
+def serve_commands(world_comm, coordinator: int, sink: GradientSink, vectors: ShardVectors,
+                   shard_range: tuple[int, int]) -> dict:
+    """Run commands until ("stop",); returns the statistics sent with the last reply.
+    shard_range: the [start, stop) of the parameters this shard holds (named in its checkpoint)."""
     while True:
         command = _next_command(world_comm, coordinator, sink)
         kind = command[0]
@@ -66,10 +71,10 @@ def serve_commands(world_comm, coordinator: int, sink: GradientSink, vectors: Sh
                      "non_finite_pushes": sink.non_finite}
             world_comm.send(stats, dest=coordinator, tag=TAG_SB_REPLY)
             return stats
-        world_comm.send(_run(command, sink, vectors), dest=coordinator, tag=TAG_SB_REPLY)
+        world_comm.send(_run(command, sink, vectors, shard_range), dest=coordinator, tag=TAG_SB_REPLY)
 
 
-def _run(command: tuple, sink: GradientSink, vectors: ShardVectors):
+def _run(command: tuple, sink: GradientSink, vectors: ShardVectors, shard_range: tuple[int, int]):
     kind = command[0]
     if kind == "vec":
         return vectors.execute(command[1])
@@ -86,6 +91,8 @@ def _run(command: tuple, sink: GradientSink, vectors: ShardVectors):
         return 0.5 * l2 * vectors.execute(("dot", point, point))
     if kind == "gather":
         return vectors[command[1]].astype(np.float32)
+    if kind == "save":
+        return shard_save_reply(command[1], sink.shard_id, *shard_range, vectors)
     raise ValueError(f"unknown shard command {kind!r}")
 
 

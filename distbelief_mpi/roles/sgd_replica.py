@@ -11,7 +11,7 @@ import numpy as np
 
 from ..checkpoint.params_file import load_params
 from ..checkpoint.resume import layout_signature
-from ..checkpoint.store import commit_checkpoint, complete_checkpoints, read_manifest
+from ..checkpoint.store import commit_checkpoint, newest_complete
 from ..config import to_toml
 from ..comm.world import abort_job
 from ..data.batches import BatchStream, open_replica_stream
@@ -40,8 +40,8 @@ class LocalSgd(StepHooks):
         sgd_update_(self.params, grad, self.lr)
 
     def final_checkpoint(self, clock):
-        newest = complete_checkpoints(self.job.run_dir / "checkpoints")[:1]
-        if not newest or read_manifest(newest[0])["step"] != clock.steps:   # else it exists already
+        newest = newest_complete(self.job.run_dir / "checkpoints")
+        if newest is None or newest[1]["step"] != clock.steps:   # else it exists already
             self.checkpoint(clock)
         self.final_checkpoint_step = clock.steps
 

@@ -2,7 +2,6 @@
 file) stops the run with a clear message, and the previous checkpoint stays complete."""
 
 import os
-import shutil
 import subprocess
 import sys
 
@@ -10,6 +9,7 @@ import pytest
 
 from distbelief_mpi.checkpoint.params_file import load_params
 from distbelief_mpi.checkpoint.store import complete_checkpoints
+from tests.fault.conftest import fill_disk, small_tmpfs
 from tests.mpi.runner import REPO
 
 JOB = str(REPO / "jobs" / "digits_mlp.toml")
@@ -18,16 +18,8 @@ FREE_BYTES = 20_000     # room for logs and metrics lines, not for a 40 KB param
 
 @pytest.fixture
 def small_disk(tmp_path):
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(mount)], capture_output=True,
-                          text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here (needs root): {done.stderr.strip()}")
-    try:
+    with small_tmpfs(tmp_path / "disk", "400k") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def train(*args):
@@ -40,9 +32,7 @@ def test_a_full_disk_while_checkpointing_is_clear_and_keeps_the_previous_checkpo
     run_dir = small_disk / "run"
     first = train("--set", f"data.path={digits_h5}", "--run-dir", str(run_dir), "--set", "run.steps=10")
     assert first.returncode == 0, first.stderr
-    free = shutil.disk_usage(small_disk).free
-    with open(small_disk / "filler", "wb") as filler:
-        filler.write(bytes(max(0, free - FREE_BYTES)))
+    fill_disk(small_disk, FREE_BYTES)
     done = train("--set", f"data.path={digits_h5}", "--resume", str(run_dir), "--set", "run.steps=30")
     assert done.returncode == 1, (done.returncode, done.stderr)
     assert "cannot write the checkpoint (No space left on device)" in done.stderr, done.stderr

@@ -13,7 +13,8 @@ from distbelief_mpi.preempt import EXIT_PREEMPTED
 from tests.mpi.runner import REPO, assert_all_ranks, finish_mpi, run_mpi, start_mpi
 
 JOBS = {"sgd": ("digits_mlp.toml", 1), "downpour": ("digits_downpour.toml", 5),
-        "partitioned": ("digits_lc_partitioned.toml", 6)}   # 2 replicas x 2 partitions + 2 shards
+        "partitioned": ("digits_lc_partitioned.toml", 6),   # 2 replicas x 2 partitions + 2 shards
+        "sandblaster": ("digits_sandblaster.toml", 6)}      # coordinator, 2 shards, 3 replicas
 
 
 def wait_for_training(run_dir, started, seconds=60):
@@ -27,7 +28,7 @@ def wait_for_training(run_dir, started, seconds=60):
     raise AssertionError(f"the run did not start training within {seconds} s")
 
 
-@pytest.mark.parametrize("algorithm", ["sgd", "downpour", "partitioned"])
+@pytest.mark.parametrize("algorithm", list(JOBS))
 def test_sigterm_commits_a_checkpoint_and_resume_auto_finishes(tmp_path, digits_h5, algorithm):
     """The partitioned job also checkpoints every 5 steps, so the signal usually finds a checkpoint
     in flight: every partition's shards must still be serving when the final one is requested."""

@@ -5,6 +5,7 @@ import pytest
 
 from distbelief_mpi.optim.lbfgs import (
     LbfgsOptions,
+    LbfgsRun,
     LocalCluster,
     lbfgs,
     reference_lbfgs,
@@ -172,3 +173,42 @@ def test_callback_stops_and_a_second_run_starts_from_the_shards_x():
     second = lbfgs(cluster, 4, LbfgsOptions(max_iter=200, gtol=1e-6, ftol=0))   # shards hold 4 old pairs
     assert second.status == "gtol" and second.losses[0] == first.loss
     np.testing.assert_allclose(cluster.gather("x"), x_star, atol=1e-6)
+
+
+def test_a_run_resumed_from_a_snapshot_takes_the_uninterrupted_steps(softmax_digits):
+    """Checkpoint at iteration 7 (memory 3: a pair is pruned by then), through JSON and fresh
+    shards, then continue: every later loss and the final x equal the uninterrupted run's exactly."""
+    import json
+
+    loss_and_grad, x0 = softmax_digits
+    opts = LbfgsOptions(max_iter=15, gtol=0, ftol=0)
+    whole_cluster = LocalCluster(loss_and_grad, x0, 2, memory=3)
+    whole = lbfgs(whole_cluster, 3, opts)
+    cluster, saved = LocalCluster(loss_and_grad, x0, 2, memory=3), {}
+
+    def checkpoint_at_7(result):
+        if result.iterations == 7:
+            saved["run"] = json.loads(json.dumps(run.snapshot()))
+            saved["shards"] = [shard.state() for shard in cluster.shards]
+        return result.iterations == 7        # then "the job is killed"
+    run = LbfgsRun(cluster, 3, opts, checkpoint_at_7)
+    assert run.run().status == "stopped" and len(saved["shards"][0]["pids"]) == 3
+    fresh = LocalCluster(loss_and_grad, np.ones_like(x0), 2, memory=3)
+    for shard, state in zip(fresh.shards, saved["shards"]):
+        shard.restore(state)
+    resumed = LbfgsRun(fresh, 3, opts, state=saved["run"]).run()
+    assert (resumed.status, resumed.iterations, resumed.evaluations) == (whole.status, 15, whole.evaluations)
+    assert resumed.losses == whole.losses[7:]
+    assert np.array_equal(fresh.gather("x"), whole_cluster.gather("x"))
+
+
+def test_shard_vectors_state_round_trips_and_refuses_too_many_pairs():
+    shard = ShardVectors(4, 2)
+    shard.load("x", np.arange(4.0)), shard.load("x_trial", np.ones(4)), shard.execute(("push", 5))
+    state = shard.state()
+    other = ShardVectors(4, 2)
+    other.restore(state)
+    assert list(other.history) == [5] and np.array_equal(other["s:5"], shard["s:5"])
+    assert np.array_equal(other["x"], shard["x"]) and ShardVectors(4, 2).state()["s"].shape == (0, 4)
+    with pytest.raises(ValueError, match="history pairs"):
+        ShardVectors(4, 1).restore({**state, "pids": [1, 2, 3], "s": np.zeros((3, 4)), "y": np.zeros((3, 4))})

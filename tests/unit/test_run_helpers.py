@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from distbelief_mpi.checkpoint.params_file import load_params, save_params
-from distbelief_mpi.checkpoint.store import commit_checkpoint, complete_checkpoints, read_manifest
+from distbelief_mpi.checkpoint.store import commit_checkpoint, complete_checkpoints, newest_complete, read_manifest
 from distbelief_mpi.config import Run
 from distbelief_mpi.errors import CheckpointError
 from distbelief_mpi.limits import RunClock, fraction_done, limit_reached
@@ -75,6 +75,9 @@ def test_partial_or_damaged_checkpoint_is_skipped(tmp_path):
     (newest / "params.h5").write_bytes(bytes(blob))        # damaged after commit
     assert [d.name for d in complete_checkpoints(root)] == ["step-000000001"]
     assert read_manifest(root / "step-000000003") is None and read_manifest(newest) is None
+    directory, manifest = newest_complete(root)
+    assert directory.name == "step-000000001" and manifest["step"] == 1
+    assert newest_complete(tmp_path / "nothing") is None
 
 
 def test_progress_is_quiet_in_batch_jobs_unless_asked():

@@ -1,0 +1,94 @@
+"""Sandblaster checkpoints: RUN_DIR/checkpoints/step-N/{shard-S.h5, manifest.json}.
+
+Taken between L-BFGS iterations (or between batches), where the whole optimiser state is
+  - on each shard, its slice of x and g and the (s, y) history pairs: `shard-S.h5`, written
+    by the shard itself (datasets `x`, `g` (L,), `s`, `y` (k, L) float64 with fletcher32;
+    attributes `pids`, `shard_id`, `start`, `stop`);
+  - on the coordinator, scalars only: L-BFGS's loss, dot-product cache and counters
+    (optim/lbfgs.LbfgsRun.snapshot) and the batch loop's counters, in the manifest under
+    "sandblaster". The manifest, written after every shard replied, commits the checkpoint.
+Replicas hold nothing that is not recomputed: they fetch the point of the next evaluation.
+A resumed run takes exactly the steps of an uninterrupted one wherever that one is itself
+deterministic (one replica: gradient sums then arrive in the same order).
+"""
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from ..checkpoint.resume import layout_signature
+from ..checkpoint.store import checkpoint_dir, commit_files, file_sha256, write_errors_named
+from ..config import to_toml
+from ..errors import CheckpointError, CheckpointWriteError
+from ..fsutil import write_hdf5_atomic
+from .shard_checkpoint import shard_file_name
+
+
+def save_vectors(directory: Path, shard_id: int, start: int, stop: int, state: dict) -> tuple[str, str]:
+    """Write a shard's optim/vector_ops.ShardVectors.state(); return (file name, SHA-256)."""
+    directory, name = Path(directory), shard_file_name(shard_id)
+
+    def fill(handle):
+        for key in ("x", "g", "s", "y"):
+            values = state[key]
+            chunks = (min(values.size, 1 << 20) or 1,) if values.ndim == 1 else (1, max(values.shape[1], 1))
+            handle.create_dataset(key, data=values, chunks=chunks if values.size else None,
+                                  fletcher32=bool(values.size))
+        handle.attrs.update({"pids": np.asarray(state["pids"], np.int64), "shard_id": shard_id,
+                             "start": start, "stop": stop})
+
+    with write_errors_named(directory):
+        directory.mkdir(parents=True, exist_ok=True)
+        write_hdf5_atomic(directory / name, fill)
+    return name, file_sha256(directory / name)
+
+
+def load_vectors(path: Path, shard_id: int, start: int, stop: int) -> dict:
+    """The state save_vectors wrote; CheckpointError naming the file on any fault."""
+    try:
+        with h5py.File(path, "r") as handle:
+            state = {key: handle[key][...] for key in ("x", "g", "s", "y")}
+            state["pids"] = [int(pid) for pid in handle.attrs["pids"]]
+            saved_range = (int(handle.attrs["start"]), int(handle.attrs["stop"]))
+    except (OSError, KeyError, ValueError) as exc:
+        raise CheckpointError(f"{path}: cannot read shard {shard_id}'s L-BFGS state ({exc})") from None
+    length = stop - start
+    if saved_range != (start, stop) or state["x"].shape != (length,) or state["s"].shape != (len(state["pids"]), length):
+        raise CheckpointError(f"{path}: holds slice {saved_range} of shape {state['x'].shape}, "
+                              f"shard {shard_id} owns [{start}, {stop})")
+    if not all(np.all(np.isfinite(state[key])) for key in ("x", "g")):
+        raise CheckpointError(f"{path}: x or g holds NaN or Inf")
+    return state
+
+
+def shard_save_reply(directory: str, shard_id: int, start: int, stop: int, vectors) -> dict:
+    """The shard's answer to ("save", directory): {"file": (name, sha)} or {"error": message}
+    (a full disk must reach the coordinator as one clear error, not end the shard)."""
+    try:
+        return {"file": save_vectors(Path(directory), shard_id, start, stop, vectors.state())}
+    except CheckpointWriteError as exc:
+        return {"error": str(exc)}
+
+
+class CoordinatorCheckpoints:
+    """The coordinator's side: asks every shard to save, then commits the manifest."""
+
+    def __init__(self, job, cluster):
+        self.job, self.cluster = job, cluster
+        self.root = job.run_dir / "checkpoints"
+        self.last_step: int | None = None     # the newest step committed by this run
+
+    def commit(self, step: int, driver_state: dict) -> None:
+        if step == self.last_step:
+            return
+        directory = checkpoint_dir(self.root, step)
+        replies = self.cluster.shard_call(("save", str(directory)))
+        errors = [reply["error"] for reply in replies if "error" in reply]
+        if errors:
+            raise CheckpointWriteError(errors[0])
+        spec = self.job.spec
+        meta = {"examples_seen": self.cluster.examples_evaluated, "sandblaster": driver_state,
+                "layout": layout_signature(spec, self.job.layout), "job": to_toml(spec)}
+        commit_files(self.root, step, dict(reply["file"] for reply in replies), meta, spec.checkpoint.keep)
+        self.last_step = step

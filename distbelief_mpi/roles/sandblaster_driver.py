@@ -1,0 +1,124 @@
+"""The coordinator's batch loop around optim/lbfgs.py: limits, metrics, evaluations, progress,
+checkpoints and preemption.
+
+Batches are consecutive windows of optimizer.sandblaster_batch examples over the training split
+(shuffled once by run.seed); each runs lbfgs_iterations_per_batch iterations with fresh history.
+Checkpoints (roles/sandblaster_checkpoint.py) are taken between iterations when due
+(checkpoint.every_steps / every_seconds) and when a preemption signal stops the run; a resumed
+run continues inside the same batch, with the same history, at the same iteration.
+"""
+
+import logging
+import math
+import time
+
+from .. import preempt, watchdog
+from ..limits import RunClock, fraction_done, limit_reached
+from ..optim.lbfgs import LbfgsOptions, LbfgsRun
+from ..optim.portions import PortionTotals, cut_portions
+from ..progress import Progress
+from .loop import checkpoint_due
+from .sandblaster_checkpoint import CoordinatorCheckpoints
+from .sandblaster_cluster import MpiCluster
+
+log = logging.getLogger(__name__)
+
+
+class Driver:
+    def __init__(self, job, cluster: MpiCluster, metrics, test_set):
+        self.job, self.cluster, self.metrics, self.test_set = job, cluster, metrics, test_set
+        self.spec, self.n_train = job.spec, job.info.n_train
+        self.clock, self.started = RunClock(), time.perf_counter()
+        self.progress = Progress(self.spec.run.progress_seconds if job.progress else 0)
+        self.stopped_on, self.statuses, self.restarts, self.batches = None, [], 0, 0
+        self.last_loss = float("nan")     # the batch loss after the last iteration
+        self.current: LbfgsRun | None = None          # the batch's L-BFGS run, between its iterations
+        self.checkpoints, self.last_checkpoint_s = CoordinatorCheckpoints(job, cluster), 0.0
+        self.final_checkpoint_step: int | None = None  # committed on preemption
+        self.resume_lbfgs = self._restore(job.resume.manifest["sandblaster"]) if job.resume else None
+
+    def run(self) -> None:
+        opt = self.spec.optimizer
+        size = min(opt.sandblaster_batch or self.n_train, self.n_train)
+        n_batches = -(-self.n_train // size)
+        portion = opt.portion_examples or max(1, size // (8 * len(self.cluster.replica_ranks)))
+        options = LbfgsOptions(max_iter=10**12 if n_batches == 1 else opt.lbfgs_iterations_per_batch)
+        while self.stopped_on is None:
+            start = (self.batches % n_batches) * size
+            stop = min(self.n_train, start + size)
+            self.cluster.portions = [(start + a, start + b) for a, b in cut_portions(stop - start, portion)]
+            log.info("batch %d: examples [%d, %d) in %d portions", self.batches, start, stop, len(self.cluster.portions))
+            self.current = LbfgsRun(self.cluster, opt.lbfgs_memory, options, self.after_iteration, self.resume_lbfgs)
+            self.resume_lbfgs = None
+            result = self.current.run()
+            self.current = None
+            if not math.isfinite(result.loss):
+                raise FloatingPointError(f"the batch loss became {result.loss} at iteration {self.clock.steps + 1}; "
+                                         "check the data, or add optimizer.l2_penalty")
+            self.batches += 1
+            self.statuses.append(result.status)
+            self.restarts += result.restarts
+            if self.stopped_on is None and (n_batches == 1 or result.iterations == 0):
+                self.stopped_on = f"converged ({result.status})"     # one batch, or no step possible on one
+            self.stopped_on = self.stopped_on or limit_reached(self.spec.run, self.clock) or \
+                ("preempted" if preempt.requested() else None)
+        if self.stopped_on == "preempted" and self.final_checkpoint_step is None:
+            self.checkpoint(final=True)      # the signal came between batches: resume with the next one
+        self.progress.finish()
+
+    def after_iteration(self, result) -> bool:
+        """lbfgs()'s callback after each iteration; True stops the run."""
+        clock = self.clock
+        clock.steps += 1
+        clock.epochs = self.cluster.examples_evaluated / self.n_train
+        clock.seconds = time.perf_counter() - self.started
+        loss = self.last_loss = result.losses[-1]
+        self.metrics.write({"kind": "train", "time_s": round(clock.seconds, 4), "step": clock.steps,
+                            "epoch": round(clock.epochs, 5), "examples": self.cluster.examples_evaluated,
+                            "train_loss": loss, "evaluations": self.cluster.eval_id,
+                            "examples_per_s": self.cluster.examples_evaluated / max(clock.seconds, 1e-9)})
+        every = self.spec.run.eval_every
+        if every and clock.steps % every == 0:
+            self.evaluate()
+        if self.progress.due():
+            self.progress.maybe_print(f"iteration {clock.steps} epoch {clock.epochs:.2f} loss {loss:.4f} "
+                                      f"({self.cluster.eval_id} evaluations)", fraction_done(self.spec.run, clock))
+        watchdog.beat()
+        self.stopped_on = limit_reached(self.spec.run, clock) or ("preempted" if preempt.requested() else None)
+        if self.stopped_on == "preempted" or checkpoint_due(self.spec, clock, self.last_checkpoint_s):
+            self.checkpoint(final=self.stopped_on == "preempted")
+        return self.stopped_on is not None
+
+    def evaluate(self) -> None:
+        x_test, y_test = self.test_set
+        eval_n = self.spec.data.eval_examples or len(y_test)
+        loss, accuracy = self.job.network.evaluate(self.cluster.gather("x"), x_test[:eval_n], y_test[:eval_n])
+        self.metrics.write({"kind": "eval", "time_s": round(self.clock.seconds, 4), "step": self.clock.steps,
+                            "test_examples": eval_n, "test_loss": loss, "test_accuracy": accuracy})
+
+    def checkpoint(self, final: bool = False) -> None:
+        """Commit this moment: inside a batch (self.current is its L-BFGS run) or between batches."""
+        cluster = self.cluster
+        state = {"lbfgs": self.current.snapshot() if self.current is not None else None,
+                 "batches": self.batches, "statuses": self.statuses, "restarts": self.restarts,
+                 "last_loss": self.last_loss, "examples_evaluated": cluster.examples_evaluated,
+                 "eval_id": cluster.eval_id, "late_results": cluster.late_results, "totals": cluster.totals.as_dict()}
+        self.checkpoints.commit(self.clock.steps, state)
+        self.last_checkpoint_s = self.clock.seconds
+        log.info("checkpoint committed at iteration %d", self.clock.steps)
+        if final:
+            self.final_checkpoint_step = self.clock.steps
+
+    def _restore(self, state: dict) -> dict | None:
+        """Counters from a checkpoint's "sandblaster" entry; returns the L-BFGS run's state (None:
+        the checkpoint was taken between batches, so the next batch starts afresh)."""
+        cluster = self.cluster
+        self.clock.steps = self.job.resume.step
+        self.batches, self.statuses, self.restarts = state["batches"], list(state["statuses"]), state["restarts"]
+        self.last_loss = state["last_loss"]
+        cluster.examples_evaluated, cluster.eval_id = state["examples_evaluated"], state["eval_id"]
+        cluster.late_results, cluster.totals = state["late_results"], PortionTotals(**state["totals"])
+        self.clock.epochs = cluster.examples_evaluated / self.n_train
+        self.checkpoints.last_step = self.clock.steps      # it exists already
+        log.info("resuming at iteration %d of batch %d", self.clock.steps, self.batches)
+        return state["lbfgs"]
