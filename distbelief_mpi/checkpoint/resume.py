@@ -26,7 +26,17 @@ def layout_signature(spec, layout) -> dict:
             "shard_ranges": [list(r) for r in layout.shard_ranges], "server_rule": spec.optimizer.server_rule,
             # partitioned replicas order the parameters partition-major (model/partition.py)
             **({"partitions_per_replica": spec.topology.partitions_per_replica}
-               if spec.topology.partitions_per_replica > 1 else {})}
+               if spec.topology.partitions_per_replica > 1 else {}),
+            **(_lbfgs_signature(spec) if spec.optimizer.algorithm == "sandblaster" else {})}
+
+
+def _lbfgs_signature(spec) -> dict:
+    """Sandblaster resumes inside a batch with its history and its loss: the objective (batch
+    windows over the split shuffled by the seed, the penalty) and the history length must stay."""
+    o = spec.optimizer
+    return {"lbfgs_memory": o.lbfgs_memory, "sandblaster_batch": o.sandblaster_batch,
+            "lbfgs_iterations_per_batch": o.lbfgs_iterations_per_batch, "l2_penalty": o.l2_penalty,
+            "seed": spec.run.seed}
 
 
 def find_resume_point(run_dir: Path, spec, layout) -> ResumePoint:

@@ -82,22 +82,22 @@ def read_manifest(directory: Path) -> dict | None:
     return None
 
 
+def _step_directories(root: Path) -> list[Path]:
+    """Every step-N directory under root, newest first (complete or not)."""
+    root = Path(root)
+    return sorted((d for d in root.glob("step-*") if d.is_dir()), reverse=True) if root.is_dir() else []
+
+
 def complete_checkpoints(root: Path) -> list[Path]:
     """Committed, undamaged checkpoint directories, newest first."""
-    root = Path(root)
-    if not root.is_dir():
-        return []
-    candidates = sorted((d for d in root.glob("step-*") if d.is_dir()), reverse=True)
-    return [d for d in candidates if read_manifest(d) is not None]
+    return [d for d in _step_directories(root) if read_manifest(d) is not None]
 
 
 def newest_complete(root: Path) -> tuple[Path, dict] | None:
     """The newest committed, undamaged checkpoint and its manifest, or None. Each manifest is read
     (and its files hashed) once, so a reader racing a live job's pruning never gets a checkpoint
     whose manifest has gone by the time it looks."""
-    root = Path(root)
-    candidates = sorted((d for d in root.glob("step-*") if d.is_dir()), reverse=True) if root.is_dir() else []
-    for directory in candidates:
+    for directory in _step_directories(root):
         manifest = read_manifest(directory)
         if manifest is not None:
             return directory, manifest

@@ -171,6 +171,9 @@ def lbfgs(cluster, memory: int = 10, opts: LbfgsOptions = LbfgsOptions(), callba
     return LbfgsRun(cluster, memory, opts, callback).run()
 
 
+SAVED_COUNTERS = ("status", "iterations", "evaluations", "restarts", "pairs_rejected", "batches", "reductions")
+
+
 class LbfgsRun:
     """One run of the coordinator: scalars only; every vector operation is a command to the shards.
 
@@ -190,17 +193,15 @@ class LbfgsRun:
             self._restore(state)
 
     def snapshot(self) -> dict:
-        """The state to resume from; first sends pending history pruning, so the shards agree."""
+        """The state to resume from; first sends pending history pruning, so the shards agree
+        (one more command batch than a run without checkpoints: res.batches counts it)."""
         if self.pending:
             self.send([])
-        res = self.res
-        counters = {k: getattr(res, k) for k in ("status", "iterations", "evaluations", "restarts",
-                                                  "pairs_rejected", "batches", "reductions")}
-        return {"f": self.f, "mirror": self.h.to_json(), **counters}
+        return {"f": self.f, "mirror": self.h.to_json(), **{key: getattr(self.res, key) for key in SAVED_COUNTERS}}
 
     def _restore(self, state: dict) -> None:
         self.h, self.f, self.pending = _Mirror.from_json(state["mirror"]), state["f"], []
-        for key in ("status", "iterations", "evaluations", "restarts", "pairs_rejected", "batches", "reductions"):
+        for key in SAVED_COUNTERS:
             setattr(self.res, key, state[key])
         self.res.losses = [self.f]     # the losses before the snapshot are in the metrics log
 

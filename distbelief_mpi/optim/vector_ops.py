@@ -69,13 +69,12 @@ class ShardVectors:
         np.copyto(self._work(name), np.asarray(values, dtype=np.float64).reshape(self.length))
 
     # What an iteration boundary needs (d, x_trial and g_trial are rewritten before they are read).
-    def state(self) -> dict:
-        """{"x", "g": (L,), "pids": [k], "s", "y": (k, L)} float64: a checkpoint of this slice."""
-        pids = list(self.history)
-        pairs = [self.history[pid] for pid in pids]
-        stack = (lambda which: np.array([pair[which] for pair in pairs]).reshape(len(pids), self.length))
-        return {"x": self.vectors["x"].copy(), "g": self.vectors["g"].copy(), "pids": pids,
-                "s": stack(0), "y": stack(1)}
+    def state(self, with_history: bool = True) -> dict:
+        """{"x", "g": (L,), "pids": [k], "s", "y": k arrays (L,)}: views of this slice's own
+        float64 arrays (no copies: a checkpoint writes them out before the next command)."""
+        pids = list(self.history) if with_history else []
+        return {"x": self.vectors["x"], "g": self.vectors["g"], "pids": pids,
+                "s": [self.history[pid][0] for pid in pids], "y": [self.history[pid][1] for pid in pids]}
 
     def restore(self, state: dict) -> None:
         """Back to what state() returned (the same slice length; at most memory + 1 pairs)."""

@@ -29,12 +29,16 @@ def save_vectors(directory: Path, shard_id: int, start: int, stop: int, state: d
     """Write a shard's optim/vector_ops.ShardVectors.state(); return (file name, SHA-256)."""
     directory, name = Path(directory), shard_file_name(shard_id)
 
+    length, pairs = stop - start, len(state["pids"])
+
     def fill(handle):
-        for key in ("x", "g", "s", "y"):
-            values = state[key]
-            chunks = (min(values.size, 1 << 20) or 1,) if values.ndim == 1 else (1, max(values.shape[1], 1))
-            handle.create_dataset(key, data=values, chunks=chunks if values.size else None,
-                                  fletcher32=bool(values.size))
+        for key in ("x", "g"):
+            handle.create_dataset(key, data=state[key], **_checksummed((length,)))
+        for key in ("s", "y"):      # row by row from the shard's own arrays: no stacked copy
+            rows = handle.create_dataset(key, shape=(pairs, length), dtype=np.float64,
+                                         **_checksummed((1, length)) if pairs and length else {})
+            for index, row in enumerate(state[key]):
+                rows[index] = row
         handle.attrs.update({"pids": np.asarray(state["pids"], np.int64), "shard_id": shard_id,
                              "start": start, "stop": stop})
 
@@ -42,6 +46,13 @@ def save_vectors(directory: Path, shard_id: int, start: int, stop: int, state: d
         directory.mkdir(parents=True, exist_ok=True)
         write_hdf5_atomic(directory / name, fill)
     return name, file_sha256(directory / name)
+
+
+def _checksummed(chunks: tuple) -> dict:
+    """fletcher32 needs chunked storage (and a chunk may not be empty or over 4 GB)."""
+    if 0 in chunks:
+        return {}
+    return {"chunks": tuple(min(c, 1 << 20) for c in chunks), "fletcher32": True}
 
 
 def load_vectors(path: Path, shard_id: int, start: int, stop: int) -> dict:
@@ -53,20 +64,22 @@ def load_vectors(path: Path, shard_id: int, start: int, stop: int) -> dict:
             saved_range = (int(handle.attrs["start"]), int(handle.attrs["stop"]))
     except (OSError, KeyError, ValueError) as exc:
         raise CheckpointError(f"{path}: cannot read shard {shard_id}'s L-BFGS state ({exc})") from None
-    length = stop - start
-    if saved_range != (start, stop) or state["x"].shape != (length,) or state["s"].shape != (len(state["pids"]), length):
-        raise CheckpointError(f"{path}: holds slice {saved_range} of shape {state['x'].shape}, "
+    length, pairs = stop - start, len(state["pids"])
+    shapes = {key: state[key].shape for key in ("x", "g", "s", "y")}
+    if saved_range != (start, stop) or shapes != {"x": (length,), "g": (length,), "s": (pairs, length),
+                                                  "y": (pairs, length)}:
+        raise CheckpointError(f"{path}: holds slice {saved_range} with shapes {shapes}, "
                               f"shard {shard_id} owns [{start}, {stop})")
     if not all(np.all(np.isfinite(state[key])) for key in ("x", "g")):
         raise CheckpointError(f"{path}: x or g holds NaN or Inf")
     return state
 
 
-def shard_save_reply(directory: str, shard_id: int, start: int, stop: int, vectors) -> dict:
-    """The shard's answer to ("save", directory): {"file": (name, sha)} or {"error": message}
-    (a full disk must reach the coordinator as one clear error, not end the shard)."""
+def shard_save_reply(directory: str, with_history: bool, shard_id: int, start: int, stop: int, vectors) -> dict:
+    """The shard's answer to ("save", directory, with_history): {"file": (name, sha)} or
+    {"error": message} (a full disk must reach the coordinator as one clear error, not end the shard)."""
     try:
-        return {"file": save_vectors(Path(directory), shard_id, start, stop, vectors.state())}
+        return {"file": save_vectors(Path(directory), shard_id, start, stop, vectors.state(with_history))}
     except CheckpointWriteError as exc:
         return {"error": str(exc)}
 
@@ -79,11 +92,12 @@ class CoordinatorCheckpoints:
         self.root = job.run_dir / "checkpoints"
         self.last_step: int | None = None     # the newest step committed by this run
 
-    def commit(self, step: int, driver_state: dict) -> None:
+    def commit(self, step: int, driver_state: dict, with_history: bool) -> None:
+        """with_history False between batches: the next batch starts with none."""
         if step == self.last_step:
             return
         directory = checkpoint_dir(self.root, step)
-        replies = self.cluster.shard_call(("save", str(directory)))
+        replies = self.cluster.shard_call(("save", str(directory), with_history))
         errors = [reply["error"] for reply in replies if "error" in reply]
         if errors:
             raise CheckpointWriteError(errors[0])

@@ -43,6 +43,7 @@ class Driver:
         n_batches = -(-self.n_train // size)
         portion = opt.portion_examples or max(1, size // (8 * len(self.cluster.replica_ranks)))
         options = LbfgsOptions(max_iter=10**12 if n_batches == 1 else opt.lbfgs_iterations_per_batch)
+        self.stopped_on = limit_reached(self.spec.run, self.clock)   # a resumed run may be done already
         while self.stopped_on is None:
             start = (self.batches % n_batches) * size
             stop = min(self.n_train, start + size)
@@ -99,11 +100,12 @@ class Driver:
     def checkpoint(self, final: bool = False) -> None:
         """Commit this moment: inside a batch (self.current is its L-BFGS run) or between batches."""
         cluster = self.cluster
-        state = {"lbfgs": self.current.snapshot() if self.current is not None else None,
+        inside_batch = self.current is not None
+        state = {"lbfgs": self.current.snapshot() if inside_batch else None,
                  "batches": self.batches, "statuses": self.statuses, "restarts": self.restarts,
                  "last_loss": self.last_loss, "examples_evaluated": cluster.examples_evaluated,
                  "eval_id": cluster.eval_id, "late_results": cluster.late_results, "totals": cluster.totals.as_dict()}
-        self.checkpoints.commit(self.clock.steps, state)
+        self.checkpoints.commit(self.clock.steps, state, with_history=inside_batch)
         self.last_checkpoint_s = self.clock.seconds
         log.info("checkpoint committed at iteration %d", self.clock.steps)
         if final:

@@ -12,7 +12,7 @@ waits long. Commands (TAG_SB_COMMAND, each answered on TAG_SB_REPLY, in order):
     ("collect", name, pushes, n, point, l2)  wait until pushes[r] pushes of replica r are summed;
                                  name := total / n + l2 * point; reply: the partial l2 / 2 * |point|^2
     ("gather", name)             reply: the slice of `name` as float32 (evaluation, params.h5)
-    ("save", directory)          write x, g and the history to directory/shard-S.h5
+    ("save", directory, history) write x, g and (if history) the (s, y) pairs to directory/shard-S.h5
                                  (roles/sandblaster_checkpoint.py); reply: {"file": (name, sha)}
     ("stop",)                    reply: this shard's statistics; the serve loop ends
 """
@@ -92,7 +92,7 @@ def _run(command: tuple, sink: GradientSink, vectors: ShardVectors, shard_range:
     if kind == "gather":
         return vectors[command[1]].astype(np.float32)
     if kind == "save":
-        return shard_save_reply(command[1], sink.shard_id, *shard_range, vectors)
+        return shard_save_reply(command[1], command[2], sink.shard_id, *shard_range, vectors)
     raise ValueError(f"unknown shard command {kind!r}")
 
 

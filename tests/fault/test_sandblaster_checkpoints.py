@@ -1,14 +1,14 @@
 """Sandblaster checkpoints under faults (6 ranks: a coordinator, 2 shards, 3 replicas): a damaged
-shard file in the newest checkpoint makes resume fall back to the one before; a file-size limit
-disk that fills up while a shard writes its file stops the run with one clear error (exit 1)
-and leaves the previous checkpoint complete and no temporary file behind."""
+shard file in the newest checkpoint makes resume fall back to the one before; a disk that fills
+up while a shard writes its file stops the run with one clear error (exit 1) and leaves the
+previous checkpoint complete and no temporary file behind."""
 
 import json
 import shutil
 
 import pytest
 
-from distbelief_mpi.checkpoint.store import complete_checkpoints
+from distbelief_mpi.checkpoint.store import complete_checkpoints, read_manifest
 from tests.fault.conftest import fill_disk, small_tmpfs
 from tests.fault.test_damaged_checkpoints import flip_a_byte
 from tests.mpi.runner import REPO, assert_all_ranks, run_mpi
@@ -58,3 +58,23 @@ def test_a_full_disk_while_a_shard_writes_is_one_clear_error_and_keeps_the_previ
         assert "error on rank 0 (coordinator)" in run.stderr and "Traceback" not in run.stderr
         assert [d.name for d in complete_checkpoints(run_dir / "checkpoints")] == ["step-000000002"]
         assert not [p for p in (run_dir / "checkpoints").rglob("*") if ".tmp" in p.name], "a temporary file was left"
+
+
+def test_resume_at_the_run_limit_takes_no_further_iteration(tmp_path, digits_h5, checkpointed_run):
+    """Killed after its last checkpoint but before the summary: the resumed run only finishes."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(checkpointed_run, run_dir)
+    run = train(tmp_path, digits_h5, "again", "--resume", str(run_dir), "--set", "run.steps=8")
+    assert_all_ranks(run, 6)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    saved = read_manifest(run_dir / "checkpoints" / "step-000000008")["sandblaster"]
+    assert summary["resumed_from"]["step"] == 8 and summary["steps"] == 8
+    assert summary["evaluations"] == saved["eval_id"]          # not one batch pass more
+
+
+def test_resume_with_another_objective_or_history_length_names_each_key(tmp_path, digits_h5, checkpointed_run):
+    run = train(tmp_path, digits_h5, "changed", "--resume", str(checkpointed_run), "--set", "run.steps=12",
+                "--set", "optimizer.lbfgs_memory=5", "--set", "optimizer.l2_penalty=0.01")
+    assert_all_ranks(run, 6, exit_code=2)
+    assert "lbfgs_memory: the checkpoint has 10, this job has 5" in run.stderr, run.explain()
+    assert "l2_penalty: the checkpoint has 0.0001, this job has 0.01" in run.stderr

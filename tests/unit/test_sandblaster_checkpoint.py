@@ -28,6 +28,12 @@ def test_a_shard_file_restores_x_g_and_the_history_exactly(tmp_path):
         assert np.array_equal(restored[key], vectors[key]), key
 
 
+def test_between_batches_the_history_is_left_out(tmp_path):
+    name, _ = save_vectors(tmp_path, 0, 0, 6, shard_with_history().state(with_history=False))
+    state = load_vectors(tmp_path / name, 0, 0, 6)
+    assert state["pids"] == [] and state["s"].shape == state["y"].shape == (0, 6)
+
+
 def test_an_empty_history_and_an_empty_slice_round_trip(tmp_path):
     for length in (0, 5):
         name, _ = save_vectors(tmp_path / str(length), 0, 0, length, ShardVectors(length, 2).state())
@@ -46,5 +52,5 @@ def test_a_wrong_slice_or_a_garbage_file_is_a_clear_error(tmp_path):
 
 def test_a_write_error_becomes_a_reply_not_a_crash(tmp_path):
     (tmp_path / "a_file").write_text("")
-    reply = shard_save_reply(str(tmp_path / "a_file" / "step-000000003"), 0, 0, 6, shard_with_history())
+    reply = shard_save_reply(str(tmp_path / "a_file" / "step-000000003"), True, 0, 0, 6, shard_with_history())
     assert set(reply) == {"error"} and "cannot write the checkpoint" in reply["error"]
