@@ -7,6 +7,8 @@
 Each benchmark is its own script in bench/ (run as a subprocess, so each gets a clean MPI and
 thread setting); its markdown section, or its plain-text table in a code block, goes into the
 report under the exact command that produced it. Plots land in --out-dir, linked from the report.
+With --only, the named sections replace theirs in an existing report and the others are kept
+(each section starts with a `<!-- bench: NAME -->` marker); the header says which were updated when.
 """
 
 import argparse
@@ -85,6 +87,30 @@ def run_one(name: str, args: list[str], md: str | None, out: Path) -> tuple[str,
     return f"## {name}\n\n{took}\n\n```text\n{done.stdout.rstrip()}\n```\n", True
 
 
+MARKER = "<!-- bench: {} -->"
+
+
+def split_report(text: str) -> tuple[str, dict[str, str]]:
+    """(header, {benchmark name: its section}) of a report written by this module."""
+    parts = re.split(r"^<!-- bench: (\w+) -->\n", text, flags=re.M)
+    return parts[0], dict(zip(parts[1::2], parts[2::2]))
+
+
+def assemble(header_text: str, sections: dict[str, str], order: list[str]) -> str:
+    return header_text.rstrip("\n") + "\n\n" + "".join(
+        MARKER.format(name) + "\n" + sections[name].rstrip("\n") + "\n\n" for name in order if name in sections)
+
+
+def merged(report: Path, header_text: str, new: dict[str, str], order: list[str]) -> str:
+    """The report with the sections in `new` replaced (--only); a fresh one when there is none."""
+    old_header, old = split_report(report.read_text()) if report.exists() else ("", {})
+    if not old:
+        return assemble(header_text, new, order)
+    stamp = f"- updated {datetime.datetime.now().isoformat(timespec='minutes')}: {', '.join(new)} " \
+            f"(`python -m bench all --only {' '.join(new)}`)"
+    return assemble(old_header.rstrip("\n") + "\n" + stamp, {**old, **new}, order)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("what", choices=["all"])
@@ -97,16 +123,24 @@ def main() -> int:
     out, report = Path(args.out_dir).resolve(), Path(args.report).resolve()
     out.mkdir(parents=True, exist_ok=True)
     command = "python -m bench all" + (" --quick" if args.quick else "")
-    sections, failed = [header(command, args.quick)], []
-    for name, script_args, md in plan(out, args.quick, args.dataset):
+    steps = plan(out, args.quick, args.dataset)
+    unknown = sorted(set(args.only or []) - {name for name, _, _ in steps})
+    if unknown:
+        parser.error(f"--only: no benchmark named {', '.join(unknown)} (choose from {', '.join(n for n, _, _ in steps)})")
+    sections, failed = {}, []
+    for name, script_args, md in steps:
         if args.only and name not in args.only:
             continue
         text, ran = run_one(name, script_args, md, out)
         failed += [] if ran else [name]
         # plots sit in out; the report links them from its own folder
-        sections.append(re.sub(r"!\[([^\]]*)\]\(([^)/]+\.png)\)",
-                               lambda m: f"![{m.group(1)}]({os.path.relpath(out / m.group(2), report.parent)})", text))
-    report.write_text("\n".join(sections))
+        sections[name] = re.sub(r"!\[([^\]]*)\]\(([^)/]+\.png)\)",
+                                lambda m: f"![{m.group(1)}]({os.path.relpath(out / m.group(2), report.parent)})", text)
+    order = [name for name, _, _ in steps]
+    if args.only:
+        report.write_text(merged(report, header(command, args.quick), sections, order))
+    else:
+        report.write_text(assemble(header(command, args.quick), sections, order))
     print(f"[bench] wrote {report}" + (f"; failed: {', '.join(failed)}" if failed else ""), file=sys.stderr)
     return 1 if failed else 0
 
