@@ -2,7 +2,7 @@
 every restart must find a complete checkpoint (the newest or the one before), never a partial one,
 and continue from it; the final parameters are bit-identical to a run never killed. Both
 deterministic configurations: one SGD replica, and Sandblaster with one replica (a coordinator,
-2 shards writing their own files, one replica). DISTBELIEF_FAULT_TRIALS sets the number of kills
+2 shards writing their own files, one replica; several L-BFGS batches). DISTBELIEF_FAULT_TRIALS sets the number of kills
 (CI: 6; long mode: 20)."""
 
 import json
@@ -18,7 +18,10 @@ from distbelief_mpi.checkpoint.store import complete_checkpoints, newest_complet
 from tests.mpi.runner import REPO, assert_all_ranks, run_mpi, start_mpi
 
 CASES = {"sgd": ("digits_mlp.toml", 1, []),
-         "sandblaster": ("digits_sandblaster.toml", 4, ["--set", "topology.replicas=1"])}
+         # batches of 500 examples, 7 iterations each: kills land inside batches and at their ends
+         "sandblaster": ("digits_sandblaster.toml", 4, ["--set", "topology.replicas=1",
+                                                        "--set", "optimizer.sandblaster_batch=500",
+                                                        "--set", "optimizer.lbfgs_iterations_per_batch=7"])}
 
 
 @pytest.mark.parametrize("algorithm", list(CASES))
