@@ -129,24 +129,46 @@ def collect_reports(world_comm, own: dict, shard_ranks, replica_ranks, peers: Pe
     return [reports[rank] for rank in sorted(reports) if rank not in lost], sorted(lost)
 
 
+class Silence:
+    """How long `rank` has said nothing to this rank; check() (cheap, rate-limited) raises
+    RankLost once its process has exited, RankHung after hung_after seconds (0: never)."""
+
+    def __init__(self, peers: Peers | None, rank: int, who: str, hung_after: float,
+                 limit_from: str = "faults.watchdog_seconds"):
+        self.peers, self.rank, self.who, self.hung_after = peers, rank, who, hung_after
+        self.limit_from = limit_from
+        self.heard = time.monotonic()
+        self.next_check = self.heard + CHECK_AFTER_S
+
+    def heard_now(self) -> None:
+        self.heard = time.monotonic()
+
+    def check(self) -> None:
+        now = time.monotonic()
+        if now > self.next_check:
+            self.next_check = now + CHECK_AFTER_S
+            judge(self.peers, self.rank, self.who, now - self.heard, self.hung_after, self.limit_from)
+
+
 def recv_watched(world_comm, source: int, tag: int, peers: Peers | None, who: str, hung_after: float = 0.0,
-                 limit: float = 5e-3):
+                 limit: float = 5e-3, silence: Silence | None = None):
     """Receive from `source`, sleeping; RankLost if its process exits meanwhile, RankHung if
-    nothing comes within hung_after seconds (0: wait as long as it lives). `who` names it."""
-    backoff, started = Backoff(limit=limit), time.monotonic()
-    next_check = started + CHECK_AFTER_S
+    nothing comes within hung_after seconds (0: wait as long as it lives). `who` names it.
+    silence: a watch kept across receives (then silent since its last message, not this call)."""
+    silence = silence or Silence(peers, source, who, hung_after)
+    backoff = Backoff(limit=limit)
     while not world_comm.Iprobe(source=source, tag=tag):
-        if time.monotonic() > next_check:
-            next_check = time.monotonic() + CHECK_AFTER_S
-            judge(peers, source, who, time.monotonic() - started, hung_after)
+        silence.check()
         backoff.sleep()
+    silence.heard_now()
     return world_comm.recv(source=source, tag=tag)
 
 
-def judge(peers: Peers | None, rank: int, who: str, waited: float, hung_after: float) -> None:
+def judge(peers: Peers | None, rank: int, who: str, waited: float, hung_after: float,
+          limit_from: str = "faults.watchdog_seconds") -> None:
     """RankLost when `rank`'s process has exited; RankHung when it has been awaited too long."""
     if peers is not None and peers.gone(rank):
         raise RankLost(f"{who} (rank {rank}) has left the job (its process exited)")
     if hung_after and waited > hung_after:
         raise RankHung(f"{who} (rank {rank}) has not answered for {waited:.0f} s: it is hung "
-                       f"(faults.watchdog_seconds = {hung_after:g})")
+                       f"(the limit is {hung_after:g} s: {limit_from})")

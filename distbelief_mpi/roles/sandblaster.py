@@ -24,10 +24,10 @@ from ..optim.vector_ops import ShardVectors
 from ..rundir import MetricsLog
 from ..watchdog import Watchdog
 from .downpour import warm_up
-from .liveness import Peers
+from .liveness import Peers, Silence
 from .partitions import ShardSubset, initial_params, own_shards, parameter_order, partition_network, replica_comm
 from .sandblaster_checkpoint import load_vectors
-from .sandblaster_cluster import MpiCluster
+from .sandblaster_cluster import COORDINATOR_SILENCE, MpiCluster
 from .sandblaster_driver import Driver
 from .sandblaster_replica import PortionWorker
 from .sandblaster_shard import GradientSink, serve_commands
@@ -48,9 +48,9 @@ def run_sandblaster(job, world_comm, world_rank: int):
                      partial(abort_job, world_comm))
     outcome = (None, None)
     if role.role == "shard":
-        _serve(job, windows, world_comm, guard)
+        _serve(job, windows, world_comm, guard, _watch_coordinator(job, peers))
     elif role.role == "replica":
-        _work(job, windows, world_comm, guard, comm)
+        _work(job, windows, world_comm, guard, comm, _watch_coordinator(job, peers))
     else:
         speakers = [layout.rank_of(r, 0) for r in range(job.spec.topology.replicas)]   # partition 0 of each
         outcome = _coordinate(job, world_comm, shard_ranks, speakers, guard, peers)
@@ -59,7 +59,12 @@ def run_sandblaster(job, world_comm, world_rank: int):
     return outcome
 
 
-def _serve(job, windows, world_comm, guard) -> None:
+def _watch_coordinator(job, peers: Peers) -> Silence:
+    return Silence(peers, job.layout.lead_rank, "the coordinator", COORDINATOR_SILENCE * job.spec.faults.watchdog_seconds,
+                   f"{COORDINATOR_SILENCE:g} x faults.watchdog_seconds")
+
+
+def _serve(job, windows, world_comm, guard, silence: Silence) -> None:
     start, stop = job.layout.shard_ranges[job.role.shard_id]
     initial = initial_params(job)[start:stop]
     sink = GradientSink(windows, job.role.shard_id, job.spec.optimizer, initial)
@@ -73,10 +78,11 @@ def _serve(job, windows, world_comm, guard) -> None:
         vectors.load("x", initial)
     barrier_sleeping(world_comm)
     with guard:
-        serve_commands(world_comm, job.layout.lead_rank, sink, vectors, (start, stop))
+        silence.heard_now()          # the wait starts now, not at start-up
+        serve_commands(world_comm, job.layout.lead_rank, sink, vectors, (start, stop), silence)
 
 
-def _work(job, windows, world_comm, guard, comm) -> None:
+def _work(job, windows, world_comm, guard, comm, silence: Silence) -> None:
     x_train, y_train = read_split(job.info.path, "train")
     order = np.random.default_rng(job.spec.run.seed).permutation(len(y_train))   # the coordinator's rows
     train_set = (x_train[order], y_train[order])
@@ -87,7 +93,9 @@ def _work(job, windows, world_comm, guard, comm) -> None:
     network = partition_network(job, comm) if comm is not None else None
     barrier_sleeping(world_comm)
     with guard:
-        PortionWorker(job, world_comm, job.layout.lead_rank, endpoint, train_set, local_ranges, network, comm).run()
+        silence.heard_now()
+        PortionWorker(job, world_comm, job.layout.lead_rank, endpoint, train_set, local_ranges, network, comm,
+                      silence).run()
 
 
 def _coordinate(job, world_comm, shard_ranks, replica_ranks, guard, peers):

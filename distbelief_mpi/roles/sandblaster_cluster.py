@@ -10,6 +10,11 @@ An evaluation at point P (the shards' vector named P), gradient into G:
      every shard waits for exactly those pushes and sets G := sum / batch examples (+ the
      optimizer.l2_penalty term, whose loss the shards return as partial sums).
 A late result of an earlier evaluation (a straggler's, lost to a backup) is discarded.
+
+Shards and replicas watch the coordinator (it cannot watch itself when frozen whole): it sends
+each of them something at least every faults.watchdog_seconds / 2, a no-op ping when it has
+nothing to say (during an evaluation, shards hear nothing else), and a rank that hears nothing
+for twice the watchdog time ends the job naming the coordinator (COORDINATOR_SILENCE).
 """
 
 import time
@@ -21,6 +26,9 @@ from ..comm.control import (TAG_SB_COMMAND, TAG_SB_PUSHED, TAG_SB_REPLY, TAG_SB_
                             receive_all)
 from ..optim.portions import PortionScheduler, PortionTotals
 from .liveness import judge, recv_watched
+
+COORDINATOR_SILENCE = 2.0   # x watchdog_seconds: how long shards and replicas wait for a word
+PING = ("ping",)            # to a shard (TAG_SB_COMMAND; no reply); to a replica: {"ping": True}
 
 
 class MpiCluster:
@@ -39,13 +47,30 @@ class MpiCluster:
         self.late_results, self.evaluation_seconds = 0, []
         self.busy: set[int] = set()        # replicas computing a portion we have not had the result of
         self.examples_evaluated = 0
+        self.last_sent: dict[int, float] = {}   # world rank -> when the coordinator last sent it anything
 
     # -- shards ------------------------------------------------------------------------
     def shard_call(self, command: tuple) -> list:
         """Send a command to every shard, then collect every reply (in shard order)."""
         for rank in self.shard_ranks:
-            self.comm.send(command, dest=rank, tag=TAG_SB_COMMAND)
+            self.post(command, rank, TAG_SB_COMMAND)
         return [self.receive(rank, TAG_SB_REPLY, f"shard {i}") for i, rank in enumerate(self.shard_ranks)]
+
+    def post(self, message, rank: int, tag: int) -> None:
+        self.comm.send(message, dest=rank, tag=tag)
+        self.last_sent[rank] = time.monotonic()
+
+    def keep_alive(self) -> None:
+        """Ping every shard and replica not sent anything for half the watchdog time."""
+        if not self.hung_after:
+            return
+        due = time.monotonic() - self.hung_after / 2
+        for rank in self.shard_ranks:
+            if self.last_sent.get(rank, 0.0) < due:
+                self.post(PING, rank, TAG_SB_COMMAND)
+        for rank in self.replica_ranks:
+            if self.last_sent.get(rank, 0.0) < due:
+                self.post({"ping": True}, rank, TAG_SB_WORK)
 
     def receive(self, rank: int, tag: int, who: str):
         """A reply from `rank`, sleeping; RankLost / RankHung naming it when it has left or hangs."""
@@ -81,7 +106,7 @@ class MpiCluster:
 
     def stop_replicas(self) -> None:
         for rank in self.replica_ranks:
-            self.comm.send({"stop": True}, dest=rank, tag=TAG_SB_WORK)
+            self.post({"stop": True}, rank, TAG_SB_WORK)
 
 
 class Evaluation:
@@ -108,6 +133,7 @@ class Evaluation:
             if time.monotonic() > next_check:
                 next_check = time.monotonic() + 1.0
                 self._check_busy_replicas()
+                self.c.keep_alive()
         return self.loss_sum, self.pushes
 
     def _take_results(self) -> int:
@@ -172,4 +198,4 @@ class Evaluation:
             self.c.assigned_at[replica] = time.monotonic()
         message = {"eval": self.c.eval_id, "portion": portion, "counted": counted, "flush": near_end,
                    "rows": None if portion is None else self.c.portions[portion]}
-        self.c.comm.send(message, dest=self.c.replica_ranks[replica], tag=TAG_SB_WORK)
+        self.c.post(message, self.c.replica_ranks[replica], TAG_SB_WORK)

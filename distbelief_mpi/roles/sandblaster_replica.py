@@ -20,6 +20,7 @@ import numpy as np
 from ..comm.control import TAG_SB_BYE, TAG_SB_PUSHED, TAG_SB_RESULT, TAG_SB_WORK, recv_sleeping
 from ..comm.param_server import ReplicaEndpoint
 from ..fault_injection import FaultInjector
+from .liveness import Silence, recv_watched
 
 
 class PortionWorker:
@@ -29,9 +30,10 @@ class PortionWorker:
     relative to that block; endpoint is a roles/partitions.ShardSubset)."""
 
     def __init__(self, job, world_comm, coordinator: int, endpoint: ReplicaEndpoint, train_set, shard_ranges,
-                 network=None, replica_comm=None):
+                 network=None, replica_comm=None, silence: Silence | None = None):
         self.job, self.comm, self.coordinator, self.endpoint = job, world_comm, coordinator, endpoint
         self.network, self.replica_comm = network or job.network, replica_comm
+        self.silence = silence                   # partition 0's watch on the coordinator
         self.speaks = replica_comm is None or replica_comm.Get_rank() == 0    # to the coordinator
         self.x_train, self.y_train = train_set                    # permuted by run.seed (the coordinator's rows)
         self.ranges = [slice(start, stop) for start, stop in shard_ranges]
@@ -49,18 +51,20 @@ class PortionWorker:
             message = self._next_message()
             if message.get("stop"):
                 break
-            self._handle(message)
+            if not message.get("ping"):
+                self._handle(message)
         report = {"role": "replica", "replica_id": self.job.role.replica_id, **self.stats}
         if self.speaks:
             self.comm.send(report, dest=self.coordinator, tag=TAG_SB_BYE)
         return report
 
     def _next_message(self) -> dict:
-        if self.replica_comm is None:
-            return recv_sleeping(self.comm, self.coordinator, TAG_SB_WORK)
         if not self.speaks:
             return recv_sleeping(self.replica_comm, 0, TAG_SB_WORK)
-        message = recv_sleeping(self.comm, self.coordinator, TAG_SB_WORK)
+        message = recv_watched(self.comm, self.coordinator, TAG_SB_WORK, None, "the coordinator",
+                               silence=self.silence)
+        if self.replica_comm is None:
+            return message
         for partition in range(1, self.replica_comm.Get_size()):
             self.replica_comm.send(message, dest=partition, tag=TAG_SB_WORK)
         return message

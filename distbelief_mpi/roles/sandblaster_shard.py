@@ -15,6 +15,7 @@ waits long. Commands (TAG_SB_COMMAND, each answered on TAG_SB_REPLY, in order):
     ("save", directory, history) write x, g and (if history) the (s, y) pairs to directory/shard-S.h5
                                  (roles/sandblaster_checkpoint.py); reply: {"file": (name, sha)}
     ("stop",)                    reply: this shard's statistics; the serve loop ends
+    ("ping",)                    no reply: the coordinator is alive (roles/sandblaster_cluster.py)
 """
 
 import numpy as np
@@ -24,6 +25,7 @@ from ..comm.control import TAG_SB_COMMAND, TAG_SB_REPLY, Backoff
 from ..comm.param_server import VERSION, WRITING
 from ..kernels.server_rules import all_finite
 from ..optim.vector_ops import ShardVectors
+from .liveness import Silence
 from .sandblaster_checkpoint import shard_save_reply
 from .shard import Shard
 
@@ -60,12 +62,15 @@ class GradientSink(Shard):
 
 
 def serve_commands(world_comm, coordinator: int, sink: GradientSink, vectors: ShardVectors,
-                   shard_range: tuple[int, int]) -> dict:
+                   shard_range: tuple[int, int], silence: Silence | None = None) -> dict:
     """Run commands until ("stop",); returns the statistics sent with the last reply.
-    shard_range: the [start, stop) of the parameters this shard holds (named in its checkpoint)."""
+    shard_range: the [start, stop) of the parameters this shard holds (named in its checkpoint);
+    silence: watches the coordinator (RankHung / RankLost when it stays silent or exits)."""
     while True:
-        command = _next_command(world_comm, coordinator, sink)
+        command = _next_command(world_comm, coordinator, sink, silence)
         kind = command[0]
+        if kind == "ping":
+            continue
         if kind == "stop":
             stats = {"role": "shard", "shard_id": sink.shard_id, "pushes_summed": int(sink.stats.applied.sum()),
                      "non_finite_pushes": sink.non_finite}
@@ -96,15 +101,19 @@ def _run(command: tuple, sink: GradientSink, vectors: ShardVectors, shard_range:
     raise ValueError(f"unknown shard command {kind!r}")
 
 
-def _next_command(world_comm, coordinator: int, sink: GradientSink) -> tuple:
+def _next_command(world_comm, coordinator: int, sink: GradientSink, silence: Silence | None) -> tuple:
     """Sleep until the coordinator's next command, summing pushes meanwhile."""
     backoff = Backoff(limit=1e-3)
     while not world_comm.Iprobe(source=coordinator, tag=TAG_SB_COMMAND):
         watchdog.beat()
+        if silence is not None:
+            silence.check()
         if sink.apply_pending():
             backoff.reset()
         else:
             backoff.sleep()
+    if silence is not None:
+        silence.heard_now()
     return world_comm.recv(source=coordinator, tag=TAG_SB_COMMAND)
 
 

@@ -3,14 +3,21 @@ naming the rank and its role; no process of the job is left behind.
 
 Digits Downpour, 2 shards (ranks 0-1) and 3 replicas (ranks 2-4): replica 1 is rank 3.
 `hang`: its main thread sleeps forever (its own watchdog and the shards both notice);
-`freeze`: it stops itself with SIGSTOP (only the shards can notice: they watch its pushes)."""
+`freeze`: it stops itself with SIGSTOP (only the shards can notice: they watch its pushes).
+A Sandblaster coordinator stopped with SIGSTOP from outside is noticed by the shards and
+replicas it no longer talks to (it pings them while it has nothing to say)."""
 
+import os
+import signal
 import time
 
 import pytest
 
+from distbelief_mpi.roles.sandblaster_cluster import COORDINATOR_SILENCE
 from distbelief_mpi.watchdog import EXIT_HUNG
 from tests.fault.launch import leftover_processes, train
+from tests.mpi.runner import REPO, finish_mpi, start_mpi
+from tests.mpi.test_preempt_mpi import wait_for_training
 
 WATCHDOG_S = 5
 
@@ -42,6 +49,30 @@ def test_a_hung_single_replica_run_ends_on_its_watchdog(tmp_path, digits_h5):
     assert "rank 0 (replica 0/partition 0): watchdog: no progress" in ended.stderr, ended.explain()
     assert "Stacks of this rank" in ended.stderr and "fault_injection.py" in ended.stderr, ended.explain()
     assert leftover_processes(run_dir) == []
+
+
+def test_a_frozen_sandblaster_coordinator_ends_the_job_naming_it(tmp_path, digits_h5):
+    run_dir = tmp_path / "run"
+    started = start_mpi(6, ["distbelief", "train", str(REPO / "jobs" / "digits_sandblaster.toml"), "--run-dir",
+                            str(run_dir), "--no-progress", "--set", f"data.path={digits_h5}",
+                            "--set", "run.steps=100000000", "--set", "run.eval_every=0",
+                            "--set", f"faults.watchdog_seconds={WATCHDOG_S}", "--set", "checkpoint.grace_seconds=2"],
+                        tmp_path, timeout=120)
+    coordinator = None
+    try:
+        wait_for_training(run_dir, started)
+        coordinator = int((started.result_dir / "rank-0.pid").read_text())
+        os.kill(coordinator, signal.SIGSTOP)           # frozen whole: its own watchdog thread stops too
+        frozen_at = time.monotonic()
+        ended = finish_mpi(started, timeout=120)
+    finally:
+        if coordinator is not None and started.process.poll() is None:
+            os.kill(coordinator, signal.SIGKILL)
+    assert ended.returncode in (EXIT_HUNG, 9), ended.explain()
+    assert "the coordinator (rank 0) has not answered" in ended.stderr and "it is hung" in ended.stderr, \
+        ended.explain()
+    assert time.monotonic() - frozen_at < COORDINATOR_SILENCE * WATCHDOG_S + 25, ended.explain()
+    assert leftover_processes(run_dir) == [], leftover_processes(run_dir)
 
 
 def _injection_time(run_dir) -> float:
