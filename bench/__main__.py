@@ -8,7 +8,8 @@ Each benchmark is its own script in bench/ (run as a subprocess, so each gets a 
 thread setting); its markdown section, or its plain-text table in a code block, goes into the
 report under the exact command that produced it. Plots land in --out-dir, linked from the report.
 With --only, the named sections replace theirs in an existing report and the others are kept
-(each section starts with a `<!-- bench: NAME -->` marker); the header says which were updated when.
+(each section starts with a `<!-- bench: NAME -->` marker); the header says which were updated
+when, and with what command (--quick included).
 """
 
 import argparse
@@ -101,14 +102,21 @@ def assemble(header_text: str, sections: dict[str, str], order: list[str]) -> st
         MARKER.format(name) + "\n" + sections[name].rstrip("\n") + "\n\n" for name in order if name in sections)
 
 
-def merged(report: Path, header_text: str, new: dict[str, str], order: list[str]) -> str:
-    """The report with the sections in `new` replaced (--only); a fresh one when there is none."""
-    old_header, old = split_report(report.read_text()) if report.exists() else ("", {})
-    if not old:
+def merged(report: Path, header_text: str, new: dict[str, str], order: list[str], command: str) -> str:
+    """The report with the sections in `new` replaced (--only), the others kept, and one
+    `- updated` line per replaced section in the header (an older line for it is dropped).
+    ValueError for an existing report without section markers: it would be lost."""
+    if not report.exists():
         return assemble(header_text, new, order)
-    stamp = f"- updated {datetime.datetime.now().isoformat(timespec='minutes')}: {', '.join(new)} " \
-            f"(`python -m bench all --only {' '.join(new)}`)"
-    return assemble(old_header.rstrip("\n") + "\n" + stamp, {**old, **new}, order)
+    old_header, old = split_report(report.read_text())
+    if not old:
+        raise ValueError(f"{report} has no section markers ({MARKER.format('NAME')}); run without --only once, "
+                         "or name another --report")
+    kept = [line for line in old_header.rstrip("\n").split("\n")
+            if not any(line.startswith(f"- updated: {name} ") for name in new)]
+    when = datetime.datetime.now().isoformat(timespec="minutes")
+    stamps = [f"- updated: {name} on {when} (`{command} --only {' '.join(new)}`)" for name in new]
+    return assemble("\n".join(kept + stamps), {**old, **new}, order)
 
 
 def main() -> int:
@@ -138,7 +146,11 @@ def main() -> int:
                                 lambda m: f"![{m.group(1)}]({os.path.relpath(out / m.group(2), report.parent)})", text)
     order = [name for name, _, _ in steps]
     if args.only:
-        report.write_text(merged(report, header(command, args.quick), sections, order))
+        try:
+            report.write_text(merged(report, header(command, args.quick), sections, order, command))
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     else:
         report.write_text(assemble(header(command, args.quick), sections, order))
     print(f"[bench] wrote {report}" + (f"; failed: {', '.join(failed)}" if failed else ""), file=sys.stderr)

@@ -151,14 +151,17 @@ class Silence:
 
 
 def recv_watched(world_comm, source: int, tag: int, peers: Peers | None, who: str, hung_after: float = 0.0,
-                 limit: float = 5e-3, silence: Silence | None = None):
+                 limit: float = 5e-3, silence: Silence | None = None, on_wait=None):
     """Receive from `source`, sleeping; RankLost if its process exits meanwhile, RankHung if
     nothing comes within hung_after seconds (0: wait as long as it lives). `who` names it.
-    silence: a watch kept across receives (then silent since its last message, not this call)."""
+    silence: a watch kept across receives (then silent since its last message, not this call);
+    on_wait(): called on every pass of the wait (the coordinator keeps others informed)."""
     silence = silence or Silence(peers, source, who, hung_after)
     backoff = Backoff(limit=limit)
     while not world_comm.Iprobe(source=source, tag=tag):
         silence.check()
+        if on_wait is not None:
+            on_wait()
         backoff.sleep()
     silence.heard_now()
     return world_comm.recv(source=source, tag=tag)

@@ -101,6 +101,7 @@ class CoordinatorCheckpoints:
         errors = [reply["error"] for reply in replies if "error" in reply]
         if errors:
             raise CheckpointWriteError(errors[0])
+        self.cluster.keep_alive(everyone=True)       # committing hashes every kept checkpoint's files
         spec = self.job.spec
         meta = {"examples_seen": self.cluster.examples_evaluated, "sandblaster": driver_state,
                 "layout": layout_signature(spec, self.job.layout), "job": to_toml(spec)}

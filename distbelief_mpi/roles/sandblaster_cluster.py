@@ -11,10 +11,14 @@ An evaluation at point P (the shards' vector named P), gradient into G:
      optimizer.l2_penalty term, whose loss the shards return as partial sums).
 A late result of an earlier evaluation (a straggler's, lost to a backup) is discarded.
 
-Shards and replicas watch the coordinator (it cannot watch itself when frozen whole): it sends
-each of them something at least every faults.watchdog_seconds / 2, a no-op ping when it has
-nothing to say (during an evaluation, shards hear nothing else), and a rank that hears nothing
-for twice the watchdog time ends the job naming the coordinator (COORDINATOR_SILENCE).
+Shards and replicas watch the coordinator (it cannot watch itself when frozen whole). While it
+waits on anyone it sends each of them something at least every faults.watchdog_seconds / 2, a
+no-op ping when it has nothing to say (during an evaluation, shards hear nothing else), and it
+pings everyone before a computation that waits on nobody (a test evaluation, hashing checkpoint
+files), which its own watchdog bounds to the watchdog time. So a healthy coordinator is silent
+for less than 1.5 x the watchdog time; a rank that hears nothing for twice that long ends the
+job naming it (COORDINATOR_SILENCE). Not watched: the start-up barrier and the end of the run
+(after "stop": the final evaluation, params.h5, the summary).
 """
 
 import time
@@ -48,6 +52,7 @@ class MpiCluster:
         self.busy: set[int] = set()        # replicas computing a portion we have not had the result of
         self.examples_evaluated = 0
         self.last_sent: dict[int, float] = {}   # world rank -> when the coordinator last sent it anything
+        self.next_ping_check = 0.0
 
     # -- shards ------------------------------------------------------------------------
     def shard_call(self, command: tuple) -> list:
@@ -60,11 +65,15 @@ class MpiCluster:
         self.comm.send(message, dest=rank, tag=tag)
         self.last_sent[rank] = time.monotonic()
 
-    def keep_alive(self) -> None:
-        """Ping every shard and replica not sent anything for half the watchdog time."""
-        if not self.hung_after:
+    def keep_alive(self, everyone: bool = False) -> None:
+        """Ping every shard and replica not sent anything for half the watchdog time (cheap:
+        called on every pass of every wait); everyone: all of them, before a long computation
+        that waits on nobody (a test evaluation, hashing checkpoint files)."""
+        now = time.monotonic()
+        if not self.hung_after or (now < self.next_ping_check and not everyone):
             return
-        due = time.monotonic() - self.hung_after / 2
+        self.next_ping_check = now + min(1.0, self.hung_after / 8)
+        due = now if everyone else now - self.hung_after / 2
         for rank in self.shard_ranks:
             if self.last_sent.get(rank, 0.0) < due:
                 self.post(PING, rank, TAG_SB_COMMAND)
@@ -74,7 +83,8 @@ class MpiCluster:
 
     def receive(self, rank: int, tag: int, who: str):
         """A reply from `rank`, sleeping; RankLost / RankHung naming it when it has left or hangs."""
-        return recv_watched(self.comm, rank, tag, self.peers, who, self.hung_after, limit=1e-3)
+        return recv_watched(self.comm, rank, tag, self.peers, who, self.hung_after, limit=1e-3,
+                            on_wait=self.keep_alive)
 
     def check_alive(self, rank: int, who: str, waited: float) -> None:
         judge(self.peers, rank, who, waited, self.hung_after)
@@ -130,10 +140,10 @@ class Evaluation:
             watchdog.beat()
             busy = self._take_results() + self._take_push_notes()
             backoff.reset() if busy else backoff.sleep()
+            self.c.keep_alive()
             if time.monotonic() > next_check:
                 next_check = time.monotonic() + 1.0
                 self._check_busy_replicas()
-                self.c.keep_alive()
         return self.loss_sum, self.pushes
 
     def _take_results(self) -> int:

@@ -93,7 +93,9 @@ class Driver:
     def evaluate(self) -> None:
         x_test, y_test = self.test_set
         eval_n = self.spec.data.eval_examples or len(y_test)
-        loss, accuracy = self.job.network.evaluate(self.cluster.gather("x"), x_test[:eval_n], y_test[:eval_n])
+        params = self.cluster.gather("x")
+        self.cluster.keep_alive(everyone=True)       # the evaluation below talks to nobody
+        loss, accuracy = self.job.network.evaluate(params, x_test[:eval_n], y_test[:eval_n])
         self.metrics.write({"kind": "eval", "time_s": round(self.clock.seconds, 4), "step": self.clock.steps,
                             "test_examples": eval_n, "test_loss": loss, "test_accuracy": accuracy})
 

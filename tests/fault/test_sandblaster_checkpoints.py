@@ -1,6 +1,6 @@
 """Sandblaster checkpoints under faults (6 ranks: a coordinator, 2 shards, 3 replicas): a damaged
 shard file in the newest checkpoint makes resume fall back to the one before; a disk that fills
-up while a shard writes its file stops the run with one clear error (exit 1) and leaves the
+up while a shard writes its file stops the run with one clear error (MPI_Abort(1)) and leaves the
 previous checkpoint complete and no temporary file behind."""
 
 import json
@@ -52,7 +52,8 @@ def test_a_full_disk_while_a_shard_writes_is_one_clear_error_and_keeps_the_previ
         fill_disk(disk, FREE_BYTES)
         run = train(tmp_path, digits_h5, "full", "--resume", str(run_dir), "--set", "run.steps=30",
                     "--set", "checkpoint.every_steps=2")
-        assert run.returncode == 1, run.explain()
+        # MPI_Abort(1); Hydra may report 9 instead, having SIGKILLed the other ranks first.
+        assert run.returncode in (1, 9), run.explain()
         assert "cannot write the checkpoint (No space left on device)" in run.stderr, run.explain()
         assert "the newest complete checkpoint, step-000000002, is intact" in run.stderr, run.explain()
         assert "error on rank 0 (coordinator)" in run.stderr and "Traceback" not in run.stderr
