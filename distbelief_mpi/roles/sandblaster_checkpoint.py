@@ -28,7 +28,6 @@ from .shard_checkpoint import shard_file_name
 def save_vectors(directory: Path, shard_id: int, start: int, stop: int, state: dict) -> tuple[str, str]:
     """Write a shard's optim/vector_ops.ShardVectors.state(); return (file name, SHA-256)."""
     directory, name = Path(directory), shard_file_name(shard_id)
-
     length, pairs = stop - start, len(state["pids"])
 
     def fill(handle):
