@@ -46,11 +46,10 @@ def plan(out: Path, quick: bool, dataset: str) -> list[tuple[str, list[str], str
 
 
 def header(command: str, quick: bool) -> str:
-    from machine import cpu_model
+    from machine import cpu_model, mpi_library_line, usable_cores
 
     try:
-        from mpi4py import MPI
-        mpi = MPI.Get_library_version().splitlines()[0].strip()
+        mpi = mpi_library_line()
     except Exception as exc:   # noqa: BLE001 - reported, not fatal
         mpi = f"unknown ({exc})"
     try:
@@ -61,7 +60,7 @@ def header(command: str, quick: bool) -> str:
     import numpy
     return "\n".join([
         "# Benchmarks" + (" (quick smoke run: figures not meaningful)" if quick else ""), "",
-        f"- machine: {cpu_model()}, {len(os.sched_getaffinity(0))} usable cores, {platform.system()} {platform.release()}",
+        f"- machine: {cpu_model()}, {usable_cores()} usable cores, {platform.system()} {platform.release()}",
         f"- date: {datetime.datetime.now().isoformat(timespec='minutes')}",
         f"- software: Python {platform.python_version()}, NumPy {numpy.__version__}, {mpi}; {peer}",
         f"- reproduce: `{command}` (each section gives its own command)", ""])

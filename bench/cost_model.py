@@ -220,12 +220,9 @@ def pingpong_worker(repeats: int = 20) -> None:
 
 def measure_pingpong() -> dict:
     """One-way latency (1 KB) and bandwidth (8 MB) between 2 ranks here; medians of 20 round trips."""
-    done = subprocess.run([str(Path(sys.executable).parent / "mpiexec"), "-n", "2", sys.executable, __file__,
-                           "--pingpong"], capture_output=True, text=True, cwd=REPO, timeout=300)
-    for line in done.stdout.splitlines():
-        if line.startswith(PINGPONG_PREFIX):
-            return json.loads(line[len(PINGPONG_PREFIX):])
-    raise RuntimeError(f"ping-pong gave no result:\n{done.stdout[-1000:]}\n{done.stderr[-2000:]}")
+    from machine import mpi_result  # bench/machine.py
+
+    return mpi_result(2, __file__, ["--pingpong"], PINGPONG_PREFIX, timeout=300)
 
 
 # ---------------------------------------------------------------- validation against bench/model_parallel.py
@@ -497,7 +494,9 @@ def main() -> None:
         pp, note = measure_pingpong(), ""
     except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
         pp, note = {"latency_s": 5e-6, "bandwidth_bytes_per_s": 5e9}, f" (ping-pong failed, defaults: {exc})"
-    node = Machine(len(os.sched_getaffinity(0)), pp["bandwidth_bytes_per_s"], pp["latency_s"],
+    from machine import usable_cores  # bench/machine.py
+
+    node = Machine(usable_cores(), pp["bandwidth_bytes_per_s"], pp["latency_s"],
                    partition_per_machine=False)
     rows = validate(measured, node, 3 if args.quick else 5)
     paper = paper_comparison(args.quick, args.core_gflops_2012, args.efficiency)

@@ -22,7 +22,6 @@ import datetime
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -53,7 +52,7 @@ def worker(name: str, repeats: int, quick: bool) -> None:
     from distbelief_mpi.comm.partition_exchange import MpiExchanger
     from distbelief_mpi.kernels.threads import set_compute_threads
     from distbelief_mpi.model.network import build_network
-    from distbelief_mpi.model.partition import param_order, plan_partitions
+    from distbelief_mpi.model.partition import split_model
     from distbelief_mpi.model.partitioned import PartitionedNetwork
 
     set_compute_threads(1)
@@ -68,8 +67,7 @@ def worker(name: str, repeats: int, quick: bool) -> None:
     if parts == 1:
         model, params = network, network.init_params(0)
     else:
-        plans = plan_partitions(network, parts)
-        order = param_order(network, plans)
+        plans, order = split_model(network, parts)
         model = PartitionedNetwork(network, plans, part, MpiExchanger(comm, network.dtype))
         params = order.from_canonical(network.init_params(0))[order.offsets[part]:order.offsets[part + 1]]
     grad = np.empty_like(params)
@@ -90,16 +88,12 @@ def worker(name: str, repeats: int, quick: bool) -> None:
 
 
 def measure(name: str, parts: int, repeats: int, quick: bool) -> dict:
-    mpiexec = str(Path(sys.executable).parent / "mpiexec")
+    from machine import mpi_result  # bench/machine.py
+
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
            "NUMBA_NUM_THREADS": "1"}
-    done = subprocess.run([mpiexec, "-n", str(parts), sys.executable, __file__, "--worker", name,
-                           "--repeats", str(repeats)] + (["--quick"] if quick else []),
-                          capture_output=True, text=True, cwd=REPO, env=env, timeout=1800)
-    for line in done.stdout.splitlines():
-        if line.startswith(RESULT_PREFIX):
-            return json.loads(line[len(RESULT_PREFIX):])
-    raise RuntimeError(f"no result from {name} P={parts}:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
+    return mpi_result(parts, __file__, ["--worker", name, "--repeats", str(repeats)] + (["--quick"] if quick else []),
+                      RESULT_PREFIX, timeout=1800, env=env)
 
 
 def report(results: list[dict], cores: int) -> str:
@@ -159,7 +153,9 @@ def main() -> None:
         for parts in sorted(set([1] + args.parts)):
             results.append(measure(name, parts, repeats, args.quick))
             print(f"{name} P={parts}: {results[-1]['step_s'] * 1000:.1f} ms", file=sys.stderr, flush=True)
-    text = report(results, len(os.sched_getaffinity(0)))
+    from machine import usable_cores  # bench/machine.py
+
+    text = report(results, usable_cores())
     print(text)
     if args.out_dir:   # the .json is what the cost model checks itself against
         from machine import write_results  # bench/machine.py

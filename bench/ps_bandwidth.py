@@ -31,14 +31,14 @@ import datetime
 import json
 import os
 import platform
-import shutil
 import statistics
 import subprocess
 import sys
 import time
 
 import numpy as np
-from machine import cpu_model  # bench/machine.py (bench/ is on sys.path when run as a script)
+from machine import (cpu_model, launcher_flags, mpi_library_line, mpiexec_path,  # bench/machine.py (bench/ is
+                     usable_cores)                                                # on sys.path as a script)
 
 REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, REPO)
@@ -52,19 +52,6 @@ TARGET = 0.5
 
 
 # ---------------------------------------------------------------- machine description
-
-
-def usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
-def mpi_library_line() -> str:
-    """Callable before MPI_Init: the driver never initializes MPI (rc.initialize = False)."""
-    from mpi4py import MPI
-    return MPI.Get_library_version().strip().splitlines()[0].strip()
 
 
 def header_lines(command: str) -> list[str]:
@@ -302,22 +289,6 @@ def worker(args) -> int:
 
 
 # ---------------------------------------------------------------- driver mode (--all)
-def mpiexec_path() -> str:
-    beside = os.path.join(os.path.dirname(sys.executable), "mpiexec")
-    found = beside if os.path.exists(beside) else shutil.which("mpiexec")
-    if not found:
-        raise SystemExit("mpiexec not found (install the project: pip install -e .)")
-    return found
-
-
-def launcher_flags(mpiexec: str) -> list[str]:
-    """Open MPI refuses more ranks than cores (and root) unless told; MPICH allows both."""
-    version = subprocess.run([mpiexec, "--version"], capture_output=True, text=True).stdout
-    if "Open MPI" not in version and "OpenRTE" not in version:
-        return []
-    return ["--oversubscribe"] + (["--allow-run-as-root"] if os.geteuid() == 0 else [])
-
-
 def driver(args) -> int:
     import mpi4py
     mpi4py.rc.initialize = False        # the driver only launches mpiexec; it is no MPI process

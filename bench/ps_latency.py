@@ -13,10 +13,8 @@ nothing to do: the shard's CPU seconds over that wall time is the idle cost.
 import argparse
 import datetime
 import json
-import os
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -94,17 +92,12 @@ def main() -> None:
     if args.worker:
         worker(pushes)
         return
-    from machine import cpu_model, write_results  # bench/machine.py
+    from machine import cpu_model, mpi_result, usable_cores, write_results  # bench/machine.py
 
-    done = subprocess.run([str(Path(sys.executable).parent / "mpiexec"), "-n", "2", sys.executable, __file__,
-                           "--worker", "--pushes", str(pushes)], capture_output=True, text=True, cwd=REPO, timeout=300)
-    line = next((x for x in done.stdout.splitlines() if x.startswith(RESULT_PREFIX)), None)
-    if line is None:
-        raise SystemExit(f"no result:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
-    r = json.loads(line[len(RESULT_PREFIX):])
+    r = mpi_result(2, __file__, ["--worker", "--pushes", str(pushes)], RESULT_PREFIX, timeout=300)
     text = "\n".join([
         "## Parameter server: small-push latency and idle cost", "",
-        f"{cpu_model()}, {len(os.sched_getaffinity(0))} cores, {datetime.date.today()}. Command: "
+        f"{cpu_model()}, {usable_cores()} cores, {datetime.date.today()}. Command: "
         f"`python bench/ps_latency.py --pushes {pushes}` (1 shard of 64 parameters, Adagrad, 1 replica).", "",
         "| figure | median | 90th percentile |", "|---|---|---|",
         f"| push of 64 floats until the shard has applied it | {r['push_applied_us'][0]:.0f} us | {r['push_applied_us'][1]:.0f} us |",

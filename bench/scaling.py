@@ -14,17 +14,13 @@ time-share the cores: the table says so (the shard, mostly asleep, is not counte
 
 import argparse
 import datetime
-import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from machine import cpu_model, write_results  # bench/machine.py (bench/ is on sys.path when run as a script)
+from machine import cpu_model, train_job, usable_cores, write_results  # bench/machine.py (bench/ is on sys.path when run as a script)
 
-REPO = Path(__file__).resolve().parents[1]
 TARGET = 1.7
 
 
@@ -34,11 +30,7 @@ def run_once(replicas: int, seconds: float, dataset: str, workdir: Path) -> dict
             "topology.partitions_per_replica=1", "topology.threads_per_rank=1", "optimizer.push_every=4",
             "optimizer.fetch_every=4", "optimizer.warmstart_steps=0", "run.epochs=0", f"run.seconds={seconds}",
             "run.eval_every=0", "checkpoint.every_seconds=0"]
-    command = [str(Path(sys.executable).parent / "mpiexec"), "-n", str(1 + replicas), sys.executable, "-m",
-               "distbelief_mpi", "train", str(REPO / "jobs" / "fashion_lc_partitioned.toml"), "--run-dir",
-               str(run_dir), "--no-progress", *[item for kv in sets for item in ("--set", kv)]]
-    subprocess.run(command, check=True, cwd=REPO, capture_output=True, timeout=seconds * 10 + 120)
-    return json.loads((run_dir / "summary.json").read_text())
+    return train_job("fashion_lc_partitioned.toml", 1 + replicas, sets, run_dir, timeout=seconds * 10 + 120)
 
 
 def table(results: dict[int, list[dict]], args, cores: int) -> str:
@@ -77,7 +69,7 @@ def main() -> None:
                 results[replicas].append(summary)
                 print(f"round {round_index + 1}/{args.rounds}, {replicas} replica(s): "
                       f"{summary['examples_per_s']:,.0f} examples/s", file=sys.stderr, flush=True)
-    text = table(results, args, len(os.sched_getaffinity(0)))
+    text = table(results, args, usable_cores())
     print(text)
     if args.out_dir:
         write_results(args.out_dir, "scaling", text,

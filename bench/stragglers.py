@@ -14,16 +14,13 @@ machine load; the table gives the median over rounds. Target (the issue): <= 1.2
 
 import argparse
 import datetime
-import json
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from machine import cpu_model  # bench/machine.py (bench/ is on sys.path when run as a script)
+from machine import cpu_model, train_job  # bench/machine.py (bench/ is on sys.path when run as a script)
 
-REPO = Path(__file__).resolve().parents[1]
 CONFIGS = {
     "no straggler": [],
     "straggler 5x, backup tasks": ["faults.inject=\"slow\"", "faults.inject_replica=2", "faults.slow_factor=5",
@@ -39,12 +36,7 @@ def run_once(dataset: str, sets: list[str], steps: int, batch: int, portion: int
     common = [f"data.path={dataset}", f"run.steps={steps}", "run.seconds=0", "run.eval_every=0",
               f"optimizer.sandblaster_batch={batch}", f"optimizer.lbfgs_iterations_per_batch={steps}",
               f"optimizer.portion_examples={portion}"]
-    overrides = [item for kv in common + sets for item in ("--set", kv)]
-    mpiexec = str(Path(sys.executable).parent / "mpiexec")
-    command = [mpiexec, "-n", "6", sys.executable, "-m", "distbelief_mpi", "train",
-               str(REPO / "jobs" / "fashion_sandblaster.toml"), "--run-dir", str(run_dir), "--no-progress", *overrides]
-    subprocess.run(command, check=True, cwd=REPO, capture_output=True, timeout=900)
-    return json.loads((run_dir / "summary.json").read_text())
+    return train_job("fashion_sandblaster.toml", 6, common + sets, run_dir, timeout=900)
 
 
 def measure(args) -> dict[str, list[dict]]:

@@ -26,13 +26,12 @@ import argparse
 import datetime
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from machine import cpu_model, write_results  # bench/machine.py (bench/ is on sys.path when run as a script)
+from machine import cpu_model, train_job, write_results  # bench/machine.py (bench/ is on sys.path when run as a script)
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -61,13 +60,9 @@ def run_ours(name: str, dataset: str, workdir: Path, quick: bool, sandblaster_s:
         limits = [f"run.seconds={10 if quick else sandblaster_s}"]
     run_dir = workdir / name
     overrides = [f"data.path={dataset}", f"data.eval_examples={EVAL_N}", "checkpoint.every_seconds=0", *sets, *limits]
-    command = [str(Path(sys.executable).parent / "mpiexec"), "-n", str(ranks), sys.executable, "-m", "distbelief_mpi",
-               "train", str(REPO / "jobs" / job), "--run-dir", str(run_dir), "--no-progress",
-               *[item for kv in overrides for item in ("--set", kv)]]
-    subprocess.run(command, check=True, cwd=REPO, capture_output=True, timeout=1800)
+    summary = train_job(job, ranks, overrides, run_dir, timeout=1800)
     lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     evals = [(line["time_s"], line["test_accuracy"]) for line in lines if line["kind"] == "eval"]
-    summary = json.loads((run_dir / "summary.json").read_text())
     return {"name": name, "ranks": ranks, "curve": evals[:-1], "final": summary["test_accuracy"],
             "wall_s": summary["wall_s"]}
 
