@@ -45,7 +45,11 @@ def find_resume_point(run_dir: Path, spec, layout) -> ResumePoint:
     found = newest_complete(root)
     if found is None:
         raise CheckpointError(f"{run_dir}: no complete checkpoint to resume from (looked in {root})")
-    directory, manifest = found
+    return _fitting(*found, spec, layout)
+
+
+def _fitting(directory: Path, manifest: dict, spec, layout) -> ResumePoint:
+    """The checkpoint as a resume point; CheckpointError naming every key that differs from the job."""
     saved, wanted = manifest.get("layout", {}), layout_signature(spec, layout)
     mismatches = [f"{key}: the checkpoint has {saved.get(key)!r}, this job has {wanted.get(key)!r}"
                   for key in sorted(wanted.keys() | saved.keys()) if saved.get(key) != wanted.get(key)]
@@ -61,8 +65,9 @@ def auto_resume_point(run_dir: Path, spec, layout) -> ResumePoint | None:
     damaged and a finished run: both would lose work."""
     run_dir = Path(run_dir)
     root = run_dir / "checkpoints"
-    if newest_complete(root) is not None:
-        return find_resume_point(run_dir, spec, layout)
+    found = newest_complete(root)      # hashes the newest complete checkpoint's files once
+    if found is not None:
+        return _fitting(*found, spec, layout)
     committed = [d for d in root.glob("step-*") if (d / MANIFEST).exists()] if root.is_dir() else []
     if committed:
         raise CheckpointError(f"{root}: {len(committed)} committed checkpoint(s), all damaged (a file does not "

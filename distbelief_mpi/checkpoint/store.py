@@ -44,7 +44,7 @@ def write_errors_named(directory: Path):
     try:
         yield
     except OSError as exc:   # HDF5 files are built in memory (fsutil.write_hdf5_atomic): plain OSErrors here
-        newest = complete_checkpoints(Path(directory).parent)[:1]
+        newest = newest_complete(Path(directory).parent)
         kept = f"the newest complete checkpoint, {newest[0].name}, is intact" if newest else "no checkpoint exists yet"
         raise CheckpointWriteError(f"{directory}: cannot write the checkpoint ({exc.strerror or exc}); {kept}") \
             from None

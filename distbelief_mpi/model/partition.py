@@ -20,12 +20,13 @@ canonical index of its element j. With P = 1 it is the canonical vector itself.
 """
 
 from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
 
 from ..errors import LayoutError
 from .image_layers import LCN, L2Pool2D, LocallyConnected2D, MaxPool2D
-from .layers import Dense, SoftmaxOutput
+from .layers import Dense
 
 
 def even_bounds(n: int, parts: int) -> tuple[tuple[int, int], ...]:
@@ -116,10 +117,7 @@ def _plan_dense(index, layer, in_split, parts) -> LayerSplit:
     subs, params = [], []
     weights = np.arange(layer.n_in * layer.units).reshape(layer.n_in, layer.units)
     for u0, u1 in out_bounds:
-        if isinstance(layer, SoftmaxOutput):
-            subs.append(Dense(layer.in_shape, u1 - u0, "none", layer.dtype))
-        else:
-            subs.append(Dense(layer.in_shape, u1 - u0, layer.activation, layer.dtype))
+        subs.append(Dense(layer.in_shape, u1 - u0, layer.activation, layer.dtype))   # the output layer's is "none"
         params.append(np.concatenate([weights[:, u0:u1].ravel(), layer.n_in * layer.units + np.arange(u0, u1)]))
     return LayerSplit(index, "dense", in_split, ("units", out_bounds), (), tuple(subs), tuple(params))
 
@@ -152,9 +150,17 @@ def param_order(network, plans: list[LayerSplit]) -> ParamOrder:
     return ParamOrder(order.astype(np.int64), tuple(offsets))
 
 
+@cache
+def split_model(network, parts: int) -> tuple[list[LayerSplit], ParamOrder]:
+    """The plans and the parameter order for `parts` partitions, computed once per network
+    (every rank needs the offsets at start-up; replicas need the plans, shards the order)."""
+    plans = plan_partitions(network, parts)
+    return plans, param_order(network, plans)
+
+
 def partition_offsets(network, spec) -> tuple[int, ...]:
     """The partitions' block offsets for the job's partitions_per_replica (() when it is 1)."""
     parts = spec.topology.partitions_per_replica
     if parts == 1:
         return ()
-    return param_order(network, plan_partitions(network, parts)).offsets
+    return split_model(network, parts)[1].offsets

@@ -53,7 +53,7 @@ def run_downpour(job, world_comm, world_rank: int):
                                  role.shard_id if role.role == "shard" else -1)
     # No try/finally around this: closing the windows is collective, so after an error on
     # one rank it would wait forever; the error aborts the whole job instead (train.py).
-    lead = replica_ranks[0]
+    lead = layout.lead_rank
     # The lead evaluates during training and at the end: one read of the test split serves both.
     test_set = read_split(job.info.path, "test") if world_rank == lead else None
     watchdog = Watchdog(job.spec.faults.watchdog_seconds, f"rank {world_rank} ({role.label})",
@@ -91,7 +91,7 @@ def _serve_shard(job, windows, world_comm, peers, watchdog) -> dict:
     shard.warm_up()
     barrier_sleeping(world_comm)              # initial parameters are published
     log.info("serving parameters [%d, %d)", start, stop)
-    lead, faults = job.layout.ranks_of("replica")[0], job.spec.faults
+    lead, faults = job.layout.lead_rank, job.spec.faults
     owner = job.layout.shard_partitions[job.role.shard_id] if job.layout.shard_partitions else 0
     pushers = [job.layout.rank_of(r, owner) for r in range(job.spec.topology.replicas)]   # who pushes to us
     with watchdog:
@@ -125,7 +125,7 @@ def _train_replica(job, windows, world_comm, comm, test_set, watchdog) -> dict:
         barrier_sleeping(world_comm)              # shards have published the initial parameters
         with watchdog:
             if warm and replica_id != 0:
-                wait_for_warmstart(world_comm, job.layout.ranks_of("replica")[0])
+                wait_for_warmstart(world_comm, job.layout.lead_rank)
             started = time.perf_counter()
             result = _replica_loop(job, network, params, stream, hooks, first_step, test_set,
                                    FaultInjector(spec.faults, replica_id), comm, windows)

@@ -89,7 +89,7 @@ def run_loop(spec: JobSpec, network: Network, params: np.ndarray, stream: BatchS
     window, clock = Window(), RunClock(steps=first_step)
     first_examples = stream.examples_seen
     train_s, start, last_metrics, last_ckpt = 0.0, time.perf_counter(), 0.0, 0.0
-    while (reason := _stop_reason(spec, clock, agree)) is None:
+    while (reason := stop_reason(spec, clock, agree)) is None:
         tick = time.perf_counter()
         hooks.before_step(clock.steps)
         x_batch, y_batch = stream.next_batch()
@@ -130,7 +130,8 @@ def run_loop(spec: JobSpec, network: Network, params: np.ndarray, stream: BatchS
     return LoopResult(clock, last_loss, train_s, stream.examples_seen, stream.examples_seen - first_examples, reason)
 
 
-def _stop_reason(spec: JobSpec, clock: RunClock, agree) -> str | None:
+def stop_reason(spec: JobSpec, clock: RunClock, agree=None) -> str | None:
+    """A run limit reached, or "preempted"; agree(reason): what a replica's partitions agree on."""
     reason = limit_reached(spec.run, clock) or ("preempted" if preempt.requested() else None)
     return agree(reason) if agree else reason
 

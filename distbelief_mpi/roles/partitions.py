@@ -7,28 +7,20 @@ the same step: the stop reason is agreed every step (limits of wall time or a pr
 signal may reach them a step apart, and one partition alone would wait for the others forever).
 """
 
-from functools import cache
-
 import numpy as np
 from mpi4py import MPI
 
 from ..comm.partition_exchange import MpiExchanger, wait_all
-from ..model.partition import ParamOrder, param_order, plan_partitions
+from ..model.partition import ParamOrder, split_model
 from ..model.partitioned import PartitionedNetwork
 
 STOP_REASONS = (None, "steps", "epochs", "seconds", "preempted")
 
 
-@cache
-def _model_split(network, parts: int):
-    plans = plan_partitions(network, parts)
-    return plans, param_order(network, plans)
-
-
 def parameter_order(job) -> ParamOrder | None:
     """The partition-major order of the job's parameters, or None for unpartitioned replicas."""
     parts = job.spec.topology.partitions_per_replica
-    return None if parts == 1 else _model_split(job.network, parts)[1]
+    return None if parts == 1 else split_model(job.network, parts)[1]
 
 
 def initial_params(job) -> np.ndarray:
@@ -49,15 +41,14 @@ def replica_comm(world_comm, role, parts: int):
 
 
 def partition_network(job, comm) -> PartitionedNetwork:
-    plans, _ = _model_split(job.network, job.spec.topology.partitions_per_replica)
+    plans, _ = split_model(job.network, job.spec.topology.partitions_per_replica)
     return PartitionedNetwork(job.network, plans, job.role.partition_id, MpiExchanger(comm, job.network.dtype))
 
 
 def own_shards(job) -> tuple[list[int], list[tuple[int, int]]]:
     """(shard ids, their ranges relative to this partition's block) for a replica rank."""
     layout, partition = job.layout, max(job.role.partition_id, 0)
-    shard_ids = layout.shards_of_partition(partition) if layout.partition_offsets else \
-        list(range(len(layout.shard_ranges)))
+    shard_ids = layout.shards_of_partition(partition)
     base = layout.partition_offsets[partition] if layout.partition_offsets else 0
     return shard_ids, [(layout.shard_ranges[s][0] - base, layout.shard_ranges[s][1] - base) for s in shard_ids]
 

@@ -21,10 +21,12 @@ from ..comm.param_server import ParamServerWindows, ReplicaEndpoint
 from ..comm.world import abort_job
 from ..data.hdf5 import read_split
 from ..optim.vector_ops import ShardVectors
+from ..limits import RunClock
 from ..rundir import MetricsLog
 from ..watchdog import Watchdog
 from .downpour import warm_up
 from .liveness import Peers, Silence
+from .loop import log_eval
 from .partitions import ShardSubset, initial_params, own_shards, parameter_order, partition_network, replica_comm
 from .sandblaster_checkpoint import load_vectors
 from .sandblaster_cluster import COORDINATOR_SILENCE, MpiCluster
@@ -112,9 +114,8 @@ def _coordinate(job, world_comm, shard_ranks, replica_ranks, guard, peers):
         wall_s = time.perf_counter() - started
         final = cluster.gather("x")
         replicas, shards = _stop_everyone(cluster)
-        test_loss, test_accuracy = job.network.evaluate(final, x_test, y_test)
-        metrics.write({"kind": "eval", "time_s": round(wall_s, 4), "step": driver.clock.steps,
-                       "test_examples": len(y_test), "test_loss": test_loss, "test_accuracy": test_accuracy})
+        test_loss, test_accuracy = log_eval(metrics, job.network, final, x_test, y_test,
+                                            RunClock(steps=driver.clock.steps, seconds=wall_s))
     return _summary(job, cluster, driver, replicas, shards, wall_s, test_loss, test_accuracy), final
 
 
@@ -134,7 +135,7 @@ def _summary(job, cluster: MpiCluster, driver: Driver, replicas, shards, wall_s,
         "n_shards": spec.topology.shards, "partitions_per_replica": spec.topology.partitions_per_replica,
         "n_params": job.network.n_params, "steps": driver.clock.steps, "epochs": driver.clock.epochs,
         "evaluations": cluster.eval_id, "examples_seen": cluster.examples_evaluated, "wall_s": wall_s,
-        "examples_per_s": cluster.examples_evaluated / max(wall_s, 1e-9),
+        "examples_per_s": driver.examples_per_s(wall_s),
         "evaluation_s_median": float(np.median(times)) if times else None,
         "final_train_loss": driver.last_loss, "test_loss": test_loss, "test_accuracy": test_accuracy,
         "stopped_on": driver.stopped_on, "lbfgs_statuses": driver.statuses, "lbfgs_restarts": driver.restarts,

@@ -18,16 +18,14 @@ import h5py
 import numpy as np
 
 from ..checkpoint.resume import layout_signature
-from ..checkpoint.store import checkpoint_dir, commit_files, file_sha256, write_errors_named
+from ..checkpoint.store import checkpoint_dir, commit_files
 from ..config import to_toml
 from ..errors import CheckpointError, CheckpointWriteError
-from ..fsutil import write_hdf5_atomic
-from .shard_checkpoint import shard_file_name
+from .shard_checkpoint import write_shard_file
 
 
 def save_vectors(directory: Path, shard_id: int, start: int, stop: int, state: dict) -> tuple[str, str]:
     """Write a shard's optim/vector_ops.ShardVectors.state(); return (file name, SHA-256)."""
-    directory, name = Path(directory), shard_file_name(shard_id)
     length, pairs = stop - start, len(state["pids"])
 
     def fill(handle):
@@ -41,10 +39,7 @@ def save_vectors(directory: Path, shard_id: int, start: int, stop: int, state: d
         handle.attrs.update({"pids": np.asarray(state["pids"], np.int64), "shard_id": shard_id,
                              "start": start, "stop": stop})
 
-    with write_errors_named(directory):
-        directory.mkdir(parents=True, exist_ok=True)
-        write_hdf5_atomic(directory / name, fill)
-    return name, file_sha256(directory / name)
+    return write_shard_file(directory, shard_id, fill)
 
 
 def _checksummed(chunks: tuple) -> dict:
@@ -89,7 +84,7 @@ class CoordinatorCheckpoints:
     def __init__(self, job, cluster):
         self.job, self.cluster = job, cluster
         self.root = job.run_dir / "checkpoints"
-        self.last_step: int | None = None     # the newest step committed by this run
+        self.last_step = job.resume.step if job.resume else None   # the newest committed step (it exists)
 
     def commit(self, step: int, driver_state: dict, with_history: bool) -> None:
         """with_history False between batches: the next batch starts with none."""

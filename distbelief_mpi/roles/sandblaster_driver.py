@@ -12,12 +12,12 @@ import logging
 import math
 import time
 
-from .. import preempt, watchdog
+from .. import watchdog
 from ..limits import RunClock, fraction_done, limit_reached
 from ..optim.lbfgs import LbfgsOptions, LbfgsRun
-from ..optim.portions import PortionTotals, cut_portions
+from ..optim.portions import PortionTotals, cut_portions, default_portion_size
 from ..progress import Progress
-from .loop import checkpoint_due
+from .loop import checkpoint_due, log_eval, stop_reason
 from .sandblaster_checkpoint import CoordinatorCheckpoints
 from .sandblaster_cluster import MpiCluster
 
@@ -36,12 +36,16 @@ class Driver:
         self.checkpoints, self.last_checkpoint_s = CoordinatorCheckpoints(job, cluster), 0.0
         self.final_checkpoint_step: int | None = None  # committed on preemption
         self.resume_lbfgs = self._restore(job.resume.manifest["sandblaster"]) if job.resume else None
+        self.examples_at_start = cluster.examples_evaluated     # rates count this invocation's examples
+
+    def examples_per_s(self, seconds: float) -> float:
+        return (self.cluster.examples_evaluated - self.examples_at_start) / max(seconds, 1e-9)
 
     def run(self) -> None:
         opt = self.spec.optimizer
         size = min(opt.sandblaster_batch or self.n_train, self.n_train)
         n_batches = -(-self.n_train // size)
-        portion = opt.portion_examples or max(1, size // (8 * len(self.cluster.replica_ranks)))
+        portion = opt.portion_examples or default_portion_size(size, len(self.cluster.replica_ranks), 8)
         options = LbfgsOptions(max_iter=10**12 if n_batches == 1 else opt.lbfgs_iterations_per_batch)
         self.stopped_on = limit_reached(self.spec.run, self.clock)   # a resumed run may be done already
         while self.stopped_on is None:
@@ -61,8 +65,7 @@ class Driver:
             self.restarts += result.restarts
             if self.stopped_on is None and (n_batches == 1 or result.iterations == 0):
                 self.stopped_on = f"converged ({result.status})"     # one batch, or no step possible on one
-            self.stopped_on = self.stopped_on or limit_reached(self.spec.run, self.clock) or \
-                ("preempted" if preempt.requested() else None)
+            self.stopped_on = self.stopped_on or stop_reason(self.spec, self.clock)
         if self.stopped_on == "preempted" and self.final_checkpoint_step is None:
             self.checkpoint(final=True)      # the signal came between batches: resume with the next one
         self.progress.finish()
@@ -77,7 +80,7 @@ class Driver:
         self.metrics.write({"kind": "train", "time_s": round(clock.seconds, 4), "step": clock.steps,
                             "epoch": round(clock.epochs, 5), "examples": self.cluster.examples_evaluated,
                             "train_loss": loss, "evaluations": self.cluster.eval_id,
-                            "examples_per_s": self.cluster.examples_evaluated / max(clock.seconds, 1e-9)})
+                            "examples_per_s": self.examples_per_s(clock.seconds)})
         every = self.spec.run.eval_every
         if every and clock.steps % every == 0:
             self.evaluate()
@@ -85,7 +88,7 @@ class Driver:
             self.progress.maybe_print(f"iteration {clock.steps} epoch {clock.epochs:.2f} loss {loss:.4f} "
                                       f"({self.cluster.eval_id} evaluations)", fraction_done(self.spec.run, clock))
         watchdog.beat()
-        self.stopped_on = limit_reached(self.spec.run, clock) or ("preempted" if preempt.requested() else None)
+        self.stopped_on = stop_reason(self.spec, clock)
         if self.stopped_on == "preempted" or checkpoint_due(self.spec, clock, self.last_checkpoint_s):
             self.checkpoint(final=self.stopped_on == "preempted")
         return self.stopped_on is not None
@@ -95,9 +98,7 @@ class Driver:
         eval_n = self.spec.data.eval_examples or len(y_test)
         params = self.cluster.gather("x")
         self.cluster.keep_alive(everyone=True)       # the evaluation below talks to nobody
-        loss, accuracy = self.job.network.evaluate(params, x_test[:eval_n], y_test[:eval_n])
-        self.metrics.write({"kind": "eval", "time_s": round(self.clock.seconds, 4), "step": self.clock.steps,
-                            "test_examples": eval_n, "test_loss": loss, "test_accuracy": accuracy})
+        log_eval(self.metrics, self.job.network, params, x_test[:eval_n], y_test[:eval_n], self.clock)
 
     def checkpoint(self, final: bool = False) -> None:
         """Commit this moment: inside a batch (self.current is its L-BFGS run) or between batches."""
@@ -123,6 +124,5 @@ class Driver:
         cluster.examples_evaluated, cluster.eval_id = state["examples_evaluated"], state["eval_id"]
         cluster.late_results, cluster.totals = state["late_results"], PortionTotals(**state["totals"])
         self.clock.epochs = cluster.examples_evaluated / self.n_train
-        self.checkpoints.last_step = self.clock.steps      # it exists already
         log.info("resuming at iteration %d of batch %d", self.clock.steps, self.batches)
         return state["lbfgs"]

@@ -62,7 +62,7 @@ class GradientSink(Shard):
 
 
 def serve_commands(world_comm, coordinator: int, sink: GradientSink, vectors: ShardVectors,
-                   shard_range: tuple[int, int], silence: Silence | None = None) -> dict:
+                   shard_range: tuple[int, int], silence: Silence) -> dict:
     """Run commands until ("stop",); returns the statistics sent with the last reply.
     shard_range: the [start, stop) of the parameters this shard holds (named in its checkpoint);
     silence: watches the coordinator (RankHung / RankLost when it stays silent or exits)."""
@@ -101,19 +101,17 @@ def _run(command: tuple, sink: GradientSink, vectors: ShardVectors, shard_range:
     raise ValueError(f"unknown shard command {kind!r}")
 
 
-def _next_command(world_comm, coordinator: int, sink: GradientSink, silence: Silence | None) -> tuple:
+def _next_command(world_comm, coordinator: int, sink: GradientSink, silence: Silence) -> tuple:
     """Sleep until the coordinator's next command, summing pushes meanwhile."""
     backoff = Backoff(limit=1e-3)
     while not world_comm.Iprobe(source=coordinator, tag=TAG_SB_COMMAND):
         watchdog.beat()
-        if silence is not None:
-            silence.check()
+        silence.check()
         if sink.apply_pending():
             backoff.reset()
         else:
             backoff.sleep()
-    if silence is not None:
-        silence.heard_now()
+    silence.heard_now()
     return world_comm.recv(source=coordinator, tag=TAG_SB_COMMAND)
 
 

@@ -20,24 +20,25 @@ def shard_file_name(shard_id: int) -> str:
     return f"shard-{shard_id}.h5"
 
 
+def write_shard_file(directory: Path, shard_id: int, fill) -> tuple[str, str]:
+    """Build directory/shard-S.h5 with fill(h5py.File) and write it atomically (a write error
+    names the directory and the newest intact checkpoint); return (file name, SHA-256)."""
+    directory, name = Path(directory), shard_file_name(shard_id)
+    with write_errors_named(directory):
+        directory.mkdir(parents=True, exist_ok=True)
+        write_hdf5_atomic(directory / name, fill)
+    return name, file_sha256(directory / name)
+
+
 def save_shard(directory: Path, shard, start: int, stop: int) -> tuple[str, str]:
     """Write this shard's state; return (file name, SHA-256)."""
-    name = shard_file_name(shard.shard_id)
-    with write_errors_named(directory):
-        _write_shard(Path(directory), name, shard, start, stop)
-    return name, file_sha256(Path(directory) / name)
-
-
-def _write_shard(directory: Path, name: str, shard, start: int, stop: int) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-
     def fill(handle):
         for key, values in (("params", shard.params), ("accumulator", shard.accumulator)):
             handle.create_dataset(key, data=values, chunks=(min(len(values), 1 << 20) or 1,), fletcher32=True)
         handle.attrs.update({"version": shard.version, "shard_id": shard.shard_id, "start": start, "stop": stop,
                              "stats": json.dumps(shard.stats.as_dict())})
 
-    write_hdf5_atomic(directory / name, fill)
+    return write_shard_file(directory, shard.shard_id, fill)
 
 
 def load_shard(path: Path, shard_id: int, start: int, stop: int) -> dict:

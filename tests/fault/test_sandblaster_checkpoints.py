@@ -71,6 +71,7 @@ def test_resume_at_the_run_limit_takes_no_further_iteration(tmp_path, digits_h5,
     saved = read_manifest(run_dir / "checkpoints" / "step-000000008")["sandblaster"]
     assert summary["resumed_from"]["step"] == 8 and summary["steps"] == 8
     assert summary["evaluations"] == saved["eval_id"]          # not one batch pass more
+    assert summary["examples_per_s"] == 0.0                    # rates count this invocation's examples
 
 
 def test_resume_with_another_objective_or_history_length_names_each_key(tmp_path, digits_h5, checkpointed_run):
