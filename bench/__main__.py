@@ -39,9 +39,20 @@ def plan(out: Path, quick: bool, dataset: str) -> list[tuple[str, list[str], str
         ("model_parallel", ["model_parallel.py", *q, "--out-dir", str(out)], "model_parallel.md"),
         ("stragglers", ["stragglers.py", *q, *d, "--out", str(out / "stragglers.md")], "stragglers.md"),
         ("time_to_accuracy", ["time_to_accuracy.py", *q, *d, "--out-dir", str(out)], "time_to_accuracy.md"),
-        ("cost_model", ["cost_model.py", *q, "--measured", str(out / "model_parallel.json"),
-                        "--scaling", str(out / "scaling.json"), "--out-dir", str(out)],
-         "cost_model.md"),
+        (
+            "cost_model",
+            [
+                "cost_model.py",
+                *q,
+                "--measured",
+                str(out / "model_parallel.json"),
+                "--scaling",
+                str(out / "scaling.json"),
+                "--out-dir",
+                str(out),
+            ],
+            "cost_model.md",
+        ),
     ]
 
 
@@ -50,20 +61,27 @@ def header(command: str, quick: bool) -> str:
 
     try:
         mpi = mpi_library_line()
-    except Exception as exc:   # noqa: BLE001 - reported, not fatal
+    except Exception as exc:  # noqa: BLE001 - reported, not fatal
         mpi = f"unknown ({exc})"
     try:
         import torch
+
         peer = f"PyTorch {torch.__version__} (CPU)"
     except ImportError:
         peer = "PyTorch not installed (its columns are skipped)"
     import numpy
-    return "\n".join([
-        "# Benchmarks" + (" (quick smoke run: figures not meaningful)" if quick else ""), "",
-        f"- machine: {cpu_model()}, {usable_cores()} usable cores, {platform.system()} {platform.release()}",
-        f"- date: {datetime.datetime.now().isoformat(timespec='minutes')}",
-        f"- software: Python {platform.python_version()}, NumPy {numpy.__version__}, {mpi}; {peer}",
-        f"- reproduce: `{command}` (each section gives its own command)", ""])
+
+    return "\n".join(
+        [
+            "# Benchmarks" + (" (quick smoke run: figures not meaningful)" if quick else ""),
+            "",
+            f"- machine: {cpu_model()}, {usable_cores()} usable cores, {platform.system()} {platform.release()}",
+            f"- date: {datetime.datetime.now().isoformat(timespec='minutes')}",
+            f"- software: Python {platform.python_version()}, NumPy {numpy.__version__}, {mpi}; {peer}",
+            f"- reproduce: `{command}` (each section gives its own command)",
+            "",
+        ]
+    )
 
 
 def _relative(arg: str) -> str:
@@ -81,7 +99,10 @@ def run_one(name: str, args: list[str], md: str | None, out: Path) -> tuple[str,
     done = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
     took = f"_{time.monotonic() - start:.0f} s; command: `{shown}`_"
     if done.returncode != 0:
-        return f"## {name}\n\n{took}\n\n**failed** (exit {done.returncode}):\n\n```text\n{done.stderr[-3000:]}\n```\n", False
+        return (
+            f"## {name}\n\n{took}\n\n**failed** (exit {done.returncode}):\n\n```text\n{done.stderr[-3000:]}\n```\n",
+            False,
+        )
     if md and (out / md).exists():
         return f"{(out / md).read_text().rstrip()}\n\n{took}\n", True
     return f"## {name}\n\n{took}\n\n```text\n{done.stdout.rstrip()}\n```\n", True
@@ -97,8 +118,13 @@ def split_report(text: str) -> tuple[str, dict[str, str]]:
 
 
 def assemble(header_text: str, sections: dict[str, str], order: list[str]) -> str:
-    return header_text.rstrip("\n") + "\n\n" + "".join(
-        MARKER.format(name) + "\n" + sections[name].rstrip("\n") + "\n\n" for name in order if name in sections)
+    return (
+        header_text.rstrip("\n")
+        + "\n\n"
+        + "".join(
+            MARKER.format(name) + "\n" + sections[name].rstrip("\n") + "\n\n" for name in order if name in sections
+        )
+    )
 
 
 def merged(report: Path, header_text: str, new: dict[str, str], order: list[str], command: str) -> str:
@@ -109,10 +135,15 @@ def merged(report: Path, header_text: str, new: dict[str, str], order: list[str]
         return assemble(header_text, new, order)
     old_header, old = split_report(report.read_text())
     if not old:
-        raise ValueError(f"{report} has no section markers ({MARKER.format('NAME')}); run without --only once, "
-                         "or name another --report")
-    kept = [line for line in old_header.rstrip("\n").split("\n")
-            if not any(line.startswith(f"- updated: {name} ") for name in new)]
+        raise ValueError(
+            f"{report} has no section markers ({MARKER.format('NAME')}); run without --only once, "
+            "or name another --report"
+        )
+    kept = [
+        line
+        for line in old_header.rstrip("\n").split("\n")
+        if not any(line.startswith(f"- updated: {name} ") for name in new)
+    ]
     when = datetime.datetime.now().isoformat(timespec="minutes")
     stamps = [f"- updated: {name} on {when} (`{command} --only {' '.join(new)}`)" for name in new]
     return assemble("\n".join(kept + stamps), {**old, **new}, order)
@@ -123,7 +154,9 @@ def main() -> int:
     parser.add_argument("what", choices=["all"])
     parser.add_argument("--quick", action="store_true", help="smoke run of every benchmark")
     parser.add_argument("--only", nargs="+", help="run only these benchmarks (names as in the report)")
-    parser.add_argument("--dataset", default="data/fashion-mnist.h5", help="Fashion-MNIST HDF5 (data_tools fashion-mnist)")
+    parser.add_argument(
+        "--dataset", default="data/fashion-mnist.h5", help="Fashion-MNIST HDF5 (data_tools fashion-mnist)"
+    )
     parser.add_argument("--out-dir", default="bench/results", help="plots and per-benchmark files")
     parser.add_argument("--report", default="BENCHMARKS.md", help="the report to write")
     args = parser.parse_args()
@@ -133,7 +166,9 @@ def main() -> int:
     steps = plan(out, args.quick, args.dataset)
     unknown = sorted(set(args.only or []) - {name for name, _, _ in steps})
     if unknown:
-        parser.error(f"--only: no benchmark named {', '.join(unknown)} (choose from {', '.join(n for n, _, _ in steps)})")
+        parser.error(
+            f"--only: no benchmark named {', '.join(unknown)} (choose from {', '.join(n for n, _, _ in steps)})"
+        )
     sections, failed = {}, []
     for name, script_args, md in steps:
         if args.only and name not in args.only:
@@ -141,8 +176,11 @@ def main() -> int:
         text, ran = run_one(name, script_args, md, out)
         failed += [] if ran else [name]
         # plots sit in out; the report links them from its own folder
-        sections[name] = re.sub(r"!\[([^\]]*)\]\(([^)/]+\.png)\)",
-                                lambda m: f"![{m.group(1)}]({os.path.relpath(out / m.group(2), report.parent)})", text)
+        sections[name] = re.sub(
+            r"!\[([^\]]*)\]\(([^)/]+\.png)\)",
+            lambda m: f"![{m.group(1)}]({os.path.relpath(out / m.group(2), report.parent)})",
+            text,
+        )
     order = [name for name, _, _ in steps]
     if args.only:
         try:

@@ -33,9 +33,9 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-sys.path.append(str(REPO / "bench"))      # machine.py, model_parallel.py
+sys.path.append(str(REPO / "bench"))  # machine.py, model_parallel.py
 PINGPONG_PREFIX = "COST_MODEL_PINGPONG "
-PAPER_POINTS = {"speech": (8, 2.2), "image": (81, 12.0)}     # (machines, speed-up), paper section 3
+PAPER_POINTS = {"speech": (8, 2.2), "image": (81, 12.0)}  # (machines, speed-up), paper section 3
 
 
 @dataclass(frozen=True)
@@ -43,16 +43,16 @@ class Machine:
     cores_per_machine: int
     bandwidth_bytes_per_s: float
     latency_s: float
-    compute_scale: float = 1.0            # seconds there per one-thread second measured here
-    parallel_efficiency: float = 1.0      # each extra core of a partition adds this much of a core
-    partition_per_machine: bool = True    # False: partitions are 1-thread ranks on one machine
+    compute_scale: float = 1.0  # seconds there per one-thread second measured here
+    parallel_efficiency: float = 1.0  # each extra core of a partition adds this much of a core
+    partition_per_machine: bool = True  # False: partitions are 1-thread ranks on one machine
 
 
 @dataclass(frozen=True)
 class LayerCost:
     kind: str
-    seconds: float       # forward + backward, whole batch, one thread
-    flops: float         # the work proxy seconds scale with (see layer_flops)
+    seconds: float  # forward + backward, whole batch, one thread
+    flops: float  # the work proxy seconds scale with (see layer_flops)
 
 
 # ---------------------------------------------------------------- geometry (no parameters allocated)
@@ -61,6 +61,7 @@ def plan_geometry(network, parts: int) -> list[dict]:
     fit; the tests check both agree): per layer {layer, in_split ("full", None) / ("rows" | "units",
     bounds), out (P, 2) output rows or units, need (P, 2) input rows (image layers; else empty)}."""
     from distbelief_mpi.model.partition import _input_rows, even_bounds
+
     plans, split = [], ("full", None)
     for layer in network.layers:
         image = len(layer.out_shape) == 3
@@ -80,14 +81,14 @@ def forward_bytes(plan: dict, batch: int, itemsize: int) -> np.ndarray:
     parts = len(plan["out"])
     if kind == "full":
         return np.zeros((parts, parts))
-    bounds = np.array(bounds)                                          # (P, 2) of the previous layer
+    bounds = np.array(bounds)  # (P, 2) of the previous layer
     in_shape = plan["layer"].in_shape
-    per_row = in_shape[0] * in_shape[2] if kind == "rows" else 1       # elements per row or unit
-    if len(plan["need"]):                                              # image: halo rows
+    per_row = in_shape[0] * in_shape[2] if kind == "rows" else 1  # elements per row or unit
+    if len(plan["need"]):  # image: halo rows
         need = plan["need"]
         rows = np.minimum(bounds[:, None, 1], need[None, :, 1]) - np.maximum(bounds[:, None, 0], need[None, :, 0])
         sent = np.clip(rows, 0, None).astype(float)
-    else:                                                              # dense: own piece to everyone
+    else:  # dense: own piece to everyone
         sent = np.repeat((bounds[:, 1] - bounds[:, 0])[:, None], parts, axis=1).astype(float)
     np.fill_diagonal(sent, 0)
     return sent * per_row * batch * itemsize
@@ -129,7 +130,7 @@ def layer_flops(layer, batch: int, need_dx: bool) -> float:
         return 2.0 * batch * layer.n_pos * layer.k * layer.filters * (passes + 1)
     if kind == "lcn":
         return float(batch * np.prod(layer.in_shape) * layer.size * passes)
-    return float(batch * np.prod(layer.out_shape) * layer.size ** 2 * passes)
+    return float(batch * np.prod(layer.out_shape) * layer.size**2 * passes)
 
 
 def _median_seconds(fn, repeats: int) -> float:
@@ -152,12 +153,14 @@ def layer_costs(network, batch: int, repeats: int = 3) -> list[LayerCost]:
         def step(layer=layer, block=block, x=x, dy0=dy0, grad=grad, i=i):
             _, cache = layer.forward(params[block], x)
             layer.backward(params[block], cache, dy0.copy(), grad, need_dx=i > 0)
+
         costs.append(LayerCost(layer.kind, _median_seconds(step, repeats), layer_flops(layer, batch, i > 0)))
     return costs
 
 
 def loss_seconds(network, batch: int, repeats: int = 3) -> float:
     from distbelief_mpi.kernels import softmax_xent
+
     logits = np.random.default_rng(0).standard_normal((batch, network.n_classes)).astype(network.dtype)
     labels, dlogits = np.zeros(batch, np.int64), np.empty_like(logits)
     return _median_seconds(lambda: softmax_xent(logits, labels, dlogits, 1.0 / batch), repeats)
@@ -185,7 +188,9 @@ def step_parts(network, parts: int, batch: int, layer_seconds, machine: Machine,
     out = {"compute": compute * machine.compute_scale / speed, "halo": 0.0, "gather": 0.0}
     matrices = exchanges(network, plans, batch)
     for i, plan in enumerate(plans):
-        out["halo" if len(plan["need"]) else "gather"] += sum(exchange_seconds(m, machine) for m in matrices[2 * i:2 * i + 2])
+        out["halo" if len(plan["need"]) else "gather"] += sum(
+            exchange_seconds(m, machine) for m in matrices[2 * i : 2 * i + 2]
+        )
     out["gather"] += exchange_seconds(matrices[-1], machine)
     return out
 
@@ -198,6 +203,7 @@ def partition_step(network, parts: int, batch: int, layer_seconds, machine: Mach
 # ---------------------------------------------------------------- this node's MPI: a ping-pong
 def pingpong_worker(repeats: int = 20) -> None:
     from mpi4py import MPI
+
     comm, medians = MPI.COMM_WORLD, {}
     rank = comm.Get_rank()
     for n in (1024, 8 << 20):
@@ -205,7 +211,7 @@ def pingpong_worker(repeats: int = 20) -> None:
         for _ in range(repeats + 2):
             comm.Barrier()
             tick = time.perf_counter()
-            for sender in (0, 1):              # 0 -> 1, then back
+            for sender in (0, 1):  # 0 -> 1, then back
                 if rank == sender:
                     comm.Send(buf, 1 - rank)
                 else:
@@ -214,8 +220,10 @@ def pingpong_worker(repeats: int = 20) -> None:
         medians[n] = statistics.median(times[2:])
     if rank == 0:
         latency = medians[1024]
-        print(PINGPONG_PREFIX + json.dumps({"latency_s": latency,
-                                            "bandwidth_bytes_per_s": (8 << 20) / (medians[8 << 20] - latency)}))
+        print(
+            PINGPONG_PREFIX
+            + json.dumps({"latency_s": latency, "bandwidth_bytes_per_s": (8 << 20) / (medians[8 << 20] - latency)})
+        )
 
 
 def measure_pingpong() -> dict:
@@ -229,12 +237,13 @@ def measure_pingpong() -> dict:
 def load_measured(path: str) -> list[dict]:
     """A JSON list of model_parallel result dicts, or text with MODEL_PARALLEL_JSON lines."""
     from model_parallel import RESULT_PREFIX
+
     text = Path(path).read_text()
     try:
         data = json.loads(text)
         return data if isinstance(data, list) else [data]
     except json.JSONDecodeError:
-        return [json.loads(line[len(RESULT_PREFIX):]) for line in text.splitlines() if line.startswith(RESULT_PREFIX)]
+        return [json.loads(line[len(RESULT_PREFIX) :]) for line in text.splitlines() if line.startswith(RESULT_PREFIX)]
 
 
 def validate(measured: list[dict], node: Machine, repeats: int) -> list[dict]:
@@ -242,25 +251,38 @@ def validate(measured: list[dict], node: Machine, repeats: int) -> list[dict]:
     from model_parallel import models
 
     from distbelief_mpi.model.network import build_network
+
     rows, costs = [], {}
     for r in measured:
         shape, classes, _, layers = models()[r["model"]]
         net, key = build_network(layers, shape, classes), (r["model"], r["batch"])
         if key not in costs:
-            costs[key] = ([c.seconds for c in layer_costs(net, r["batch"], repeats)],
-                          loss_seconds(net, r["batch"], repeats))
+            costs[key] = (
+                [c.seconds for c in layer_costs(net, r["batch"], repeats)],
+                loss_seconds(net, r["batch"], repeats),
+            )
         predicted = partition_step(net, r["parts"], r["batch"], costs[key][0], node, costs[key][1])
-        rows.append({"model": r["model"], "parts": r["parts"], "batch": r["batch"], "measured_s": r["step_s"],
-                     "predicted_s": predicted, "error": predicted / r["step_s"] - 1,
-                     "bytes_measured": r.get("bytes_sent", []),
-                     "bytes_predicted": bytes_per_partition(net, r["parts"], r["batch"]).tolist()})
+        rows.append(
+            {
+                "model": r["model"],
+                "parts": r["parts"],
+                "batch": r["batch"],
+                "measured_s": r["step_s"],
+                "predicted_s": predicted,
+                "error": predicted / r["step_s"] - 1,
+                "bytes_measured": r.get("bytes_sent", []),
+                "bytes_predicted": bytes_per_partition(net, r["parts"], r["batch"]).tolist(),
+            }
+        )
     return rows
 
 
 # ---------------------------------------------------------------- the paper's two models on a 2012-like cluster
-IMAGE_MODEL = ("3x200x200 -> 3 stages of [local 10x10/1 relu (16, 16, 10 filters), L2 pool 3/1, LCN 5] -> "
-               "softmax 1000; stride-1 pools keep >= 167 rows in every layer, so rows-only partitioning "
-               "reaches 128 partitions")
+IMAGE_MODEL = (
+    "3x200x200 -> 3 stages of [local 10x10/1 relu (16, 16, 10 filters), L2 pool 3/1, LCN 5] -> "
+    "softmax 1000; stride-1 pools keep >= 167 rows in every layer, so rows-only partitioning "
+    "reaches 128 partitions"
+)
 
 
 def paper_networks():
@@ -270,8 +292,16 @@ def paper_networks():
     from distbelief_mpi.model.spec import LayerSpec as L
 
     def stages(*filters):
-        return [s for f in filters for s in (L("local", filters=f, patch=10, stride=1, activation="relu"),
-                                             L("l2pool", size=3, stride=1), L("lcn", size=5))]
+        return [
+            s
+            for f in filters
+            for s in (
+                L("local", filters=f, patch=10, stride=1, activation="relu"),
+                L("l2pool", size=3, stride=1),
+                L("lcn", size=5),
+            )
+        ]
+
     speech = build_network([L("dense", units=2560, activation="sigmoid")] * 4, (440,), 8192)
     return speech, build_network(stages(16, 16, 10), (3, 200, 200), 1000), build_network(stages(8, 8), (3, 40, 40), 10)
 
@@ -284,8 +314,10 @@ def analytic_seconds(network, batch: int, calibration: list[tuple]) -> list[floa
         for layer, cost in zip(layers, costs):
             s, f = per_kind.get(layer.kind, (0.0, 0.0))
             per_kind[layer.kind] = (s + cost.seconds, f + cost.flops)
-    return [layer_flops(layer, batch, i > 0) * per_kind[layer.kind][0] / per_kind[layer.kind][1]
-            for i, layer in enumerate(network.layers)]
+    return [
+        layer_flops(layer, batch, i > 0) * per_kind[layer.kind][0] / per_kind[layer.kind][1]
+        for i, layer in enumerate(network.layers)
+    ]
 
 
 def curves(models: dict, cluster: Machine, machines) -> dict:
@@ -302,21 +334,34 @@ def paper_comparison(quick: bool, core_gflops: float, efficiency: float) -> dict
     repeats = 2 if quick else 3
     speech_costs = layer_costs(speech, 128, repeats)
     here_gflops = sum(c.flops for c in speech_costs[1:]) / sum(c.seconds for c in speech_costs[1:]) / 1e9
-    seconds = analytic_seconds(image, 32, [(calib.layers, layer_costs(calib, 32, repeats)),
-                                           (speech.layers, speech_costs)])
-    models = {"speech": (speech, 128, [c.seconds for c in speech_costs], loss_seconds(speech, 128, repeats)),
-              "image": (image, 32, seconds, loss_seconds(image, 32, repeats))}
+    seconds = analytic_seconds(
+        image, 32, [(calib.layers, layer_costs(calib, 32, repeats)), (speech.layers, speech_costs)]
+    )
+    models = {
+        "speech": (speech, 128, [c.seconds for c in speech_costs], loss_seconds(speech, 128, repeats)),
+        "image": (image, 32, seconds, loss_seconds(image, 32, repeats)),
+    }
     cluster = Machine(8, 125e6, 100e-6, here_gflops / core_gflops, efficiency)
     machines = list(range(1, 129))
-    variants = {"as assumed": cluster, "cores 4x faster": replace(cluster, compute_scale=cluster.compute_scale / 4),
-                "cores 4x slower": replace(cluster, compute_scale=cluster.compute_scale * 4),
-                "10 Gbit/s": replace(cluster, bandwidth_bytes_per_s=1.25e9), "no latency": replace(cluster, latency_s=0.0)}
-    return {"cluster": asdict(cluster), "here_dense_gflops": here_gflops, "machines": machines,
-            "n_params": {"speech": speech.n_params, "image": image.n_params},
-            "parts_s": {n: {p: step_parts(m[0], p, m[1], m[2], cluster, m[3]) for p in (1, PAPER_POINTS[n][0])}
-                        for n, m in models.items()},
-            "curves": curves(models, cluster, machines),
-            "variants": {k: curves(models, v, [8, 81]) for k, v in variants.items()}}
+    variants = {
+        "as assumed": cluster,
+        "cores 4x faster": replace(cluster, compute_scale=cluster.compute_scale / 4),
+        "cores 4x slower": replace(cluster, compute_scale=cluster.compute_scale * 4),
+        "10 Gbit/s": replace(cluster, bandwidth_bytes_per_s=1.25e9),
+        "no latency": replace(cluster, latency_s=0.0),
+    }
+    return {
+        "cluster": asdict(cluster),
+        "here_dense_gflops": here_gflops,
+        "machines": machines,
+        "n_params": {"speech": speech.n_params, "image": image.n_params},
+        "parts_s": {
+            n: {p: step_parts(m[0], p, m[1], m[2], cluster, m[3]) for p in (1, PAPER_POINTS[n][0])}
+            for n, m in models.items()
+        },
+        "curves": curves(models, cluster, machines),
+        "variants": {k: curves(models, v, [8, 81]) for k, v in variants.items()},
+    }
 
 
 # ---------------------------------------------------------------- report
@@ -325,16 +370,16 @@ TABLE_P = (1, 2, 4, 8, 16, 32, 64, 81, 128)
 
 # ---------------------------------------------------------------- Downpour replicas on one node
 
-DOWNPOUR_EVERY = 4          # bench/scaling.py pushes and fetches every 4 steps
+DOWNPOUR_EVERY = 4  # bench/scaling.py pushes and fetches every 4 steps
 DOWNPOUR_BATCH = 64
 
 
 def downpour_rows(scaling_path: str, node: Machine, repeats: int) -> list[dict]:
     """Predicted vs measured examples/s of bench/scaling.py (Fashion LC net, 1 shard + R replicas):
-      t_replica = t_step + (fetch + push of the whole vector) / bandwidth / every, where t_step is
-                  the layers, the loss, the local update, the accrual and the minibatch gather
-      shard CPU per second = R * t_apply / every / t_replica   (Adagrad over the whole vector)
-      examples/s = R * batch / t_replica * min(1, cores / (R + shard CPU))   (time-sharing)"""
+    t_replica = t_step + (fetch + push of the whole vector) / bandwidth / every, where t_step is
+                the layers, the loss, the local update, the accrual and the minibatch gather
+    shard CPU per second = R * t_apply / every / t_replica   (Adagrad over the whole vector)
+    examples/s = R * batch / t_replica * min(1, cores / (R + shard CPU))   (time-sharing)"""
     import tomllib
 
     from distbelief_mpi.config import parse_job
@@ -343,8 +388,9 @@ def downpour_rows(scaling_path: str, node: Machine, repeats: int) -> list[dict]:
 
     spec = parse_job(tomllib.loads((REPO / "jobs" / "fashion_lc_partitioned.toml").read_text()))
     network = build_network(spec.model.layers, (1, 28, 28), 10)
-    t_step = sum(c.seconds for c in layer_costs(network, DOWNPOUR_BATCH, repeats)) + \
-        loss_seconds(network, DOWNPOUR_BATCH, repeats)
+    t_step = sum(c.seconds for c in layer_costs(network, DOWNPOUR_BATCH, repeats)) + loss_seconds(
+        network, DOWNPOUR_BATCH, repeats
+    )
     vec = np.zeros(network.n_params, np.float32)
     t_apply = _median_seconds(lambda: adagrad_apply_(vec.copy(), vec, vec, np.ones_like(vec), 0.05, 1e-8), repeats)
     t_step += replica_overhead(vec, repeats)
@@ -373,94 +419,160 @@ def replica_overhead(vec: np.ndarray, repeats: int) -> float:
         sgd_update_(vec, grad, np.float32(0.0))
         np.add(accrued, grad, out=accrued)
         split[rows]
+
     return _median_seconds(one_step, repeats * 20)
 
 
 def downpour_section(rows: list[dict]) -> list[str]:
     if not rows:
         return []
-    lines = ["### Validation: Downpour replicas on this node (bench/scaling.py; flag: |error| > 25%)", "",
-             "| replicas | measured examples/s | predicted | error | |", "|---|---|---|---|---|"]
+    lines = [
+        "### Validation: Downpour replicas on this node (bench/scaling.py; flag: |error| > 25%)",
+        "",
+        "| replicas | measured examples/s | predicted | error | |",
+        "|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['replicas']} | {r['measured']:,.0f} | {r['predicted']:,.0f} | {r['error'] * 100:+.1f}% | "
-                     f"{'**> 25%**' if abs(r['error']) > 0.25 else 'ok'} |")
+        lines.append(
+            f"| {r['replicas']} | {r['measured']:,.0f} | {r['predicted']:,.0f} | {r['error'] * 100:+.1f}% | "
+            f"{'**> 25%**' if abs(r['error']) > 0.25 else 'ok'} |"
+        )
     return lines + [""]
 
 
-def report(command: str, node: Machine, pingpong_note: str, rows: list[dict], paper: dict, load: tuple,
-           downpour: list[dict] = ()) -> str:
+def report(
+    command: str,
+    node: Machine,
+    pingpong_note: str,
+    rows: list[dict],
+    paper: dict,
+    load: tuple,
+    downpour: list[dict] = (),
+) -> str:
     from machine import cpu_model  # bench/machine.py
-    busy = " **(busy: other processes shared the cores, timings unreliable)**" if max(load) > node.cores_per_machine else ""
-    return "\n".join(["## Cost model", "", f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}",
-                      f"- machine: {cpu_model()}, {node.cores_per_machine} usable cores", f"- command: `{command}`",
-                      f"- load average (1 min) at start / end: {load[0]:.1f} / {load[1]:.1f}{busy}",
-                      f"- this node's MPI (mpiexec -n 2 ping-pong, medians): latency {node.latency_s * 1e6:.1f} us, "
-                      f"bandwidth {node.bandwidth_bytes_per_s / 1e9:.2f} GB/s{pingpong_note}", "", "```",
-                      "Per step" + __doc__.split("Per step", 1)[1].rstrip(), "```", "",
-                      "Assumptions: exchanges in one layer run concurrently and links are full duplex (a partition's "
-                      "transfer time is max(sent, received) / bandwidth); compute and communication do not overlap; "
-                      "per-layer times are one-thread medians measured in this run; not modelled: the Python copies "
-                      "around an exchange and the waits caused by run-to-run jitter between partitions.", ""]
-                     + validation_section(rows) + downpour_section(downpour) + paper_section(paper))
+
+    busy = (
+        " **(busy: other processes shared the cores, timings unreliable)**"
+        if max(load) > node.cores_per_machine
+        else ""
+    )
+    return "\n".join(
+        [
+            "## Cost model",
+            "",
+            f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}",
+            f"- machine: {cpu_model()}, {node.cores_per_machine} usable cores",
+            f"- command: `{command}`",
+            f"- load average (1 min) at start / end: {load[0]:.1f} / {load[1]:.1f}{busy}",
+            f"- this node's MPI (mpiexec -n 2 ping-pong, medians): latency {node.latency_s * 1e6:.1f} us, "
+            f"bandwidth {node.bandwidth_bytes_per_s / 1e9:.2f} GB/s{pingpong_note}",
+            "",
+            "```",
+            "Per step" + __doc__.split("Per step", 1)[1].rstrip(),
+            "```",
+            "",
+            "Assumptions: exchanges in one layer run concurrently and links are full duplex (a partition's "
+            "transfer time is max(sent, received) / bandwidth); compute and communication do not overlap; "
+            "per-layer times are one-thread medians measured in this run; not modelled: the Python copies "
+            "around an exchange and the waits caused by run-to-run jitter between partitions.",
+            "",
+        ]
+        + validation_section(rows)
+        + downpour_section(downpour)
+        + paper_section(paper)
+    )
 
 
 def validation_section(rows: list[dict]) -> list[str]:
-    lines = ["### Validation on this node (partitions = 1-thread MPI ranks; flag: |error| > 25%)", "",
-             "| model | batch | P | measured ms | predicted ms | error | MB sent per partition, measured / predicted | |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "### Validation on this node (partitions = 1-thread MPI ranks; flag: |error| > 25%)",
+        "",
+        "| model | batch | P | measured ms | predicted ms | error | MB sent per partition, measured / predicted | |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         mb = ", ".join(f"{a / 1e6:.3f} / {b / 1e6:.3f}" for a, b in zip(r["bytes_measured"], r["bytes_predicted"]))
-        lines.append(f"| {r['model']} | {r['batch']} | {r['parts']} | {r['measured_s'] * 1e3:.1f} | "
-                     f"{r['predicted_s'] * 1e3:.1f} | {r['error'] * 100:+.1f}% | {mb} | "
-                     f"{'**> 25%**' if abs(r['error']) > 0.25 else 'ok'} |")
+        lines.append(
+            f"| {r['model']} | {r['batch']} | {r['parts']} | {r['measured_s'] * 1e3:.1f} | "
+            f"{r['predicted_s'] * 1e3:.1f} | {r['error'] * 100:+.1f}% | {mb} | "
+            f"{'**> 25%**' if abs(r['error']) > 0.25 else 'ok'} |"
+        )
     return lines + [""]
 
 
 def paper_section(paper: dict) -> list[str]:
     c, curves_ = paper["cluster"], paper["curves"]
-    lines = [f"### The paper's models on a 2012-like cluster: one partition per machine, {c['cores_per_machine']} cores "
-             f"each at parallel efficiency {c['parallel_efficiency']}, {c['bandwidth_bytes_per_s'] * 8 / 1e9:g} Gbit/s, "
-             f"{c['latency_s'] * 1e6:g} us latency", "",
-             f"- a 2012 core does {paper['here_dense_gflops'] / c['compute_scale']:.0f} GFLOP/s on dense GEMMs (assumed); "
-             f"ours measured {paper['here_dense_gflops']:.0f} on one thread, so compute_scale = {c['compute_scale']:.2f} "
-             "for every layer kind",
-             f"- speech: 440 -> 4 x 2560 sigmoid -> 8192 ({paper['n_params']['speech'] / 1e6:.0f}M params), batch 128, "
-             "layer times measured",
-             f"- image: {IMAGE_MODEL} ({paper['n_params']['image'] / 1e9:.2f}B params), batch 32, layer times = flops x "
-             "our measured seconds per flop of each layer kind", "",
-             "| speed-up at machines | " + " | ".join(map(str, TABLE_P)) + " | paper |", "|---" * (len(TABLE_P) + 2) + "|"]
+    lines = [
+        f"### The paper's models on a 2012-like cluster: one partition per machine, {c['cores_per_machine']} cores "
+        f"each at parallel efficiency {c['parallel_efficiency']}, {c['bandwidth_bytes_per_s'] * 8 / 1e9:g} Gbit/s, "
+        f"{c['latency_s'] * 1e6:g} us latency",
+        "",
+        f"- a 2012 core does {paper['here_dense_gflops'] / c['compute_scale']:.0f} GFLOP/s on dense GEMMs (assumed); "
+        f"ours measured {paper['here_dense_gflops']:.0f} on one thread, so compute_scale = {c['compute_scale']:.2f} "
+        "for every layer kind",
+        f"- speech: 440 -> 4 x 2560 sigmoid -> 8192 ({paper['n_params']['speech'] / 1e6:.0f}M params), batch 128, "
+        "layer times measured",
+        f"- image: {IMAGE_MODEL} ({paper['n_params']['image'] / 1e9:.2f}B params), batch 32, layer times = flops x "
+        "our measured seconds per flop of each layer kind",
+        "",
+        "| speed-up at machines | " + " | ".join(map(str, TABLE_P)) + " | paper |",
+        "|---" * (len(TABLE_P) + 2) + "|",
+    ]
     for name, (at, value) in PAPER_POINTS.items():
-        lines.append(f"| {name} | " + " | ".join(f"{curves_[name][p - 1]:.2f}" for p in TABLE_P) +
-                     f" | {'>' if name == 'image' else ''}{value:g}x at {at} |")
+        lines.append(
+            f"| {name} | "
+            + " | ".join(f"{curves_[name][p - 1]:.2f}" for p in TABLE_P)
+            + f" | {'>' if name == 'image' else ''}{value:g}x at {at} |"
+        )
     peaks = {n: int(np.argmax(curves_[n])) + 1 for n in PAPER_POINTS}
-    lines += ["", "Peaks: " + ", ".join(f"{n} {curves_[n][p - 1]:.2f}x at {p} machines" for n, p in peaks.items()) +
-              ". Rows and units are split whole, so the slowest partition has ceil(n / P) of n rows: the image curve "
-              "is jagged (167 rows over 81 partitions: 3 rows vs a mean of 2.06). The paper's 81 = 9 x 9 suggests "
-              "2-D blocks, which would balance better; model/partition.py splits rows only.", "",
-              "![predicted speed-up vs machines](cost_model.png)", "",
-              "| predicted seconds per step | machines | compute | halo exchanges | dense-input + logits gathers | total |",
-              "|---|---|---|---|---|---|"]
-    lines += [f"| {n} | {p} | " + " | ".join(f"{x:.3f}" for x in v.values()) + f" | {sum(v.values()):.3f} |"
-              for n, d in paper["parts_s"].items() for p, v in d.items()]
-    return lines + ["", "| sensitivity: speed-up | speech at 8 | image at 81 |", "|---|---|---|"] + \
-        [f"| {k} | {v['speech'][0]:.2f} | {v['image'][1]:.2f} |" for k, v in paper["variants"].items()]
+    lines += [
+        "",
+        "Peaks: "
+        + ", ".join(f"{n} {curves_[n][p - 1]:.2f}x at {p} machines" for n, p in peaks.items())
+        + ". Rows and units are split whole, so the slowest partition has ceil(n / P) of n rows: the image curve "
+        "is jagged (167 rows over 81 partitions: 3 rows vs a mean of 2.06). The paper's 81 = 9 x 9 suggests "
+        "2-D blocks, which would balance better; model/partition.py splits rows only.",
+        "",
+        "![predicted speed-up vs machines](cost_model.png)",
+        "",
+        "| predicted seconds per step | machines | compute | halo exchanges | dense-input + logits gathers | total |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {n} | {p} | " + " | ".join(f"{x:.3f}" for x in v.values()) + f" | {sum(v.values()):.3f} |"
+        for n, d in paper["parts_s"].items()
+        for p, v in d.items()
+    ]
+    return (
+        lines
+        + ["", "| sensitivity: speed-up | speech at 8 | image at 81 |", "|---|---|---|"]
+        + [f"| {k} | {v['speech'][0]:.2f} | {v['image'][1]:.2f} |" for k, v in paper["variants"].items()]
+    )
 
 
 def plot(paper: dict, path: Path) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+
     fig = Figure(figsize=(6, 4))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     for (name, curve), color in zip(paper["curves"].items(), ("C0", "C1")):
         ax.plot(paper["machines"], curve, color=color, label=f"{name}, predicted")
         at, value = PAPER_POINTS[name]
-        ax.plot([at], [value], marker="^" if name == "image" else "o", color=color, linestyle="none",
-                markersize=9, label=f"paper: {'>' if name == 'image' else ''}{value:g}x at {at}")
+        ax.plot(
+            [at],
+            [value],
+            marker="^" if name == "image" else "o",
+            color=color,
+            linestyle="none",
+            markersize=9,
+            label=f"paper: {'>' if name == 'image' else ''}{value:g}x at {at}",
+        )
     ax.plot([1, 128], [1, 128], color="grey", linestyle=":", label="linear")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log", base=2)
-    ticks = [2 ** k for k in range(8)]
+    ticks = [2**k for k in range(8)]
     ax.set_xticks(ticks, [str(t) for t in ticks])
     ax.set_yticks(ticks, [str(t) for t in ticks])
     ax.set_xlabel("machines (partitions of one replica)")
@@ -474,8 +586,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pingpong", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--quick", action="store_true", help="small batches, fewer repeats")
-    parser.add_argument("--measured", help="model_parallel results (JSON list or MODEL_PARALLEL_JSON lines); "
-                                           "default: run bench/model_parallel.py's P = 1, 2 now")
+    parser.add_argument(
+        "--measured",
+        help="model_parallel results (JSON list or MODEL_PARALLEL_JSON lines); "
+        "default: run bench/model_parallel.py's P = 1, 2 now",
+    )
     parser.add_argument("--scaling", help="bench/scaling.py's scaling.json: also check the Downpour prediction")
     parser.add_argument("--out-dir", help="write cost_model.md, cost_model.png, cost_model.json here")
     parser.add_argument("--core-gflops-2012", type=float, default=10.0)
@@ -486,18 +601,21 @@ def main() -> None:
     from model_parallel import measure
 
     from distbelief_mpi.kernels import set_compute_threads
+
     set_compute_threads(1)
     load_start = os.getloadavg()[0]
-    measured = load_measured(args.measured) if args.measured else \
-        [measure(m, p, 3 if args.quick else 7, args.quick) for m in ("local", "speech") for p in (1, 2)]
+    measured = (
+        load_measured(args.measured)
+        if args.measured
+        else [measure(m, p, 3 if args.quick else 7, args.quick) for m in ("local", "speech") for p in (1, 2)]
+    )
     try:
         pp, note = measure_pingpong(), ""
     except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
         pp, note = {"latency_s": 5e-6, "bandwidth_bytes_per_s": 5e9}, f" (ping-pong failed, defaults: {exc})"
     from machine import usable_cores  # bench/machine.py
 
-    node = Machine(usable_cores(), pp["bandwidth_bytes_per_s"], pp["latency_s"],
-                   partition_per_machine=False)
+    node = Machine(usable_cores(), pp["bandwidth_bytes_per_s"], pp["latency_s"], partition_per_machine=False)
     rows = validate(measured, node, 3 if args.quick else 5)
     paper = paper_comparison(args.quick, args.core_gflops_2012, args.efficiency)
     downpour = downpour_rows(args.scaling, node, 3 if args.quick else 5) if args.scaling else []
@@ -508,8 +626,9 @@ def main() -> None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "cost_model.md").write_text(text + "\n")
         plot(paper, out / "cost_model.png")
-        (out / "cost_model.json").write_text(json.dumps({"node": asdict(node), "validation": rows, "paper": paper,
-                                                         "downpour": downpour}))
+        (out / "cost_model.json").write_text(
+            json.dumps({"node": asdict(node), "validation": rows, "paper": paper, "downpour": downpour})
+        )
 
 
 if __name__ == "__main__":

@@ -19,11 +19,11 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from distbelief_mpi.kernels import (ACTIVATION_CODES, local_backward_, local_forward_,  # noqa: E402
-                                    set_compute_threads, sgd_update_)
+from machine import cpu_model  # bench/machine.py (bench/ is on sys.path when run as a script)
+
+from distbelief_mpi.kernels import ACTIVATION_CODES, local_backward_, local_forward_, set_compute_threads, sgd_update_  # noqa: E402
 from distbelief_mpi.model.network import build_network  # noqa: E402
 from distbelief_mpi.model.spec import LayerSpec  # noqa: E402
-from machine import cpu_model  # bench/machine.py (bench/ is on sys.path when run as a script)
 
 
 def median_seconds(fn, repeats: int, warmup: int = 1) -> float:
@@ -35,8 +35,6 @@ def median_seconds(fn, repeats: int, warmup: int = 1) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
-
-
 
 
 # ---------------------------------------------------------------- 1. speech model step
@@ -51,11 +49,13 @@ def speech_ours(batch, hidden, depth, n_in, n_out, repeats, lr=0.01):
     def step():
         net.loss_and_grad(params, x, y, grad)
         sgd_update_(params, grad, lr)
+
     return median_seconds(step, repeats), net.n_params
 
 
 def speech_torch(batch, hidden, depth, n_in, n_out, repeats, threads, lr=0.01):
     import torch
+
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     layers, width = [], n_in
@@ -72,6 +72,7 @@ def speech_torch(batch, hidden, depth, n_in, n_out, repeats, threads, lr=0.01):
         opt.zero_grad(set_to_none=False)
         loss_fn(model(x), y).backward()
         opt.step()
+
     return median_seconds(step, repeats)
 
 
@@ -94,8 +95,9 @@ def im2col_local_step(x, w, bias, dy, stride, patch):
     dx = np.zeros_like(x)
     for i in range(patch):  # col2im: one strided add per patch offset
         for j in range(patch):
-            dx[:, :, i:i + stride * oh:stride, j:j + stride * ow:stride] += \
-                dcols[:, :, :, :, i, j].transpose(2, 3, 0, 1)
+            dx[:, :, i : i + stride * oh : stride, j : j + stride * ow : stride] += dcols[:, :, :, :, i, j].transpose(
+                2, 3, 0, 1
+            )
     return gw, gb, y.reshape(oh, ow, b, -1).transpose(2, 3, 0, 1), dx
 
 
@@ -133,14 +135,18 @@ def main(argv=None):
     set_compute_threads(args.threads)
     repeats = 2 if args.quick else args.repeats
     print(f"date     {datetime.datetime.now().isoformat(timespec='seconds')}")
-    print(f"machine  {cpu_model()}, {os.cpu_count()} logical CPUs; {args.threads} compute thread(s); "
-          f"numpy {np.__version__}; medians of {repeats} repeats")
+    print(
+        f"machine  {cpu_model()}, {os.cpu_count()} logical CPUs; {args.threads} compute thread(s); "
+        f"numpy {np.__version__}; medians of {repeats} repeats"
+    )
 
     shape = (32, 256, 2, 44, 512) if args.quick else (128, 2560, 4, 440, 8192)
     batch, hidden, depth, n_in, n_out = shape
     t_ours, n_params = speech_ours(*shape, repeats)
-    print(f"\n[1] speech step {n_in} -> {depth} x {hidden} sigmoid -> {n_out} softmax, batch {batch}, "
-          f"{n_params / 1e6:.1f}M params (fwd + bwd + SGD)")
+    print(
+        f"\n[1] speech step {n_in} -> {depth} x {hidden} sigmoid -> {n_out} softmax, batch {batch}, "
+        f"{n_params / 1e6:.1f}M params (fwd + bwd + SGD)"
+    )
     print(f"    ours      {t_ours * 1e3:9.1f} ms  {batch / t_ours:9.1f} examples/s")
     try:
         import torch
@@ -148,15 +154,16 @@ def main(argv=None):
         print("    PyTorch not installed, skipped")
     else:
         t_torch = speech_torch(*shape, repeats, args.threads)
-        print(f"    pytorch   {t_torch * 1e3:9.1f} ms  {batch / t_torch:9.1f} examples/s "
-              f"(torch {torch.__version__})")
+        print(f"    pytorch   {t_torch * 1e3:9.1f} ms  {batch / t_torch:9.1f} examples/s (torch {torch.__version__})")
         print(f"    ratio ours/pytorch throughput: {t_torch / t_ours:.2f}x  (target >= 0.9x)")
 
     local = (8, 4, 16, 8, 5, 1) if args.quick else (64, 8, 32, 16, 5, 1)
     b, c, hw, f, p, s = local
     t_ours, t_ref = local_bench(*local, repeats)
-    print(f"\n[2] locally connected fwd + bwd, batch {b}, input ({c}, {hw}, {hw}), patch {p}, "
-          f"stride {s}, {f} filters, sigmoid")
+    print(
+        f"\n[2] locally connected fwd + bwd, batch {b}, input ({c}, {hw}, {hw}), patch {p}, "
+        f"stride {s}, {f} filters, sigmoid"
+    )
     print(f"    ours (numba + per-position BLAS) {t_ours * 1e3:9.1f} ms")
     print(f"    numpy im2col baseline            {t_ref * 1e3:9.1f} ms")
     print(f"    speed-up: {t_ref / t_ours:.2f}x  (target >= 2x)")

@@ -43,6 +43,7 @@ def usable_cores() -> int:
 def mpi_library_line() -> str:
     """Callable before MPI_Init (a driver that only launches mpiexec never initializes MPI)."""
     from mpi4py import MPI
+
     return MPI.Get_library_version().strip().splitlines()[0].strip()
 
 
@@ -69,18 +70,36 @@ def mpiexec_command(ranks: int) -> list[str]:
 
 def train_job(job: str, ranks: int, sets: list[str], run_dir: Path, timeout: float) -> dict:
     """`mpiexec -n RANKS distbelief train jobs/JOB --run-dir RUN_DIR --set ...`; its summary.json."""
-    command = [*mpiexec_command(ranks), sys.executable, "-m", "distbelief_mpi", "train", str(REPO / "jobs" / job),
-               "--run-dir", str(run_dir), "--no-progress", *[item for kv in sets for item in ("--set", kv)]]
+    command = [
+        *mpiexec_command(ranks),
+        sys.executable,
+        "-m",
+        "distbelief_mpi",
+        "train",
+        str(REPO / "jobs" / job),
+        "--run-dir",
+        str(run_dir),
+        "--no-progress",
+        *[item for kv in sets for item in ("--set", kv)],
+    ]
     subprocess.run(command, check=True, cwd=REPO, capture_output=True, timeout=timeout)
     return json.loads((Path(run_dir) / "summary.json").read_text())
 
 
 def mpi_result(ranks: int, script: str, args: list[str], prefix: str, timeout: float, env: dict | None = None) -> dict:
     """Run `script args` on RANKS ranks; the JSON its rank 0 printed after `prefix`."""
-    done = subprocess.run([*mpiexec_command(ranks), sys.executable, script, *args], capture_output=True, text=True,
-                          cwd=REPO, env=env, timeout=timeout)
+    done = subprocess.run(
+        [*mpiexec_command(ranks), sys.executable, script, *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=timeout,
+    )
     for line in done.stdout.splitlines():
         if line.startswith(prefix):
-            return json.loads(line[len(prefix):])
-    raise RuntimeError(f"no result from {Path(script).name} {' '.join(args)} on {ranks} ranks (exit "
-                       f"{done.returncode}):\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
+            return json.loads(line[len(prefix) :])
+    raise RuntimeError(
+        f"no result from {Path(script).name} {' '.join(args)} on {ranks} ranks (exit "
+        f"{done.returncode}):\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
+    )

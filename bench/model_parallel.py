@@ -29,17 +29,24 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 RESULT_PREFIX = "MODEL_PARALLEL_JSON "
-TARGETS = {"local": 1.6, "speech": 1.3}    # at P = 2 on a 2-core machine (the issue)
+TARGETS = {"local": 1.6, "speech": 1.3}  # at P = 2 on a 2-core machine (the issue)
 
 
 def models():
     from distbelief_mpi.model.spec import LayerSpec
 
-    local = ((1, 64, 64), 10, 32, (LayerSpec("local", filters=16, patch=7, stride=1, activation="relu"),
-                                   LayerSpec("maxpool", size=2, stride=2),
-                                   LayerSpec("local", filters=16, patch=5, stride=1, activation="relu"),
-                                   LayerSpec("maxpool", size=2, stride=2),
-                                   LayerSpec("dense", units=256, activation="relu")))
+    local = (
+        (1, 64, 64),
+        10,
+        32,
+        (
+            LayerSpec("local", filters=16, patch=7, stride=1, activation="relu"),
+            LayerSpec("maxpool", size=2, stride=2),
+            LayerSpec("local", filters=16, patch=5, stride=1, activation="relu"),
+            LayerSpec("maxpool", size=2, stride=2),
+            LayerSpec("dense", units=256, activation="relu"),
+        ),
+    )
     speech = ((440,), 8192, 128, tuple(LayerSpec("dense", units=2560, activation="sigmoid") for _ in range(4)))
     return {"local": local, "speech": speech}
 
@@ -69,7 +76,7 @@ def worker(name: str, repeats: int, quick: bool) -> None:
     else:
         plans, order = split_model(network, parts)
         model = PartitionedNetwork(network, plans, part, MpiExchanger(comm, network.dtype))
-        params = order.from_canonical(network.init_params(0))[order.offsets[part]:order.offsets[part + 1]]
+        params = order.from_canonical(network.init_params(0))[order.offsets[part] : order.offsets[part + 1]]
     grad = np.empty_like(params)
     times, sent = [], []
     for step in range(repeats + 2):
@@ -77,39 +84,68 @@ def worker(name: str, repeats: int, quick: bool) -> None:
         before = getattr(model, "bytes_sent", 0)
         tick = time.perf_counter()
         model.loss_and_grad(params, x, y, grad)
-        seconds = comm.allreduce(time.perf_counter() - tick, op=MPI.MAX)   # the step ends with its slowest part
+        seconds = comm.allreduce(time.perf_counter() - tick, op=MPI.MAX)  # the step ends with its slowest part
         if step >= 2:
             times.append(seconds)
             sent.append(getattr(model, "bytes_sent", 0) - before)
     all_sent = comm.gather(statistics.median(sent), root=0)
     if part == 0:
-        print(RESULT_PREFIX + json.dumps({"model": name, "parts": parts, "batch": batch, "n_params": network.n_params,
-                                          "step_s": statistics.median(times), "bytes_sent": all_sent}), flush=True)
+        print(
+            RESULT_PREFIX
+            + json.dumps(
+                {
+                    "model": name,
+                    "parts": parts,
+                    "batch": batch,
+                    "n_params": network.n_params,
+                    "step_s": statistics.median(times),
+                    "bytes_sent": all_sent,
+                }
+            ),
+            flush=True,
+        )
 
 
 def measure(name: str, parts: int, repeats: int, quick: bool) -> dict:
     from machine import mpi_result  # bench/machine.py
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-           "NUMBA_NUM_THREADS": "1"}
-    return mpi_result(parts, __file__, ["--worker", name, "--repeats", str(repeats)] + (["--quick"] if quick else []),
-                      RESULT_PREFIX, timeout=1800, env=env)
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "OPENBLAS_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "NUMBA_NUM_THREADS": "1",
+    }
+    return mpi_result(
+        parts,
+        __file__,
+        ["--worker", name, "--repeats", str(repeats)] + (["--quick"] if quick else []),
+        RESULT_PREFIX,
+        timeout=1800,
+        env=env,
+    )
 
 
 def report(results: list[dict], cores: int) -> str:
     from machine import cpu_model  # bench/machine.py
 
-    lines = ["## Model parallelism", "", f"One replica over P partitions, 1 thread per rank; {cores} cores "
-             f"({cpu_model()}), {datetime.date.today()}", "",
-             "| model | P | step (ms) | speed-up T(1)/T(P) | bytes sent per step, per partition | target at P = 2 |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "## Model parallelism",
+        "",
+        f"One replica over P partitions, 1 thread per rank; {cores} cores ({cpu_model()}), {datetime.date.today()}",
+        "",
+        "| model | P | step (ms) | speed-up T(1)/T(P) | bytes sent per step, per partition | target at P = 2 |",
+        "|---|---|---|---|---|---|",
+    ]
     base = {r["model"]: r["step_s"] for r in results if r["parts"] == 1}
     for r in results:
         note = " (more ranks than cores)" if r["parts"] > cores else ""
         target = f">= {TARGETS[r['model']]}x" if r["parts"] == 2 else ""
         sent = ", ".join(f"{b / 1e6:.2f} MB" for b in r["bytes_sent"])
-        lines.append(f"| {r['model']} ({r['n_params'] / 1e6:.1f}M, batch {r['batch']}) | {r['parts']} | "
-                     f"{r['step_s'] * 1000:.1f} | {base[r['model']] / r['step_s']:.2f}x{note} | {sent} | {target} |")
+        lines.append(
+            f"| {r['model']} ({r['n_params'] / 1e6:.1f}M, batch {r['batch']}) | {r['parts']} | "
+            f"{r['step_s'] * 1000:.1f} | {base[r['model']] / r['step_s']:.2f}x{note} | {sent} | {target} |"
+        )
     return "\n".join(lines)
 
 
@@ -157,11 +193,12 @@ def main() -> None:
 
     text = report(results, usable_cores())
     print(text)
-    if args.out_dir:   # the .json is what the cost model checks itself against
+    if args.out_dir:  # the .json is what the cost model checks itself against
         from machine import write_results  # bench/machine.py
 
-        out = write_results(args.out_dir, "model_parallel", text + "\n\n![speed-up vs partitions](model_parallel.png)",
-                            results)
+        out = write_results(
+            args.out_dir, "model_parallel", text + "\n\n![speed-up vs partitions](model_parallel.png)", results
+        )
         plot(results, out / "model_parallel.png")
 
 

@@ -37,17 +37,22 @@ import sys
 import time
 
 import numpy as np
-from machine import (cpu_model, launcher_flags, mpi_library_line, mpiexec_path,  # bench/machine.py (bench/ is
-                     usable_cores)                                                # on sys.path as a script)
+from machine import (  # bench/machine.py (bench/ is
+    cpu_model,
+    launcher_flags,
+    mpi_library_line,
+    mpiexec_path,
+    usable_cores,  # on sys.path as a script)
+)
 
 REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, REPO)
 
-SPEECH_PARAMS = 41_800_000     # the paper's speech model, ~42M float32 (bench/kernels.py [1])
+SPEECH_PARAMS = 41_800_000  # the paper's speech model, ~42M float32 (bench/kernels.py [1])
 QUICK_PARAMS = 4_000_000
 RESULT_PREFIX = "PS_BANDWIDTH_JSON "
 TAG_SHARD_TIMES = 201
-WARMUP_ROUNDS = 2              # push + fetch rounds before timing: page faults, both buffers touched
+WARMUP_ROUNDS = 2  # push + fetch rounds before timing: page faults, both buffers touched
 TARGET = 0.5
 
 
@@ -55,20 +60,24 @@ TARGET = 0.5
 
 
 def header_lines(command: str) -> list[str]:
-    return [f"date     {datetime.datetime.now().isoformat(timespec='seconds')}",
-            f"machine  {cpu_model()}, {usable_cores()} usable cores ({os.cpu_count()} logical CPUs), "
-            f"{platform.system()} {platform.release()}",
-            f"mpi      {mpi_library_line()}",
-            f"python   {platform.python_version()}, numpy {np.__version__}",
-            f"command  {command}"]
+    return [
+        f"date     {datetime.datetime.now().isoformat(timespec='seconds')}",
+        f"machine  {cpu_model()}, {usable_cores()} usable cores ({os.cpu_count()} logical CPUs), "
+        f"{platform.system()} {platform.release()}",
+        f"mpi      {mpi_library_line()}",
+        f"python   {platform.python_version()}, numpy {np.__version__}",
+        f"command  {command}",
+    ]
 
 
 def oversubscription_note(ranks: int, cores: int) -> str:
     if ranks <= cores:
         return f"{ranks} ranks on {cores} cores: one core per rank"
-    return (f"{ranks} ranks on {cores} cores: OVERSUBSCRIBED, the shards time-share the cores with "
-            f"each other and the replica (idle shards sleep, so transfers are not starved, but "
-            f"server updates of different shards cannot all run at once)")
+    return (
+        f"{ranks} ranks on {cores} cores: OVERSUBSCRIBED, the shards time-share the cores with "
+        f"each other and the replica (idle shards sleep, so transfers are not starved, but "
+        f"server updates of different shards cannot all run at once)"
+    )
 
 
 def gbps(n_bytes: int, seconds: float) -> float:
@@ -90,25 +99,27 @@ def shard_main(world, windows, shard_id, ranges, rule, seed):
             out = fn(*args)
             times[key].append(time.perf_counter() - t0)
             return out
+
         return wrapper
 
     class TimedShard(shard_mod.Shard):
         def _apply_one(self, replica_id, base_version, steps):
-            times["start"].append(time.perf_counter())   # the push has been noticed
+            times["start"].append(time.perf_counter())  # the push has been noticed
             super()._apply_one(replica_id, base_version, steps)
-            times["end"].append(time.perf_counter())     # published (APPLIED follows at once)
+            times["end"].append(time.perf_counter())  # published (APPLIED follows at once)
 
     start, stop = ranges[shard_id]
     initial = np.random.default_rng(seed + shard_id).standard_normal(stop - start).astype(np.float32)
     shard = TimedShard(windows, shard_id, Optimizer(algorithm="downpour", server_rule=rule), initial)
-    shard.warm_up()                                    # untimed: original kernels, compiled/loaded
+    shard.warm_up()  # untimed: original kernels, compiled/loaded
     shard_mod.all_finite = timed(shard_mod.all_finite, "finite")
     shard_mod.adagrad_apply_ = timed(shard_mod.adagrad_apply_, "rule")
     shard_mod.sgd_apply_ = timed(shard_mod.sgd_apply_, "rule")
     barrier_sleeping(world)
     shard.serve(world)
-    world.send({"shard_id": shard_id, "version": shard.version, **times}, dest=world.Get_size() - 1,
-               tag=TAG_SHARD_TIMES)
+    world.send(
+        {"shard_id": shard_id, "version": shard.version, **times}, dest=world.Get_size() - 1, tag=TAG_SHARD_TIMES
+    )
 
 
 def replica_main(world, windows, n_shards, ranges, n_params, repeats):
@@ -117,8 +128,8 @@ def replica_main(world, windows, n_shards, ranges, n_params, repeats):
 
     endpoint = ReplicaEndpoint(windows, 0)
     rng = np.random.default_rng(1234)
-    grad = (rng.standard_normal(n_params) * 1e-3).astype(np.float32)   # finite: never rejected
-    fetched = np.zeros(n_params, np.float32)          # zeros(): touched now, not on the first fetch
+    grad = (rng.standard_normal(n_params) * 1e-3).astype(np.float32)  # finite: never rejected
+    fetched = np.zeros(n_params, np.float32)  # zeros(): touched now, not on the first fetch
     src = rng.standard_normal(n_params).astype(np.float32)
     dst = np.zeros(n_params, np.float32)
     pieces = [(s, grad[a:b], fetched[a:b]) for s, (a, b) in enumerate(ranges)]
@@ -161,7 +172,7 @@ def replica_main(world, windows, n_shards, ranges, n_params, repeats):
 
     rows = []
     for _ in range(repeats):
-        time.sleep(5e-3)   # let the shards fall back to their longest idle sleep, as between real pushes
+        time.sleep(5e-3)  # let the shards fall back to their longest idle sleep, as between real pushes
         m0 = time.perf_counter()
         np.copyto(dst, src)
         memcpy = time.perf_counter() - m0
@@ -169,8 +180,18 @@ def replica_main(world, windows, n_shards, ranges, n_params, repeats):
         t_put_only = do_put_only()
         time.sleep(5e-3)
         t0, t1, t2, posted = do_push()
-        rows.append({"memcpy": memcpy, "fetch": t_fetch, "put_only": t_put_only, "push_start": t0, "push": t1 - t0,
-                     "applied": t2 - t0, "posted": posted, "versions": versions})
+        rows.append(
+            {
+                "memcpy": memcpy,
+                "fetch": t_fetch,
+                "put_only": t_put_only,
+                "push_start": t0,
+                "push": t1 - t0,
+                "applied": t2 - t0,
+                "posted": posted,
+                "versions": versions,
+            }
+        )
     _, final_versions = do_fetch()
     expected = WARMUP_ROUNDS + repeats
     if final_versions != [expected] * n_shards:
@@ -179,9 +200,10 @@ def replica_main(world, windows, n_shards, ranges, n_params, repeats):
         raise RuntimeError("fetched parameters are not finite")
 
     for s in range(n_shards):
-        world.send(0, dest=s, tag=TAG_DONE)   # the payload: our replica id
-    shard_times = sorted((world.recv(source=s, tag=TAG_SHARD_TIMES) for s in range(n_shards)),
-                         key=lambda r: r["shard_id"])
+        world.send(0, dest=s, tag=TAG_DONE)  # the payload: our replica id
+    shard_times = sorted(
+        (world.recv(source=s, tag=TAG_SHARD_TIMES) for s in range(n_shards)), key=lambda r: r["shard_id"]
+    )
     return rows, shard_times, endpoint.fetch_retries
 
 
@@ -200,25 +222,51 @@ def summarize(rows, shard_times, fetch_retries, n_params, n_shards, repeats, rul
         rule_t.append(max(st["rule"][i] for st in shard_times))
         apply_total.append(max(st["end"][i] - st["start"][i] for st in shard_times))
         applied_server.append(max(st["end"][i] for st in shard_times) - row["push_start"])
-    t.update(notice_max=med(notice), finite=med(finite), rule=med(rule_t), apply=med(apply_total),
-             applied_server=med(applied_server))
-    per_shard = [{"shard_id": st["shard_id"],
-                  "notice": med([st["start"][WARMUP_ROUNDS + k] - row["posted"][st["shard_id"]]
-                                 for k, row in enumerate(rows)]),
-                  "finite": med(st["finite"][WARMUP_ROUNDS:]), "rule": med(st["rule"][WARMUP_ROUNDS:]),
-                  "apply": med([e - s for s, e in zip(st["start"][WARMUP_ROUNDS:], st["end"][WARMUP_ROUNDS:])])}
-                 for st in shard_times]
-    ratio = {"fetch": t["memcpy"] / t["fetch"], "push": t["memcpy"] / t["push"],
-             "applied": t["memcpy"] / t["applied"],
-             "round_trip": 2 * t["memcpy"] / (t["push"] + t["fetch"]),
-             "round_trip_applied": 2 * t["memcpy"] / (t["applied"] + t["fetch"]),
-             "put_only": t["memcpy"] / t["put_only"]}
-    return {"shards": n_shards, "ranks": world_size, "cores": usable_cores(), "params": n_params,
-            "bytes": n_bytes, "repeats": repeats, "rule": rule, "seconds": t, "best_seconds": best,
-            "gbps": {k: gbps(n_bytes, v) for k, v in t.items() if k in keys},
-            "ratio_to_memcpy": ratio, "meets_target": ratio["fetch"] >= TARGET and ratio["push"] >= TARGET,
-            "target": TARGET, "per_shard": per_shard, "fetch_retries": fetch_retries,
-            "raw_seconds": [{k: r[k] for k in keys} for r in rows]}
+    t.update(
+        notice_max=med(notice),
+        finite=med(finite),
+        rule=med(rule_t),
+        apply=med(apply_total),
+        applied_server=med(applied_server),
+    )
+    per_shard = [
+        {
+            "shard_id": st["shard_id"],
+            "notice": med(
+                [st["start"][WARMUP_ROUNDS + k] - row["posted"][st["shard_id"]] for k, row in enumerate(rows)]
+            ),
+            "finite": med(st["finite"][WARMUP_ROUNDS:]),
+            "rule": med(st["rule"][WARMUP_ROUNDS:]),
+            "apply": med([e - s for s, e in zip(st["start"][WARMUP_ROUNDS:], st["end"][WARMUP_ROUNDS:])]),
+        }
+        for st in shard_times
+    ]
+    ratio = {
+        "fetch": t["memcpy"] / t["fetch"],
+        "push": t["memcpy"] / t["push"],
+        "applied": t["memcpy"] / t["applied"],
+        "round_trip": 2 * t["memcpy"] / (t["push"] + t["fetch"]),
+        "round_trip_applied": 2 * t["memcpy"] / (t["applied"] + t["fetch"]),
+        "put_only": t["memcpy"] / t["put_only"],
+    }
+    return {
+        "shards": n_shards,
+        "ranks": world_size,
+        "cores": usable_cores(),
+        "params": n_params,
+        "bytes": n_bytes,
+        "repeats": repeats,
+        "rule": rule,
+        "seconds": t,
+        "best_seconds": best,
+        "gbps": {k: gbps(n_bytes, v) for k, v in t.items() if k in keys},
+        "ratio_to_memcpy": ratio,
+        "meets_target": ratio["fetch"] >= TARGET and ratio["push"] >= TARGET,
+        "target": TARGET,
+        "per_shard": per_shard,
+        "fetch_retries": fetch_retries,
+        "raw_seconds": [{k: r[k] for k in keys} for r in rows],
+    }
 
 
 def format_run(res) -> str:
@@ -227,28 +275,34 @@ def format_run(res) -> str:
 
     def row(label, key, extra=""):
         ratio = t["memcpy"] / t[key]
-        return (f"  {label:<27}{t[key] * 1e3:8.2f} ms {g[key]:6.2f} GB/s {ratio:5.2f}x  "
-                f"(best {b[key] * 1e3:7.2f} ms){extra}")
+        return (
+            f"  {label:<27}{t[key] * 1e3:8.2f} ms {g[key]:6.2f} GB/s {ratio:5.2f}x  "
+            f"(best {b[key] * 1e3:7.2f} ms){extra}"
+        )
 
-    lines = [f"shards {res['shards']}: {res['params']:,} float32 = {mb:.1f} MB, {res['rule']} rule, "
-             f"median of {res['repeats']} (best = fastest repeat); "
-             f"{oversubscription_note(res['ranks'], res['cores'])}",
-             f"  {'':<27}{'median':>11} {'GB/s':>11} {'ratio':>6}",
-             row("memcpy (np.copyto)", "memcpy"),
-             row("fetch (all shards)", "fetch", f"  {res['fetch_retries']} seqlock retries"),
-             row("push, transfer (Put+hdr)", "push"),
-             row("push until applied", "applied", f"  server-side end {t['applied_server'] * 1e3:.2f} ms"),
-             row("put only (diagnostic)", "put_only", "  no header: no apply runs beside it"),
-             f"    push until applied, slowest shard per push: notice {t['notice_max'] * 1e3:.2f} ms, finite check "
-             f"{t['finite'] * 1e3:.2f} ms, {res['rule']} rule {t['rule'] * 1e3:.2f} ms, whole apply "
-             f"{t['apply'] * 1e3:.2f} ms",
-             f"  round trip push+fetch vs 2x memcpy: {r['round_trip']:.2f}x transfer, "
-             f"{r['round_trip_applied']:.2f}x with the apply",
-             f"  target >= {res['target']}x memcpy for push (transfer) and fetch: "
-             f"{'MET' if res['meets_target'] else 'MISSED'}"]
+    lines = [
+        f"shards {res['shards']}: {res['params']:,} float32 = {mb:.1f} MB, {res['rule']} rule, "
+        f"median of {res['repeats']} (best = fastest repeat); "
+        f"{oversubscription_note(res['ranks'], res['cores'])}",
+        f"  {'':<27}{'median':>11} {'GB/s':>11} {'ratio':>6}",
+        row("memcpy (np.copyto)", "memcpy"),
+        row("fetch (all shards)", "fetch", f"  {res['fetch_retries']} seqlock retries"),
+        row("push, transfer (Put+hdr)", "push"),
+        row("push until applied", "applied", f"  server-side end {t['applied_server'] * 1e3:.2f} ms"),
+        row("put only (diagnostic)", "put_only", "  no header: no apply runs beside it"),
+        f"    push until applied, slowest shard per push: notice {t['notice_max'] * 1e3:.2f} ms, finite check "
+        f"{t['finite'] * 1e3:.2f} ms, {res['rule']} rule {t['rule'] * 1e3:.2f} ms, whole apply "
+        f"{t['apply'] * 1e3:.2f} ms",
+        f"  round trip push+fetch vs 2x memcpy: {r['round_trip']:.2f}x transfer, "
+        f"{r['round_trip_applied']:.2f}x with the apply",
+        f"  target >= {res['target']}x memcpy for push (transfer) and fetch: "
+        f"{'MET' if res['meets_target'] else 'MISSED'}",
+    ]
     for ps in res["per_shard"]:
-        lines.append(f"    shard {ps['shard_id']}: notice {ps['notice'] * 1e3:.2f} ms, finite {ps['finite'] * 1e3:.2f} ms, "
-                     f"rule {ps['rule'] * 1e3:.2f} ms, apply {ps['apply'] * 1e3:.2f} ms")
+        lines.append(
+            f"    shard {ps['shard_id']}: notice {ps['notice'] * 1e3:.2f} ms, finite {ps['finite'] * 1e3:.2f} ms, "
+            f"rule {ps['rule'] * 1e3:.2f} ms, apply {ps['apply'] * 1e3:.2f} ms"
+        )
     return "\n".join(lines)
 
 
@@ -263,8 +317,10 @@ def worker(args) -> int:
     rank, size, n_shards = world.Get_rank(), world.Get_size(), args.shards
     if size != n_shards + 1:
         if rank == 0:
-            print(f"error: --shards {n_shards} needs mpiexec -n {n_shards + 1} (S shards + 1 replica), "
-                  f"got {size} ranks", file=sys.stderr)
+            print(
+                f"error: --shards {n_shards} needs mpiexec -n {n_shards + 1} (S shards + 1 replica), got {size} ranks",
+                file=sys.stderr,
+            )
         return 2
     ranges = shard_ranges(args.params, n_shards)
     shard_id = rank if rank < n_shards else -1
@@ -291,48 +347,81 @@ def worker(args) -> int:
 # ---------------------------------------------------------------- driver mode (--all)
 def driver(args) -> int:
     import mpi4py
-    mpi4py.rc.initialize = False        # the driver only launches mpiexec; it is no MPI process
+
+    mpi4py.rc.initialize = False  # the driver only launches mpiexec; it is no MPI process
     params = args.params or (QUICK_PARAMS if args.quick else SPEECH_PARAMS)
     repeats = args.repeats or (3 if args.quick else 5)
     mpiexec = mpiexec_path()
     print("\n".join(header_lines(" ".join([sys.executable] + sys.argv))))
-    print(f"sizes    {params:,} float32 params = {4 * params / 1e6:.1f} MB per push and per fetch; "
-          f"{repeats} repeats (+{WARMUP_ROUNDS} warm-up rounds); rule {args.rule}")
+    print(
+        f"sizes    {params:,} float32 params = {4 * params / 1e6:.1f} MB per push and per fetch; "
+        f"{repeats} repeats (+{WARMUP_ROUNDS} warm-up rounds); rule {args.rule}"
+    )
     results, failed = [], []
     for n_shards in (1, 2, 4):
-        command = ["timeout", "-k", "10", str(args.timeout), mpiexec, *launcher_flags(mpiexec),
-                   "-n", str(n_shards + 1), sys.executable, os.path.abspath(__file__), "--shards", str(n_shards),
-                   "--params", str(params), "--repeats", str(repeats), "--rule", args.rule, "--quiet"]
+        command = [
+            "timeout",
+            "-k",
+            "10",
+            str(args.timeout),
+            mpiexec,
+            *launcher_flags(mpiexec),
+            "-n",
+            str(n_shards + 1),
+            sys.executable,
+            os.path.abspath(__file__),
+            "--shards",
+            str(n_shards),
+            "--params",
+            str(params),
+            "--repeats",
+            str(repeats),
+            "--rule",
+            args.rule,
+            "--quiet",
+        ]
         print(f"\n$ {' '.join(command)}", flush=True)
         started = time.perf_counter()
-        done = subprocess.run(command, capture_output=True, text=True, cwd=REPO,
-                              env={**os.environ, "PYTHONPATH": os.path.abspath(REPO)})
+        done = subprocess.run(
+            command, capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": os.path.abspath(REPO)}
+        )
         lines = [line for line in done.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
         if done.returncode != 0 or not lines:
             why = "timed out" if done.returncode in (124, 137) else f"exit {done.returncode}"
             print(f"FAILED ({why})\nstdout:\n{done.stdout}\nstderr:\n{done.stderr}")
             failed.append(n_shards)
             continue
-        result = json.loads(lines[-1][len(RESULT_PREFIX):])
+        result = json.loads(lines[-1][len(RESULT_PREFIX) :])
         result["command"], result["wall_seconds"] = " ".join(command), time.perf_counter() - started
         results.append(result)
         print(format_run(result) + f"\n  (run took {result['wall_seconds']:.1f} s)", flush=True)
 
     if results:
-        print(f"\nsummary: GB/s of the {4 * params / 1e6:.1f} MB vector (ratio to memcpy in the same run); "
-              f"'push' = transfer (Put + header), 'applied' = until every shard has applied it")
-        head = f"{'shards':>6} {'ranks/cores':>11} {'memcpy':>7} {'fetch':>14} {'push':>14} {'applied':>14} " \
-               f"{'rule ms':>8} {'notice ms':>9} {'>=0.5x':>6}"
+        print(
+            f"\nsummary: GB/s of the {4 * params / 1e6:.1f} MB vector (ratio to memcpy in the same run); "
+            f"'push' = transfer (Put + header), 'applied' = until every shard has applied it"
+        )
+        head = (
+            f"{'shards':>6} {'ranks/cores':>11} {'memcpy':>7} {'fetch':>14} {'push':>14} {'applied':>14} "
+            f"{'rule ms':>8} {'notice ms':>9} {'>=0.5x':>6}"
+        )
         print(head)
         for res in results:
             g, r, t = res["gbps"], res["ratio_to_memcpy"], res["seconds"]
-            cell = lambda k: f"{g[k]:6.2f} ({r[k]:.2f}x)"  # noqa: E731
-            print(f"{res['shards']:>6} {res['ranks']:>5}/{res['cores']:<5} {g['memcpy']:7.2f} {cell('fetch'):>14} "
-                  f"{cell('push'):>14} {cell('applied'):>14} {t['rule'] * 1e3:8.2f} {t['notice_max'] * 1e3:9.2f} "
-                  f"{'yes' if res['meets_target'] else 'NO':>6}")
+
+            def cell(k, g=g, r=r):
+                return f"{g[k]:6.2f} ({r[k]:.2f}x)"
+
+            print(
+                f"{res['shards']:>6} {res['ranks']:>5}/{res['cores']:<5} {g['memcpy']:7.2f} {cell('fetch'):>14} "
+                f"{cell('push'):>14} {cell('applied'):>14} {t['rule'] * 1e3:8.2f} {t['notice_max'] * 1e3:9.2f} "
+                f"{'yes' if res['meets_target'] else 'NO':>6}"
+            )
         if any(res["ranks"] > res["cores"] for res in results):
-            print(f"note: runs with more ranks than the {results[0]['cores']} cores time-share them "
-                  f"(see the per-run lines).")
+            print(
+                f"note: runs with more ranks than the {results[0]['cores']} cores time-share them "
+                f"(see the per-run lines)."
+            )
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"results": results, "failed": failed}, f, indent=1)

@@ -46,7 +46,7 @@ def worker(pushes: int) -> None:
         shard = Shard(windows, 0, Optimizer(), np.zeros(n, np.float32))
         shard.warm_up()
         barrier_sleeping(comm)
-        shard.serve(comm)                     # until the replica's first "done"
+        shard.serve(comm)  # until the replica's first "done"
     else:
         endpoint, grad = ReplicaEndpoint(windows, 0), np.ones(n, np.float32)
         barrier_sleeping(comm)
@@ -54,7 +54,7 @@ def worker(pushes: int) -> None:
         for _ in range(pushes + 10):
             tick = time.perf_counter()
             endpoint.push(0, grad, 0, 1)
-            while not endpoint.slot_free(0):       # applied (polled without sleeping: this measures latency)
+            while not endpoint.slot_free(0):  # applied (polled without sleeping: this measures latency)
                 pass
             push_s.append(time.perf_counter() - tick)
             tick = time.perf_counter()
@@ -73,10 +73,18 @@ def worker(pushes: int) -> None:
         comm.send(0, dest=0, tag=TAG_DONE)
         cpu_fraction = comm.recv(source=0)
         push_s, fetch_s = push_s[10:], fetch_s[10:]
-        print(RESULT_PREFIX + json.dumps({
-            "push_applied_us": [statistics.median(push_s) * 1e6, statistics.quantiles(push_s, n=10)[-1] * 1e6],
-            "fetch_us": [statistics.median(fetch_s) * 1e6, statistics.quantiles(fetch_s, n=10)[-1] * 1e6],
-            "idle_shard_cpu": cpu_fraction, "pushes": pushes}), flush=True)
+        print(
+            RESULT_PREFIX
+            + json.dumps(
+                {
+                    "push_applied_us": [statistics.median(push_s) * 1e6, statistics.quantiles(push_s, n=10)[-1] * 1e6],
+                    "fetch_us": [statistics.median(fetch_s) * 1e6, statistics.quantiles(fetch_s, n=10)[-1] * 1e6],
+                    "idle_shard_cpu": cpu_fraction,
+                    "pushes": pushes,
+                }
+            ),
+            flush=True,
+        )
     barrier_sleeping(comm)
     windows.close()
 
@@ -95,14 +103,21 @@ def main() -> None:
     from machine import cpu_model, mpi_result, usable_cores, write_results  # bench/machine.py
 
     r = mpi_result(2, __file__, ["--worker", "--pushes", str(pushes)], RESULT_PREFIX, timeout=300)
-    text = "\n".join([
-        "## Parameter server: small-push latency and idle cost", "",
-        f"{cpu_model()}, {usable_cores()} cores, {datetime.date.today()}. Command: "
-        f"`python bench/ps_latency.py --pushes {pushes}` (1 shard of 64 parameters, Adagrad, 1 replica).", "",
-        "| figure | median | 90th percentile |", "|---|---|---|",
-        f"| push of 64 floats until the shard has applied it | {r['push_applied_us'][0]:.0f} us | {r['push_applied_us'][1]:.0f} us |",
-        f"| fetch of 64 floats | {r['fetch_us'][0]:.0f} us | {r['fetch_us'][1]:.0f} us |",
-        f"| CPU of an idle shard over {IDLE_S:g} s | {r['idle_shard_cpu']:.1%} of one core | |"])
+    text = "\n".join(
+        [
+            "## Parameter server: small-push latency and idle cost",
+            "",
+            f"{cpu_model()}, {usable_cores()} cores, {datetime.date.today()}. Command: "
+            f"`python bench/ps_latency.py --pushes {pushes}` (1 shard of 64 parameters, Adagrad, 1 replica).",
+            "",
+            "| figure | median | 90th percentile |",
+            "|---|---|---|",
+            f"| push of 64 floats until the shard has applied it | {r['push_applied_us'][0]:.0f} us "
+            f"| {r['push_applied_us'][1]:.0f} us |",
+            f"| fetch of 64 floats | {r['fetch_us'][0]:.0f} us | {r['fetch_us'][1]:.0f} us |",
+            f"| CPU of an idle shard over {IDLE_S:g} s | {r['idle_shard_cpu']:.1%} of one core | |",
+        ]
+    )
     print(text)
     if args.out_dir:
         write_results(args.out_dir, "ps_latency", text, r)

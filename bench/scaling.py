@@ -19,29 +19,49 @@ import sys
 import tempfile
 from pathlib import Path
 
-from machine import cpu_model, train_job, usable_cores, write_results  # bench/machine.py (bench/ is on sys.path when run as a script)
+from machine import (  # bench/machine.py (bench/ is on sys.path when run as a script)
+    cpu_model,
+    train_job,
+    usable_cores,
+    write_results,
+)
 
 TARGET = 1.7
 
 
 def run_once(replicas: int, seconds: float, dataset: str, workdir: Path) -> dict:
     run_dir = Path(tempfile.mkdtemp(dir=workdir)) / "run"
-    sets = [f"data.path={dataset}", "topology.shards=1", f"topology.replicas={replicas}",
-            "topology.partitions_per_replica=1", "topology.threads_per_rank=1", "optimizer.push_every=4",
-            "optimizer.fetch_every=4", "optimizer.warmstart_steps=0", "run.epochs=0", f"run.seconds={seconds}",
-            "run.eval_every=0", "checkpoint.every_seconds=0"]
+    sets = [
+        f"data.path={dataset}",
+        "topology.shards=1",
+        f"topology.replicas={replicas}",
+        "topology.partitions_per_replica=1",
+        "topology.threads_per_rank=1",
+        "optimizer.push_every=4",
+        "optimizer.fetch_every=4",
+        "optimizer.warmstart_steps=0",
+        "run.epochs=0",
+        f"run.seconds={seconds}",
+        "run.eval_every=0",
+        "checkpoint.every_seconds=0",
+    ]
     return train_job("fashion_lc_partitioned.toml", 1 + replicas, sets, run_dir, timeout=seconds * 10 + 120)
 
 
 def table(results: dict[int, list[dict]], args, cores: int) -> str:
     base = statistics.median(s["examples_per_s"] for s in results[min(results)])
-    lines = ["## Downpour scaling", "",
-             f"Fashion-MNIST, locally connected net, 1 shard + R replicas, push/fetch every 4 steps, "
-             f"{args.seconds:g} s per run, median of {args.rounds} interleaved rounds; {cores} cores "
-             f"({cpu_model()}), {datetime.date.today()}.",
-             f"Command: `python bench/scaling.py --replicas {' '.join(map(str, args.replicas))} "
-             f"--rounds {args.rounds} --seconds {args.seconds:g}`", "",
-             "| replicas | ranks | examples/s | speed-up over 1 replica | target |", "|---|---|---|---|---|"]
+    lines = [
+        "## Downpour scaling",
+        "",
+        f"Fashion-MNIST, locally connected net, 1 shard + R replicas, push/fetch every 4 steps, "
+        f"{args.seconds:g} s per run, median of {args.rounds} interleaved rounds; {cores} cores "
+        f"({cpu_model()}), {datetime.date.today()}.",
+        f"Command: `python bench/scaling.py --replicas {' '.join(map(str, args.replicas))} "
+        f"--rounds {args.rounds} --seconds {args.seconds:g}`",
+        "",
+        "| replicas | ranks | examples/s | speed-up over 1 replica | target |",
+        "|---|---|---|---|---|",
+    ]
     for replicas, runs in sorted(results.items()):
         rate = statistics.median(s["examples_per_s"] for s in runs)
         note = " (more replicas than cores)" if replicas > cores else ""
@@ -67,13 +87,18 @@ def main() -> None:
             for replicas in results:
                 summary = run_once(replicas, args.seconds, args.dataset, Path(workdir))
                 results[replicas].append(summary)
-                print(f"round {round_index + 1}/{args.rounds}, {replicas} replica(s): "
-                      f"{summary['examples_per_s']:,.0f} examples/s", file=sys.stderr, flush=True)
+                print(
+                    f"round {round_index + 1}/{args.rounds}, {replicas} replica(s): "
+                    f"{summary['examples_per_s']:,.0f} examples/s",
+                    file=sys.stderr,
+                    flush=True,
+                )
     text = table(results, args, usable_cores())
     print(text)
     if args.out_dir:
-        write_results(args.out_dir, "scaling", text,
-                      {r: [s["examples_per_s"] for s in runs] for r, runs in results.items()})
+        write_results(
+            args.out_dir, "scaling", text, {r: [s["examples_per_s"] for s in runs] for r, runs in results.items()}
+        )
 
 
 if __name__ == "__main__":

@@ -23,19 +23,33 @@ from machine import cpu_model, train_job  # bench/machine.py (bench/ is on sys.p
 
 CONFIGS = {
     "no straggler": [],
-    "straggler 5x, backup tasks": ["faults.inject=\"slow\"", "faults.inject_replica=2", "faults.slow_factor=5",
-                                   "optimizer.backup_tasks=true"],
-    "straggler 5x, no backups": ["faults.inject=\"slow\"", "faults.inject_replica=2", "faults.slow_factor=5",
-                                 "optimizer.backup_tasks=false"],
+    "straggler 5x, backup tasks": [
+        'faults.inject="slow"',
+        "faults.inject_replica=2",
+        "faults.slow_factor=5",
+        "optimizer.backup_tasks=true",
+    ],
+    "straggler 5x, no backups": [
+        'faults.inject="slow"',
+        "faults.inject_replica=2",
+        "faults.slow_factor=5",
+        "optimizer.backup_tasks=false",
+    ],
 }
 TARGET = 1.25
 
 
 def run_once(dataset: str, sets: list[str], steps: int, batch: int, portion: int, workdir: Path) -> dict:
     run_dir = Path(tempfile.mkdtemp(dir=workdir)) / "run"
-    common = [f"data.path={dataset}", f"run.steps={steps}", "run.seconds=0", "run.eval_every=0",
-              f"optimizer.sandblaster_batch={batch}", f"optimizer.lbfgs_iterations_per_batch={steps}",
-              f"optimizer.portion_examples={portion}"]
+    common = [
+        f"data.path={dataset}",
+        f"run.steps={steps}",
+        "run.seconds=0",
+        "run.eval_every=0",
+        f"optimizer.sandblaster_batch={batch}",
+        f"optimizer.lbfgs_iterations_per_batch={steps}",
+        f"optimizer.portion_examples={portion}",
+    ]
     return train_job("fashion_sandblaster.toml", 6, common + sets, run_dir, timeout=900)
 
 
@@ -46,20 +60,28 @@ def measure(args) -> dict[str, list[dict]]:
             for name, sets in CONFIGS.items():
                 summary = run_once(args.dataset, sets, args.steps, args.batch, args.portion, Path(workdir))
                 results[name].append(summary)
-                print(f"round {round_index + 1}/{args.rounds} {name}: batch pass "
-                      f"{summary['evaluation_s_median'] * 1000:.0f} ms, backups issued {summary['backups_issued']}, "
-                      f"won {summary['backups_won']}", file=sys.stderr, flush=True)
+                print(
+                    f"round {round_index + 1}/{args.rounds} {name}: batch pass "
+                    f"{summary['evaluation_s_median'] * 1000:.0f} ms, backups issued {summary['backups_issued']}, "
+                    f"won {summary['backups_won']}",
+                    file=sys.stderr,
+                    flush=True,
+                )
     return results
 
 
 def table(results: dict[str, list[dict]], args) -> str:
     base = statistics.median(s["evaluation_s_median"] for s in results["no straggler"])
-    lines = ["## Sandblaster stragglers", "",
-             f"Sandblaster, 3 replicas + 2 shards + coordinator, batch {args.batch} examples in portions of "
-             f"{args.portion}, {args.steps} L-BFGS iterations per run, median of {args.rounds} interleaved rounds",
-             f"machine: {cpu_model()}, {datetime.date.today()}", "",
-             "| configuration | batch pass (ms) | vs no straggler | backups issued / won per pass | target |",
-             "|---|---|---|---|---|"]
+    lines = [
+        "## Sandblaster stragglers",
+        "",
+        f"Sandblaster, 3 replicas + 2 shards + coordinator, batch {args.batch} examples in portions of "
+        f"{args.portion}, {args.steps} L-BFGS iterations per run, median of {args.rounds} interleaved rounds",
+        f"machine: {cpu_model()}, {datetime.date.today()}",
+        "",
+        "| configuration | batch pass (ms) | vs no straggler | backups issued / won per pass | target |",
+        "|---|---|---|---|---|",
+    ]
     for name, runs in results.items():
         seconds = statistics.median(s["evaluation_s_median"] for s in runs)
         passes = sum(s["batches"] for s in runs)

@@ -37,20 +37,18 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 THRESHOLD = 0.85
 EVAL_N = 2000
-EVAL_EVERY_STEPS = 100     # every run but Sandblaster evaluates every 100 of its (lead replica's) steps
+EVAL_EVERY_STEPS = 100  # every run but Sandblaster evaluates every 100 of its (lead replica's) steps
 EVERY = f"run.eval_every={EVAL_EVERY_STEPS}"
-RUNS = {   # name -> (job, ranks, overrides)
+RUNS = {  # name -> (job, ranks, overrides)
     "sgd": ("fashion_mlp.toml", 1, [EVERY]),
     "sgd-2-threads": ("fashion_mlp.toml", 1, [EVERY, "topology.threads_per_rank=2"]),
-    "downpour-sgd": ("fashion_downpour.toml", 6, ["optimizer.server_rule=\"sgd\"", "optimizer.warmstart_steps=0",
-                                                  EVERY]),
+    "downpour-sgd": ("fashion_downpour.toml", 6, ['optimizer.server_rule="sgd"', "optimizer.warmstart_steps=0", EVERY]),
     "downpour-adagrad": ("fashion_downpour.toml", 6, [EVERY]),
-    "downpour-adagrad-1x2": ("fashion_downpour.toml", 3, [EVERY, "topology.shards=1",
-                                                          "topology.replicas=2"]),
+    "downpour-adagrad-1x2": ("fashion_downpour.toml", 3, [EVERY, "topology.shards=1", "topology.replicas=2"]),
     "sandblaster": ("fashion_sandblaster.toml", 6, ["run.eval_every=5"]),
 }
-TIE_S = 0.05               # medians closer than this are a tie (accuracy itself jitters between evaluations)
-ONCE = {"sandblaster"}     # a fixed-time run; its curve is smooth enough from one
+TIE_S = 0.05  # medians closer than this are a tie (accuracy itself jitters between evaluations)
+ONCE = {"sandblaster"}  # a fixed-time run; its curve is smooth enough from one
 
 
 def run_ours(name: str, dataset: str, workdir: Path, quick: bool, sandblaster_s: float) -> dict:
@@ -63,8 +61,13 @@ def run_ours(name: str, dataset: str, workdir: Path, quick: bool, sandblaster_s:
     summary = train_job(job, ranks, overrides, run_dir, timeout=1800)
     lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     evals = [(line["time_s"], line["test_accuracy"]) for line in lines if line["kind"] == "eval"]
-    return {"name": name, "ranks": ranks, "curve": evals[:-1], "final": summary["test_accuracy"],
-            "wall_s": summary["wall_s"]}
+    return {
+        "name": name,
+        "ranks": ranks,
+        "curve": evals[:-1],
+        "final": summary["test_accuracy"],
+        "wall_s": summary["wall_s"],
+    }
 
 
 def run_pytorch(dataset: str, quick: bool) -> dict | None:
@@ -80,8 +83,9 @@ def run_pytorch(dataset: str, quick: bool) -> dict | None:
     x, y = (torch.from_numpy(a) for a in read_split(dataset, "train"))
     x_test, y_test = (torch.from_numpy(a) for a in read_split(dataset, "test"))
     x, x_test = x.reshape(len(x), -1), x_test.reshape(len(x_test), -1)
-    model = torch.nn.Sequential(torch.nn.Linear(784, 256), torch.nn.ReLU(), torch.nn.Linear(256, 128),
-                                torch.nn.ReLU(), torch.nn.Linear(128, 10))
+    model = torch.nn.Sequential(
+        torch.nn.Linear(784, 256), torch.nn.ReLU(), torch.nn.Linear(256, 128), torch.nn.ReLU(), torch.nn.Linear(128, 10)
+    )
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
     curve, start, steps = [], time.perf_counter(), 0
     for _ in range(2 if quick else 15):
@@ -92,8 +96,13 @@ def run_pytorch(dataset: str, quick: bool) -> dict | None:
             steps += 1
             if steps % EVAL_EVERY_STEPS == 0:
                 curve.append((time.perf_counter() - start, _accuracy(model, x_test[:EVAL_N], y_test[:EVAL_N])))
-    return {"name": "pytorch", "ranks": 1, "curve": curve, "final": _accuracy(model, x_test, y_test),
-            "wall_s": time.perf_counter() - start}
+    return {
+        "name": "pytorch",
+        "ranks": 1,
+        "curve": curve,
+        "final": _accuracy(model, x_test, y_test),
+        "wall_s": time.perf_counter() - start,
+    }
 
 
 def _accuracy(model, x, y) -> float:
@@ -131,18 +140,24 @@ def reached(repeats: list[dict]) -> tuple[float | None, str]:
 
 
 def table(results: dict[str, list[dict]], command: str) -> str:
-    lines = ["## Time to accuracy (Fashion-MNIST)", "",
-             f"Machine: {cpu_model()}, {datetime.date.today()}. Command: `{command}`. Evaluations on "
-             f"{EVAL_N} test images every {EVAL_EVERY_STEPS} steps (Sandblaster: every 5 iterations); the time "
-             f"to {THRESHOLD:.0%} is interpolated between the evaluations around the first one at or above it; "
-             "final accuracy on all 10,000. Medians over the repeats (n), range in brackets.", "",
-             f"| run | ranks | n | time to {THRESHOLD:.0%} (s) | evaluations every (s) | final test accuracy | wall s |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "## Time to accuracy (Fashion-MNIST)",
+        "",
+        f"Machine: {cpu_model()}, {datetime.date.today()}. Command: `{command}`. Evaluations on "
+        f"{EVAL_N} test images every {EVAL_EVERY_STEPS} steps (Sandblaster: every 5 iterations); the time "
+        f"to {THRESHOLD:.0%} is interpolated between the evaluations around the first one at or above it; "
+        "final accuracy on all 10,000. Medians over the repeats (n), range in brackets.",
+        "",
+        f"| run | ranks | n | time to {THRESHOLD:.0%} (s) | evaluations every (s) | final test accuracy | wall s |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name, repeats in results.items():
         final = statistics.median(r["final"] for r in repeats)
         wall = statistics.median(r["wall_s"] for r in repeats)
-        lines.append(f"| {name} | {repeats[0]['ranks']} | {len(repeats)} | {reached(repeats)[1]} | "
-                     f"{spacing(repeats):.2f} | {final:.1%} | {wall:.1f} |")
+        lines.append(
+            f"| {name} | {repeats[0]['ranks']} | {len(repeats)} | {reached(repeats)[1]} | "
+            f"{spacing(repeats):.2f} | {final:.1%} | {wall:.1f} |"
+        )
     return "\n".join(lines + verdicts({name: reached(repeats)[0] for name, repeats in results.items()}))
 
 
@@ -155,15 +170,25 @@ def verdicts(times: dict[str, float | None]) -> list[str]:
                 continue
             ours, base = times[downpour], times[sgd]
             if ours is None or base is None:
-                lines.append(f"- {downpour} vs {sgd}: " + ("not reached by Downpour: missed" if ours is None else
-                                                          "not reached by SGD: met"))
+                lines.append(
+                    f"- {downpour} vs {sgd}: "
+                    + ("not reached by Downpour: missed" if ours is None else "not reached by SGD: met")
+                )
                 continue
-            verdict = "met" if ours < base - TIE_S else f"missed by {ours - base:.2f} s" if ours > base + TIE_S \
+            verdict = (
+                "met"
+                if ours < base - TIE_S
+                else f"missed by {ours - base:.2f} s"
+                if ours > base + TIE_S
                 else f"a tie (within {TIE_S} s)"
+            )
             lines.append(f"- {downpour} vs {sgd}: {ours:.2f} s vs {base:.2f} s, {verdict}")
     if lines:
-        lines = ["", f"Target, Downpour + Adagrad reaches {THRESHOLD:.0%} sooner than single-replica SGD "
-                     "(medians):", ""] + lines
+        lines = [
+            "",
+            f"Target, Downpour + Adagrad reaches {THRESHOLD:.0%} sooner than single-replica SGD (medians):",
+            "",
+        ] + lines
     return lines
 
 
@@ -178,8 +203,12 @@ def plot(results: dict[str, list[dict]], path: Path) -> None:
     whole, start = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
     for r in (repeats[0] for repeats in results.values()):
         for ax in (whole, start):
-            ax.plot([t for t, _ in r["curve"]], [a for _, a in r["curve"]], marker=".",
-                    label=f"{r['name']} ({r['ranks']} rank{'s' if r['ranks'] > 1 else ''})")
+            ax.plot(
+                [t for t, _ in r["curve"]],
+                [a for _, a in r["curve"]],
+                marker=".",
+                label=f"{r['name']} ({r['ranks']} rank{'s' if r['ranks'] > 1 else ''})",
+            )
     for ax in (whole, start):
         ax.axhline(THRESHOLD, color="grey", linestyle=":")
         ax.set_xlabel("wall time (s)")
@@ -203,12 +232,13 @@ def main() -> None:
     repeats = 1 if args.quick else args.repeats
     results: dict[str, list[dict]] = {name: [] for name in RUNS}
     with tempfile.TemporaryDirectory() as workdir:
-        for repeat in range(repeats):        # interleaved, so a slow spell of the machine hits every run
+        for repeat in range(repeats):  # interleaved, so a slow spell of the machine hits every run
             for name in RUNS:
                 if repeat and name in ONCE:
                     continue
-                results[name].append(run_ours(name, args.dataset, Path(workdir) / str(repeat), args.quick,
-                                              args.sandblaster_seconds))
+                results[name].append(
+                    run_ours(name, args.dataset, Path(workdir) / str(repeat), args.quick, args.sandblaster_seconds)
+                )
                 print(f"{name} #{repeat}: final {results[name][-1]['final']:.4f}", file=sys.stderr, flush=True)
     torch_run = run_pytorch(args.dataset, args.quick)
     if torch_run:
@@ -217,8 +247,9 @@ def main() -> None:
     text = table(results, command)
     print(text)
     if args.out_dir:
-        out = write_results(args.out_dir, "time_to_accuracy", text + "\n\n![accuracy vs time](time_to_accuracy.png)",
-                            results)
+        out = write_results(
+            args.out_dir, "time_to_accuracy", text + "\n\n![accuracy vs time](time_to_accuracy.png)", results
+        )
         plot(results, out / "time_to_accuracy.png")
 
 

@@ -62,67 +62,91 @@ def count(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m data_tools", description=DESCRIPTION,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m data_tools", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--version", action="version", version=f"data_tools {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("digits", help="scikit-learn 8x8 digits",
-                       description="Write scikit-learn's bundled digits (8x8, values 0..16) "
-                                   "as uint8, x_scale 1/16, input_shape (1, 8, 8), with a "
-                                   "seeded stratified train/test split.")
+    p = sub.add_parser(
+        "digits",
+        help="scikit-learn 8x8 digits",
+        description="Write scikit-learn's bundled digits (8x8, values 0..16) "
+        "as uint8, x_scale 1/16, input_shape (1, 8, 8), with a "
+        "seeded stratified train/test split.",
+    )
     p.add_argument("out", metavar="OUT.h5")
-    p.add_argument("--test-fraction", type=fraction, default=0.2,
-                   help="share of each class put in the test split (default 0.2)")
+    p.add_argument(
+        "--test-fraction", type=fraction, default=0.2, help="share of each class put in the test split (default 0.2)"
+    )
     p.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
 
-    p = sub.add_parser("fashion-mnist", help="Fashion-MNIST from IDX files",
-                       description="Write Fashion-MNIST (60,000 train + 10,000 test, 28x28) "
-                                   "as uint8, x_scale 1/255, input_shape (1, 28, 28). The "
-                                   "IDX headers and the SHA-256 of every decompressed file "
-                                   "are checked against the upstream files.")
+    p = sub.add_parser(
+        "fashion-mnist",
+        help="Fashion-MNIST from IDX files",
+        description="Write Fashion-MNIST (60,000 train + 10,000 test, 28x28) "
+        "as uint8, x_scale 1/255, input_shape (1, 28, 28). The "
+        "IDX headers and the SHA-256 of every decompressed file "
+        "are checked against the upstream files.",
+    )
     p.add_argument("out", metavar="OUT.h5")
-    p.add_argument("--source", metavar="DIR", default=None,
-                   help="directory with the four *-ubyte.gz files "
-                        "(default /usr/share/datasets/fashion-mnist, from the Debian "
-                        "package dataset-fashion-mnist)")
+    p.add_argument(
+        "--source",
+        metavar="DIR",
+        default=None,
+        help="directory with the four *-ubyte.gz files "
+        "(default /usr/share/datasets/fashion-mnist, from the Debian "
+        "package dataset-fashion-mnist)",
+    )
 
-    p = sub.add_parser("speech-frames", help="synthetic speech-like frames",
-                       description="Write N synthetic float32 examples of 440 inputs "
-                                   "(11 frames x 40 log-energies) with 8192 classes, "
-                                   "drawn around seeded random class prototypes so they are "
-                                   "learnable. Generated in blocks: N=1e6 needs ~100 MB RAM "
-                                   "(and ~2 GB of disk).")
+    p = sub.add_parser(
+        "speech-frames",
+        help="synthetic speech-like frames",
+        description="Write N synthetic float32 examples of 440 inputs "
+        "(11 frames x 40 log-energies) with 8192 classes, "
+        "drawn around seeded random class prototypes so they are "
+        "learnable. Generated in blocks: N=1e6 needs ~100 MB RAM "
+        "(and ~2 GB of disk).",
+    )
     p.add_argument("out", metavar="OUT.h5")
     p.add_argument("--n", type=count, required=True, help="training examples (e.g. 1e6)")
-    p.add_argument("--n-test", type=count, default=None,
-                   help="test examples (default N/10, at least 1)")
+    p.add_argument("--n-test", type=count, default=None, help="test examples (default N/10, at least 1)")
     p.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
 
-    p = sub.add_parser("from-npz", help="convert your own .npz",
-                       description="Convert IN.npz holding x_train, y_train, x_test, y_test. "
-                                   "x (n, D) -> input_shape (D,); (n, H, W) -> (1, H, W); "
-                                   "(n, C, H, W) must be channels-first (NCHW). x is stored "
-                                   "as uint8 if it is integers in 0..255, else float32. "
-                                   "Labels must be non-negative integers.")
+    p = sub.add_parser(
+        "from-npz",
+        help="convert your own .npz",
+        description="Convert IN.npz holding x_train, y_train, x_test, y_test. "
+        "x (n, D) -> input_shape (D,); (n, H, W) -> (1, H, W); "
+        "(n, C, H, W) must be channels-first (NCHW). x is stored "
+        "as uint8 if it is integers in 0..255, else float32. "
+        "Labels must be non-negative integers.",
+    )
     p.add_argument("npz", metavar="IN.npz")
     p.add_argument("out", metavar="OUT.h5")
     p.add_argument("--name", default=None, help="dataset name (default: the npz file stem)")
-    p.add_argument("--n-classes", type=count, default=None,
-                   help="number of classes (default: largest label + 1)")
-    p.add_argument("--x-scale", type=positive_float, default=1.0,
-                   help="model input = stored x * S; e.g. 1/255 for 0..255 pixels "
-                        "(default 1.0)")
+    p.add_argument("--n-classes", type=count, default=None, help="number of classes (default: largest label + 1)")
+    p.add_argument(
+        "--x-scale",
+        type=positive_float,
+        default=1.0,
+        help="model input = stored x * S; e.g. 1/255 for 0..255 pixels (default 1.0)",
+    )
 
-    p = sub.add_parser("inspect", help="describe a dataset file",
-                       description="Print attributes, each dataset's shape, dtype, chunks "
-                                   "and filters, and class counts per split.")
+    p = sub.add_parser(
+        "inspect",
+        help="describe a dataset file",
+        description="Print attributes, each dataset's shape, dtype, chunks and filters, and class counts per split.",
+    )
     p.add_argument("file", metavar="FILE.h5")
 
-    p = sub.add_parser("validate", help="fully check a dataset file",
-                       description="Read every dataset completely (verifying fletcher32 "
-                                   "checksums), check labels are in range and x is finite. "
-                                   "Prints 'FILE: ok (...)' or exits 2 with the problem.")
+    p = sub.add_parser(
+        "validate",
+        help="fully check a dataset file",
+        description="Read every dataset completely (verifying fletcher32 "
+        "checksums), check labels are in range and x is finite. "
+        "Prints 'FILE: ok (...)' or exits 2 with the problem.",
+    )
     p.add_argument("file", metavar="FILE.h5")
     return parser
 
@@ -131,10 +155,12 @@ def run_command(args) -> None:
     started = time.perf_counter()
     if args.command == "inspect":
         from data_tools.report import inspect_lines
+
         print("\n".join(inspect_lines(args.file)))
         return
     if args.command == "validate":
         from data_tools.report import validate_line
+
         print(validate_line(args.file))
         return
     build(args)
@@ -144,20 +170,23 @@ def run_command(args) -> None:
 def build(args) -> None:
     if args.command == "digits":
         from data_tools.digits import build_digits
+
         log("loading scikit-learn digits")
         build_digits(args.out, test_fraction=args.test_fraction, seed=args.seed)
     elif args.command == "fashion-mnist":
         from data_tools.fashion_mnist import DEFAULT_SOURCE_DIR, build_fashion_mnist
+
         build_fashion_mnist(args.out, source_dir=args.source or DEFAULT_SOURCE_DIR, log=log)
     elif args.command == "speech-frames":
         from data_tools.speech_frames import build_speech_frames
+
         n_test = args.n_test or max(1, args.n // 10)
         log(f"generating {args.n} train + {n_test} test synthetic frames")
         build_speech_frames(args.out, args.n, n_test, seed=args.seed, log=log)
     elif args.command == "from-npz":
         from data_tools.from_npz import build_from_npz
-        build_from_npz(args.npz, args.out, name=args.name, n_classes=args.n_classes,
-                       x_scale=args.x_scale, log=log)
+
+        build_from_npz(args.npz, args.out, name=args.name, n_classes=args.n_classes, x_scale=args.x_scale, log=log)
 
 
 class exit_cleanly_on_signals:

@@ -13,8 +13,7 @@ def log(message: str) -> None:
 
 def describe(info: DatasetInfo) -> str:
     shape = "x".join(map(str, info.input_shape))
-    return (f"{info.name}, {info.n_classes} classes, input {shape}, "
-            f"{info.n_train} train + {info.n_test} test examples")
+    return f"{info.name}, {info.n_classes} classes, input {shape}, {info.n_train} train + {info.n_test} test examples"
 
 
 def report_written(info: DatasetInfo, seconds: float) -> None:

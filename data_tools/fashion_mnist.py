@@ -29,21 +29,20 @@ IMAGE_SIDE, N_CLASSES = 28, 10
 # shipped unchanged by Debian's dataset-fashion-mnist package; computed once with
 # `zcat FILE.gz | sha256sum` from /usr/share/datasets/fashion-mnist.
 FASHION_MNIST_SHA256 = {
-    "train-images-idx3-ubyte.gz":
-        "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
-    "train-labels-idx1-ubyte.gz":
-        "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
-    "t10k-images-idx3-ubyte.gz":
-        "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
-    "t10k-labels-idx1-ubyte.gz":
-        "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+    "train-images-idx3-ubyte.gz": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+    "train-labels-idx1-ubyte.gz": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+    "t10k-images-idx3-ubyte.gz": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+    "t10k-labels-idx1-ubyte.gz": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
 }
 
-SOURCE = ("Fashion-MNIST by Zalando Research (Xiao, Rasul & Vollgraf 2017), "
-          "https://github.com/zalandoresearch/fashion-mnist, MIT licence; "
-          "read from the upstream IDX files")
-INSTALL_HINT = ("install it with `apt-get install dataset-fashion-mnist` or pass "
-                "--source DIR with the four .gz IDX files")
+SOURCE = (
+    "Fashion-MNIST by Zalando Research (Xiao, Rasul & Vollgraf 2017), "
+    "https://github.com/zalandoresearch/fashion-mnist, MIT licence; "
+    "read from the upstream IDX files"
+)
+INSTALL_HINT = (
+    "install it with `apt-get install dataset-fashion-mnist` or pass --source DIR with the four .gz IDX files"
+)
 
 
 def read_gz(path: Path) -> bytes:
@@ -65,11 +64,10 @@ def parse_idx(path: Path, raw: bytes, magic: int, n_dims: int) -> np.ndarray:
     found = int.from_bytes(raw[:4], "big")
     if found != magic:
         raise DatasetError(path, f"bad IDX magic number 0x{found:08x}, expected 0x{magic:08x}")
-    dims = tuple(int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(n_dims))
+    dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(n_dims))
     expected = header_len + int(np.prod(dims, dtype=np.int64))
     if len(raw) != expected:
-        raise DatasetError(path, f"IDX header dims {dims} need {expected} bytes, "
-                                 f"file has {len(raw)}")
+        raise DatasetError(path, f"IDX header dims {dims} need {expected} bytes, file has {len(raw)}")
     return np.frombuffer(raw, dtype=np.uint8, offset=header_len).reshape(dims)
 
 
@@ -77,20 +75,21 @@ def check_sha256(path: Path, raw: bytes, expected: dict | None) -> str:
     digest = hashlib.sha256(raw).hexdigest()
     want = None if expected is None else expected.get(path.name)
     if want is not None and digest != want:
-        raise DatasetError(path, f"SHA-256 of the decompressed file is {digest}, expected "
-                                 f"{want} (not the upstream Fashion-MNIST file)")
+        raise DatasetError(
+            path, f"SHA-256 of the decompressed file is {digest}, expected {want} (not the upstream Fashion-MNIST file)"
+        )
     return digest
 
 
-def load_split(source_dir: Path, split: str, expected_sha256: dict | None,
-               expected_count: int | None) -> tuple[np.ndarray, np.ndarray, dict]:
+def load_split(
+    source_dir: Path, split: str, expected_sha256: dict | None, expected_count: int | None
+) -> tuple[np.ndarray, np.ndarray, dict]:
     """(x (n, 1, 28, 28) uint8, y (n,) uint8, {file name: sha256})."""
     image_file, label_file = (source_dir / name for name in FILES[split])
     raw_x, raw_y = read_gz(image_file), read_gz(label_file)
     x = parse_idx(image_file, raw_x, IMAGE_MAGIC, 3)
     y = parse_idx(label_file, raw_y, LABEL_MAGIC, 1)
-    digests = {p.name: check_sha256(p, raw, expected_sha256)
-               for p, raw in ((image_file, raw_x), (label_file, raw_y))}
+    digests = {p.name: check_sha256(p, raw, expected_sha256) for p, raw in ((image_file, raw_x), (label_file, raw_y))}
     if x.shape[1:] != (IMAGE_SIDE, IMAGE_SIDE):
         raise DatasetError(image_file, f"images are {x.shape[1]}x{x.shape[2]}, expected 28x28")
     if len(x) != len(y):
@@ -102,9 +101,13 @@ def load_split(source_dir: Path, split: str, expected_sha256: dict | None,
     return x[:, None, :, :], y, digests
 
 
-def build_fashion_mnist(out_path, source_dir=DEFAULT_SOURCE_DIR,
-                        expected_sha256: dict | None = FASHION_MNIST_SHA256,
-                        expected_counts: dict | None = EXPECTED_COUNTS, log=None) -> None:
+def build_fashion_mnist(
+    out_path,
+    source_dir=DEFAULT_SOURCE_DIR,
+    expected_sha256: dict | None = FASHION_MNIST_SHA256,
+    expected_counts: dict | None = EXPECTED_COUNTS,
+    log=None,
+) -> None:
     """Tests pass their own expected_sha256 / expected_counts (or None to skip) so a tiny
     generated IDX directory can stand in for the real one; the CLI always uses the
     constants above."""
@@ -120,9 +123,18 @@ def build_fashion_mnist(out_path, source_dir=DEFAULT_SOURCE_DIR,
         splits[split] = (x, y)
         digests.update(split_digests)
     extra = {f"sha256:{name}": digest for name, digest in digests.items()}
-    write_dataset(out_path, name="fashion-mnist", source=SOURCE, n_classes=N_CLASSES,
-                  input_shape=(1, IMAGE_SIDE, IMAGE_SIDE),
-                  x_train=splits["train"][0], y_train=splits["train"][1],
-                  x_test=splits["test"][0], y_test=splits["test"][1],
-                  x_scale=1 / 255, synthetic=False, extra_attrs=extra,
-                  created_by=CREATED_BY)
+    write_dataset(
+        out_path,
+        name="fashion-mnist",
+        source=SOURCE,
+        n_classes=N_CLASSES,
+        input_shape=(1, IMAGE_SIDE, IMAGE_SIDE),
+        x_train=splits["train"][0],
+        y_train=splits["train"][1],
+        x_test=splits["test"][0],
+        y_test=splits["test"][1],
+        x_scale=1 / 255,
+        synthetic=False,
+        extra_attrs=extra,
+        created_by=CREATED_BY,
+    )

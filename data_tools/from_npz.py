@@ -24,8 +24,9 @@ def load_npz(path: Path) -> dict:
         with np.load(path, allow_pickle=False) as npz:
             missing = [name for name in ARRAYS if name not in npz.files]
             if missing:
-                raise DatasetError(path, f"missing array(s) {', '.join(missing)} (found: "
-                                         f"{', '.join(npz.files) or 'none'})")
+                raise DatasetError(
+                    path, f"missing array(s) {', '.join(missing)} (found: {', '.join(npz.files) or 'none'})"
+                )
             return {name: npz[name] for name in ARRAYS}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
         raise DatasetError(path, f"not a readable .npz file: {e}") from None
@@ -33,11 +34,9 @@ def load_npz(path: Path) -> dict:
 
 def input_shape_of(path: Path, x_train: np.ndarray, x_test: np.ndarray) -> tuple:
     if x_train.ndim not in (2, 3, 4):
-        raise DatasetError(path, f"x_train has shape {x_train.shape}; expected (n, D), "
-                                 f"(n, H, W) or (n, C, H, W)")
+        raise DatasetError(path, f"x_train has shape {x_train.shape}; expected (n, D), (n, H, W) or (n, C, H, W)")
     if x_test.shape[1:] != x_train.shape[1:]:
-        raise DatasetError(path, f"x_test rows have shape {x_test.shape[1:]} but x_train "
-                                 f"rows have {x_train.shape[1:]}")
+        raise DatasetError(path, f"x_test rows have shape {x_test.shape[1:]} but x_train rows have {x_train.shape[1:]}")
     row = x_train.shape[1:]
     return (1, *row) if len(row) == 2 else row
 
@@ -60,8 +59,7 @@ def check_labels(path: Path, arrays: dict) -> None:
 def storage_x(path: Path, x_train: np.ndarray, x_test: np.ndarray):
     """Both x arrays as uint8 if they are integers in 0..255, else float32."""
     xs = (x_train, x_test)
-    if all(np.issubdtype(x.dtype, np.integer) and (x.size == 0 or 0 <= x.min() <= x.max() <= 255)
-           for x in xs):
+    if all(np.issubdtype(x.dtype, np.integer) and (x.size == 0 or 0 <= x.min() <= x.max() <= 255) for x in xs):
         return tuple(x.astype(np.uint8, copy=False) for x in xs)
     for name, x in zip(("x_train", "x_test"), xs):
         if x.dtype.kind not in "iufb":
@@ -73,8 +71,9 @@ def storage_x(path: Path, x_train: np.ndarray, x_test: np.ndarray):
     return converted
 
 
-def build_from_npz(npz_path, out_path, name: str | None = None, n_classes: int | None = None,
-                   x_scale: float = 1.0, log=None) -> None:
+def build_from_npz(
+    npz_path, out_path, name: str | None = None, n_classes: int | None = None, x_scale: float = 1.0, log=None
+) -> None:
     npz_path = Path(npz_path)
     arrays = load_npz(npz_path)
     check_labels(npz_path, arrays)
@@ -86,10 +85,21 @@ def build_from_npz(npz_path, out_path, name: str | None = None, n_classes: int |
     elif max_label >= n_classes:
         raise DatasetError(npz_path, f"label {max_label} does not fit --n-classes {n_classes}")
     if log and x_train.dtype == np.uint8 and x_scale == 1.0:
-        log("note: x is stored as uint8 with x_scale 1.0; pass --x-scale 0.00392156862745098 "
-            "(1/255) if these are 0..255 pixels")
-    write_dataset(out_path, name=name or npz_path.stem, source=f"converted from {npz_path.name}",
-                  n_classes=n_classes, input_shape=shape,
-                  x_train=x_train.reshape(len(x_train), *shape), y_train=arrays["y_train"],
-                  x_test=x_test.reshape(len(x_test), *shape), y_test=arrays["y_test"],
-                  x_scale=x_scale, synthetic=False, created_by=CREATED_BY)
+        log(
+            "note: x is stored as uint8 with x_scale 1.0; pass --x-scale 0.00392156862745098 "
+            "(1/255) if these are 0..255 pixels"
+        )
+    write_dataset(
+        out_path,
+        name=name or npz_path.stem,
+        source=f"converted from {npz_path.name}",
+        n_classes=n_classes,
+        input_shape=shape,
+        x_train=x_train.reshape(len(x_train), *shape),
+        y_train=arrays["y_train"],
+        x_test=x_test.reshape(len(x_test), *shape),
+        y_test=arrays["y_test"],
+        x_scale=x_scale,
+        synthetic=False,
+        created_by=CREATED_BY,
+    )

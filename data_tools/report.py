@@ -28,8 +28,10 @@ def _class_counts(y: np.ndarray, n_classes: int) -> str:
     bad = "" if in_range.all() else f"; {int((~in_range).sum())} labels OUT OF RANGE"
     if n_classes <= MAX_LISTED_CLASSES:
         return " ".join(f"{c}:{n}" for c, n in enumerate(counts)) + bad
-    return (f"min {counts.min()}, max {counts.max()}, mean {counts.mean():.1f}, "
-            f"{int((counts == 0).sum())} of {n_classes} classes empty{bad}")
+    return (
+        f"min {counts.min()}, max {counts.max()}, mean {counts.mean():.1f}, "
+        f"{int((counts == 0).sum())} of {n_classes} classes empty{bad}"
+    )
 
 
 def read_labels(f: h5py.File, path, split: str) -> np.ndarray:

@@ -23,53 +23,83 @@ made with `python -m data_tools` (see docs/datasets.md)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="distbelief", description=DESCRIPTION,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="distbelief", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--version", action="version", version=f"distbelief-mpi {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    train = commands.add_parser("train", help="train a job (run it under mpiexec for several ranks)",
-                                description="Train a job spec. Every rank of the MPI job runs this command.")
+    train = commands.add_parser(
+        "train",
+        help="train a job (run it under mpiexec for several ranks)",
+        description="Train a job spec. Every rank of the MPI job runs this command.",
+    )
     _add_job_args(train)
-    train.add_argument("--run-dir", help="where to write the run (default: runs/<job>-<time>); must not hold a "
-                                         "run unless --resume auto")
-    train.add_argument("--resume", metavar="RUN_DIR|auto",
-                       help="continue RUN_DIR from its newest complete checkpoint (same layout; e.g. a larger "
-                            "--set run.steps=N runs further); 'auto' with --run-dir: continue it if it has a "
-                            "committed checkpoint, else start there (for requeued batch jobs). On SIGTERM or SIGUSR1 "
-                            "a run commits a final checkpoint and exits with code 75 (1 if that fails)")
+    train.add_argument(
+        "--run-dir",
+        help="where to write the run (default: runs/<job>-<time>); must not hold a run unless --resume auto",
+    )
+    train.add_argument(
+        "--resume",
+        metavar="RUN_DIR|auto",
+        help="continue RUN_DIR from its newest complete checkpoint (same layout; e.g. a larger "
+        "--set run.steps=N runs further); 'auto' with --run-dir: continue it if it has a "
+        "committed checkpoint, else start there (for requeued batch jobs). On SIGTERM or SIGUSR1 "
+        "a run commits a final checkpoint and exits with code 75 (1 if that fails)",
+    )
     train.add_argument("-v", "--verbose", action="store_true", help="log INFO lines on stderr too")
-    train.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                       help="print progress lines (rate, loss, ETA) every run.progress_seconds; default: yes, "
-                            "except when SLURM_JOB_ID, PBS_JOBID or LSB_JOBID is set (batch jobs; also salloc)")
+    train.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="print progress lines (rate, loss, ETA) every run.progress_seconds; default: yes, "
+        "except when SLURM_JOB_ID, PBS_JOBID or LSB_JOBID is set (batch jobs; also salloc)",
+    )
 
-    plan = commands.add_parser("plan", help="print the rank/role table for N ranks",
-                               description="Print which rank plays which role, and each shard's parameter "
-                                           "range, or every problem that stops the job from running on N ranks.")
+    plan = commands.add_parser(
+        "plan",
+        help="print the rank/role table for N ranks",
+        description="Print which rank plays which role, and each shard's parameter "
+        "range, or every problem that stops the job from running on N ranks.",
+    )
     _add_job_args(plan)
     plan.add_argument("-n", "--ranks", type=int, required=True, metavar="N", help="MPI world size")
 
-    evaluate = commands.add_parser("eval", help="test accuracy of a run's final parameters",
-                                   description="Evaluate RUN_DIR/params.h5 on a dataset's test split.")
+    evaluate = commands.add_parser(
+        "eval",
+        help="test accuracy of a run's final parameters",
+        description="Evaluate RUN_DIR/params.h5 on a dataset's test split.",
+    )
     evaluate.add_argument("run_dir", metavar="RUN_DIR")
     evaluate.add_argument("--data", metavar="FILE.h5", help="dataset (default: the run's data.path)")
 
-    report = commands.add_parser("report", help="PNG figures and a markdown summary of one or more runs",
-                                 description="Plot loss and test accuracy vs wall time and vs examples, "
-                                             "examples/s per replica and Downpour staleness for one or more "
-                                             "runs on shared figures, and write report.md (needs matplotlib: "
-                                             "pip install 'distbelief-mpi[report]'; see docs/report.md).")
+    report = commands.add_parser(
+        "report",
+        help="PNG figures and a markdown summary of one or more runs",
+        description="Plot loss and test accuracy vs wall time and vs examples, "
+        "examples/s per replica and Downpour staleness for one or more "
+        "runs on shared figures, and write report.md (needs matplotlib: "
+        "pip install 'distbelief-mpi[report]'; see docs/report.md).",
+    )
     report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories to compare")
-    report.add_argument("--out", metavar="DIR",
-                        help="where to write the report (default: RUN_DIR/report for a single run; "
-                             "required for several)")
+    report.add_argument(
+        "--out",
+        metavar="DIR",
+        help="where to write the report (default: RUN_DIR/report for a single run; required for several)",
+    )
     return parser
 
 
 def _add_job_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("job", metavar="JOB.toml", help="job spec (TOML)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override one key of the job spec, e.g. --set run.steps=100 (repeatable)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one key of the job spec, e.g. --set run.steps=100 (repeatable)",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "train":
             from . import preempt
 
-            preempt.install()   # first, before the heavy imports: a signal during start-up is a preemption too
+            preempt.install()  # first, before the heavy imports: a signal during start-up is a preemption too
             from .train import run_train
 
             return run_train(args.job, args.overrides, args.run_dir, args.verbose, args.resume, args.progress)

@@ -8,8 +8,8 @@ from .config import load_job
 from .data.hdf5 import read_info, read_split
 from .errors import CheckpointError, DatasetError, UserInputError
 from .layout import format_layout, layout_problems, plan_layout
-from .model.partition import partition_offsets
 from .model.network import build_network
+from .model.partition import partition_offsets
 
 
 def run_plan(job_path: str, overrides: list[str], world_size: int) -> int:
@@ -45,9 +45,11 @@ def run_eval(run_dir: str, data_path: str | None) -> int:
     network = build_network(spec.model.layers, info.input_shape, info.n_classes, source=spec.source)
     params, _ = load_params(run / "params.h5")
     if len(params) != network.n_params:
-        raise CheckpointError(f"{run / 'params.h5'}: holds {len(params)} parameters, but the run's model on "
-                              f"{info.path} (input {info.input_shape}, {info.n_classes} classes) has "
-                              f"{network.n_params}; is this the dataset the run trained on?")
+        raise CheckpointError(
+            f"{run / 'params.h5'}: holds {len(params)} parameters, but the run's model on "
+            f"{info.path} (input {info.input_shape}, {info.n_classes} classes) has "
+            f"{network.n_params}; is this the dataset the run trained on?"
+        )
     x_test, y_test = read_split(info.path, "test")
     loss, accuracy = network.evaluate(params, x_test, y_test)
     print(f"{run}: test accuracy {accuracy:.4f} on {len(y_test)} examples of {info.path} (loss {loss:.4f})")

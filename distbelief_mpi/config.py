@@ -25,11 +25,11 @@ INJECTED_FAULTS = ("none", "hang", "freeze", "leave", "slow", "duplicate")
 class Topology:
     """Which ranks exist: [coordinator] + shards + replicas x partitions."""
 
-    shards: int = 0                  # parameter-server shard ranks (0: the replica keeps the parameters)
-    replicas: int = 1                # model replicas training in parallel
+    shards: int = 0  # parameter-server shard ranks (0: the replica keeps the parameters)
+    replicas: int = 1  # model replicas training in parallel
     partitions_per_replica: int = 1  # ranks one replica is split over (model parallelism)
-    coordinator: bool = False        # a coordinator rank (Sandblaster)
-    threads_per_rank: int = 0        # compute threads per rank; 0: $SLURM_CPUS_PER_TASK or 1
+    coordinator: bool = False  # a coordinator rank (Sandblaster)
+    threads_per_rank: int = 0  # compute threads per rank; 0: $SLURM_CPUS_PER_TASK or 1
 
 
 @dataclass(frozen=True)
@@ -43,56 +43,61 @@ class Model:
 class Optimizer:
     """How parameters are updated."""
 
-    algorithm: str = "sgd"           # sgd: one replica holds the parameters; downpour: async replicas + shards; sandblaster: L-BFGS with a coordinator
-    learning_rate: float = 0.05      # step size alpha a replica applies to each minibatch gradient locally
-    batch_size: int = 64             # examples per minibatch (per replica)
-    server_rule: str = "adagrad"     # downpour: how a shard applies each push: adagrad or sgd (fixed rate)
+    algorithm: str = "sgd"  # sgd: one replica holds the parameters; downpour: async replicas + shards;
+    # sandblaster: L-BFGS with a coordinator
+    learning_rate: float = 0.05  # step size alpha a replica applies to each minibatch gradient locally
+    batch_size: int = 64  # examples per minibatch (per replica)
+    server_rule: str = "adagrad"  # downpour: how a shard applies each push: adagrad or sgd (fixed rate)
     server_learning_rate: float = 0.05  # downpour: gamma of adagrad, or the shard's fixed sgd rate
     adagrad_initial_accumulator: float = 0.1  # downpour: starting sum of squared gradients per parameter
-    adagrad_epsilon: float = 1e-8    # downpour: added to sqrt(accumulator) in adagrad's denominator
-    fetch_every: int = 1             # downpour: a replica fetches fresh parameters every N steps
-    push_every: int = 1              # downpour: a replica pushes its accrued gradient every N steps (sandblaster: every N counted portions)
-    warmstart_steps: int = 0         # downpour: replica 0 trains alone this many steps before the others start
-    max_staleness: int = 0           # downpour: a shard rejects (and counts) pushes staler than this; 0: no bound
-    overlap_comm: bool = False       # downpour: fetch and push in a background thread, overlapping compute (docs/downpour.md)
-    lbfgs_memory: int = 10           # sandblaster: (s, y) pairs of L-BFGS history, kept on the shards
-    sandblaster_batch: int = 0       # sandblaster: examples per L-BFGS batch (0: the whole training split, one batch)
-    lbfgs_iterations_per_batch: int = 20  # sandblaster: L-BFGS iterations on one batch before the next (history restarts)
-    portion_examples: int = 0        # sandblaster: examples per portion a replica computes (0: about batch / (8 x replicas))
-    backup_tasks: bool = True        # sandblaster: near a batch's end, free replicas redo outstanding portions; first result wins
-    backup_after: float = 0.0        # sandblaster: backups start once every portion is issued and this fraction is complete
-    l2_penalty: float = 0.0          # sandblaster: adds l2_penalty / 2 * |w|^2 to the loss (all parameters), on the shards
+    adagrad_epsilon: float = 1e-8  # downpour: added to sqrt(accumulator) in adagrad's denominator
+    fetch_every: int = 1  # downpour: a replica fetches fresh parameters every N steps
+    push_every: int = 1  # downpour: a replica pushes its accrued gradient every N steps (sandblaster: every N
+    # counted portions)
+    warmstart_steps: int = 0  # downpour: replica 0 trains alone this many steps before the others start
+    max_staleness: int = 0  # downpour: a shard rejects (and counts) pushes staler than this; 0: no bound
+    overlap_comm: bool = False  # downpour: fetch and push in a background thread, overlapping compute
+    # (docs/downpour.md)
+    lbfgs_memory: int = 10  # sandblaster: (s, y) pairs of L-BFGS history, kept on the shards
+    sandblaster_batch: int = 0  # sandblaster: examples per L-BFGS batch (0: the whole training split, one batch)
+    lbfgs_iterations_per_batch: int = 20  # sandblaster: L-BFGS iterations on one batch before the next (history
+    # restarts)
+    portion_examples: int = 0  # sandblaster: examples per portion a replica computes (0: about batch / (8 x replicas))
+    backup_tasks: bool = True  # sandblaster: near a batch's end, free replicas redo outstanding portions; first
+    # result wins
+    backup_after: float = 0.0  # sandblaster: backups start once every portion is issued and this fraction is complete
+    l2_penalty: float = 0.0  # sandblaster: adds l2_penalty / 2 * |w|^2 to the loss (all parameters), on the shards
 
 
 @dataclass(frozen=True)
 class Data:
     """The dataset; each replica reads its own part of the training split."""
 
-    path: str = ""                   # HDF5 dataset (schema in docs/datasets.md), relative to the working directory
-    eval_examples: int = 0           # test examples used by periodic evaluations; 0: all (the final one always uses all)
-    chunk_examples: int = 0          # 0: load each replica's part into memory; N: stream it N rows at a time, prefetching
+    path: str = ""  # HDF5 dataset (schema in docs/datasets.md), relative to the working directory
+    eval_examples: int = 0  # test examples used by periodic evaluations; 0: all (the final one always uses all)
+    chunk_examples: int = 0  # 0: load each replica's part into memory; N: stream it N rows at a time, prefetching
 
 
 @dataclass(frozen=True)
 class Checkpoint:
     """Committed checkpoints under RUN_DIR/checkpoints (a manifest written last marks one complete)."""
 
-    every_steps: int = 0             # commit a checkpoint every N steps (0: off)
-    every_seconds: float = 0.0       # ... or every S seconds of wall time (0: off)
-    keep: int = 2                    # complete checkpoints kept; older ones are deleted
-    grace_seconds: float = 60.0      # on SIGTERM/SIGUSR1: time allowed to commit the final checkpoint
+    every_steps: int = 0  # commit a checkpoint every N steps (0: off)
+    every_seconds: float = 0.0  # ... or every S seconds of wall time (0: off)
+    keep: int = 2  # complete checkpoints kept; older ones are deleted
+    grace_seconds: float = 60.0  # on SIGTERM/SIGUSR1: time allowed to commit the final checkpoint
 
 
 @dataclass(frozen=True)
 class Run:
     """Run limits (the first one reached stops the run; at least one must be set), seed, evaluation."""
 
-    steps: int = 0                   # stop after this many minibatch steps (0: no limit)
-    epochs: float = 0.0              # ... or after this many passes over the training set (0: no limit)
-    seconds: float = 0.0             # ... or after this much wall time of this invocation (0: no limit)
-    seed: int = 0                    # initialisation and data order
-    eval_every: int = 0              # evaluate on the test set every N steps (0: only at the end)
-    progress_seconds: float = 10.0   # interval of the progress line on the lead rank
+    steps: int = 0  # stop after this many minibatch steps (0: no limit)
+    epochs: float = 0.0  # ... or after this many passes over the training set (0: no limit)
+    seconds: float = 0.0  # ... or after this much wall time of this invocation (0: no limit)
+    seed: int = 0  # initialisation and data order
+    eval_every: int = 0  # evaluate on the test set every N steps (0: only at the end)
+    progress_seconds: float = 10.0  # interval of the progress line on the lead rank
 
 
 @dataclass(frozen=True)
@@ -100,11 +105,13 @@ class Faults:
     """Hung and lost ranks (docs/reliability.md), and faults injected on purpose to test them."""
 
     watchdog_seconds: float = 300.0  # abort the job, naming the rank, when a rank makes no progress this long (0: off)
-    replica_loss: str = "abort"      # downpour: a replica that leaves mid-run: abort, or continue (needs mpiexec -disable-auto-cleanup)
-    inject: str = "none"             # testing: none, hang (sleeps forever), freeze (SIGSTOP), leave (exits 1), slow, duplicate (sandblaster: every result sent twice)
-    inject_replica: int = 0          # testing: the replica the injected fault hits
-    inject_after_steps: int = 10     # testing: ... after this many of its steps (slow: from the start)
-    slow_factor: float = 5.0         # testing: inject = slow makes each step take this many times as long
+    replica_loss: str = "abort"  # downpour: a replica that leaves mid-run: abort, or continue (needs mpiexec
+    # -disable-auto-cleanup)
+    inject: str = "none"  # testing: none, hang (sleeps forever), freeze (SIGSTOP), leave (exits 1), slow,
+    # duplicate (sandblaster: every result sent twice)
+    inject_replica: int = 0  # testing: the replica the injected fault hits
+    inject_after_steps: int = 10  # testing: ... after this many of its steps (slow: from the start)
+    slow_factor: float = 5.0  # testing: inject = slow makes each step take this many times as long
 
 
 @dataclass(frozen=True)
@@ -116,10 +123,12 @@ class JobSpec:
     checkpoint: Checkpoint = field(default_factory=Checkpoint)
     run: Run = field(default_factory=Run)
     faults: Faults = field(default_factory=Faults)
-    source: str = "<defaults>"       # the file the spec came from (for messages)
+    source: str = "<defaults>"  # the file the spec came from (for messages)
 
 
-SECTIONS: dict[str, type] = {f.name: f.type for f in dataclasses.fields(JobSpec) if f.name != "source"}
+SECTIONS: dict[str, type] = {
+    f.name: typing.cast(type, f.type) for f in dataclasses.fields(JobSpec) if f.name != "source"
+}
 
 
 def load_job(path: str | Path, overrides: typing.Sequence[str] = ()) -> JobSpec:
@@ -190,7 +199,7 @@ def _parse_section(name: str, cls: type, table: dict, problems: list[str]):
     for key in table:
         if key not in known:
             problems.append(f"{name}.{key}: unknown key; [{name}] takes {sorted(known)}")
-    values = {}
+    values: dict[str, typing.Any] = {}
     for key in known & table.keys():
         if name == "model" and key == "layers":
             values[key] = _parse_layers(table[key], problems)
@@ -213,7 +222,7 @@ def _type_ok(value: object, hint: type) -> bool:
 
 def _parse_layers(entries: object, problems: list[str]) -> tuple[LayerSpec, ...]:
     if not isinstance(entries, list):
-        problems.append("model.layers: expected a list of inline tables, e.g. [{ type = \"dense\", units = 64 }]")
+        problems.append('model.layers: expected a list of inline tables, e.g. [{ type = "dense", units = 64 }]')
         return ()
     layers = []
     for index, entry in enumerate(entries):
@@ -239,8 +248,11 @@ def check_values(spec: JobSpec) -> list[str]:
         (o.server_learning_rate > 0, "optimizer.server_learning_rate", "must be > 0"),
         (o.adagrad_initial_accumulator >= 0, "optimizer.adagrad_initial_accumulator", "must be >= 0"),
         (o.adagrad_epsilon >= 0, "optimizer.adagrad_epsilon", "must be >= 0"),
-        (o.adagrad_initial_accumulator > 0 or o.adagrad_epsilon > 0, "optimizer.adagrad_epsilon",
-         "must be > 0 when adagrad_initial_accumulator is 0 (a zero denominator)"),
+        (
+            o.adagrad_initial_accumulator > 0 or o.adagrad_epsilon > 0,
+            "optimizer.adagrad_epsilon",
+            "must be > 0 when adagrad_initial_accumulator is 0 (a zero denominator)",
+        ),
         (o.fetch_every >= 1, "optimizer.fetch_every", "must be >= 1"),
         (o.push_every >= 1, "optimizer.push_every", "must be >= 1"),
         (o.warmstart_steps >= 0, "optimizer.warmstart_steps", "must be >= 0"),
@@ -268,17 +280,29 @@ def check_values(spec: JobSpec) -> list[str]:
         (f.watchdog_seconds >= 0, "faults.watchdog_seconds", "must be >= 0 (0: off)"),
         (f.replica_loss in REPLICA_LOSS, "faults.replica_loss", f"must be one of {list(REPLICA_LOSS)}"),
         (f.inject in INJECTED_FAULTS, "faults.inject", f"must be one of {list(INJECTED_FAULTS)}"),
-        (0 <= f.inject_replica < t.replicas or f.inject == "none", "faults.inject_replica",
-         f"must name a replica, 0 to topology.replicas - 1 = {t.replicas - 1}"),
+        (
+            0 <= f.inject_replica < t.replicas or f.inject == "none",
+            "faults.inject_replica",
+            f"must name a replica, 0 to topology.replicas - 1 = {t.replicas - 1}",
+        ),
         (f.inject_after_steps >= 0, "faults.inject_after_steps", "must be >= 0"),
-        (f.replica_loss != "continue" or o.algorithm == "downpour", "faults.replica_loss",
-         "continue is for optimizer.algorithm = downpour (sgd has one replica; sandblaster's coordinator "
-         "cannot finish a pass without a replica that left)"),
-        (not f.watchdog_seconds or f.watchdog_seconds > c.grace_seconds, "faults.watchdog_seconds",
-         f"must be 0 or more than checkpoint.grace_seconds = {c.grace_seconds:g} (a preempted lead pushes "
-         "nothing while it commits its final checkpoint)"),
-        (f.replica_loss != "continue" or t.partitions_per_replica == 1, "faults.replica_loss",
-         "continue needs unpartitioned replicas (the partitions of a replica wait for each other every step)"),
+        (
+            f.replica_loss != "continue" or o.algorithm == "downpour",
+            "faults.replica_loss",
+            "continue is for optimizer.algorithm = downpour (sgd has one replica; sandblaster's coordinator "
+            "cannot finish a pass without a replica that left)",
+        ),
+        (
+            not f.watchdog_seconds or f.watchdog_seconds > c.grace_seconds,
+            "faults.watchdog_seconds",
+            f"must be 0 or more than checkpoint.grace_seconds = {c.grace_seconds:g} (a preempted lead pushes "
+            "nothing while it commits its final checkpoint)",
+        ),
+        (
+            f.replica_loss != "continue" or t.partitions_per_replica == 1,
+            "faults.replica_loss",
+            "continue needs unpartitioned replicas (the partitions of a replica wait for each other every step)",
+        ),
         (f.slow_factor >= 1, "faults.slow_factor", "must be >= 1"),
     ]
     return [f"{key}: {message}, got {_value_of(spec, key)}" for ok, key, message in rules if not ok]
@@ -293,8 +317,11 @@ def _value_of(spec: JobSpec, key: str) -> str:
 
 def spec_items(spec: JobSpec) -> dict[str, str]:
     """{"section.key": value as TOML text} for every key: what two ranks compare."""
-    return {f"{name}.{f.name}": _toml_value(getattr(getattr(spec, name), f.name))
-            for name in SECTIONS for f in dataclasses.fields(getattr(spec, name))}
+    return {
+        f"{name}.{f.name}": _toml_value(getattr(getattr(spec, name), f.name))
+        for name in SECTIONS
+        for f in dataclasses.fields(getattr(spec, name))
+    }
 
 
 def to_toml(spec: JobSpec) -> str:

@@ -24,7 +24,7 @@ class FaultInjector:
     def __init__(self, faults: Faults, replica_id: int):
         self.faults = faults
         self.armed = faults.inject != "none" and faults.inject_replica == replica_id
-        self.duplicates = self.armed and faults.inject == "duplicate"   # the caller sends twice
+        self.duplicates = self.armed and faults.inject == "duplicate"  # the caller sends twice
 
     def after_step(self, steps_done: int, step_seconds: float) -> None:
         """Called after every step with this invocation's step count and the step's duration."""

@@ -18,25 +18,42 @@ SHARD_ALIGN = 16
 ALGORITHM_RULES = {
     "sgd": [
         (lambda t: t.replicas == 1, "optimizer.algorithm = sgd trains one replica: set topology.replicas = 1"),
-        (lambda t: t.shards == 0, "optimizer.algorithm = sgd keeps the parameters on the replica: set topology.shards = 0"),
+        (
+            lambda t: t.shards == 0,
+            "optimizer.algorithm = sgd keeps the parameters on the replica: set topology.shards = 0",
+        ),
         (lambda t: not t.coordinator, "optimizer.algorithm = sgd has no coordinator: set topology.coordinator = false"),
-        (lambda t: t.partitions_per_replica == 1,
-         "optimizer.algorithm = sgd runs one rank: set topology.partitions_per_replica = 1"),
+        (
+            lambda t: t.partitions_per_replica == 1,
+            "optimizer.algorithm = sgd runs one rank: set topology.partitions_per_replica = 1",
+        ),
     ],
     "downpour": [
         (lambda t: t.shards >= 1, "optimizer.algorithm = downpour needs a parameter server: set topology.shards >= 1"),
-        (lambda t: not t.coordinator, "optimizer.algorithm = downpour has no coordinator: set topology.coordinator = false"),
-        (lambda t: t.shards >= t.partitions_per_replica,
-         "optimizer.algorithm = downpour with partitioned replicas gives every partition its own shards: "
-         "set topology.shards >= topology.partitions_per_replica"),
+        (
+            lambda t: not t.coordinator,
+            "optimizer.algorithm = downpour has no coordinator: set topology.coordinator = false",
+        ),
+        (
+            lambda t: t.shards >= t.partitions_per_replica,
+            "optimizer.algorithm = downpour with partitioned replicas gives every partition its own shards: "
+            "set topology.shards >= topology.partitions_per_replica",
+        ),
     ],
     "sandblaster": [
-        (lambda t: t.coordinator, "optimizer.algorithm = sandblaster needs a coordinator: set topology.coordinator = true"),
-        (lambda t: t.shards >= 1, "optimizer.algorithm = sandblaster keeps parameters and history on shards: "
-                                  "set topology.shards >= 1"),
-        (lambda t: t.shards >= t.partitions_per_replica,
-         "optimizer.algorithm = sandblaster with partitioned replicas gives every partition its own shards: "
-         "set topology.shards >= topology.partitions_per_replica"),
+        (
+            lambda t: t.coordinator,
+            "optimizer.algorithm = sandblaster needs a coordinator: set topology.coordinator = true",
+        ),
+        (
+            lambda t: t.shards >= 1,
+            "optimizer.algorithm = sandblaster keeps parameters and history on shards: set topology.shards >= 1",
+        ),
+        (
+            lambda t: t.shards >= t.partitions_per_replica,
+            "optimizer.algorithm = sandblaster with partitioned replicas gives every partition its own shards: "
+            "set topology.shards >= topology.partitions_per_replica",
+        ),
     ],
 }
 
@@ -44,7 +61,7 @@ ALGORITHM_RULES = {
 @dataclass(frozen=True)
 class RankRole:
     world_rank: int
-    role: str                  # "coordinator" | "shard" | "replica"
+    role: str  # "coordinator" | "shard" | "replica"
     shard_id: int = -1
     replica_id: int = -1
     partition_id: int = -1
@@ -63,10 +80,10 @@ class RankRole:
 class Layout:
     world_size: int
     roles: tuple[RankRole, ...]
-    shard_ranges: tuple[tuple[int, int], ...]   # [start, stop) of the flat vector per shard
+    shard_ranges: tuple[tuple[int, int], ...]  # [start, stop) of the flat vector per shard
     n_params: int
-    partition_offsets: tuple[int, ...] = ()     # partition p's parameters: [offsets[p], offsets[p + 1])
-    shard_partitions: tuple[int, ...] = ()      # the partition whose parameters each shard holds
+    partition_offsets: tuple[int, ...] = ()  # partition p's parameters: [offsets[p], offsets[p + 1])
+    shard_partitions: tuple[int, ...] = ()  # the partition whose parameters each shard holds
 
     def shards_of_partition(self, partition_id: int) -> list[int]:
         """The shards a partition talks to (all of them for an unpartitioned replica)."""
@@ -75,8 +92,11 @@ class Layout:
         return [s for s, p in enumerate(self.shard_partitions) if p == partition_id]
 
     def rank_of(self, replica_id: int, partition_id: int) -> int:
-        return next(r.world_rank for r in self.roles
-                    if r.role == "replica" and (r.replica_id, r.partition_id) == (replica_id, partition_id))
+        return next(
+            r.world_rank
+            for r in self.roles
+            if r.role == "replica" and (r.replica_id, r.partition_id) == (replica_id, partition_id)
+        )
 
     def role_of(self, world_rank: int) -> RankRole:
         return self.roles[world_rank]
@@ -107,8 +127,9 @@ def layout_problems(world_size: int, spec: JobSpec, n_params: int | None) -> lis
     return problems
 
 
-def plan_layout(world_size: int, spec: JobSpec, n_params: int | None = None,
-                partition_offsets: tuple[int, ...] = ()) -> Layout:
+def plan_layout(
+    world_size: int, spec: JobSpec, n_params: int | None = None, partition_offsets: tuple[int, ...] = ()
+) -> Layout:
     """Assign every rank its role. Raises LayoutError listing every problem. With partitioned
     replicas, partition_offsets (model/partition.ParamOrder.offsets) cut the parameter vector into
     the partitions' blocks, and every shard holds part of one block only."""
@@ -128,7 +149,7 @@ def partition_shard_ranges(offsets: tuple[int, ...], n_shards: int):
     each), then each partition's block split as shard_ranges does. Returns (ranges, owners)."""
     sizes = [offsets[p + 1] - offsets[p] for p in range(len(offsets) - 1)]
     counts = [1] * len(sizes)
-    for _ in range(n_shards - len(sizes)):     # the next shard to the partition with most per shard
+    for _ in range(n_shards - len(sizes)):  # the next shard to the partition with most per shard
         counts[max(range(len(sizes)), key=lambda p: sizes[p] / counts[p])] += 1
     ranges, owners = [], []
     for p, (size, count) in enumerate(zip(sizes, counts)):
@@ -140,7 +161,7 @@ def partition_shard_ranges(offsets: tuple[int, ...], n_shards: int):
 
 def assign_roles(topology: Topology) -> tuple[RankRole, ...]:
     """[coordinator] + shards + replicas (replica-major, partition-minor), in rank order."""
-    roles = []
+    roles: list[RankRole] = []
     if topology.coordinator:
         roles.append(RankRole(len(roles), "coordinator"))
     for shard_id in range(topology.shards):
@@ -177,7 +198,9 @@ def format_layout(layout: Layout) -> str:
         if role.role == "shard":
             start, stop = layout.shard_ranges[role.shard_id]
             owner = f" (partition {layout.shard_partitions[role.shard_id]})" if layout.shard_partitions else ""
-            rows.append((str(role.world_rank), "shard", str(role.shard_id), f"[{start}, {stop}) = {stop - start}{owner}"))
+            rows.append(
+                (str(role.world_rank), "shard", str(role.shard_id), f"[{start}, {stop}) = {stop - start}{owner}")
+            )
         elif role.role == "replica":
             ids = f"{role.replica_id}/{role.partition_id}"
             rows.append((str(role.world_rank), "replica", ids, _replica_parameters(layout, role)))

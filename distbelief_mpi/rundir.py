@@ -1,11 +1,11 @@
 """The run directory every training run writes.
 
-    RUN_DIR/job.toml          the resolved job spec (every key, defaults included)
-    RUN_DIR/metrics.jsonl     one JSON object per line: training windows and evaluations
-    RUN_DIR/summary.json      the figures a user asks first (written at the end)
-    RUN_DIR/params.h5         the final parameters (flat float32 vector)
-    RUN_DIR/checkpoints/      committed checkpoints (see checkpoint/store.py)
-    RUN_DIR/logs/rank-N.log   one log per rank
+RUN_DIR/job.toml          the resolved job spec (every key, defaults included)
+RUN_DIR/metrics.jsonl     one JSON object per line: training windows and evaluations
+RUN_DIR/summary.json      the figures a user asks first (written at the end)
+RUN_DIR/params.h5         the final parameters (flat float32 vector)
+RUN_DIR/checkpoints/      committed checkpoints (see checkpoint/store.py)
+RUN_DIR/logs/rank-N.log   one log per rank
 """
 
 import json

@@ -39,9 +39,9 @@ class Job:
     layout: Layout
     role: RankRole
     run_dir: Path
-    resume: ResumePoint | None = None     # where a resumed run continues from
-    progress: bool = True                 # the lead prints progress lines (see progress.wanted)
-    lost_ranks: list[int] = field(default_factory=list)   # ranks that left mid-run (faults.replica_loss)
+    resume: ResumePoint | None = None  # where a resumed run continues from
+    progress: bool = True  # the lead prints progress lines (see progress.wanted)
+    lost_ranks: list[int] = field(default_factory=list)  # ranks that left mid-run (faults.replica_loss)
 
 
 def load_and_plan(job_path: str, overrides: list[str], world_size: int, world_rank: int):
@@ -53,8 +53,14 @@ def load_and_plan(job_path: str, overrides: list[str], world_size: int, world_ra
     return spec, info, network, layout, layout.role_of(world_rank)
 
 
-def run_train(job_path: str, overrides: list[str], run_dir_arg: str | None, verbose: bool,
-              resume: str | None = None, progress: bool | None = None) -> int:
+def run_train(
+    job_path: str,
+    overrides: list[str],
+    run_dir_arg: str | None,
+    verbose: bool,
+    resume: str | None = None,
+    progress: bool | None = None,
+) -> int:
     """resume: a RUN_DIR to continue from its newest complete checkpoint, or "auto": continue
     --run-dir's newest checkpoint when there is one, else start there afresh (for requeued jobs)."""
     world_comm, world_rank, world_size = init_world()
@@ -76,15 +82,15 @@ def run_train(job_path: str, overrides: list[str], run_dir_arg: str | None, verb
         if world_rank == 0:
             prepare_run_dir(run_dir, spec, mode="resume" if resume_point else "restart" if auto else "new")
         job = Job(spec, info, network, layout, role, run_dir, resume_point, progress_wanted(progress))
-    except Exception as exc:   # noqa: BLE001 - every failure must reach the agreement, or others hang
+    except Exception as exc:  # noqa: BLE001 - every failure must reach the agreement, or others hang
         error = exc if isinstance(exc, UserInputError) else RuntimeError(traceback.format_exc())
     failed = agree_on_errors(world_comm, error)
     if not failed:
         failed = _spec_mismatches(world_comm, job.spec)
     if failed:
         _report_setup_errors(failed, world_rank)
-        return max(code for _, code, _ in failed)   # the same exit code on every rank
-    world_comm.Barrier()   # rank 0 has created the run directory
+        return max(code for _, code, _ in failed)  # the same exit code on every rank
+    world_comm.Barrier()  # rank 0 has created the run directory
     return _run_role(job, world_comm, world_rank, world_size, verbose)
 
 
@@ -119,7 +125,7 @@ def _run_role(job: Job, world_comm, world_rank: int, world_size: int, verbose: b
         # Every rank makes logs/ itself: without a shared file system only rank 0 has it.
         (job.run_dir / "logs").mkdir(parents=True, exist_ok=True)
         setup_logging(world_rank, job.role.label, job.run_dir / "logs", verbose)
-        from .kernels.threads import set_compute_threads   # numba loads only when training
+        from .kernels.threads import set_compute_threads  # numba loads only when training
 
         set_compute_threads(threads_for_rank(job.spec.topology.threads_per_rank))
         if job.spec.faults.replica_loss == "continue":
@@ -130,7 +136,7 @@ def _run_role(job: Job, world_comm, world_rank: int, world_size: int, verbose: b
         if job.lost_ranks:
             _end_without_finalize(code or 0)
         return world_comm.bcast(code, root=lead) if world_size > 1 else code
-    except Exception as exc:   # noqa: BLE001 - any failure must end the whole job, loudly
+    except Exception as exc:  # noqa: BLE001 - any failure must end the whole job, loudly
         code = exc.exit_code if isinstance(exc, DistbeliefError) else 1
         detail = str(exc) if isinstance(exc, DistbeliefError) else traceback.format_exc()
         print(f"error on rank {world_rank} ({job.role.label}): {detail}", file=sys.stderr)
@@ -155,12 +161,17 @@ def _exit_code(job: Job, summary: dict) -> int:
     if summary["stopped_on"] != "preempted":
         return 0
     if summary.get("final_checkpoint") is None:
-        print(f"error: {job.run_dir}: preempted, but the final checkpoint was not committed within "
-              f"checkpoint.grace_seconds = {job.spec.checkpoint.grace_seconds}; not asking for a requeue",
-              file=sys.stderr)
+        print(
+            f"error: {job.run_dir}: preempted, but the final checkpoint was not committed within "
+            f"checkpoint.grace_seconds = {job.spec.checkpoint.grace_seconds}; not asking for a requeue",
+            file=sys.stderr,
+        )
         return 1
-    print(f"{job.run_dir}: preempted; checkpoint committed at step {summary['final_checkpoint']}. Continue "
-          f"with --resume {job.run_dir} (or --run-dir {job.run_dir} --resume auto)", file=sys.stderr)
+    print(
+        f"{job.run_dir}: preempted; checkpoint committed at step {summary['final_checkpoint']}. Continue "
+        f"with --resume {job.run_dir} (or --run-dir {job.run_dir} --resume auto)",
+        file=sys.stderr,
+    )
     return preempt.EXIT_PREEMPTED
 
 
@@ -182,13 +193,22 @@ def _dispatch(job: Job, world_comm, world_rank: int, world_size: int) -> dict | 
         return None
     save_params(job.run_dir / "params.h5", params, {"step": summary["steps"]})
     write_summary(job.run_dir, summary)
-    print(f"{job.run_dir}: test accuracy {summary['test_accuracy']:.4f} after {summary['steps']} steps "
-          f"({summary['examples_per_s']:,.0f} examples/s, {summary['wall_s']:.1f} s)", flush=True)
+    print(
+        f"{job.run_dir}: test accuracy {summary['test_accuracy']:.4f} after {summary['steps']} steps "
+        f"({summary['examples_per_s']:,.0f} examples/s, {summary['wall_s']:.1f} s)",
+        flush=True,
+    )
     if summary.get("replicas_lost"):
-        print(f"warning: replica(s) {', '.join(map(str, summary['replicas_lost']))} left the job mid-run; "
-              "the others finished training without them", file=sys.stderr)
+        print(
+            f"warning: replica(s) {', '.join(map(str, summary['replicas_lost']))} left the job mid-run; "
+            "the others finished training without them",
+            file=sys.stderr,
+        )
     for replica_id, count in enumerate(summary.get("rejected_by_replica", [])):
         if count:
-            print(f"warning: replica {replica_id} sent {count} push(es) holding NaN or Inf; the shards rejected "
-                  "them (lower the learning rates, or look at that replica's data)", file=sys.stderr)
+            print(
+                f"warning: replica {replica_id} sent {count} push(es) holding NaN or Inf; the shards rejected "
+                "them (lower the learning rates, or look at that replica's data)",
+                file=sys.stderr,
+            )
     return summary

@@ -18,8 +18,8 @@ import sys
 import threading
 import time
 
-EXIT_HUNG = 3            # the job's exit code after a watchdog abort (docs/reliability.md)
-GIL_GRACE_S = 30.0       # the C-level fallback fires this much later than the thread would
+EXIT_HUNG = 3  # the job's exit code after a watchdog abort (docs/reliability.md)
+GIL_GRACE_S = 30.0  # the C-level fallback fires this much later than the thread would
 
 _active: "Watchdog | None" = None
 
@@ -70,8 +70,10 @@ class Watchdog:
     def _fire(self, idle: float) -> None:
         """Straight to file descriptor 2 (a hung main thread may hold the locks of sys.stderr and of
         logging), then abort whatever happens; the faulthandler timer stays armed behind it."""
-        message = (f"error on {self.label}: watchdog: no progress for {idle:.0f} s "
-                   f"(faults.watchdog_seconds = {self.timeout:g}); aborting the job. Stacks of this rank:\n")
+        message = (
+            f"error on {self.label}: watchdog: no progress for {idle:.0f} s "
+            f"(faults.watchdog_seconds = {self.timeout:g}); aborting the job. Stacks of this rank:\n"
+        )
         try:
             os.write(2, message.encode())
             faulthandler.dump_traceback(file=sys.__stderr__, all_threads=True)

@@ -5,6 +5,7 @@ usage: python leave.py LEAVE_MODE SURVIVOR_END
 Rank 0 = shard (hosts window memory), ranks 1..N-2 = workers, rank N-1 = leaver
 (a worker until it leaves at t=0.5 s).
 """
+
 import os
 import signal
 import sys
@@ -51,7 +52,19 @@ buf = np.frombuffer(win.tomemory(), dtype=np.float64)
 buf[:] = 0.0
 comm.Barrier()
 win.Lock_all()
-log("START", "pid", os.getpid(), "pgid", os.getpgid(0), MPI.Get_library_version().splitlines()[0], "mode", mode, MODES[mode], "end", end)
+log(
+    "START",
+    "pid",
+    os.getpid(),
+    "pgid",
+    os.getpgid(0),
+    MPI.Get_library_version().splitlines()[0],
+    "mode",
+    mode,
+    MODES[mode],
+    "end",
+    end,
+)
 
 
 def leave():

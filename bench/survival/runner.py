@@ -1,7 +1,10 @@
-"""Run the leave.py matrix for one MPI.  usage: runner.py TAG PYTHON 'LAUNCH1' ['LAUNCH2' ...] [--modes 1,2] [--ends A,B,C]
+"""Run the leave.py matrix for one MPI.
+
+usage: runner.py TAG PYTHON 'LAUNCH1' ['LAUNCH2' ...] [--modes 1,2] [--ends A,B,C]
 LAUNCH is a shell-ish string of the mpiexec command prefix WITHOUT -n (e.g. '/x/mpiexec -disable-auto-cleanup').
 Appends JSON lines to results_TAG.jsonl, raw logs in logs/TAG/.
 """
+
 import json
 import os
 import re
@@ -19,9 +22,13 @@ args = sys.argv[1:]
 modes = list(range(0, 9))
 ends = ["A", "B", "C"]
 if "--modes" in args:
-    i = args.index("--modes"); modes = [int(x) for x in args[i + 1].split(",")]; del args[i:i + 2]
+    i = args.index("--modes")
+    modes = [int(x) for x in args[i + 1].split(",")]
+    del args[i : i + 2]
 if "--ends" in args:
-    i = args.index("--ends"); ends = args[i + 1].split(","); del args[i:i + 2]
+    i = args.index("--ends")
+    ends = args[i + 1].split(",")
+    del args[i : i + 2]
 tag, py, launches = args[0], args[1], args[2:]
 os.makedirs(f"{HERE}/logs/{tag}", exist_ok=True)
 
@@ -43,7 +50,11 @@ def leftovers():
 for li, launch in enumerate(launches):
     for mode in modes:
         for end in ends:
-            cmd = ["timeout", "-k", "2", str(TIMEOUT)] + shlex.split(launch) + ["-n", str(N), py, f"{HERE}/leave.py", str(mode), end, f"runtag={tag}"]
+            cmd = (
+                ["timeout", "-k", "2", str(TIMEOUT)]
+                + shlex.split(launch)
+                + ["-n", str(N), py, f"{HERE}/leave.py", str(mode), end, f"runtag={tag}"]
+            )
             t = time.time()
             p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
             dt = time.time() - t
@@ -63,11 +74,28 @@ for li, launch in enumerate(launches):
             exited = all(("PYEXIT" if end != "C" else "OS_EXIT") in surv[r] for r in surv)
             last = {r: (surv[r][-1] if surv[r] else None) for r in surv}
             errs = sorted(set(re.findall(r"R\d ERR (\w+)", out)))
-            rec = dict(tag=tag, launch=launch, li=li, mode=mode, end=end, rc=p.returncode, secs=round(dt, 1),
-                       hang=p.returncode in (124, 137), completed=completed, exited=exited, last=last,
-                       errs=errs, leftovers=len(left), cmd=" ".join(shlex.quote(c) for c in cmd))
+            rec = dict(
+                tag=tag,
+                launch=launch,
+                li=li,
+                mode=mode,
+                end=end,
+                rc=p.returncode,
+                secs=round(dt, 1),
+                hang=p.returncode in (124, 137),
+                completed=completed,
+                exited=exited,
+                last=last,
+                errs=errs,
+                leftovers=len(left),
+                cmd=" ".join(shlex.quote(c) for c in cmd),
+            )
             with open(f"{HERE}/logs/{tag}/L{li}_m{mode}_{end}.log", "w") as f:
                 f.write(rec["cmd"] + "\n" + out + f"\n# rc={p.returncode} secs={dt:.1f} leftovers={left}\n")
             with open(f"{HERE}/results_{tag}.jsonl", "a") as f:
                 f.write(json.dumps(rec) + "\n")
-            print(f"L{li} m{mode} {end}: rc={p.returncode} {dt:.1f}s completed={completed} exited={exited} last={last} errs={errs} left={len(left)}", flush=True)
+            print(
+                f"L{li} m{mode} {end}: rc={p.returncode} {dt:.1f}s completed={completed} exited={exited} "
+                f"last={last} errs={errs} left={len(left)}",
+                flush=True,
+            )

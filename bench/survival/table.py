@@ -1,10 +1,19 @@
 """Render results_TAG.jsonl as markdown tables. usage: table.py TAG [TAG...]"""
+
 import json
 import sys
 
-MODES = {0: "0 no leave (control)", 1: "1 os._exit(0)", 2: "2 os._exit(3)", 3: "3 sys.exit(0) (atexit Finalize)",
-         4: "4 uncaught exception", 5: "5 SIGKILL", 6: "6 SIGTERM", 7: "7 SIGSTOP (hang)",
-         8: "8 MPI.Finalize(); os._exit(0)"}
+MODES = {
+    0: "0 no leave (control)",
+    1: "1 os._exit(0)",
+    2: "2 os._exit(3)",
+    3: "3 sys.exit(0) (atexit Finalize)",
+    4: "4 uncaught exception",
+    5: "5 SIGKILL",
+    6: "6 SIGTERM",
+    7: "7 SIGSTOP (hang)",
+    8: "8 MPI.Finalize(); os._exit(0)",
+}
 NICE = {"UNLOCKED": "Unlock_all", "FREED": "Win.Free", "FINALIZED": "Finalize"}
 
 
@@ -31,15 +40,15 @@ def cell(r):
 
 
 for tag in sys.argv[1:]:
-    rows = [json.loads(l) for l in open(f"results_{tag}.jsonl")]
+    rows = [json.loads(line) for line in open(f"results_{tag}.jsonl")]
     launches = []
     for r in rows:
         if r["launch"] not in launches:
             launches.append(r["launch"])
     ends = ["A", "B", "C"]
     print(f"\n### {tag}\n")
-    for li, l in enumerate(launches):
-        print(f"- L{li}: `{l} -n 3 ...`")
+    for li, launch in enumerate(launches):
+        print(f"- L{li}: `{launch} -n 3 ...`")
     print()
     hdr = ["leave mode"] + [f"L{li}/{e}" for li in range(len(launches)) for e in ends]
     print("| " + " | ".join(hdr) + " |")
@@ -47,8 +56,8 @@ for tag in sys.argv[1:]:
     modes = sorted(set(r["mode"] for r in rows))
     for m in modes:
         cells = [MODES[m]]
-        for li, l in enumerate(launches):
+        for launch in launches:
             for e in ends:
-                rs = [r for r in rows if r["launch"] == l and r["mode"] == m and r["end"] == e]
+                rs = [r for r in rows if r["launch"] == launch and r["mode"] == m and r["end"] == e]
                 cells.append(" / ".join(cell(r) for r in rs) if rs else "n/a")
         print("| " + " | ".join(cells) + " |")

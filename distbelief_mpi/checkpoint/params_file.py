@@ -15,9 +15,9 @@ from ..fsutil import write_hdf5_atomic
 
 def save_params(path: Path, params: np.ndarray, attrs: dict) -> None:
     """Write to a temporary name beside `path`, fsync and rename (crash-safe)."""
+
     def fill(handle):
-        handle.create_dataset("params", data=params, chunks=(min(len(params), 1 << 20) or 1,),
-                              fletcher32=True)
+        handle.create_dataset("params", data=params, chunks=(min(len(params), 1 << 20) or 1,), fletcher32=True)
         handle.attrs["n_params"] = len(params)
         for key, value in attrs.items():
             handle.attrs[key] = value
@@ -41,7 +41,9 @@ def load_params(path: Path) -> tuple[np.ndarray, dict]:
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"{path}: cannot read the parameter file ({exc})") from None
     if params.ndim != 1 or attrs.get("n_params") != len(params):
-        raise CheckpointError(f"{path}: /params has shape {params.shape}, attribute n_params says {attrs.get('n_params')}")
+        raise CheckpointError(
+            f"{path}: /params has shape {params.shape}, attribute n_params says {attrs.get('n_params')}"
+        )
     if not np.all(np.isfinite(params)):
         raise CheckpointError(f"{path}: /params holds NaN or Inf values")
     return params.astype(np.float32, copy=False), attrs

@@ -20,23 +20,35 @@ class ResumePoint:
 
 def layout_signature(spec, layout) -> dict:
     """What a checkpoint must share with the job that resumes it."""
-    return {"algorithm": spec.optimizer.algorithm, "n_params": layout.n_params,
-            "layers": [dataclasses.asdict(layer) for layer in spec.model.layers],
-            "shards": spec.topology.shards, "replicas": spec.topology.replicas,
-            "shard_ranges": [list(r) for r in layout.shard_ranges], "server_rule": spec.optimizer.server_rule,
-            # partitioned replicas order the parameters partition-major (model/partition.py)
-            **({"partitions_per_replica": spec.topology.partitions_per_replica}
-               if spec.topology.partitions_per_replica > 1 else {}),
-            **(_lbfgs_signature(spec) if spec.optimizer.algorithm == "sandblaster" else {})}
+    return {
+        "algorithm": spec.optimizer.algorithm,
+        "n_params": layout.n_params,
+        "layers": [dataclasses.asdict(layer) for layer in spec.model.layers],
+        "shards": spec.topology.shards,
+        "replicas": spec.topology.replicas,
+        "shard_ranges": [list(r) for r in layout.shard_ranges],
+        "server_rule": spec.optimizer.server_rule,
+        # partitioned replicas order the parameters partition-major (model/partition.py)
+        **(
+            {"partitions_per_replica": spec.topology.partitions_per_replica}
+            if spec.topology.partitions_per_replica > 1
+            else {}
+        ),
+        **(_lbfgs_signature(spec) if spec.optimizer.algorithm == "sandblaster" else {}),
+    }
 
 
 def _lbfgs_signature(spec) -> dict:
     """Sandblaster resumes inside a batch with its history and its loss: the objective (batch
     windows over the split shuffled by the seed, the penalty) and the history length must stay."""
     o = spec.optimizer
-    return {"lbfgs_memory": o.lbfgs_memory, "sandblaster_batch": o.sandblaster_batch,
-            "lbfgs_iterations_per_batch": o.lbfgs_iterations_per_batch, "l2_penalty": o.l2_penalty,
-            "seed": spec.run.seed}
+    return {
+        "lbfgs_memory": o.lbfgs_memory,
+        "sandblaster_batch": o.sandblaster_batch,
+        "lbfgs_iterations_per_batch": o.lbfgs_iterations_per_batch,
+        "l2_penalty": o.l2_penalty,
+        "seed": spec.run.seed,
+    }
 
 
 def find_resume_point(run_dir: Path, spec, layout) -> ResumePoint:
@@ -51,11 +63,16 @@ def find_resume_point(run_dir: Path, spec, layout) -> ResumePoint:
 def _fitting(directory: Path, manifest: dict, spec, layout) -> ResumePoint:
     """The checkpoint as a resume point; CheckpointError naming every key that differs from the job."""
     saved, wanted = manifest.get("layout", {}), layout_signature(spec, layout)
-    mismatches = [f"{key}: the checkpoint has {saved.get(key)!r}, this job has {wanted.get(key)!r}"
-                  for key in sorted(wanted.keys() | saved.keys()) if saved.get(key) != wanted.get(key)]
+    mismatches = [
+        f"{key}: the checkpoint has {saved.get(key)!r}, this job has {wanted.get(key)!r}"
+        for key in sorted(wanted.keys() | saved.keys())
+        if saved.get(key) != wanted.get(key)
+    ]
     if mismatches:
-        raise CheckpointError(f"{directory}: does not fit this job; resume needs the same layout:\n"
-                              + "\n".join(f"  - {m}" for m in mismatches))
+        raise CheckpointError(
+            f"{directory}: does not fit this job; resume needs the same layout:\n"
+            + "\n".join(f"  - {m}" for m in mismatches)
+        )
     return ResumePoint(directory, manifest)
 
 
@@ -65,14 +82,17 @@ def auto_resume_point(run_dir: Path, spec, layout) -> ResumePoint | None:
     damaged and a finished run: both would lose work."""
     run_dir = Path(run_dir)
     root = run_dir / "checkpoints"
-    found = newest_complete(root)      # hashes the newest complete checkpoint's files once
+    found = newest_complete(root)  # hashes the newest complete checkpoint's files once
     if found is not None:
         return _fitting(*found, spec, layout)
     committed = [d for d in root.glob("step-*") if (d / MANIFEST).exists()] if root.is_dir() else []
     if committed:
-        raise CheckpointError(f"{root}: {len(committed)} committed checkpoint(s), all damaged (a file does not "
-                              "match its hash); not starting afresh over them. Move them aside to start anew.")
+        raise CheckpointError(
+            f"{root}: {len(committed)} committed checkpoint(s), all damaged (a file does not "
+            "match its hash); not starting afresh over them. Move them aside to start anew."
+        )
     if (run_dir / "summary.json").exists():
-        raise UserInputError(f"{run_dir}: holds a finished run and no checkpoint to continue from; "
-                             "choose a new --run-dir")
+        raise UserInputError(
+            f"{run_dir}: holds a finished run and no checkpoint to continue from; choose a new --run-dir"
+        )
     return None

@@ -43,11 +43,12 @@ def write_errors_named(directory: Path):
     message; the files already committed are untouched (every write goes to a temporary name)."""
     try:
         yield
-    except OSError as exc:   # HDF5 files are built in memory (fsutil.write_hdf5_atomic): plain OSErrors here
+    except OSError as exc:  # HDF5 files are built in memory (fsutil.write_hdf5_atomic): plain OSErrors here
         newest = newest_complete(Path(directory).parent)
         kept = f"the newest complete checkpoint, {newest[0].name}, is intact" if newest else "no checkpoint exists yet"
-        raise CheckpointWriteError(f"{directory}: cannot write the checkpoint ({exc.strerror or exc}); {kept}") \
-            from None
+        raise CheckpointWriteError(
+            f"{directory}: cannot write the checkpoint ({exc.strerror or exc}); {kept}"
+        ) from None
 
 
 def commit_files(root: Path, step: int, files: dict[str, str], meta: dict, keep: int) -> Path:

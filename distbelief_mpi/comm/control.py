@@ -12,20 +12,20 @@ from mpi4py import MPI
 
 from .. import watchdog
 
-TAG_DONE = 101          # replica -> every shard: {replica id}: I have pushed everything; no more pushes
-TAG_WARMSTART = 102     # replica 0 -> other replicas: warmstart finished, start training
-TAG_CHECKPOINT = 103    # lead replica -> every shard: write your part of checkpoint {step, directory}
-TAG_CHECKPOINT_DONE = 104   # shard -> lead replica: written {shard_id, file, sha256, version}
-TAG_PREEMPT = 105       # replica -> other replicas: I got a preemption signal; stop after your step
-TAG_REPORT = 106        # every rank -> lead replica, at the end: its statistics (a dict)
-TAG_TEARDOWN = 107      # lead replica -> every rank still there: [world ranks that left]; all is done
+TAG_DONE = 101  # replica -> every shard: {replica id}: I have pushed everything; no more pushes
+TAG_WARMSTART = 102  # replica 0 -> other replicas: warmstart finished, start training
+TAG_CHECKPOINT = 103  # lead replica -> every shard: write your part of checkpoint {step, directory}
+TAG_CHECKPOINT_DONE = 104  # shard -> lead replica: written {shard_id, file, sha256, version}
+TAG_PREEMPT = 105  # replica -> other replicas: I got a preemption signal; stop after your step
+TAG_REPORT = 106  # every rank -> lead replica, at the end: its statistics (a dict)
+TAG_TEARDOWN = 107  # lead replica -> every rank still there: [world ranks that left]; all is done
 # Sandblaster (roles/sandblaster*.py)
-TAG_SB_COMMAND = 110    # coordinator -> shard: a command tuple (roles/sandblaster_shard.py)
-TAG_SB_REPLY = 111      # shard -> coordinator: the command's result
-TAG_SB_WORK = 112       # coordinator -> replica: {eval, portion, rows, counted, flush} or {"stop": True}
-TAG_SB_RESULT = 113     # replica -> coordinator: {eval, portion, loss, correct} of a computed portion
-TAG_SB_PUSHED = 114     # replica -> coordinator: {eval, pushes, portions}: counted portions pushed so far
-TAG_SB_BYE = 115        # replica -> coordinator, at the end: its statistics
+TAG_SB_COMMAND = 110  # coordinator -> shard: a command tuple (roles/sandblaster_shard.py)
+TAG_SB_REPLY = 111  # shard -> coordinator: the command's result
+TAG_SB_WORK = 112  # coordinator -> replica: {eval, portion, rows, counted, flush} or {"stop": True}
+TAG_SB_RESULT = 113  # replica -> coordinator: {eval, portion, loss, correct} of a computed portion
+TAG_SB_PUSHED = 114  # replica -> coordinator: {eval, pushes, portions}: counted portions pushed so far
+TAG_SB_BYE = 115  # replica -> coordinator, at the end: its statistics
 
 
 class Backoff:

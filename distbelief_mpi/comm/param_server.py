@@ -53,11 +53,11 @@ class ParamServerWindows:
         n_data = (2 + n_replicas) * self.lengths[my_shard_id] if my_shard_id >= 0 else 0
         n_ctrl = ctrl_words(n_replicas) if my_shard_id >= 0 else 0
         info = MPI.Info.Create()
-        info.Set("accumulate_ops", "same_op_no_op")   # control words: REPLACE or NO_OP only
+        info.Set("accumulate_ops", "same_op_no_op")  # control words: REPLACE or NO_OP only
         self.data_win = MPI.Win.Allocate(4 * n_data, 4, info=info, comm=world_comm)
         self.ctrl_win = MPI.Win.Allocate(8 * n_ctrl, 8, info=info, comm=world_comm)
         info.Free()
-        for win in (self.data_win, self.ctrl_win):   # an MPI error raises here; our handler decides
+        for win in (self.data_win, self.ctrl_win):  # an MPI error raises here; our handler decides
             win.Set_errhandler(MPI.ERRORS_RETURN)
         self.local_data = np.frombuffer(self.data_win.tomemory(), np.float32, n_data)
         self.local_ctrl = np.frombuffer(self.ctrl_win.tomemory(), np.int64, n_ctrl)
@@ -84,8 +84,13 @@ class ParamServerWindows:
     def read_words(self, shard_id: int, first: int, count: int) -> np.ndarray:
         result = np.zeros(count, np.int64)
         rank = self.shard_ranks[shard_id]
-        self.ctrl_win.Get_accumulate([np.zeros(count, np.int64), MPI.INT64_T], [result, MPI.INT64_T], rank,
-                                     (first, count, MPI.INT64_T), MPI.NO_OP)
+        self.ctrl_win.Get_accumulate(
+            [np.zeros(count, np.int64), MPI.INT64_T],
+            [result, MPI.INT64_T],
+            rank,
+            (first, count, MPI.INT64_T),
+            MPI.NO_OP,
+        )
         self.ctrl_win.Flush(rank)
         return result
 
@@ -116,7 +121,7 @@ class ReplicaEndpoint:
 
     def __init__(self, windows: ParamServerWindows, replica_id: int, hung_after: float = 0.0):
         self.windows, self.replica_id, self.hung_after = windows, replica_id, hung_after
-        self.pushed = [0] * len(windows.shard_ranks)     # PUSH_SEQ we have posted, per shard
+        self.pushed = [0] * len(windows.shard_ranks)  # PUSH_SEQ we have posted, per shard
         self.busy_since: list[float | None] = [None] * len(windows.shard_ranks)
         self.fetch_retries = 0
 
@@ -127,7 +132,7 @@ class ReplicaEndpoint:
             self.windows.get_params(shard_id, version, out)
             if self.windows.read_word(shard_id, WRITING) <= version + 1:
                 return version
-            self.fetch_retries += 1   # the shard rewrote that buffer while we read it
+            self.fetch_retries += 1  # the shard rewrote that buffer while we read it
 
     def slot_free(self, shard_id: int) -> bool:
         applied = self.windows.read_word(shard_id, replica_word(self.replica_id, APPLIED))
@@ -150,9 +155,11 @@ class ReplicaEndpoint:
         if self.busy_since[shard_id] is None:
             self.busy_since[shard_id] = now
         elif self.hung_after and now - self.busy_since[shard_id] > self.hung_after:
-            raise RankHung(f"shard {shard_id} (rank {self.windows.shard_ranks[shard_id]}) has not taken replica "
-                           f"{self.replica_id}'s push for {now - self.busy_since[shard_id]:.0f} s: it is hung "
-                           f"(faults.watchdog_seconds = {self.hung_after:g})")
+            raise RankHung(
+                f"shard {shard_id} (rank {self.windows.shard_ranks[shard_id]}) has not taken replica "
+                f"{self.replica_id}'s push for {now - self.busy_since[shard_id]:.0f} s: it is hung "
+                f"(faults.watchdog_seconds = {self.hung_after:g})"
+            )
 
     def push(self, shard_id: int, grad: np.ndarray, base_version: int, steps: int) -> None:
         """Post grad, waiting (sleeping, never spinning) until the slot is free."""

@@ -22,7 +22,7 @@ class MpiExchanger:
     def exchange(self, sends: dict, recv_shapes: dict) -> dict:
         received = {src: np.empty(shape, self.dtype) for src, shape in recv_shapes.items()}
         requests = [self.comm.Irecv(buf, source=src, tag=TAG_PARTITION) for src, buf in received.items()]
-        outgoing = {dest: np.ascontiguousarray(array) for dest, array in sends.items()}   # alive until sent
+        outgoing = {dest: np.ascontiguousarray(array) for dest, array in sends.items()}  # alive until sent
         requests += [self.comm.Isend(array, dest=dest, tag=TAG_PARTITION) for dest, array in outgoing.items()]
         wait_all(requests)
         return received

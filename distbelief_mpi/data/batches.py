@@ -33,8 +33,7 @@ class BatchStream:
     dropped). next_batch() returns reused buffers: use or copy them before the next call.
     """
 
-    def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int, seed: int,
-                 replica_id: int = 0):
+    def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, replica_id: int = 0):
         if len(x) != len(y) or len(x) == 0:
             raise ValueError(f"need equal, non-zero lengths, got x {len(x)} and y {len(y)}")
         if batch_size < 1:
@@ -45,7 +44,7 @@ class BatchStream:
         self.examples_seen = 0
         self._seed = (int(seed), int(replica_id))
         self._rng = np.random.default_rng(self._seed)
-        self._epoch_rng_state = self._rng.bit_generator.state   # to redraw this epoch's order
+        self._epoch_rng_state = self._rng.bit_generator.state  # to redraw this epoch's order
         self._order = self._rng.permutation(self.n_examples)
         self._pos = 0  # next index into _order
         self._idx = np.empty(self.batch_size, dtype=np.intp)
@@ -65,7 +64,7 @@ class BatchStream:
                 self._order = self._rng.permutation(self.n_examples)
                 self._pos = 0
             take = min(self.batch_size - filled, self.n_examples - self._pos)
-            self._idx[filled:filled + take] = self._order[self._pos:self._pos + take]
+            self._idx[filled : filled + take] = self._order[self._pos : self._pos + take]
             self._pos += take
             filled += take
 
@@ -79,8 +78,7 @@ class BatchStream:
 
     def state(self) -> dict:
         """Everything needed to continue the exact same batch sequence (JSON-serialisable)."""
-        return {"epoch_rng_state": self._epoch_rng_state, "pos": self._pos,
-                "examples_seen": self.examples_seen}
+        return {"epoch_rng_state": self._epoch_rng_state, "pos": self._pos, "examples_seen": self.examples_seen}
 
     def restore(self, state: dict) -> None:
         """Continue exactly where `state()` was taken (same data, seed and batch size)."""
@@ -107,8 +105,9 @@ class BatchStream:
         self.close()
 
 
-def open_replica_stream(path, n_train: int, replica_id: int, n_replicas: int, batch_size: int, seed: int,
-                        chunk_examples: int = 0):
+def open_replica_stream(
+    path, n_train: int, replica_id: int, n_replicas: int, batch_size: int, seed: int, chunk_examples: int = 0
+):
     """This replica's minibatches from its own part of /train: chunk_examples = 0 loads the part
     into memory (BatchStream); N > 0 streams it N rows at a time, reading the next chunk in a
     background thread while the current one trains (prefetch.ChunkedBatchStream)."""

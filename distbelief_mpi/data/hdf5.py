@@ -15,7 +15,13 @@ import h5py
 import numpy as np
 
 from distbelief_mpi.data.schema import (
-    REQUIRED_ATTRS, SCHEMA_VERSION, SPLITS, X_DTYPES, class_count_problem, dataset_path)
+    REQUIRED_ATTRS,
+    SCHEMA_VERSION,
+    SPLITS,
+    X_DTYPES,
+    class_count_problem,
+    dataset_path,
+)
 from distbelief_mpi.data.writer import DatasetWriter
 from distbelief_mpi.errors import DatasetError
 
@@ -52,14 +58,15 @@ def _open(path) -> h5py.File:
     try:
         return h5py.File(p, "r")
     except OSError as e:
-        raise DatasetError(p, f"not a readable HDF5 file (truncated, zeroed or another "
-                              f"format): {_h5_reason(e)}") from None
+        raise DatasetError(
+            p, f"not a readable HDF5 file (truncated, zeroed or another format): {_h5_reason(e)}"
+        ) from None
 
 
 def _h5_reason(e: Exception) -> str:
     """h5py messages look like 'Unable to open file (file signature not found)'."""
     text = str(e)
-    return text[text.find("(") + 1:text.rfind(")")] if "(" in text else text
+    return text[text.find("(") + 1 : text.rfind(")")] if "(" in text else text
 
 
 def _attr(f: h5py.File, path, key: str):
@@ -70,8 +77,9 @@ def _attr(f: h5py.File, path, key: str):
     try:
         return _convert_attr(value, REQUIRED_ATTRS[key])
     except (TypeError, ValueError):
-        raise DatasetError(path, f"root attribute '{key}' = {value!r} is not a valid "
-                                 f"{REQUIRED_ATTRS[key].__name__}") from None
+        raise DatasetError(
+            path, f"root attribute '{key}' = {value!r} is not a valid {REQUIRED_ATTRS[key].__name__}"
+        ) from None
 
 
 def _convert_attr(value, kind):
@@ -104,8 +112,7 @@ def _convert_attr(value, kind):
 def _read_attrs(f: h5py.File, path) -> dict:
     version = _attr(f, path, "schema_version")
     if version != SCHEMA_VERSION:
-        raise DatasetError(path, f"unsupported schema_version {version} "
-                                 f"(this reader supports {SCHEMA_VERSION})")
+        raise DatasetError(path, f"unsupported schema_version {version} (this reader supports {SCHEMA_VERSION})")
     attrs = {key: _attr(f, path, key) for key in REQUIRED_ATTRS}
     shape = attrs["input_shape"]
     if len(shape) not in (1, 3) or min(shape) < 1:
@@ -129,13 +136,13 @@ def _split_length(f: h5py.File, path, split: str, input_shape: tuple) -> int:
     x_name, y_name = dataset_path(split, "x"), dataset_path(split, "y")
     x, y = _dataset(f, path, x_name), _dataset(f, path, y_name)
     if x.ndim != 1 + len(input_shape) or x.shape[1:] != input_shape:
-        raise DatasetError(path, f"{x_name} has shape {x.shape}, expected (n, "
-                                 f"{', '.join(map(str, input_shape))}) from input_shape")
+        raise DatasetError(
+            path, f"{x_name} has shape {x.shape}, expected (n, {', '.join(map(str, input_shape))}) from input_shape"
+        )
     if x.dtype not in X_DTYPES:
         raise DatasetError(path, f"{x_name} has dtype {x.dtype}, expected uint8 or float32")
     if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
-        raise DatasetError(path, f"{y_name} has shape {y.shape} dtype {y.dtype}, "
-                                 f"expected (n,) integer labels")
+        raise DatasetError(path, f"{y_name} has shape {y.shape} dtype {y.dtype}, expected (n,) integer labels")
     if len(x) != len(y):
         raise DatasetError(path, f"{x_name} has {len(x)} rows but {y_name} has {len(y)}")
     if len(x) == 0:
@@ -150,10 +157,18 @@ def _info_from_open(f: h5py.File, path) -> DatasetInfo:
         n = {split: _split_length(f, path, split, shape) for split in SPLITS}
     except _H5_ERRORS as e:
         raise DatasetError(path, f"damaged file structure: {_h5_reason(e)}") from None
-    return DatasetInfo(path=str(path), name=attrs["name"], source=attrs["source"],
-                       n_classes=attrs["n_classes"], input_shape=shape,
-                       n_train=n["train"], n_test=n["test"], x_scale=attrs["x_scale"],
-                       synthetic=attrs["synthetic"], schema_version=attrs["schema_version"])
+    return DatasetInfo(
+        path=str(path),
+        name=attrs["name"],
+        source=attrs["source"],
+        n_classes=attrs["n_classes"],
+        input_shape=shape,
+        n_train=n["train"],
+        n_test=n["test"],
+        x_scale=attrs["x_scale"],
+        synthetic=attrs["synthetic"],
+        schema_version=attrs["schema_version"],
+    )
 
 
 def read_info(path) -> DatasetInfo:
@@ -175,12 +190,10 @@ def _read_rows(ds: h5py.Dataset, path, start: int, stop: int) -> np.ndarray:
             what = "data is corrupted (fletcher32 checksum mismatch)"
         else:
             what = f"read failed: {reason}"
-        raise DatasetError(path, f"{ds.name}: {what} while reading rows {start}:{stop}") \
-            from None
+        raise DatasetError(path, f"{ds.name}: {what} while reading rows {start}:{stop}") from None
 
 
-def read_split(path, split: str, start: int = 0, stop: int | None = None
-               ) -> tuple[np.ndarray, np.ndarray]:
+def read_split(path, split: str, start: int = 0, stop: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Rows start:stop of a split: x float32 (n, *input_shape) = stored x * x_scale,
     y int32 (n,)."""
     if split not in SPLITS:
@@ -205,15 +218,17 @@ def _check_labels(path, name: str, y: np.ndarray, start: int, n_classes: int) ->
     bad = np.flatnonzero((y < 0) | (y >= n_classes))
     if len(bad):
         row = start + int(bad[0])
-        raise DatasetError(path, f"{name}[{row}] = {int(y[bad[0]])} is not a label in [0, {n_classes}) "
-                                 f"({len(bad)} such rows)")
+        raise DatasetError(
+            path, f"{name}[{row}] = {int(y[bad[0]])} is not a label in [0, {n_classes}) ({len(bad)} such rows)"
+        )
 
 
 # -- full validation -------------------------------------------------------------------
 def _check_filters(ds: h5py.Dataset, path):
     if ds.chunks is None or not ds.fletcher32:
-        raise DatasetError(path, f"{ds.name} is not chunked with the fletcher32 checksum "
-                                 f"filter (schema {SCHEMA_VERSION} requires it)")
+        raise DatasetError(
+            path, f"{ds.name} is not chunked with the fletcher32 checksum filter (schema {SCHEMA_VERSION} requires it)"
+        )
 
 
 def _check_block(path, name: str, block: np.ndarray, offset: int, n_classes: int):
@@ -246,26 +261,47 @@ def validate(path) -> DatasetInfo:
 
 
 # -- writing ---------------------------------------------------------------------------
-def write_dataset(path, *, name: str, source: str, n_classes: int, input_shape,
-                  x_train, y_train, x_test, y_test, x_scale: float, synthetic: bool,
-                  extra_attrs: dict | None = None, created_by: str | None = None) -> None:
+def write_dataset(
+    path,
+    *,
+    name: str,
+    source: str,
+    n_classes: int,
+    input_shape,
+    x_train,
+    y_train,
+    x_test,
+    y_test,
+    x_scale: float,
+    synthetic: bool,
+    extra_attrs: dict | None = None,
+    created_by: str | None = None,
+) -> None:
     """Write a whole dataset from in-memory arrays, atomically (temp file + rename).
 
     x_*: (n, *input_shape) uint8 or float32; y_*: (n,) integer labels in [0, n_classes).
     Everything is checked before the file appears; a bad input raises DatasetError.
     For data too big for memory use writer.DatasetWriter directly.
     """
-    splits = {"train": (np.asarray(x_train), np.asarray(y_train)),
-              "test": (np.asarray(x_test), np.asarray(y_test))}
+    splits = {"train": (np.asarray(x_train), np.asarray(y_train)), "test": (np.asarray(x_test), np.asarray(y_test))}
     for split, (x, y) in splits.items():
         if x.ndim < 1 or y.ndim != 1 or len(x) != len(y):
-            raise DatasetError(path, f"x_{split} has shape {x.shape} but y_{split} has "
-                                     f"shape {y.shape}; expected (n, ...) and (n,)")
-    writer = DatasetWriter(path, name=name, source=source, n_classes=n_classes,
-                           input_shape=input_shape, x_dtype=splits["train"][0].dtype,
-                           n_rows={s: len(xy[0]) for s, xy in splits.items()},
-                           x_scale=x_scale, synthetic=synthetic, extra_attrs=extra_attrs,
-                           created_by=created_by)
+            raise DatasetError(
+                path, f"x_{split} has shape {x.shape} but y_{split} has shape {y.shape}; expected (n, ...) and (n,)"
+            )
+    writer = DatasetWriter(
+        path,
+        name=name,
+        source=source,
+        n_classes=n_classes,
+        input_shape=input_shape,
+        x_dtype=splits["train"][0].dtype,
+        n_rows={s: len(xy[0]) for s, xy in splits.items()},
+        x_scale=x_scale,
+        synthetic=synthetic,
+        extra_attrs=extra_attrs,
+        created_by=created_by,
+    )
     for split, (x, y) in splits.items():  # check everything before creating any file
         writer.check_block(split, x, y)
     with writer:

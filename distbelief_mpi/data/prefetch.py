@@ -66,9 +66,12 @@ class _Reader:
         self.permits = threading.Semaphore(2)  # chunks alive: being served + read ahead
         self.stop = threading.Event()
         self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, args=(stream._describe(), epoch, k),
-                                       name=f"{THREAD_NAME}-{stream._replica_id}",
-                                       daemon=True)
+        self.thread = threading.Thread(
+            target=self._run,
+            args=(stream._describe(), epoch, k),
+            name=f"{THREAD_NAME}-{stream._replica_id}",
+            daemon=True,
+        )
         self.thread.start()
 
     def _run(self, desc, epoch, k):
@@ -121,12 +124,12 @@ class ChunkedBatchStream:
     the reader thread.
     """
 
-    def __init__(self, path, start: int, stop: int, batch_size: int, seed: int,
-                 replica_id: int = 0, chunk_examples: int = 65536):
+    def __init__(
+        self, path, start: int, stop: int, batch_size: int, seed: int, replica_id: int = 0, chunk_examples: int = 65536
+    ):
         info = read_info(path)  # cheap: checks the file and gives shapes, reads no data
         if not 0 <= start < stop <= info.n_train:
-            raise ValueError(f"rows {start}:{stop} must be a non-empty range within "
-                             f"/train's {info.n_train} rows")
+            raise ValueError(f"rows {start}:{stop} must be a non-empty range within /train's {info.n_train} rows")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if chunk_examples < 1:
@@ -139,16 +142,17 @@ class ChunkedBatchStream:
         self.examples_seen = 0
         self._seed, self._replica_id = int(seed), int(replica_id)
         # bounds[c] = absolute rows (lo, hi) of chunk c; sizes[c] = hi - lo.
-        self._bounds = [(lo, min(lo + self.chunk_examples, self.stop))
-                        for lo in range(self.start, self.stop, self.chunk_examples)]
+        self._bounds = [
+            (lo, min(lo + self.chunk_examples, self.stop)) for lo in range(self.start, self.stop, self.chunk_examples)
+        ]
         self._sizes = np.array([hi - lo for lo, hi in self._bounds], dtype=np.int64)
         self._origin = 0  # examples_seen at which the current order started (fast_forward)
         self._x_batch = np.empty((self.batch_size, *info.input_shape), dtype=np.float32)
         self._y_batch = np.empty(self.batch_size, dtype=np.int32)
         self._reader: _Reader | None = None
-        self._chunk = None  # (chunk_id, x, y, perm) being served, or None
-        self._pos = 0       # next index into the served chunk's perm
-        self._skip = 0      # rows of the first chunk after a (re)start already served
+        self._chunk: tuple | None = None  # (chunk_id, x, y, perm) being served, or None
+        self._pos = 0  # next index into the served chunk's perm
+        self._skip = 0  # rows of the first chunk after a (re)start already served
         self._closed = False
         self._start_reader()
 
@@ -163,17 +167,18 @@ class ChunkedBatchStream:
         reused buffers. Re-raises a reader failure (e.g. DatasetError) as it was raised."""
         if self._closed:
             raise RuntimeError("next_batch() on a closed ChunkedBatchStream")
-        if self._reader.error is not None:  # fail at once, not only when the chunk is due
-            raise self._reader.error
+        error = self._reader.error if self._reader is not None else None
+        if error is not None:  # fail at once, not only when the chunk is due
+            raise error
         filled = 0
         while filled < self.batch_size:
             if self._chunk is None or self._pos == len(self._chunk[3]):
-                self._next_chunk()  # wraps chunk and epoch boundaries mid-batch
+                self._chunk = self._next_chunk()  # wraps chunk and epoch boundaries mid-batch
             _, cx, cy, perm = self._chunk
             take = min(self.batch_size - filled, len(perm) - self._pos)
-            idx = perm[self._pos:self._pos + take]
-            np.take(cx, idx, axis=0, out=self._x_batch[filled:filled + take])
-            np.take(cy, idx, axis=0, out=self._y_batch[filled:filled + take])
+            idx = perm[self._pos : self._pos + take]
+            np.take(cx, idx, axis=0, out=self._x_batch[filled : filled + take])
+            np.take(cy, idx, axis=0, out=self._y_batch[filled : filled + take])
             self._pos += take
             filled += take
         self.examples_seen += self.batch_size
@@ -183,9 +188,13 @@ class ChunkedBatchStream:
         """Everything needed to continue the exact same batch sequence (JSON-serialisable).
         The sequence is a function of (origin, examples_seen), so that is all it holds,
         plus the layout it is only valid for (checked by restore())."""
-        return {"kind": "chunked", "examples_seen": self.examples_seen,
-                "origin": self._origin, "n_examples": self.n_examples,
-                "chunk_examples": self.chunk_examples}
+        return {
+            "kind": "chunked",
+            "examples_seen": self.examples_seen,
+            "origin": self._origin,
+            "n_examples": self.n_examples,
+            "chunk_examples": self.chunk_examples,
+        }
 
     def restore(self, state: dict) -> None:
         """Continue exactly where `state()` was taken (same file part, seed, replica and
@@ -195,8 +204,7 @@ class ChunkedBatchStream:
             raise ValueError("not a ChunkedBatchStream state (a BatchStream one?)")
         for field in ("n_examples", "chunk_examples"):
             if int(state[field]) != getattr(self, field):
-                raise ValueError(f"state has {field}={state[field]}, this stream has "
-                                 f"{getattr(self, field)}")
+                raise ValueError(f"state has {field}={state[field]}, this stream has {getattr(self, field)}")
         self._origin = int(state["origin"])
         self.examples_seen = int(state["examples_seen"])
         self._start_reader()
@@ -236,8 +244,7 @@ class ChunkedBatchStream:
         """(epoch since origin, index k into that epoch's chunk order, row offset in that
         chunk) of the next example to serve, from examples_seen alone."""
         epoch, r = divmod(self.examples_seen - self._origin, self.n_examples)
-        order = _chunk_order((self._seed, self._replica_id, self._origin), epoch,
-                             len(self._bounds))
+        order = _chunk_order((self._seed, self._replica_id, self._origin), epoch, len(self._bounds))
         ends = np.cumsum(self._sizes[order])  # ends[k] = examples in chunks order[:k+1]
         k = int(np.searchsorted(ends, r, side="right"))  # first chunk ending after r
         return epoch, k, r - (int(ends[k - 1]) if k else 0)
@@ -253,13 +260,15 @@ class ChunkedBatchStream:
         epoch, k, self._skip = self._locate()
         self._reader = _Reader(self, epoch, k)
 
-    def _next_chunk(self) -> None:
-        """Drop the used-up chunk (returning its permit) and wait for the next one."""
+    def _next_chunk(self) -> tuple:
+        """Drop the used-up chunk (returning its permit) and wait for the next one; returns it."""
         reader = self._reader
+        assert reader is not None  # _start_reader runs in __init__ and after every seek
         if self._chunk is not None:
             self._chunk = None
             reader.permits.release()  # the reader may start reading the chunk after next
         item = reader.out.get()  # blocks without spinning
         if item[0] == "error":
             raise item[1]
-        self._chunk, self._pos, self._skip = item, self._skip, 0
+        self._pos, self._skip = self._skip, 0
+        return item

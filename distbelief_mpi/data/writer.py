@@ -15,8 +15,15 @@ import h5py
 import numpy as np
 
 from distbelief_mpi.data.schema import (
-    REQUIRED_ATTRS, SCHEMA_VERSION, SPLITS, X_DTYPES, class_count_problem, dataset_path, label_dtype,
-    storage_options)
+    REQUIRED_ATTRS,
+    SCHEMA_VERSION,
+    SPLITS,
+    X_DTYPES,
+    class_count_problem,
+    dataset_path,
+    label_dtype,
+    storage_options,
+)
 from distbelief_mpi.errors import DatasetError
 
 DEFAULT_CREATED_BY = f"distbelief_mpi.data.writer (schema {SCHEMA_VERSION})"
@@ -41,18 +48,34 @@ class DatasetWriter:
     On a clean exit every split must be full; then the file is renamed into place.
     """
 
-    def __init__(self, path, *, name: str, source: str, n_classes: int, input_shape,
-                 x_dtype, n_rows: dict, x_scale: float, synthetic: bool,
-                 extra_attrs: dict | None = None, created_by: str | None = None):
+    def __init__(
+        self,
+        path,
+        *,
+        name: str,
+        source: str,
+        n_classes: int,
+        input_shape,
+        x_dtype,
+        n_rows: dict,
+        x_scale: float,
+        synthetic: bool,
+        extra_attrs: dict | None = None,
+        created_by: str | None = None,
+    ):
         self.path = Path(path)
         self.n_classes = int(n_classes)
         self.input_shape = tuple(int(d) for d in input_shape)
         self.x_dtype = np.dtype(x_dtype)
         self.n_rows = {s: int(n_rows[s]) for s in SPLITS}
         self.attrs = {
-            "schema_version": SCHEMA_VERSION, "name": str(name), "source": str(source),
-            "n_classes": self.n_classes, "input_shape": np.asarray(self.input_shape, np.int64),
-            "x_scale": float(x_scale), "synthetic": bool(synthetic),
+            "schema_version": SCHEMA_VERSION,
+            "name": str(name),
+            "source": str(source),
+            "n_classes": self.n_classes,
+            "input_shape": np.asarray(self.input_shape, np.int64),
+            "x_scale": float(x_scale),
+            "synthetic": bool(synthetic),
             "created_by": created_by or DEFAULT_CREATED_BY,
         }
         self.extra_attrs = dict(extra_attrs or {})
@@ -71,12 +94,11 @@ class DatasetWriter:
         if problem := class_count_problem(self.n_classes):
             self._fail(problem)
         if len(self.input_shape) not in (1, 3) or min(self.input_shape) < 1:
-            self._fail(f"input_shape must be (D,) or (C, H, W) with positive sizes, "
-                       f"got {self.input_shape}")
+            self._fail(f"input_shape must be (D,) or (C, H, W) with positive sizes, got {self.input_shape}")
         if self.x_dtype not in X_DTYPES:
             self._fail(f"x dtype must be uint8 or float32, got {self.x_dtype}")
         scale = self.attrs["x_scale"]
-        if not (math.isfinite(scale) and scale > 0):
+        if not (isinstance(scale, int | float) and math.isfinite(scale) and scale > 0):
             self._fail(f"x_scale must be a positive finite number, got {scale}")
         for split, n in self.n_rows.items():
             if n < 1:
@@ -97,8 +119,7 @@ class DatasetWriter:
         if not np.issubdtype(y.dtype, np.integer):
             self._fail(f"{where}: labels must be integers, got dtype {y.dtype}")
         if len(y) and (y.min() < 0 or y.max() >= self.n_classes):
-            self._fail(f"{where}: labels must lie in [0, {self.n_classes}), "
-                       f"found {int(y.min())}..{int(y.max())}")
+            self._fail(f"{where}: labels must lie in [0, {self.n_classes}), found {int(y.min())}..{int(y.max())}")
         if x.dtype.kind == "f" and not np.isfinite(x).all():
             self._fail(f"{where}: x contains NaN or infinite values")
         if self._filled[split] + len(x) > self.n_rows[split]:
@@ -108,7 +129,7 @@ class DatasetWriter:
     def __enter__(self):
         directory = self.path.parent
         try:
-            directory.mkdir(parents=True, exist_ok=True)   # like `-o data/x.h5` in most tools
+            directory.mkdir(parents=True, exist_ok=True)  # like `-o data/x.h5` in most tools
         except OSError as exc:
             self._fail(f"cannot create the output directory {str(directory)!r}: {exc.strerror}")
         if self.path.is_dir():
@@ -124,20 +145,25 @@ class DatasetWriter:
 
     def _create_split(self, split: str):
         n = self.n_rows[split]
-        self._file.create_dataset(dataset_path(split, "x"), shape=(n, *self.input_shape),
-                                  dtype=self.x_dtype,
-                                  **storage_options(self.x_dtype, self.input_shape, n))
+        self._open_file().create_dataset(
+            dataset_path(split, "x"),
+            shape=(n, *self.input_shape),
+            dtype=self.x_dtype,
+            **storage_options(self.x_dtype, self.input_shape, n),
+        )
         y_dtype = label_dtype(self.n_classes)
-        self._file.create_dataset(dataset_path(split, "y"), shape=(n,), dtype=y_dtype,
-                                  **storage_options(y_dtype, (), n))
+        self._open_file().create_dataset(
+            dataset_path(split, "y"), shape=(n,), dtype=y_dtype, **storage_options(y_dtype, (), n)
+        )
 
     def append(self, split: str, x: np.ndarray, y: np.ndarray):
         """Write the next len(x) rows of `split`. x (k, *input_shape), y (k,)."""
         x, y = np.asarray(x), np.asarray(y)
         self.check_block(split, x, y)
         lo, hi = self._filled[split], self._filled[split] + len(x)
-        self._file[dataset_path(split, "x")][lo:hi] = x
-        self._file[dataset_path(split, "y")][lo:hi] = y
+        file = self._open_file()
+        file[dataset_path(split, "x")][lo:hi] = x
+        file[dataset_path(split, "y")][lo:hi] = y
         self._filled[split] = hi
 
     def __exit__(self, exc_type, exc, tb):
@@ -152,24 +178,30 @@ class DatasetWriter:
             PENDING_TEMP_FILES.discard(self._tmp_path)
         return False
 
+    def _open_file(self) -> h5py.File:
+        if self._file is None:
+            raise RuntimeError("DatasetWriter used outside its `with` block")
+        return self._file
+
     def _finish(self):
+        tmp_path, file = self._tmp_path, self._open_file()
+        assert tmp_path is not None  # set together with _file in __enter__
         try:
             for split in SPLITS:
                 if self._filled[split] != self.n_rows[split]:
-                    self._fail(f"{split}: only {self._filled[split]} of "
-                               f"{self.n_rows[split]} rows were written")
-            self._file.attrs.update(self.attrs)
-            self._file.attrs.update(self.extra_attrs)
-            self._file.close()
+                    self._fail(f"{split}: only {self._filled[split]} of {self.n_rows[split]} rows were written")
+            file.attrs.update(self.attrs)
+            file.attrs.update(self.extra_attrs)
+            file.close()
             self._file = None
             # mkstemp makes the file 0600; give it the usual umask-based permissions.
-            os.chmod(self._tmp_path, 0o666 & ~_current_umask())
-            os.replace(self._tmp_path, self.path)
+            os.chmod(tmp_path, 0o666 & ~_current_umask())
+            os.replace(tmp_path, self.path)
         except BaseException:
             if self._file is not None:
                 self._file.close()
                 self._file = None
-            self._tmp_path.unlink(missing_ok=True)
+            tmp_path.unlink(missing_ok=True)
             raise
 
 

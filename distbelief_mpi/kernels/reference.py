@@ -21,8 +21,12 @@ def activate(z, kind):
 
 
 def slope_from_output(y, kind):
-    return {"relu": lambda: (y > 0).astype(y.dtype), "sigmoid": lambda: y * (1 - y),
-            "tanh": lambda: 1 - y * y, "none": lambda: np.ones_like(y)}[kind]()
+    return {
+        "relu": lambda: (y > 0).astype(y.dtype),
+        "sigmoid": lambda: y * (1 - y),
+        "tanh": lambda: 1 - y * y,
+        "none": lambda: np.ones_like(y),
+    }[kind]()
 
 
 def bias_activation(z, bias, kind):
@@ -76,7 +80,7 @@ def local_backward(x, w, y, dy, stride, patch, kind):
     dx = np.zeros_like(x)
     for i in range(oh):
         for j in range(ow):
-            dx[:, :, i * stride:i * stride + patch, j * stride:j * stride + patch] += d_cols[:, i, j]
+            dx[:, :, i * stride : i * stride + patch, j * stride : j * stride + patch] += d_cols[:, i, j]
     return grad_w, dz.sum(axis=0), dx
 
 
@@ -121,7 +125,7 @@ def box_sum(planes, r):
     out = np.zeros_like(planes)
     for i in range(h):
         for j in range(w):
-            out[..., i, j] = planes[..., max(0, i - r):i + r + 1, max(0, j - r):j + r + 1].sum(axis=(-2, -1))
+            out[..., i, j] = planes[..., max(0, i - r) : i + r + 1, max(0, j - r) : j + r + 1].sum(axis=(-2, -1))
     return out
 
 
@@ -143,7 +147,7 @@ def lcn_backward(x, dy, size):
     counts = c * box_sum(np.ones(x.shape[2:], dtype=x.dtype), r)
     y, d = lcn_forward(x, size)
     v = y * d[:, None]
-    g_d = -(dy * v).sum(axis=1) / d ** 2
+    g_d = -(dy * v).sum(axis=1) / d**2
     g_s = g_d * 0.5 / d
     g_q = box_sum(g_s / counts, r)
     g_v = dy / d[:, None] + 2 * v * g_q[:, None]

@@ -17,5 +17,6 @@ def set_compute_threads(n: int) -> None:
         raise ValueError(f"compute threads must be >= 1, got {n}")
     # Numba's np.dot calls scipy's BLAS: load it now so the limit below reaches it too
     import scipy.linalg.cython_blas  # noqa: F401
+
     numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
     _blas_limit = threadpool_limits(limits=n, user_api="blas")

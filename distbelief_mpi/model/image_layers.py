@@ -6,9 +6,17 @@ the maths and the parameter layouts.
 
 import numpy as np
 
-from ..kernels import (ACTIVATION_CODES, l2pool_backward_, l2pool_forward_, lcn_backward_,
-                       lcn_forward_, local_backward_, local_forward_, maxpool_backward_,
-                       maxpool_forward_)
+from ..kernels import (
+    ACTIVATION_CODES,
+    l2pool_backward_,
+    l2pool_forward_,
+    lcn_backward_,
+    lcn_forward_,
+    local_backward_,
+    local_forward_,
+    maxpool_backward_,
+    maxpool_forward_,
+)
 from ..kernels.local import local_out_size
 from .layers import Layer, uniform_init
 
@@ -33,8 +41,7 @@ class LocallyConnected2D(Layer):
 
     def split(self, flat):
         n_w = self.n_pos * self.k * self.filters
-        return (flat[:n_w].reshape(self.n_pos, self.k, self.filters),
-                flat[n_w:].reshape(self.n_pos, self.filters))
+        return (flat[:n_w].reshape(self.n_pos, self.k, self.filters), flat[n_w:].reshape(self.n_pos, self.filters))
 
     def init(self, params_view, rng):
         weights, bias = self.split(params_view)
@@ -52,8 +59,7 @@ class LocallyConnected2D(Layer):
         weights, _ = self.split(params_view)
         grad_w, grad_b = self.split(grad_view)
         dx = self.buffer("dx", x.shape) if need_dx else self.buffer("no_dx", (0, 0, 0, 0))
-        local_backward_(x, weights, y, dy, self.stride, self.patch, self.code,
-                        grad_w, grad_b, dx, need_dx)
+        local_backward_(x, weights, y, dy, self.stride, self.patch, self.code, grad_w, grad_b, dx, need_dx)
         return dx if need_dx else None
 
 

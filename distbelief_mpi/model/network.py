@@ -7,7 +7,7 @@
 Not thread-safe: layers reuse their work buffers between calls.
 """
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -26,8 +26,10 @@ def _geometry_problem(spec: LayerSpec, shape: tuple, where: str) -> str | None:
         return None
     if len(shape) != 3:
         dims = "x".join(map(str, shape))
-        return (f"{where}: a {spec.type!r} layer needs an image input (C, H, W), got a vector "
-                f"of {dims}; put image layers before any dense layer")
+        return (
+            f"{where}: a {spec.type!r} layer needs an image input (C, H, W), got a vector "
+            f"of {dims}; put image layers before any dense layer"
+        )
     h, w = shape[1], shape[2]
     window = spec.patch if spec.type == "local" else spec.size
     if spec.type != "lcn" and (window > h or window > w):
@@ -48,8 +50,9 @@ def _make_layer(spec: LayerSpec, shape: tuple, dtype) -> Layer:
     return LCN(shape, spec.size, dtype)
 
 
-def build_network(layers: Sequence[LayerSpec], input_shape: tuple[int, ...], n_classes: int,
-                  dtype=np.float32, source: str = "model") -> "Network":
+def build_network(
+    layers: Sequence[LayerSpec], input_shape: tuple[int, ...], n_classes: int, dtype=np.float32, source: str = "model"
+) -> "Network":
     """Build the hidden layers then a dense softmax output over n_classes.
 
     Raises ConfigError(source) listing every problem found (source: the job file, for messages). After a layer that does
@@ -63,7 +66,8 @@ def build_network(layers: Sequence[LayerSpec], input_shape: tuple[int, ...], n_c
         problems.append(f"model: n_classes must be >= 2, got {n_classes}")
     if problems:
         raise ConfigError(source=source, problems=problems)
-    built, shape = [], input_shape
+    built: list[Layer] = []
+    shape: tuple[int, ...] | None = tuple(input_shape)
     for i, spec in enumerate(layers):
         where = f"model.layers[{i}]"
         if spec.type not in LAYER_KEYS:
@@ -114,8 +118,7 @@ class Network:
 
     def _check(self, params, x, y=None):
         if params.shape != (self.n_params,) or params.dtype != self.dtype:
-            raise ValueError(f"params must be ({self.n_params},) {self.dtype}, "
-                             f"got {params.shape} {params.dtype}")
+            raise ValueError(f"params must be ({self.n_params},) {self.dtype}, got {params.shape} {params.dtype}")
         x = np.ascontiguousarray(x, dtype=self.dtype)  # no copy when it already is
         if x.shape[1:] != self.input_shape:
             raise ValueError(f"x must be (B, {', '.join(map(str, self.input_shape))}), got {x.shape}")
@@ -164,7 +167,7 @@ class Network:
         """(mean loss, accuracy in [0, 1]) over all of x, in batches; (nan, nan) when x is empty."""
         total, correct, n = 0.0, 0, len(x)
         for start in range(0, n, batch_size):
-            xb, yb = self._check(params, x[start:start + batch_size], y[start:start + batch_size])
+            xb, yb = self._check(params, x[start : start + batch_size], y[start : start + batch_size])
             logits, _ = self._forward(params, xb)
             loss_sum, n_correct = softmax_xent(logits, yb, self._dlogits_buffer(len(xb)), 0.0)
             total, correct = total + loss_sum, correct + n_correct

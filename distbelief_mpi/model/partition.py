@@ -40,12 +40,12 @@ class LayerSplit:
     """One layer's split: what each partition takes in and gives out, and its sub-layer."""
 
     index: int
-    kind: str                                   # "image" or "dense"
-    in_split: tuple                             # the previous activation's split ("rows"/"units"/"full", bounds)
-    out_split: tuple                            # this layer's output split
-    need: tuple[tuple[int, int], ...]           # image: input rows [a, b) each partition needs; dense: ()
-    sublayers: tuple                            # per partition: an ordinary layer over its part
-    param_index: tuple[np.ndarray, ...]         # per partition: canonical indices (within the layer's block)
+    kind: str  # "image" or "dense"
+    in_split: tuple  # the previous activation's split ("rows"/"units"/"full", bounds)
+    out_split: tuple  # this layer's output split
+    need: tuple[tuple[int, int], ...]  # image: input rows [a, b) each partition needs; dense: ()
+    sublayers: tuple  # per partition: an ordinary layer over its part
+    param_index: tuple[np.ndarray, ...]  # per partition: canonical indices (within the layer's block)
 
 
 def plan_partitions(network, parts: int) -> list[LayerSplit]:
@@ -57,11 +57,16 @@ def plan_partitions(network, parts: int) -> list[LayerSplit]:
         rows_or_units = layer.out_shape[1] if len(layer.out_shape) == 3 else layer.out_shape[0]
         if rows_or_units < parts:
             what = "rows" if len(layer.out_shape) == 3 else "units"
-            problems.append(f"model layer {index} ({layer.kind}) has {rows_or_units} output {what}: too few to "
-                            f"split over topology.partitions_per_replica = {parts}")
+            problems.append(
+                f"model layer {index} ({layer.kind}) has {rows_or_units} output {what}: too few to "
+                f"split over topology.partitions_per_replica = {parts}"
+            )
             continue
-        plan = _plan_image(index, layer, split, parts) if len(layer.out_shape) == 3 else \
-            _plan_dense(index, layer, split, parts)
+        plan = (
+            _plan_image(index, layer, split, parts)
+            if len(layer.out_shape) == 3
+            else _plan_dense(index, layer, split, parts)
+        )
         plans.append(plan)
         split = plan.out_split
     if problems:
@@ -77,8 +82,9 @@ def _plan_image(index, layer, in_split, parts) -> LayerSplit:
         a, b = _input_rows(layer, r0, r1, h)
         need.append((a, b))
         subs.append(_image_sublayer(layer, (c, b - a, w)))
-        params.append(_local_param_index(layer, r0, r1) if isinstance(layer, LocallyConnected2D)
-                      else np.zeros(0, np.int64))
+        params.append(
+            _local_param_index(layer, r0, r1) if isinstance(layer, LocallyConnected2D) else np.zeros(0, np.int64)
+        )
     return LayerSplit(index, "image", in_split, ("rows", out_bounds), tuple(need), tuple(subs), tuple(params))
 
 
@@ -108,8 +114,7 @@ def _local_param_index(layer, r0: int, r1: int) -> np.ndarray:
     ow = layer.out_shape[2]
     p0, p1 = r0 * ow, r1 * ow
     n_w, per_w = layer.n_pos * layer.k * layer.filters, layer.k * layer.filters
-    return np.concatenate([np.arange(p0 * per_w, p1 * per_w), n_w + np.arange(p0 * layer.filters,
-                                                                              p1 * layer.filters)])
+    return np.concatenate([np.arange(p0 * per_w, p1 * per_w), n_w + np.arange(p0 * layer.filters, p1 * layer.filters)])
 
 
 def _plan_dense(index, layer, in_split, parts) -> LayerSplit:
@@ -117,7 +122,7 @@ def _plan_dense(index, layer, in_split, parts) -> LayerSplit:
     subs, params = [], []
     weights = np.arange(layer.n_in * layer.units).reshape(layer.n_in, layer.units)
     for u0, u1 in out_bounds:
-        subs.append(Dense(layer.in_shape, u1 - u0, layer.activation, layer.dtype))   # the output layer's is "none"
+        subs.append(Dense(layer.in_shape, u1 - u0, layer.activation, layer.dtype))  # the output layer's is "none"
         params.append(np.concatenate([weights[:, u0:u1].ravel(), layer.n_in * layer.units + np.arange(u0, u1)]))
     return LayerSplit(index, "dense", in_split, ("units", out_bounds), (), tuple(subs), tuple(params))
 

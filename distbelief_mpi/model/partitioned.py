@@ -35,8 +35,8 @@ class PartitionedNetwork:
             self.slices.append(slice(start, start + sub.n_params))
             start += sub.n_params
         self.n_params, self.dtype = start, network.dtype
-        self.bytes_sent = 0              # by this partition, forward and backward, since creation
-        self._dlogits = None
+        self.bytes_sent = 0  # by this partition, forward and backward, since creation
+        self._dlogits: np.ndarray | None = None
 
     # -- the step -------------------------------------------------------------------------
     def loss_and_grad(self, params, x, y, grad) -> tuple[float, int]:
@@ -75,7 +75,7 @@ class PartitionedNetwork:
                 a, b = plan.need[self.part]
                 return np.ascontiguousarray(act[:, :, a:b, :])
             return act
-        if plan.kind == "dense":                       # everything, from everyone
+        if plan.kind == "dense":  # everything, from everyone
             full_shape = (len(act),) + self.network.layers[plan.index - 1].out_shape
             return self._gather(plan.in_split, act, full_shape)
         return self._halo_rows(plan, act)
@@ -103,7 +103,7 @@ class PartitionedNetwork:
         for q in range(self.parts):
             lo, hi = _overlap(mine, plan.need[q])
             if q != self.part and hi > lo:
-                sends[q] = np.ascontiguousarray(act[:, :, lo - mine[0]:hi - mine[0], :])
+                sends[q] = np.ascontiguousarray(act[:, :, lo - mine[0] : hi - mine[0], :])
         shapes = {}
         for q in range(self.parts):
             lo, hi = _overlap(bounds[q], (a, b))
@@ -113,10 +113,10 @@ class PartitionedNetwork:
         local = np.empty(act.shape[:2] + (b - a, act.shape[3]), self.dtype)
         lo, hi = _overlap(mine, (a, b))
         if hi > lo:
-            local[:, :, lo - a:hi - a, :] = act[:, :, lo - mine[0]:hi - mine[0], :]
+            local[:, :, lo - a : hi - a, :] = act[:, :, lo - mine[0] : hi - mine[0], :]
         for q, piece in got.items():
             lo, hi = _overlap(bounds[q], (a, b))
-            local[:, :, lo - a:hi - a, :] = piece
+            local[:, :, lo - a : hi - a, :] = piece
         return local
 
     def _own_rows(self, plan: LayerSplit, out: np.ndarray) -> np.ndarray:
@@ -124,7 +124,7 @@ class PartitionedNetwork:
         if not isinstance(self.subs[plan.index], LCN):
             return out
         (r0, r1), (a, _) = plan.out_split[1][self.part], plan.need[self.part]
-        return np.ascontiguousarray(out[:, :, r0 - a:r1 - a, :])
+        return np.ascontiguousarray(out[:, :, r0 - a : r1 - a, :])
 
     # -- backward exchanges -----------------------------------------------------------------
     def _expand_rows(self, plan: LayerSplit, sub, dy: np.ndarray) -> np.ndarray:
@@ -133,14 +133,14 @@ class PartitionedNetwork:
             return dy
         (r0, r1), (a, b) = plan.out_split[1][self.part], plan.need[self.part]
         full = np.zeros(dy.shape[:2] + (b - a, dy.shape[3]), self.dtype)
-        full[:, :, r0 - a:r1 - a, :] = dy
+        full[:, :, r0 - a : r1 - a, :] = dy
         return full
 
     def _return_gradient(self, plan: LayerSplit, dx: np.ndarray) -> np.ndarray:
         """d loss / d (own part of the previous activation): own share plus what others send back."""
         kind, bounds = plan.in_split
         mine = bounds[self.part]
-        if plan.kind == "dense":       # dx (B, D): everyone's partial for everything
+        if plan.kind == "dense":  # dx (B, D): everyone's partial for everything
             full = dx.reshape((len(dx),) + self.network.layers[plan.index - 1].out_shape)
             axis = 2 if kind == "rows" else 1
             sends = {q: np.ascontiguousarray(_take(full, axis, bounds[q])) for q in range(self.parts) if q != self.part}
@@ -154,7 +154,7 @@ class PartitionedNetwork:
         for q in range(self.parts):
             lo, hi = _overlap(bounds[q], (a, b))
             if q != self.part and hi > lo:
-                sends[q] = np.ascontiguousarray(dx[:, :, lo - a:hi - a, :])
+                sends[q] = np.ascontiguousarray(dx[:, :, lo - a : hi - a, :])
         shapes = {}
         for q in range(self.parts):
             lo, hi = _overlap(mine, plan.need[q])
@@ -163,10 +163,10 @@ class PartitionedNetwork:
         total = np.zeros(dx.shape[:2] + (mine[1] - mine[0], dx.shape[3]), self.dtype)
         lo, hi = _overlap(mine, (a, b))
         if hi > lo:
-            total[:, :, lo - mine[0]:hi - mine[0], :] += dx[:, :, lo - a:hi - a, :]
+            total[:, :, lo - mine[0] : hi - mine[0], :] += dx[:, :, lo - a : hi - a, :]
         for q, piece in self._exchange(sends, shapes).items():
             lo, hi = _overlap(mine, plan.need[q])
-            total[:, :, lo - mine[0]:hi - mine[0], :] += piece
+            total[:, :, lo - mine[0] : hi - mine[0], :] += piece
         return total
 
     def _exchange(self, sends: dict, shapes: dict) -> dict:
@@ -177,7 +177,7 @@ class PartitionedNetwork:
 
 
 def _with_axis(shape: tuple, axis: int, bounds: tuple[int, int]) -> tuple:
-    return shape[:axis] + (bounds[1] - bounds[0],) + shape[axis + 1:]
+    return shape[:axis] + (bounds[1] - bounds[0],) + shape[axis + 1 :]
 
 
 def _take(array: np.ndarray, axis: int, bounds: tuple[int, int]) -> np.ndarray:

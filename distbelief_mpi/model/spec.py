@@ -12,8 +12,7 @@ ACTIVATIONS = ("relu", "sigmoid", "tanh", "none")
 # type -> {key: (python type, default)}; a default of None means required.
 LAYER_KEYS: dict[str, dict[str, tuple[type, object]]] = {
     "dense": {"units": (int, None), "activation": (str, "relu")},
-    "local": {"filters": (int, None), "patch": (int, None), "stride": (int, 1),
-              "activation": (str, "relu")},
+    "local": {"filters": (int, None), "patch": (int, None), "stride": (int, 1), "activation": (str, "relu")},
     "maxpool": {"size": (int, None), "stride": (int, 0)},
     "l2pool": {"size": (int, None), "stride": (int, 0)},
     "lcn": {"size": (int, 5)},
@@ -48,7 +47,7 @@ class LayerSpec:
 def parse_layer(entry: object, where: str) -> tuple[LayerSpec | None, list[str]]:
     """Turn one TOML table into a LayerSpec; return (spec or None, problems)."""
     if not isinstance(entry, dict):
-        return None, [f"{where}: expected an inline table like {{ type = \"dense\", units = 64 }}"]
+        return None, [f'{where}: expected an inline table like {{ type = "dense", units = 64 }}']
     kind = entry.get("type")
     if kind not in LAYER_KEYS:
         return None, [f"{where}.type: {kind!r} is not a layer type; use one of {sorted(LAYER_KEYS)}"]

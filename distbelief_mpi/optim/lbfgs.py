@@ -29,6 +29,7 @@ and retries steepest descent once; failing that, the run stops ("line_search_fai
 """
 
 import math
+import typing
 from collections import deque
 from dataclasses import dataclass, field
 from functools import partial
@@ -42,26 +43,26 @@ from .vector_ops import ShardVectors, n_scalars
 @dataclass(frozen=True)
 class LbfgsOptions:
     max_iter: int = 100
-    gtol: float = 1e-5            # stop when |g|_2 <= gtol
-    ftol: float = 1e-9            # stop when (f_old - f) <= ftol * max(|f_old|, |f|, 1)
-    max_evals: int = 10**9        # loss-and-gradient evaluations (distributed batch passes)
-    c1: float = 1e-4              # Armijo sufficient decrease
-    max_trials: int = 20          # line-search trials per search
-    curvature_eps: float = 1e-8   # keep a pair only if s.y > eps |s| |y|
+    gtol: float = 1e-5  # stop when |g|_2 <= gtol
+    ftol: float = 1e-9  # stop when (f_old - f) <= ftol * max(|f_old|, |f|, 1)
+    max_evals: int = 10**9  # loss-and-gradient evaluations (distributed batch passes)
+    c1: float = 1e-4  # Armijo sufficient decrease
+    max_trials: int = 20  # line-search trials per search
+    curvature_eps: float = 1e-8  # keep a pair only if s.y > eps |s| |y|
 
 
 @dataclass
 class LbfgsResult:
     loss: float
     grad_norm: float
-    status: str                   # gtol | ftol | max_iter | max_evals | line_search_failed | stopped
+    status: str  # gtol | ftol | max_iter | max_evals | line_search_failed | stopped
     iterations: int = 0
     evaluations: int = 0
-    restarts: int = 0             # history dropped after a failed search or an ascent direction
-    pairs_rejected: int = 0       # curvature test failed
+    restarts: int = 0  # history dropped after a failed search or an ascent direction
+    pairs_rejected: int = 0  # curvature test failed
     losses: list = field(default_factory=list)  # loss at x0 and after every iteration
-    batches: int = 0              # command batches sent (coordinator path only)
-    reductions: int = 0           # of which returned scalars
+    batches: int = 0  # command batches sent (coordinator path only)
+    reductions: int = 0  # of which returned scalars
 
 
 def line_search(try_step, f0: float, dg: float, t: float, opts: LbfgsOptions, evals_left: int):
@@ -93,17 +94,20 @@ def two_loop_terms(ids, sy, yy, sg, yg, gg):
     k = len(ids)
     if k == 0:
         return (("g", -1.0),), -gg
-    SY = np.array([[sy[i, j] for j in ids] for i in ids])   # (k, k)
-    YY = np.array([[yy[i, j] for j in ids] for i in ids])   # (k, k)
+    SY = np.array([[sy[i, j] for j in ids] for i in ids])  # (k, k)
+    YY = np.array([[yy[i, j] for j in ids] for i in ids])  # (k, k)
     sgv, ygv = np.array([sg[i] for i in ids]), np.array([yg[i] for i in ids])  # (k,)
     rho, alpha, c = 1.0 / np.diag(SY), np.zeros(k), np.zeros(k)
     for i in reversed(range(k)):  # q = g - sum_j alpha_j y_j
         alpha[i] = rho[i] * (sgv[i] - SY[i] @ alpha)
     gamma = SY[-1, -1] / YY[-1, -1]
-    for i in range(k):            # r = gamma q + sum_l c_l s_l
+    for i in range(k):  # r = gamma q + sum_l c_l s_l
         c[i] = alpha[i] - rho[i] * (gamma * (ygv[i] - YY[i] @ alpha) + SY[:, i] @ c)
-    terms = (("g", -gamma),) + tuple((f"y:{p}", gamma * a) for p, a in zip(ids, alpha)) \
+    terms = (
+        (("g", -gamma),)
+        + tuple((f"y:{p}", gamma * a) for p, a in zip(ids, alpha))
         + tuple((f"s:{p}", -cl) for p, cl in zip(ids, c))
+    )
     return terms, -(gamma * (gg - alpha @ ygv) + c @ sgv)
 
 
@@ -147,9 +151,19 @@ class _Mirror:
 
     def to_json(self) -> dict:
         """Plain lists (JSON floats round-trip exactly): a checkpoint resumes bit-identically."""
-        table = (lambda t: [[i, j, v] for (i, j), v in sorted(t.items())])
-        return {"ids": list(self.ids), "next_id": self.next_id, "sy": table(self.sy), "yy": table(self.yy),
-                "sg": sorted(self.sg.items()), "yg": sorted(self.yg.items()), "gg": self.gg}
+
+        def table(t: dict) -> list:
+            return [[i, j, v] for (i, j), v in sorted(t.items())]
+
+        return {
+            "ids": list(self.ids),
+            "next_id": self.next_id,
+            "sy": table(self.sy),
+            "yy": table(self.yy),
+            "sg": sorted(self.sg.items()),
+            "yg": sorted(self.yg.items()),
+            "gg": self.gg,
+        }
 
     @classmethod
     def from_json(cls, saved: dict) -> "_Mirror":
@@ -186,9 +200,9 @@ class LbfgsRun:
     def __init__(self, cluster, memory: int, opts: LbfgsOptions, callback=None, state: dict | None = None):
         self.cluster, self.memory, self.opts, self.callback = cluster, memory, opts, callback
         self.res, self.h = LbfgsResult(math.nan, math.nan, ""), _Mirror()
-        self.pending: list[tuple] = [("drop_all",)]   # no-result commands, sent with the next batch
-        self.f = math.nan                             # the loss at the shards' x
-        self.restored = state is not None             # then x's loss, gradient and dots are known
+        self.pending: list[tuple] = [("drop_all",)]  # no-result commands, sent with the next batch
+        self.f = math.nan  # the loss at the shards' x
+        self.restored = state is not None  # then x's loss, gradient and dots are known
         if state is not None:
             self._restore(state)
 
@@ -203,7 +217,7 @@ class LbfgsRun:
         self.h, self.f, self.pending = _Mirror.from_json(state["mirror"]), state["f"], []
         for key in SAVED_COUNTERS:
             setattr(self.res, key, state[key])
-        self.res.losses = [self.f]     # the losses before the snapshot are in the metrics log
+        self.res.losses = [self.f]  # the losses before the snapshot are in the metrics log
 
     def send(self, cmds) -> np.ndarray:
         """One command batch; returns its reduced scalars (float64, n_scalars of the batch)."""
@@ -254,8 +268,9 @@ class LbfgsRun:
                 self.restart()
                 terms, dg = two_loop_terms([], {}, {}, {}, {}, h.gg)
             self.pending.append(("lincomb", "d", terms))
-            ok, _, ft, n = line_search(self.try_step, self.f, dg, first_step(bool(h.ids), h.gg), opts,
-                                       opts.max_evals - res.evaluations)
+            ok, _, ft, n = line_search(
+                self.try_step, self.f, dg, first_step(bool(h.ids), h.gg), opts, opts.max_evals - res.evaluations
+            )
             res.evaluations += n
             if not ok and h.ids and res.evaluations < opts.max_evals:
                 self.restart()
@@ -266,8 +281,13 @@ class LbfgsRun:
             self.accept()
             res.iterations, f_old, self.f = res.iterations + 1, self.f, ft
             res.losses.append(self.f)
-            res.status = "ftol" if converged(f_old, self.f, opts.ftol) else \
-                "max_evals" if res.evaluations >= opts.max_evals else ""
+            res.status = (
+                "ftol"
+                if converged(f_old, self.f, opts.ftol)
+                else "max_evals"
+                if res.evaluations >= opts.max_evals
+                else ""
+            )
             if self.callback is not None and self.callback(res) and not res.status:
                 res.status = "stopped"
         if self.pending:
@@ -312,7 +332,8 @@ def reference_lbfgs(loss_and_grad, x0, memory: int = 10, opts: LbfgsOptions = Lb
     """Textbook single-process L-BFGS with the same line search and rules. Returns (x, LbfgsResult)."""
     x = np.array(x0, np.float64)
     f, g = loss_and_grad(x)
-    res, pairs = LbfgsResult(math.nan, math.nan, "", evaluations=1, losses=[f]), deque()
+    res = LbfgsResult(math.nan, math.nan, "", evaluations=1, losses=[f])
+    pairs: deque[tuple[np.ndarray, np.ndarray]] = deque()
     while not res.status:
         if math.sqrt(g @ g) <= opts.gtol or res.iterations >= opts.max_iter:
             res.status = "gtol" if math.sqrt(g @ g) <= opts.gtol else "max_iter"
@@ -321,9 +342,15 @@ def reference_lbfgs(loss_and_grad, x0, memory: int = 10, opts: LbfgsOptions = Lb
         if d @ g >= 0:
             pairs.clear()
             res.restarts, d = res.restarts + 1, -g
-        trial = {}  # x, f, g of the last trial
-        ok, _, ft, n = line_search(partial(_trial, loss_and_grad, x, d, trial), f, d @ g,
-                                   first_step(bool(pairs), g @ g), opts, opts.max_evals - res.evaluations)
+        trial: dict[str, typing.Any] = {}  # x, f, g of the last trial
+        ok, _, ft, n = line_search(
+            partial(_trial, loss_and_grad, x, d, trial),
+            f,
+            d @ g,
+            first_step(bool(pairs), g @ g),
+            opts,
+            opts.max_evals - res.evaluations,
+        )
         res.evaluations += n
         if not ok and pairs and res.evaluations < opts.max_evals:
             pairs.clear()
@@ -342,8 +369,9 @@ def reference_lbfgs(loss_and_grad, x0, memory: int = 10, opts: LbfgsOptions = Lb
         x, g, f_old, f = trial["x"], trial["g"], f, ft
         res.iterations += 1
         res.losses.append(f)
-        res.status = "ftol" if converged(f_old, f, opts.ftol) else \
-            "max_evals" if res.evaluations >= opts.max_evals else ""
+        res.status = (
+            "ftol" if converged(f_old, f, opts.ftol) else "max_evals" if res.evaluations >= opts.max_evals else ""
+        )
     res.loss, res.grad_norm = f, math.sqrt(g @ g)
     return x, res
 

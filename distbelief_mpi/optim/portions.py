@@ -41,18 +41,17 @@ def default_portion_size(batch_size: int, n_replicas: int, portions_per_replica:
 class PortionScheduler:
     """Issues the portions 0..n-1 of one batch to replicas 0..R-1 and counts each result once."""
 
-    def __init__(self, n_portions: int, n_replicas: int, backup_after: float = 0,
-                 max_backups: int = 1):
+    def __init__(self, n_portions: int, n_replicas: int, backup_after: float = 0, max_backups: int = 1):
         if n_portions < 0 or n_replicas < 1 or max_backups < 0:
             raise ValueError(f"bad scheduler sizes {n_portions}, {n_replicas}, {max_backups}")
         self.n, self.n_replicas, self.max_backups = n_portions, n_replicas, max_backups
         frac = isinstance(backup_after, float)
         self.backup_threshold = math.ceil(backup_after * n_portions) if frac else int(backup_after)
-        self._issued = np.zeros(n_portions, bool)          # (n,) primary issued
-        self._holders = [[] for _ in range(n_portions)]    # replicas given each portion, primary first
-        self._winner = np.full(n_portions, -1)             # (n,) replica whose result counted
-        self._last = [-1] * n_replicas                     # each replica's last primary portion
-        self._outstanding: dict[int, None] = {}            # issued, not completed, oldest first
+        self._issued = np.zeros(n_portions, bool)  # (n,) primary issued
+        self._holders: list[list[int]] = [[] for _ in range(n_portions)]  # replicas given each portion, primary first
+        self._winner = np.full(n_portions, -1)  # (n,) replica whose result counted
+        self._last = [-1] * n_replicas  # each replica's last primary portion
+        self._outstanding: dict[int, None] = {}  # issued, not completed, oldest first
         self.completed = self.portions_issued = self.backups_issued = 0
         self.backups_won = self.duplicates_discarded = 0
         self.wins_by_replica = [0] * n_replicas
@@ -97,9 +96,13 @@ class PortionScheduler:
         return True
 
     def summary(self) -> dict:
-        return {"portions": self.n, "portions_issued": self.portions_issued,
-                "backups_issued": self.backups_issued, "backups_won": self.backups_won,
-                "duplicates_discarded": self.duplicates_discarded}
+        return {
+            "portions": self.n,
+            "portions_issued": self.portions_issued,
+            "backups_issued": self.backups_issued,
+            "backups_won": self.backups_won,
+            "duplicates_discarded": self.duplicates_discarded,
+        }
 
     def _new_portion(self, replica: int) -> int | None:
         last = self._last[replica]
@@ -107,11 +110,11 @@ class PortionScheduler:
         if nxt < self.n and not self._issued[nxt]:
             return nxt
         free = np.concatenate(([0], (~self._issued).view(np.int8), [0]))
-        edges = np.flatnonzero(np.diff(free))   # starts and stops of unissued runs, interleaved
+        edges = np.flatnonzero(np.diff(free))  # starts and stops of unissued runs, interleaved
         if edges.size == 0:
             return None
         starts, stops = edges[0::2], edges[1::2]
-        i = int(np.argmax(stops - starts))       # the first longest run
+        i = int(np.argmax(stops - starts))  # the first longest run
         a, b = int(starts[i]), int(stops[i])
         streaming = a > 0 and self._last[self._holders[a - 1][0]] == a - 1
         return a + (b - a) // 2 if streaming else a
@@ -119,7 +122,7 @@ class PortionScheduler:
     def _backup_portion(self, replica: int) -> int | None:
         if self.completed < self.backup_threshold:
             return None
-        for p in self._outstanding:              # oldest primary issue first
+        for p in self._outstanding:  # oldest primary issue first
             holders = self._holders[p]
             if replica not in holders and len(holders) <= self.max_backups:
                 return p
@@ -129,6 +132,7 @@ class PortionScheduler:
 @dataclass
 class PortionTotals:
     """Counters over many batches, for the run summary."""
+
     batches: int = 0
     portions_issued: int = 0
     backups_issued: int = 0

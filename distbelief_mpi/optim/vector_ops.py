@@ -73,8 +73,13 @@ class ShardVectors:
         """{"x", "g": (L,), "pids": [k], "s", "y": k arrays (L,)}: views of this slice's own
         float64 arrays (no copies: a checkpoint writes them out before the next command)."""
         pids = list(self.history) if with_history else []
-        return {"x": self.vectors["x"], "g": self.vectors["g"], "pids": pids,
-                "s": [self.history[pid][0] for pid in pids], "y": [self.history[pid][1] for pid in pids]}
+        return {
+            "x": self.vectors["x"],
+            "g": self.vectors["g"],
+            "pids": pids,
+            "s": [self.history[pid][0] for pid in pids],
+            "y": [self.history[pid][1] for pid in pids],
+        }
 
     def restore(self, state: dict) -> None:
         """Back to what state() returned (the same slice length; at most memory + 1 pairs)."""
@@ -85,8 +90,10 @@ class ShardVectors:
         if len(pids) > self.memory + 1:
             raise ValueError(f"{len(pids)} history pairs saved; this run keeps {self.memory}")
         for pid, s, y in zip(pids, state["s"], state["y"]):
-            self.history[pid] = (np.array(s, np.float64).reshape(self.length),
-                                 np.array(y, np.float64).reshape(self.length))
+            self.history[pid] = (
+                np.array(s, np.float64).reshape(self.length),
+                np.array(y, np.float64).reshape(self.length),
+            )
 
     def __getitem__(self, name: str) -> np.ndarray:
         if name in self.vectors:

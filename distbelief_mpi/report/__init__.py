@@ -14,8 +14,14 @@ from pathlib import Path
 from ..errors import UserInputError
 from .load import Run, load_run, name_runs
 
-FIGURES = ["loss_vs_time.png", "accuracy_vs_time.png", "loss_vs_examples.png", "accuracy_vs_examples.png",
-           "examples_per_s.png", "staleness.png"]
+FIGURES = [
+    "loss_vs_time.png",
+    "accuracy_vs_time.png",
+    "loss_vs_examples.png",
+    "accuracy_vs_examples.png",
+    "examples_per_s.png",
+    "staleness.png",
+]
 
 __all__ = ["run_report", "write_report", "load_run", "Run", "FIGURES"]
 
@@ -27,8 +33,9 @@ def run_report(run_dirs: list[str], out: str | None = None) -> int:
         raise UserInputError("report: give at least one RUN_DIR")
     if out is None:
         if len(run_dirs) > 1:
-            raise UserInputError(f"report: {len(run_dirs)} run directories given; say where the report goes "
-                                 "with --out DIR")
+            raise UserInputError(
+                f"report: {len(run_dirs)} run directories given; say where the report goes with --out DIR"
+            )
         out = Path(run_dirs[0]) / "report"
     out = Path(out)
     written = write_report(run_dirs, out)
@@ -42,7 +49,7 @@ def write_report(run_dirs, out, generated: str | None = None) -> list[Path]:
     _require_matplotlib()
     runs = [load_run(path) for path in run_dirs]
     name_runs(runs)
-    from . import markdown, plots   # after the check: plots imports matplotlib at module level
+    from . import markdown, plots  # after the check: plots imports matplotlib at module level
 
     out = Path(out)
     try:
@@ -74,7 +81,9 @@ def _require_matplotlib() -> None:
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        raise UserInputError("report needs matplotlib, which is not installed: "
-                             "pip install 'distbelief-mpi[report]'  (or: pip install matplotlib)") from None
+        raise UserInputError(
+            "report needs matplotlib, which is not installed: "
+            "pip install 'distbelief-mpi[report]'  (or: pip install matplotlib)"
+        ) from None
     # Figures are drawn on Agg canvases directly (report/plots.py), never through pyplot, so no
     # window opens whatever the process's backend is.

@@ -19,10 +19,10 @@ from ..errors import UserInputError
 class Series:
     """One kind of metrics line of one run, in file order, on the stitched time axis."""
 
-    time_s: list[float] = field(default_factory=list)      # seconds since the run first started
+    time_s: list[float] = field(default_factory=list)  # seconds since the run first started
     step: list[int] = field(default_factory=list)
-    examples: list[float] = field(default_factory=list)    # examples all replicas processed (see load_run)
-    value: list[float] = field(default_factory=list)       # train_loss or test_accuracy
+    examples: list[float] = field(default_factory=list)  # examples all replicas processed (see load_run)
+    value: list[float] = field(default_factory=list)  # train_loss or test_accuracy
 
 
 @dataclass
@@ -30,13 +30,13 @@ class Run:
     """What the report needs of one run directory."""
 
     path: Path
-    name: str                       # unique among the runs of one report (set by `name_runs`)
-    summary: dict                   # {} when the run has no summary.json (it did not finish)
-    job: dict                       # the parsed job.toml, {} when absent
+    name: str  # unique among the runs of one report (set by `name_runs`)
+    summary: dict  # {} when the run has no summary.json (it did not finish)
+    job: dict  # the parsed job.toml, {} when absent
     train_loss: Series
     test_accuracy: Series
-    restarts: list[float]           # stitched times at which a resumed invocation began
-    examples_scale: float           # lead replica's examples -> all replicas' (1.0 for one replica)
+    restarts: list[float]  # stitched times at which a resumed invocation began
+    examples_scale: float  # lead replica's examples -> all replicas' (1.0 for one replica)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -94,26 +94,32 @@ def load_run(path) -> Run:
     # share. Scale them so the last train line matches summary.examples_seen (all replicas).
     # One replica: its count is the total already.
     # A run still in progress has no summary yet: its job spec says how many replicas.
-    n_replicas = summary.get("n_replicas") or (job.get("topology", {}).get("replicas", 1)
-                                                if job.get("optimizer", {}).get("algorithm") == "downpour" else 1)
+    n_replicas = summary.get("n_replicas") or (
+        job.get("topology", {}).get("replicas", 1) if job.get("optimizer", {}).get("algorithm") == "downpour" else 1
+    )
     scale = 1.0
     last_examples = train[-1].get("examples") if train else None
     if n_replicas > 1:
         scale = float(n_replicas)
         if summary.get("examples_seen") and last_examples:
             scale = summary["examples_seen"] / last_examples
-    train_series = Series([r["time_s"] for r in train], [r.get("step", 0) for r in train],
-                          [r.get("examples", math.nan) * scale for r in train],
-                          [r.get("train_loss", math.nan) for r in train])
+    train_series = Series(
+        [r["time_s"] for r in train],
+        [r.get("step", 0) for r in train],
+        [r.get("examples", math.nan) * scale for r in train],
+        [r.get("train_loss", math.nan) for r in train],
+    )
     # Eval lines carry a step but no example count: read it off the train lines by step.
     steps_seen = _examples_by_step(train)
-    eval_series = Series([r["time_s"] for r in evals], [r.get("step", 0) for r in evals],
-                         [steps_seen(r.get("step", 0)) * scale for r in evals],
-                         [r.get("test_accuracy", math.nan) for r in evals])
+    eval_series = Series(
+        [r["time_s"] for r in evals],
+        [r.get("step", 0) for r in evals],
+        [steps_seen(r.get("step", 0)) * scale for r in evals],
+        [r.get("test_accuracy", math.nan) for r in evals],
+    )
     if restarts:
         notes.append(f"resumed {len(restarts)} time(s): wall time offset at each restart")
-    return Run(path, path.resolve().name or str(path), summary, job, train_series, eval_series,
-               restarts, scale, notes)
+    return Run(path, path.resolve().name or str(path), summary, job, train_series, eval_series, restarts, scale, notes)
 
 
 def name_runs(runs: list[Run]) -> None:
@@ -158,15 +164,16 @@ def _read_metrics(path: Path) -> list[dict]:
         raise UserInputError(f"{path}: cannot read: {exc}") from None
     lines = text.splitlines()
     if lines and not text.endswith("\n"):
-        lines.pop()     # a line still being written (a run in progress, or killed mid-write)
+        lines.pop()  # a line still being written (a run in progress, or killed mid-write)
     for lineno, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise UserInputError(f"{path}: line {lineno}: not valid JSON ({exc.msg}, column {exc.colno}); "
-                                 "fix or delete that line") from None
+            raise UserInputError(
+                f"{path}: line {lineno}: not valid JSON ({exc.msg}, column {exc.colno}); fix or delete that line"
+            ) from None
         if not isinstance(record, dict):
             raise UserInputError(f"{path}: line {lineno}: expected a JSON object")
         if record.get("kind") not in ("train", "eval"):
@@ -204,7 +211,7 @@ def _examples_by_step(train: list[dict]):
     examples = [0] + [p[1] for p in points]
 
     def lookup(step):
-        if step >= steps[-1]:   # past the last train line: extrapolate at the last rate
+        if step >= steps[-1]:  # past the last train line: extrapolate at the last rate
             rate = examples[-1] / steps[-1] if steps[-1] else math.nan
             return examples[-1] + (step - steps[-1]) * rate
         for i in range(1, len(steps)):

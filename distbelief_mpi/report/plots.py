@@ -15,11 +15,10 @@ from .load import Run
 
 FIGSIZE = (9.0, 5.6)
 DPI = 110
-COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
-          "#bcbd22", "#17becf"]
-METADATA = {"Software": None}   # no matplotlib version in the file: same bytes across versions
+COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
+METADATA = {"Software": None}  # no matplotlib version in the file: same bytes across versions
 
-CURVES = {   # file -> (series attribute, x axis, title)
+CURVES = {  # file -> (series attribute, x axis, title)
     "loss_vs_time.png": ("train_loss", "time", "Training loss vs wall time"),
     "accuracy_vs_time.png": ("test_accuracy", "time", "Test accuracy vs wall time"),
     "loss_vs_examples.png": ("train_loss", "examples", "Training loss vs examples processed"),
@@ -44,8 +43,7 @@ def _save(fig: Figure, path) -> None:
 def _legend_below(fig: Figure, ax, handles_labels=None) -> None:
     handles, labels = handles_labels or ax.get_legend_handles_labels()
     if handles:
-        fig.legend(handles, labels, loc="outside lower center",
-                   fontsize=9, frameon=False)
+        fig.legend(handles, labels, loc="outside lower center", fontsize=9, frameon=False)
 
 
 def curve_figure(runs: list[Run], filename: str, path) -> None:
@@ -64,9 +62,17 @@ def curve_figure(runs: list[Run], filename: str, path) -> None:
         x, y = zip(*points)
         label = run.label + (f": final {y[-1]:.1%}" if attr == "test_accuracy" else "")
         ax.plot(x, y, color=color(i), marker="o", markersize=3.5, linewidth=1.6, label=label)
-        if attr == "test_accuracy":   # the last eval line is the final evaluation
-            ax.plot(x[-1], y[-1], color=color(i), marker="*", markersize=13, linestyle="none",
-                    markeredgecolor="black", markeredgewidth=0.6)
+        if attr == "test_accuracy":  # the last eval line is the final evaluation
+            ax.plot(
+                x[-1],
+                y[-1],
+                color=color(i),
+                marker="*",
+                markersize=13,
+                linestyle="none",
+                markeredgecolor="black",
+                markeredgewidth=0.6,
+            )
         if x_kind == "time":
             for restart in run.restarts:
                 ax.axvline(restart, color=color(i), linestyle=":", linewidth=1)
@@ -74,12 +80,14 @@ def curve_figure(runs: list[Run], filename: str, path) -> None:
         ax.set_ylabel("training loss (cross-entropy, log scale)")
         if plotted:
             ax.set_yscale("log")
-            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))   # 0.3, not 3 x 10^-1
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))  # 0.3, not 3 x 10^-1
             low, high = ax.get_ylim()
-            keep = (2, 3, 5) if math.log10(high / low) < 1.5 else (2, 5)   # minor labels that fit
-            ax.yaxis.set_minor_formatter(FuncFormatter(
-                lambda v, _: f"{v:g}" if v > 0 and round(v / 10 ** math.floor(math.log10(v) + 1e-9)) in keep
-                else ""))
+            keep = (2, 3, 5) if math.log10(high / low) < 1.5 else (2, 5)  # minor labels that fit
+            ax.yaxis.set_minor_formatter(
+                FuncFormatter(
+                    lambda v, _: f"{v:g}" if v > 0 and round(v / 10 ** math.floor(math.log10(v) + 1e-9)) in keep else ""
+                )
+            )
     else:
         ax.set_ylabel("test accuracy")
         ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=None))
@@ -99,8 +107,7 @@ def curve_figure(runs: list[Run], filename: str, path) -> None:
         notes.append("Downpour: the lead replica's count scaled to all replicas")
     ax.set_title("\n".join([title] + notes), fontsize=11)
     if not plotted:
-        ax.text(0.5, 0.5, "no data in metrics.jsonl", transform=ax.transAxes, ha="center", va="center",
-                color="gray")
+        ax.text(0.5, 0.5, "no data in metrics.jsonl", transform=ax.transAxes, ha="center", va="center", color="gray")
     _legend_below(fig, ax)
     _save(fig, path)
 
@@ -113,7 +120,7 @@ def examples_per_s_figure(runs: list[Run], path) -> None:
     ticks, tick_labels, tops = [], [], []
     for i, run in enumerate(runs):
         s = run.summary
-        rates = [rate or 0.0 for rate in s.get("replica_examples_per_s") or []]   # None: a replica that left
+        rates = [rate or 0.0 for rate in s.get("replica_examples_per_s") or []]  # None: a replica that left
         if not rates and s.get("examples_per_s") is not None:
             rates = [s["examples_per_s"]]
         total = s.get("examples_per_s")
@@ -136,8 +143,7 @@ def examples_per_s_figure(runs: list[Run], path) -> None:
     if tops:
         ax.set_ylim(0, max(tops) * 1.12)
     ax.grid(True, axis="y", alpha=0.3)
-    ax.set_title("Training throughput per replica (bars: replicas r0, r1, ...; total under each run)",
-                 fontsize=11)
+    ax.set_title("Training throughput per replica (bars: replicas r0, r1, ...; total under each run)", fontsize=11)
     _save(fig, path)
 
 
@@ -150,13 +156,13 @@ def staleness_figure(runs: list[Run], path) -> None:
     for ax, (i, run) in zip(axes, panels):
         hist = list(run.summary["staleness_hist"])
         last = max((k for k, c in enumerate(hist) if c), default=0)
-        shown = hist[:max(last + 2, 6)]
+        shown = hist[: max(last + 2, 6)]
         xs = list(range(len(shown)))
         ax.bar(xs, shown, width=0.85, color=color(i), edgecolor="black", linewidth=0.4)
         every = max(1, math.ceil(len(xs) / 25))
         ticks = [k for k in xs if k % every == 0 or k == xs[-1]]
         labels = [str(k) for k in ticks]
-        if len(shown) == len(hist):   # the last bucket counts everything at or above its index
+        if len(shown) == len(hist):  # the last bucket counts everything at or above its index
             labels[-1] = f">={len(hist) - 1}"
         ax.set_xticks(ticks, labels, fontsize=8)
         ax.set_xlim(-0.6, len(xs) - 0.4)
@@ -165,8 +171,11 @@ def staleness_figure(runs: list[Run], path) -> None:
         ax.set_ylabel("pushes (log scale)")
         ax.grid(True, axis="y", alpha=0.3)
         s = run.summary
-        ax.set_title(f"{run.label}: mean {s.get('staleness_mean', math.nan):.2f}, max {s.get('staleness_max', '?')}, "
-                     f"{sum(hist):,} pushes applied", fontsize=10)
+        ax.set_title(
+            f"{run.label}: mean {s.get('staleness_mean', math.nan):.2f}, max {s.get('staleness_max', '?')}, "
+            f"{sum(hist):,} pushes applied",
+            fontsize=10,
+        )
     axes[-1].set_xlabel("staleness (shard versions between a replica's fetch and the apply of its push)")
     fig.suptitle("Staleness of applied pushes (Downpour)", fontsize=11)
     _save(fig, path)

@@ -24,13 +24,13 @@ class CheckpointCoordinator:
     def __init__(self, job, world_comm, shard_ranks):
         self.job, self.comm, self.shard_ranks = job, world_comm, list(shard_ranks)
         self.root = job.run_dir / "checkpoints"
-        self.pending: dict | None = None          # {"step": int, "replies": {shard_id: reply}}
-        self.last_committed = job.resume.step if job.resume else None   # a step's checkpoint exists
+        self.pending: dict | None = None  # {"step": int, "replies": {shard_id: reply}}
+        self.last_committed = job.resume.step if job.resume else None  # a step's checkpoint exists
 
     def request(self, step: int, examples_seen: int) -> None:
-        if step == self.last_committed:   # e.g. preempted right after a periodic checkpoint: nothing new
+        if step == self.last_committed:  # e.g. preempted right after a periodic checkpoint: nothing new
             return
-        if self.pending is not None:   # checkpoints come faster than shards write them: wait
+        if self.pending is not None:  # checkpoints come faster than shards write them: wait
             log.warning("checkpoint at step %d waits for step %d's to be committed", step, self.pending["step"])
             self.finish()
         directory = str(checkpoint_dir(self.root, step))
@@ -42,7 +42,9 @@ class CheckpointCoordinator:
         if self.pending is None:
             return
         for reply, _ in receive_all(self.comm, TAG_CHECKPOINT_DONE):
-            assert reply["step"] == self.pending["step"], f"a reply for step {reply['step']} while committing {self.pending['step']}"
+            assert reply["step"] == self.pending["step"], (
+                f"a reply for step {reply['step']} while committing {self.pending['step']}"
+            )
             self.pending["replies"][reply["shard_id"]] = reply
         if len(self.pending["replies"]) == len(self.shard_ranks):
             self._commit()
@@ -56,18 +58,20 @@ class CheckpointCoordinator:
             if self.pending is None:
                 break
             if deadline is not None and time.monotonic() > deadline:
-                log.error("checkpoint at step %d not committed within %.1f s; abandoned", self.pending["step"],
-                          timeout)
-                self.pending = None       # late replies stay unread; the previous checkpoint is the newest
+                log.error("checkpoint at step %d not committed within %.1f s; abandoned", self.pending["step"], timeout)
+                self.pending = None  # late replies stay unread; the previous checkpoint is the newest
                 return False
             wait.sleep()
         return True
 
     def _commit(self) -> None:
         replies = [self.pending["replies"][s] for s in sorted(self.pending["replies"])]
-        meta = {"layout": layout_signature(self.job.spec, self.job.layout), "job": to_toml(self.job.spec),
-                "examples_seen": self.pending["examples_seen"],
-                "shard_versions": [r["version"] for r in replies]}
+        meta = {
+            "layout": layout_signature(self.job.spec, self.job.layout),
+            "job": to_toml(self.job.spec),
+            "examples_seen": self.pending["examples_seen"],
+            "shard_versions": [r["version"] for r in replies],
+        }
         files = {r["file"]: r["sha256"] for r in replies}
         commit_files(self.root, self.pending["step"], files, meta, self.job.spec.checkpoint.keep)
         log.info("committed checkpoint at step %d", self.pending["step"])
@@ -78,6 +82,8 @@ class CheckpointCoordinator:
 def reply_to_checkpoint(world_comm, shard, start: int, stop: int, request: dict, lead_rank: int) -> None:
     """Shard side: write this shard's part, tell the lead its name and hash."""
     name, sha = save_shard(Path(request["directory"]), shard, start, stop)
-    world_comm.send({"shard_id": shard.shard_id, "step": request["step"], "file": name, "sha256": sha,
-                     "version": shard.version},
-                    dest=lead_rank, tag=TAG_CHECKPOINT_DONE)
+    world_comm.send(
+        {"shard_id": shard.shard_id, "step": request["step"], "file": name, "sha256": sha, "version": shard.version},
+        dest=lead_rank,
+        tag=TAG_CHECKPOINT_DONE,
+    )

@@ -24,7 +24,6 @@ from .. import watchdog
 from ..comm.param_server import ReplicaEndpoint
 from ..errors import DistbeliefError
 
-
 # Python hands the GIL to a waiting thread only every switch interval (5 ms by default):
 # longer than a small model's whole step, so the worker would rarely get to push.
 SWITCH_INTERVAL_S = 2e-4
@@ -35,8 +34,8 @@ class CommWorker:
         sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_S))
         self.endpoint = endpoint
         self.ranges = [slice(start, stop) for start, stop in shard_ranges]
-        self.spare = np.zeros(n_params, np.float32)        # zeroed buffer for the next swap
-        self.staging = np.empty(n_params, np.float32)      # parameters of the latest fetch
+        self.spare = np.zeros(n_params, np.float32)  # zeroed buffer for the next swap
+        self.staging = np.empty(n_params, np.float32)  # parameters of the latest fetch
         self.staged_versions: list[int] = []
         self.push_idle, self.fetch_ready = threading.Event(), threading.Event()
         self.push_idle.set()
@@ -76,13 +75,13 @@ class CommWorker:
     def close(self) -> None:
         """Finish what is queued (pushes included), then stop the thread."""
         self.jobs.put(("stop",))
-        while self.thread.is_alive():      # a push waiting on a hung shard raises RankHung over there
+        while self.thread.is_alive():  # a push waiting on a hung shard raises RankHung over there
             watchdog.beat()
             self.thread.join(timeout=0.5)
         self._raise_error()
 
     def _raise_error(self) -> None:
-        if isinstance(self.error, DistbeliefError):   # ours (e.g. a hung shard): its message says it all
+        if isinstance(self.error, DistbeliefError):  # ours (e.g. a hung shard): its message says it all
             raise self.error
         if self.error is not None:
             raise RuntimeError("the replica's communication thread failed") from self.error
@@ -98,7 +97,7 @@ class CommWorker:
                     self._push(*job[1:])
                 else:
                     self._fetch()
-            except Exception as exc:   # noqa: BLE001 - handed to the main thread, which aborts the job
+            except Exception as exc:  # noqa: BLE001 - handed to the main thread, which aborts the job
                 self.error = exc
                 return
 
@@ -107,10 +106,11 @@ class CommWorker:
             if steps[shard_id]:
                 self.endpoint.push(shard_id, grad[part], base_versions[shard_id], steps[shard_id])
                 self.pushes += 1
-        grad[:] = 0          # zeroed before it is handed back as the next accrual buffer
+        grad[:] = 0  # zeroed before it is handed back as the next accrual buffer
         self.push_idle.set()
 
     def _fetch(self) -> None:
-        self.staged_versions = [self.endpoint.fetch(shard_id, self.staging[part])
-                                for shard_id, part in enumerate(self.ranges)]
+        self.staged_versions = [
+            self.endpoint.fetch(shard_id, self.staging[part]) for shard_id, part in enumerate(self.ranges)
+        ]
         self.fetch_ready.set()

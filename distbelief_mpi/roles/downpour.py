@@ -20,8 +20,8 @@ import numpy as np
 
 from ..comm.control import TAG_REPORT, TAG_TEARDOWN, barrier_sleeping
 from ..comm.param_server import ParamServerWindows, ReplicaEndpoint
-from ..data.batches import open_replica_stream
 from ..comm.world import abort_job
+from ..data.batches import open_replica_stream
 from ..data.hdf5 import read_split
 from ..fault_injection import FaultInjector
 from ..kernels import sgd_update_
@@ -30,13 +30,20 @@ from ..progress import Progress
 from ..rundir import MetricsLog
 from ..watchdog import Watchdog
 from .checkpoint_coordinator import CheckpointCoordinator, reply_to_checkpoint
-from .shard_checkpoint import load_shard, shard_file_name
 from .downpour_replica import DownpourHooks, finish_replica, release_warmstart, wait_for_warmstart
 from .liveness import Peers, ReplicaWatch, collect_reports, recv_watched
 from .loop import Reporting, log_eval, run_loop
-from .partitions import (ShardSubset, initial_params, own_shards, parameter_order, partition_network, replica_comm,
-                         stop_agreement)
+from .partitions import (
+    ShardSubset,
+    initial_params,
+    own_shards,
+    parameter_order,
+    partition_network,
+    replica_comm,
+    stop_agreement,
+)
 from .shard import Shard
+from .shard_checkpoint import load_shard, shard_file_name
 from .summary import downpour_summary
 
 log = logging.getLogger(__name__)
@@ -49,30 +56,36 @@ def run_downpour(job, world_comm, world_rank: int):
     shard_ranks, replica_ranks = layout.ranks_of("shard"), layout.ranks_of("replica")
     peers = Peers.gather(world_comm)
     job_replica_comm = replica_comm(world_comm, role, job.spec.topology.partitions_per_replica)
-    windows = ParamServerWindows(world_comm, shard_ranks, layout.shard_ranges, job.spec.topology.replicas,
-                                 role.shard_id if role.role == "shard" else -1)
+    windows = ParamServerWindows(
+        world_comm,
+        shard_ranks,
+        layout.shard_ranges,
+        job.spec.topology.replicas,
+        role.shard_id if role.role == "shard" else -1,
+    )
     # No try/finally around this: closing the windows is collective, so after an error on
     # one rank it would wait forever; the error aborts the whole job instead (train.py).
     lead = layout.lead_rank
     # The lead evaluates during training and at the end: one read of the test split serves both.
     test_set = read_split(job.info.path, "test") if world_rank == lead else None
-    watchdog = Watchdog(job.spec.faults.watchdog_seconds, f"rank {world_rank} ({role.label})",
-                        partial(abort_job, world_comm))
+    watchdog = Watchdog(
+        job.spec.faults.watchdog_seconds, f"rank {world_rank} ({role.label})", partial(abort_job, world_comm)
+    )
     if role.role == "shard":
         local = _serve_shard(job, windows, world_comm, peers, watchdog)
     else:
         local = _train_replica(job, windows, world_comm, job_replica_comm, test_set, watchdog)
     with watchdog:
-        if world_rank != lead:   # the lead says when all is done, and whether anyone left
+        if world_rank != lead:  # the lead says when all is done, and whether anyone left
             world_comm.send(local, dest=lead, tag=TAG_REPORT)
             job.lost_ranks = recv_watched(world_comm, lead, TAG_TEARDOWN, peers, "the lead replica")
         else:
             gathered, job.lost_ranks = collect_reports(world_comm, local, shard_ranks, replica_ranks, peers)
-            final = _fetch_final(job, windows)   # every push is applied; shards are idle
+            final = _fetch_final(job, windows)  # every push is applied; shards are idle
             for rank in sorted(set(range(layout.world_size)) - set(job.lost_ranks) - {lead}):
                 world_comm.send(job.lost_ranks, dest=rank, tag=TAG_TEARDOWN)
     if not job.lost_ranks:
-        windows.close()      # collective: only when every rank is still there (train.py ends the others)
+        windows.close()  # collective: only when every rank is still there (train.py ends the others)
     if world_rank != lead:
         return None, None
     return _report(job, gathered, final, test_set), final
@@ -89,16 +102,25 @@ def _serve_shard(job, windows, world_comm, peers, watchdog) -> dict:
         resumed_from = shard.version
         log.info("resumed from %s at version %d", path, shard.version)
     shard.warm_up()
-    barrier_sleeping(world_comm)              # initial parameters are published
+    barrier_sleeping(world_comm)  # initial parameters are published
     log.info("serving parameters [%d, %d)", start, stop)
     lead, faults = job.layout.lead_rank, job.spec.faults
     owner = job.layout.shard_partitions[job.role.shard_id] if job.layout.shard_partitions else 0
-    pushers = [job.layout.rank_of(r, owner) for r in range(job.spec.topology.replicas)]   # who pushes to us
+    pushers = [job.layout.rank_of(r, owner) for r in range(job.spec.topology.replicas)]  # who pushes to us
     with watchdog:
-        shard.serve(world_comm, lambda request, _: reply_to_checkpoint(world_comm, shard, start, stop, request, lead),
-                    ReplicaWatch(peers, pushers, faults.watchdog_seconds), faults.replica_loss)
-    return {"role": "shard", "shard_id": job.role.shard_id, "version": shard.version,
-            "resumed_from_version": resumed_from, **shard.stats.as_dict()}
+        shard.serve(
+            world_comm,
+            lambda request, _: reply_to_checkpoint(world_comm, shard, start, stop, request, lead),
+            ReplicaWatch(peers, pushers, faults.watchdog_seconds),
+            faults.replica_loss,
+        )
+    return {
+        "role": "shard",
+        "shard_id": job.role.shard_id,
+        "version": shard.version,
+        "resumed_from_version": resumed_from,
+        **shard.stats.as_dict(),
+    }
 
 
 def _train_replica(job, windows, world_comm, comm, test_set, watchdog) -> dict:
@@ -113,31 +135,56 @@ def _train_replica(job, windows, world_comm, comm, test_set, watchdog) -> dict:
     release = partial(release_warmstart, world_comm, others) if warm and first else None
     checkpoints = CheckpointCoordinator(job, world_comm, windows.shard_ranks) if first else None
     shard_ids, local_ranges = own_shards(job)
-    with open_replica_stream(info.path, info.n_train, replica_id, spec.topology.replicas,
-                             spec.optimizer.batch_size, spec.run.seed, spec.data.chunk_examples) as stream:
+    with open_replica_stream(
+        info.path,
+        info.n_train,
+        replica_id,
+        spec.topology.replicas,
+        spec.optimizer.batch_size,
+        spec.run.seed,
+        spec.data.chunk_examples,
+    ) as stream:
         if first_step:
             stream.fast_forward(first_step * spec.optimizer.batch_size)
-        endpoint = ShardSubset(ReplicaEndpoint(windows, replica_id, hung_after=spec.faults.watchdog_seconds),
-                               shard_ids)
+        endpoint = ShardSubset(ReplicaEndpoint(windows, replica_id, hung_after=spec.faults.watchdog_seconds), shard_ids)
         hooks = DownpourHooks(spec, endpoint, local_ranges, params, release, checkpoints, stream)
         hooks.other_replicas = [rank for rank in job.layout.ranks_of("replica") if rank != role.world_rank]
-        warm_up(job.network, *read_split(info.path, "train", 0, 2))   # the same kernels a partition runs
-        barrier_sleeping(world_comm)              # shards have published the initial parameters
+        warm_up(job.network, *read_split(info.path, "train", 0, 2))  # the same kernels a partition runs
+        barrier_sleeping(world_comm)  # shards have published the initial parameters
         with watchdog:
             if warm and replica_id != 0:
                 wait_for_warmstart(world_comm, job.layout.lead_rank)
             started = time.perf_counter()
-            result = _replica_loop(job, network, params, stream, hooks, first_step, test_set,
-                                   FaultInjector(spec.faults, replica_id), comm, windows)
+            result = _replica_loop(
+                job,
+                network,
+                params,
+                stream,
+                hooks,
+                first_step,
+                test_set,
+                FaultInjector(spec.faults, replica_id),
+                comm,
+                windows,
+            )
             finish_replica(world_comm, hooks, [windows.shard_ranks[s] for s in shard_ids], comm)
-    return {"role": "replica", "replica_id": replica_id, "partition_id": role.partition_id,
-            "steps": result.clock.steps,
-            "examples_seen": result.examples_seen, "examples_this_run": result.examples_this_run,
-            "train_s": result.train_s,
-            "loop_s": time.perf_counter() - started, "last_train_loss": result.last_train_loss,
-            "stopped_on": result.stopped_on, "pushes": hooks.pushes, "deferred_pushes": hooks.deferred_pushes,
-            "fetch_retries": hooks.endpoint.fetch_retries, "epochs": stream.epoch,
-            "final_checkpoint": hooks.final_checkpoint_step}
+    return {
+        "role": "replica",
+        "replica_id": replica_id,
+        "partition_id": role.partition_id,
+        "steps": result.clock.steps,
+        "examples_seen": result.examples_seen,
+        "examples_this_run": result.examples_this_run,
+        "train_s": result.train_s,
+        "loop_s": time.perf_counter() - started,
+        "last_train_loss": result.last_train_loss,
+        "stopped_on": result.stopped_on,
+        "pushes": hooks.pushes,
+        "deferred_pushes": hooks.deferred_pushes,
+        "fetch_retries": hooks.endpoint.fetch_retries,
+        "epochs": stream.epoch,
+        "final_checkpoint": hooks.final_checkpoint_step,
+    }
 
 
 def _replica_loop(job, network, params, stream, hooks, first_step: int, test_set, inject, comm, windows):

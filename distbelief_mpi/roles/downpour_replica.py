@@ -27,21 +27,29 @@ from .loop import StepHooks
 class DownpourHooks(StepHooks):
     """`on_warmstart_done` (replica 0 only) is called once, after warmstart_steps steps."""
 
-    def __init__(self, spec: JobSpec, endpoint: ReplicaEndpoint, shard_ranges, params: np.ndarray,
-                 on_warmstart_done=None, checkpoints=None, stream=None):
+    def __init__(
+        self,
+        spec: JobSpec,
+        endpoint: ReplicaEndpoint,
+        shard_ranges,
+        params: np.ndarray,
+        on_warmstart_done=None,
+        checkpoints=None,
+        stream=None,
+    ):
         self.spec, self.endpoint, self.params = spec, endpoint, params
         self.on_warmstart_done = on_warmstart_done
-        self.checkpoints, self.stream = checkpoints, stream   # the lead's CheckpointCoordinator
+        self.checkpoints, self.stream = checkpoints, stream  # the lead's CheckpointCoordinator
         self.ranges = [slice(start, stop) for start, stop in shard_ranges]
-        self.accrued = np.zeros_like(params)                 # (n_params,) gradient not yet pushed
-        self.accrued_steps = [0] * len(self.ranges)          # minibatch steps in each shard's part
-        self.base_versions = [0] * len(self.ranges)          # shard version of our last fetch
-        self.accrued_base = [0] * len(self.ranges)           # version the oldest accrued step started from
-        self.fetched = False                                 # no fetch yet in this run (new or resumed)
+        self.accrued = np.zeros_like(params)  # (n_params,) gradient not yet pushed
+        self.accrued_steps = [0] * len(self.ranges)  # minibatch steps in each shard's part
+        self.base_versions = [0] * len(self.ranges)  # shard version of our last fetch
+        self.accrued_base = [0] * len(self.ranges)  # version the oldest accrued step started from
+        self.fetched = False  # no fetch yet in this run (new or resumed)
         self.alpha = np.float32(spec.optimizer.learning_rate)
         self.pushes, self.deferred_pushes = 0, 0
         self.worker = CommWorker(endpoint, shard_ranges, len(params)) if spec.optimizer.overlap_comm else None
-        self.other_replicas: list[int] = []        # world ranks of the other replicas (set by the caller)
+        self.other_replicas: list[int] = []  # world ranks of the other replicas (set by the caller)
         self.preemption_shared = False
         self.final_checkpoint_step: int | None = None
 
@@ -51,7 +59,7 @@ class DownpourHooks(StepHooks):
             self.base_versions[shard_id] = self.endpoint.fetch(shard_id, self.params[part])
 
     def before_step(self, step):
-        if not self.fetched:          # the run's first step, also after a resume: fetch, inline
+        if not self.fetched:  # the run's first step, also after a resume: fetch, inline
             self.fetch_all()
             self.fetched = True
         elif step % self.spec.optimizer.fetch_every == 0:
@@ -65,7 +73,7 @@ class DownpourHooks(StepHooks):
         sgd_update_(self.params, grad, self.alpha)
         np.add(self.accrued, grad, out=self.accrued)
         for shard_id in range(len(self.ranges)):
-            if not self.accrued_steps[shard_id]:     # staleness counts from the oldest accrued step
+            if not self.accrued_steps[shard_id]:  # staleness counts from the oldest accrued step
                 self.accrued_base[shard_id] = self.base_versions[shard_id]
             self.accrued_steps[shard_id] += 1
         if (step + 1) % self.spec.optimizer.push_every == 0:
@@ -85,11 +93,12 @@ class DownpourHooks(StepHooks):
         if not self.checkpoints:
             return
         deadline = time.monotonic() + self.spec.checkpoint.grace_seconds
-        if self.checkpoints.finish(timeout=self.spec.checkpoint.grace_seconds):   # one in flight first
+        if self.checkpoints.finish(timeout=self.spec.checkpoint.grace_seconds):  # one in flight first
             self.checkpoints.request(clock.steps, self.stream.examples_seen)
             self.checkpoints.finish(timeout=max(0.0, deadline - time.monotonic()))
-        self.final_checkpoint_step = self.checkpoints.last_committed if self.checkpoints.last_committed == \
-            clock.steps else None
+        self.final_checkpoint_step = (
+            self.checkpoints.last_committed if self.checkpoints.last_committed == clock.steps else None
+        )
 
     def share_preemption(self) -> None:
         """A signal may reach only some ranks: the first replica to see one tells the others,
@@ -101,7 +110,7 @@ class DownpourHooks(StepHooks):
                 self.preemption_shared = True
         elif receive_all(self.endpoint.windows.comm, TAG_PREEMPT):
             preempt.request()
-            self.preemption_shared = True     # the sender has told everyone
+            self.preemption_shared = True  # the sender has told everyone
 
     def release_warmstart(self) -> None:
         if self.on_warmstart_done is not None:
@@ -111,7 +120,7 @@ class DownpourHooks(StepHooks):
     def push_in_background(self) -> None:
         fresh = self.worker.try_push(self.accrued, self.accrued_steps, self.accrued_base)
         if fresh is None:
-            self.deferred_pushes += sum(1 for steps in self.accrued_steps if steps)   # per shard, as inline
+            self.deferred_pushes += sum(1 for steps in self.accrued_steps if steps)  # per shard, as inline
             return
         self.accrued, self.accrued_steps = fresh, [0] * len(self.ranges)
 
@@ -142,9 +151,9 @@ def finish_replica(world_comm, hooks: DownpourHooks, shard_ranks, replica_comm=N
     """Push what is left (waiting for free slots), then tell our shards we are done.
     replica_comm (a partitioned replica's): its partitions say done together, after the lead's
     last checkpoint is committed, so no partition's shards stop serving checkpoint requests early."""
-    hooks.release_warmstart()   # a run shorter than the warmstart must not strand the others
-    hooks.share_preemption()    # a replica stopped by a signal tells the others before leaving
-    if hooks.checkpoints:       # a periodic checkpoint in flight: wait, within the grace time if preempted
+    hooks.release_warmstart()  # a run shorter than the warmstart must not strand the others
+    hooks.share_preemption()  # a replica stopped by a signal tells the others before leaving
+    if hooks.checkpoints:  # a periodic checkpoint in flight: wait, within the grace time if preempted
         hooks.checkpoints.finish(timeout=hooks.spec.checkpoint.grace_seconds if preempt.requested() else None)
     if replica_comm is not None:
         barrier_sleeping(replica_comm)

@@ -21,7 +21,7 @@ CHECK_AFTER_S = 1.0
 
 @dataclass(frozen=True)
 class Peers:
-    hosts: tuple[str, ...]    # per world rank: process_space()
+    hosts: tuple[str, ...]  # per world rank: process_space()
     pids: tuple[int, ...]
 
     @classmethod
@@ -62,8 +62,8 @@ def process_alive(pid: int) -> bool:
         with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
             state = stat.read().rsplit(")", 1)[1].split()[0]
     except (OSError, IndexError):
-        return True            # no /proc (not Linux): kill(pid, 0) is all we know
-    return state not in ("Z", "X")    # a zombie has exited; its parent has not reaped it yet
+        return True  # no /proc (not Linux): kill(pid, 0) is all we know
+    return state not in ("Z", "X")  # a zombie has exited; its parent has not reaped it yet
 
 
 class ReplicaWatch:
@@ -120,8 +120,10 @@ def collect_reports(world_comm, own: dict, shard_ranks, replica_ranks, peers: Pe
         for rank in sorted(waiting):
             if peers.gone(rank):
                 if rank in shard_ranks:
-                    raise RankLost(f"shard rank {rank} has left the job: the parameters it held are lost "
-                                   "(resume from the last checkpoint)")
+                    raise RankLost(
+                        f"shard rank {rank} has left the job: the parameters it held are lost "
+                        "(resume from the last checkpoint)"
+                    )
                 lost.add(rank)
                 waiting.discard(rank)
         if waiting:
@@ -133,8 +135,9 @@ class Silence:
     """How long `rank` has said nothing to this rank; check() (cheap, rate-limited) raises
     RankLost once its process has exited, RankHung after hung_after seconds (0: never)."""
 
-    def __init__(self, peers: Peers | None, rank: int, who: str, hung_after: float,
-                 limit_from: str = "faults.watchdog_seconds"):
+    def __init__(
+        self, peers: Peers | None, rank: int, who: str, hung_after: float, limit_from: str = "faults.watchdog_seconds"
+    ):
         self.peers, self.rank, self.who, self.hung_after = peers, rank, who, hung_after
         self.limit_from = limit_from
         self.heard = time.monotonic()
@@ -150,8 +153,17 @@ class Silence:
             judge(self.peers, self.rank, self.who, now - self.heard, self.hung_after, self.limit_from)
 
 
-def recv_watched(world_comm, source: int, tag: int, peers: Peers | None, who: str, hung_after: float = 0.0,
-                 limit: float = 5e-3, silence: Silence | None = None, on_wait=None):
+def recv_watched(
+    world_comm,
+    source: int,
+    tag: int,
+    peers: Peers | None,
+    who: str,
+    hung_after: float = 0.0,
+    limit: float = 5e-3,
+    silence: Silence | None = None,
+    on_wait=None,
+):
     """Receive from `source`, sleeping; RankLost if its process exits meanwhile, RankHung if
     nothing comes within hung_after seconds (0: wait as long as it lives). `who` names it.
     silence: a watch kept across receives (then silent since its last message, not this call);
@@ -167,11 +179,19 @@ def recv_watched(world_comm, source: int, tag: int, peers: Peers | None, who: st
     return world_comm.recv(source=source, tag=tag)
 
 
-def judge(peers: Peers | None, rank: int, who: str, waited: float, hung_after: float,
-          limit_from: str = "faults.watchdog_seconds") -> None:
+def judge(
+    peers: Peers | None,
+    rank: int,
+    who: str,
+    waited: float,
+    hung_after: float,
+    limit_from: str = "faults.watchdog_seconds",
+) -> None:
     """RankLost when `rank`'s process has exited; RankHung when it has been awaited too long."""
     if peers is not None and peers.gone(rank):
         raise RankLost(f"{who} (rank {rank}) has left the job (its process exited)")
     if hung_after and waited > hung_after:
-        raise RankHung(f"{who} (rank {rank}) has not answered for {waited:.0f} s: it is hung "
-                       f"(the limit is {hung_after:g} s: {limit_from})")
+        raise RankHung(
+            f"{who} (rank {rank}) has not answered for {waited:.0f} s: it is hung "
+            f"(the limit is {hung_after:g} s: {limit_from})"
+        )

@@ -43,7 +43,7 @@ class Window:
     """Running sums of loss and accuracy since the last metrics line."""
 
     def __init__(self):
-        self.last_loss = float("nan")   # mean loss of the last flushed window
+        self.last_loss = float("nan")  # mean loss of the last flushed window
         self.reset()
 
     def reset(self):
@@ -63,8 +63,8 @@ class Window:
 class LoopResult:
     clock: RunClock
     last_train_loss: float
-    train_s: float          # seconds spent in steps (hooks included), not in evaluation
-    examples_seen: int      # since the run began (a resumed run counts from its checkpoint)
+    train_s: float  # seconds spent in steps (hooks included), not in evaluation
+    examples_seen: int  # since the run began (a resumed run counts from its checkpoint)
     examples_this_run: int  # in this invocation only: what rates divide by train_s
     stopped_on: str
 
@@ -73,15 +73,23 @@ class LoopResult:
 class Reporting:
     """What the lead replica records; other replicas pass None for all three."""
 
-    metrics: object = None        # rundir.MetricsLog
+    metrics: object = None  # rundir.MetricsLog
     test_set: tuple | None = None  # (x_test, y_test)
     progress: Progress | None = None
-    eval_model: object = None     # () -> (network, params) to evaluate; default: the loop's own
+    eval_model: object = None  # () -> (network, params) to evaluate; default: the loop's own
 
 
-def run_loop(spec: JobSpec, network: Network, params: np.ndarray, stream: BatchStream,
-             hooks: StepHooks, report: Reporting, first_step: int = 0,
-             inject: FaultInjector | None = None, agree=None) -> LoopResult:
+def run_loop(
+    spec: JobSpec,
+    network: Network,
+    params: np.ndarray,
+    stream: BatchStream,
+    hooks: StepHooks,
+    report: Reporting,
+    first_step: int = 0,
+    inject: FaultInjector | None = None,
+    agree=None,
+) -> LoopResult:
     """Minibatch steps until a run limit; params (n_params,) is the replica's working copy.
     inject: the replica's injected fault (tests only). agree(reason) -> reason: the stop
     decision shared by ranks that must stop on the same step (a partitioned replica's)."""
@@ -95,8 +103,9 @@ def run_loop(spec: JobSpec, network: Network, params: np.ndarray, stream: BatchS
         x_batch, y_batch = stream.next_batch()
         loss, correct = network.loss_and_grad(params, x_batch, y_batch, grad)
         if not math.isfinite(loss):
-            raise FloatingPointError(f"training loss became {loss} at step {clock.steps + 1}; "
-                                     "lower optimizer.learning_rate")
+            raise FloatingPointError(
+                f"training loss became {loss} at step {clock.steps + 1}; lower optimizer.learning_rate"
+            )
         hooks.after_step(clock.steps, grad)
         watchdog.beat()
         if inject is not None:
@@ -117,9 +126,12 @@ def run_loop(spec: JobSpec, network: Network, params: np.ndarray, stream: BatchS
             last_ckpt = clock.seconds
             hooks.checkpoint(clock)
         if report.progress and report.progress.due():
-            report.progress.maybe_print(f"step {clock.steps} epoch {clock.epochs:.2f} "
-                                        f"{(stream.examples_seen - first_examples) / max(train_s, 1e-9):,.0f} ex/s "
-                                        f"loss {window.means()[0]:.4f}", fraction_done(spec.run, clock))
+            report.progress.maybe_print(
+                f"step {clock.steps} epoch {clock.epochs:.2f} "
+                f"{(stream.examples_seen - first_examples) / max(train_s, 1e-9):,.0f} ex/s "
+                f"loss {window.means()[0]:.4f}",
+                fraction_done(spec.run, clock),
+            )
     if reason == "preempted":
         hooks.final_checkpoint(clock)
     if report.progress:
@@ -136,25 +148,41 @@ def stop_reason(spec: JobSpec, clock: RunClock, agree=None) -> str | None:
     return agree(reason) if agree else reason
 
 
-def log_window(metrics, window: Window, clock: RunClock, examples_seen: int, first_examples: int,
-               train_s: float) -> None:
+def log_window(
+    metrics, window: Window, clock: RunClock, examples_seen: int, first_examples: int, train_s: float
+) -> None:
     loss, accuracy = window.means()
     window.last_loss = loss
-    metrics.write({"kind": "train", "time_s": round(clock.seconds, 4), "step": clock.steps,
-                   "epoch": round(clock.epochs, 5), "examples": examples_seen,
-                   "train_loss": loss, "train_accuracy": accuracy,
-                   "examples_per_s": (examples_seen - first_examples) / max(train_s, 1e-9)})
+    metrics.write(
+        {
+            "kind": "train",
+            "time_s": round(clock.seconds, 4),
+            "step": clock.steps,
+            "epoch": round(clock.epochs, 5),
+            "examples": examples_seen,
+            "train_loss": loss,
+            "train_accuracy": accuracy,
+            "examples_per_s": (examples_seen - first_examples) / max(train_s, 1e-9),
+        }
+    )
     window.reset()
 
 
 def log_eval(metrics, network: Network, params, x, y, clock: RunClock) -> tuple[float, float]:
     loss, accuracy = network.evaluate(params, x, y)
-    metrics.write({"kind": "eval", "time_s": round(clock.seconds, 4), "step": clock.steps,
-                   "test_examples": len(y), "test_loss": loss, "test_accuracy": accuracy})
+    metrics.write(
+        {
+            "kind": "eval",
+            "time_s": round(clock.seconds, 4),
+            "step": clock.steps,
+            "test_examples": len(y),
+            "test_loss": loss,
+            "test_accuracy": accuracy,
+        }
+    )
     return loss, accuracy
 
 
 def checkpoint_due(spec: JobSpec, clock: RunClock, last_ckpt: float) -> bool:
     every_steps, every_s = spec.checkpoint.every_steps, spec.checkpoint.every_seconds
-    return bool((every_steps and clock.steps % every_steps == 0)
-                or (every_s and clock.seconds - last_ckpt >= every_s))
+    return bool((every_steps and clock.steps % every_steps == 0) or (every_s and clock.seconds - last_ckpt >= every_s))

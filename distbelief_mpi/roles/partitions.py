@@ -62,6 +62,7 @@ def stop_agreement(comm):
         # non-blocking: the lead may be evaluating or checkpointing while its partners wait here
         wait_all([comm.Iallreduce(mine, agreed, op=MPI.MAX)])
         return STOP_REASONS[int(agreed[0])]
+
     return agree
 
 

@@ -20,8 +20,8 @@ from ..comm.control import TAG_SB_BYE, TAG_SB_PUSHED, TAG_SB_RESULT, barrier_sle
 from ..comm.param_server import ParamServerWindows, ReplicaEndpoint
 from ..comm.world import abort_job
 from ..data.hdf5 import read_split
-from ..optim.vector_ops import ShardVectors
 from ..limits import RunClock
+from ..optim.vector_ops import ShardVectors
 from ..rundir import MetricsLog
 from ..watchdog import Watchdog
 from .downpour import warm_up
@@ -44,17 +44,23 @@ def run_sandblaster(job, world_comm, world_rank: int):
     shard_ranks = layout.ranks_of("shard")
     peers = Peers.gather(world_comm)
     comm = replica_comm(world_comm, role, job.spec.topology.partitions_per_replica)
-    windows = ParamServerWindows(world_comm, shard_ranks, layout.shard_ranges, job.spec.topology.replicas,
-                                 role.shard_id if role.role == "shard" else -1)
-    guard = Watchdog(job.spec.faults.watchdog_seconds, f"rank {world_rank} ({role.label})",
-                     partial(abort_job, world_comm))
+    windows = ParamServerWindows(
+        world_comm,
+        shard_ranks,
+        layout.shard_ranges,
+        job.spec.topology.replicas,
+        role.shard_id if role.role == "shard" else -1,
+    )
+    guard = Watchdog(
+        job.spec.faults.watchdog_seconds, f"rank {world_rank} ({role.label})", partial(abort_job, world_comm)
+    )
     outcome = (None, None)
     if role.role == "shard":
         _serve(job, windows, world_comm, guard, _watch_coordinator(job, peers))
     elif role.role == "replica":
         _work(job, windows, world_comm, guard, comm, _watch_coordinator(job, peers))
     else:
-        speakers = [layout.rank_of(r, 0) for r in range(job.spec.topology.replicas)]   # partition 0 of each
+        speakers = [layout.rank_of(r, 0) for r in range(job.spec.topology.replicas)]  # partition 0 of each
         outcome = _coordinate(job, world_comm, shard_ranks, speakers, guard, peers)
     barrier_sleeping(world_comm)
     windows.close()
@@ -62,8 +68,13 @@ def run_sandblaster(job, world_comm, world_rank: int):
 
 
 def _watch_coordinator(job, peers: Peers) -> Silence:
-    return Silence(peers, job.layout.lead_rank, "the coordinator", COORDINATOR_SILENCE * job.spec.faults.watchdog_seconds,
-                   f"{COORDINATOR_SILENCE:g} x faults.watchdog_seconds")
+    return Silence(
+        peers,
+        job.layout.lead_rank,
+        "the coordinator",
+        COORDINATOR_SILENCE * job.spec.faults.watchdog_seconds,
+        f"{COORDINATOR_SILENCE:g} x faults.watchdog_seconds",
+    )
 
 
 def _serve(job, windows, world_comm, guard, silence: Silence) -> None:
@@ -80,29 +91,38 @@ def _serve(job, windows, world_comm, guard, silence: Silence) -> None:
         vectors.load("x", initial)
     barrier_sleeping(world_comm)
     with guard:
-        silence.heard_now()          # the wait starts now, not at start-up
+        silence.heard_now()  # the wait starts now, not at start-up
         serve_commands(world_comm, job.layout.lead_rank, sink, vectors, (start, stop), silence)
 
 
 def _work(job, windows, world_comm, guard, comm, silence: Silence) -> None:
     x_train, y_train = read_split(job.info.path, "train")
-    order = np.random.default_rng(job.spec.run.seed).permutation(len(y_train))   # the coordinator's rows
+    order = np.random.default_rng(job.spec.run.seed).permutation(len(y_train))  # the coordinator's rows
     train_set = (x_train[order], y_train[order])
     warm_up(job.network, train_set[0][:2], train_set[1][:2])
     shard_ids, local_ranges = own_shards(job)
-    endpoint = ShardSubset(ReplicaEndpoint(windows, job.role.replica_id, hung_after=job.spec.faults.watchdog_seconds),
-                           shard_ids)
+    endpoint = ShardSubset(
+        ReplicaEndpoint(windows, job.role.replica_id, hung_after=job.spec.faults.watchdog_seconds), shard_ids
+    )
     network = partition_network(job, comm) if comm is not None else None
     barrier_sleeping(world_comm)
     with guard:
         silence.heard_now()
-        PortionWorker(job, world_comm, job.layout.lead_rank, endpoint, train_set, local_ranges, network, comm,
-                      silence).run()
+        PortionWorker(
+            job, world_comm, job.layout.lead_rank, endpoint, train_set, local_ranges, network, comm, silence
+        ).run()
 
 
 def _coordinate(job, world_comm, shard_ranks, replica_ranks, guard, peers):
-    cluster = MpiCluster(world_comm, shard_ranks, replica_ranks, job.spec.optimizer, peers,
-                         job.spec.faults.watchdog_seconds, parameter_order(job))
+    cluster = MpiCluster(
+        world_comm,
+        shard_ranks,
+        replica_ranks,
+        job.spec.optimizer,
+        peers,
+        job.spec.faults.watchdog_seconds,
+        parameter_order(job),
+    )
     parts = job.spec.topology.partitions_per_replica
     cluster.partners = {r: [job.layout.rank_of(r, p) for p in range(1, parts)] for r in range(len(replica_ranks))}
     x_test, y_test = read_split(job.info.path, "test")
@@ -114,8 +134,9 @@ def _coordinate(job, world_comm, shard_ranks, replica_ranks, guard, peers):
         wall_s = time.perf_counter() - started
         final = cluster.gather("x")
         replicas, shards = _stop_everyone(cluster)
-        test_loss, test_accuracy = log_eval(metrics, job.network, final, x_test, y_test,
-                                            RunClock(steps=driver.clock.steps, seconds=wall_s))
+        test_loss, test_accuracy = log_eval(
+            metrics, job.network, final, x_test, y_test, RunClock(steps=driver.clock.steps, seconds=wall_s)
+        )
     return _summary(job, cluster, driver, replicas, shards, wall_s, test_loss, test_accuracy), final
 
 
@@ -131,20 +152,34 @@ def _stop_everyone(cluster: MpiCluster) -> tuple[list[dict], list[dict]]:
 def _summary(job, cluster: MpiCluster, driver: Driver, replicas, shards, wall_s, test_loss, test_accuracy) -> dict:
     spec, times = job.spec, cluster.evaluation_seconds
     return {
-        "algorithm": "sandblaster", "world_size": job.layout.world_size, "n_replicas": spec.topology.replicas,
-        "n_shards": spec.topology.shards, "partitions_per_replica": spec.topology.partitions_per_replica,
-        "n_params": job.network.n_params, "steps": driver.clock.steps, "epochs": driver.clock.epochs,
-        "evaluations": cluster.eval_id, "examples_seen": cluster.examples_evaluated, "wall_s": wall_s,
+        "algorithm": "sandblaster",
+        "world_size": job.layout.world_size,
+        "n_replicas": spec.topology.replicas,
+        "n_shards": spec.topology.shards,
+        "partitions_per_replica": spec.topology.partitions_per_replica,
+        "n_params": job.network.n_params,
+        "steps": driver.clock.steps,
+        "epochs": driver.clock.epochs,
+        "evaluations": cluster.eval_id,
+        "examples_seen": cluster.examples_evaluated,
+        "wall_s": wall_s,
         "examples_per_s": driver.examples_per_s(wall_s),
         "evaluation_s_median": float(np.median(times)) if times else None,
-        "final_train_loss": driver.last_loss, "test_loss": test_loss, "test_accuracy": test_accuracy,
-        "stopped_on": driver.stopped_on, "lbfgs_statuses": driver.statuses, "lbfgs_restarts": driver.restarts,
-        **cluster.totals.as_dict(),          # batches: gradient passes over a batch (evaluations), as in the paper
-        "data_batches": driver.batches, "late_results_discarded": cluster.late_results,
+        "final_train_loss": driver.last_loss,
+        "test_loss": test_loss,
+        "test_accuracy": test_accuracy,
+        "stopped_on": driver.stopped_on,
+        "lbfgs_statuses": driver.statuses,
+        "lbfgs_restarts": driver.restarts,
+        **cluster.totals.as_dict(),  # batches: gradient passes over a batch (evaluations), as in the paper
+        "data_batches": driver.batches,
+        "late_results_discarded": cluster.late_results,
         "replica_portions": [r["portions_computed"] for r in replicas],
         "replica_results_counted": [r["results_counted"] for r in replicas],
         "non_finite_pushes": sum(s["non_finite_pushes"] for s in shards),
-        "final_checkpoint": driver.final_checkpoint_step, "dataset": job.info.path,
-        "resumed_from": None if job.resume is None else {"step": job.resume.step,
-                                                         "checkpoint": str(job.resume.directory)},
+        "final_checkpoint": driver.final_checkpoint_step,
+        "dataset": job.info.path,
+        "resumed_from": None
+        if job.resume is None
+        else {"step": job.resume.step, "checkpoint": str(job.resume.directory)},
     }

@@ -31,13 +31,15 @@ def save_vectors(directory: Path, shard_id: int, start: int, stop: int, state: d
     def fill(handle):
         for key in ("x", "g"):
             handle.create_dataset(key, data=state[key], **_checksummed((length,)))
-        for key in ("s", "y"):      # row by row from the shard's own arrays: no stacked copy
-            rows = handle.create_dataset(key, shape=(pairs, length), dtype=np.float64,
-                                         **_checksummed((1, length)) if pairs and length else {})
+        for key in ("s", "y"):  # row by row from the shard's own arrays: no stacked copy
+            rows = handle.create_dataset(
+                key, shape=(pairs, length), dtype=np.float64, **_checksummed((1, length)) if pairs and length else {}
+            )
             for index, row in enumerate(state[key]):
                 rows[index] = row
-        handle.attrs.update({"pids": np.asarray(state["pids"], np.int64), "shard_id": shard_id,
-                             "start": start, "stop": stop})
+        handle.attrs.update(
+            {"pids": np.asarray(state["pids"], np.int64), "shard_id": shard_id, "start": start, "stop": stop}
+        )
 
     return write_shard_file(directory, shard_id, fill)
 
@@ -60,10 +62,15 @@ def load_vectors(path: Path, shard_id: int, start: int, stop: int) -> dict:
         raise CheckpointError(f"{path}: cannot read shard {shard_id}'s L-BFGS state ({exc})") from None
     length, pairs = stop - start, len(state["pids"])
     shapes = {key: state[key].shape for key in ("x", "g", "s", "y")}
-    if saved_range != (start, stop) or shapes != {"x": (length,), "g": (length,), "s": (pairs, length),
-                                                  "y": (pairs, length)}:
-        raise CheckpointError(f"{path}: holds slice {saved_range} with shapes {shapes}, "
-                              f"shard {shard_id} owns [{start}, {stop})")
+    if saved_range != (start, stop) or shapes != {
+        "x": (length,),
+        "g": (length,),
+        "s": (pairs, length),
+        "y": (pairs, length),
+    }:
+        raise CheckpointError(
+            f"{path}: holds slice {saved_range} with shapes {shapes}, shard {shard_id} owns [{start}, {stop})"
+        )
     if not all(np.all(np.isfinite(state[key])) for key in ("x", "g")):
         raise CheckpointError(f"{path}: x or g holds NaN or Inf")
     return state
@@ -84,7 +91,7 @@ class CoordinatorCheckpoints:
     def __init__(self, job, cluster):
         self.job, self.cluster = job, cluster
         self.root = job.run_dir / "checkpoints"
-        self.last_step = job.resume.step if job.resume else None   # the newest committed step (it exists)
+        self.last_step = job.resume.step if job.resume else None  # the newest committed step (it exists)
 
     def commit(self, step: int, driver_state: dict, with_history: bool) -> None:
         """with_history False between batches: the next batch starts with none."""
@@ -95,9 +102,13 @@ class CoordinatorCheckpoints:
         errors = [reply["error"] for reply in replies if "error" in reply]
         if errors:
             raise CheckpointWriteError(errors[0])
-        self.cluster.keep_alive(everyone=True)       # committing hashes every kept checkpoint's files
+        self.cluster.keep_alive(everyone=True)  # committing hashes every kept checkpoint's files
         spec = self.job.spec
-        meta = {"examples_seen": self.cluster.examples_evaluated, "sandblaster": driver_state,
-                "layout": layout_signature(spec, self.job.layout), "job": to_toml(spec)}
+        meta = {
+            "examples_seen": self.cluster.examples_evaluated,
+            "sandblaster": driver_state,
+            "layout": layout_signature(spec, self.job.layout),
+            "job": to_toml(spec),
+        }
         commit_files(self.root, step, dict(reply["file"] for reply in replies), meta, spec.checkpoint.keep)
         self.last_step = step

@@ -26,32 +26,32 @@ import time
 import numpy as np
 
 from .. import watchdog
-from ..comm.control import (TAG_SB_COMMAND, TAG_SB_PUSHED, TAG_SB_REPLY, TAG_SB_RESULT, TAG_SB_WORK, Backoff,
-                            receive_all)
+from ..comm.control import TAG_SB_COMMAND, TAG_SB_PUSHED, TAG_SB_REPLY, TAG_SB_RESULT, TAG_SB_WORK, Backoff, receive_all
 from ..optim.portions import PortionScheduler, PortionTotals
 from .liveness import judge, recv_watched
 
-COORDINATOR_SILENCE = 2.0   # x watchdog_seconds: how long shards and replicas wait for a word
-PING = ("ping",)            # to a shard (TAG_SB_COMMAND; no reply); to a replica: {"ping": True}
+COORDINATOR_SILENCE = 2.0  # x watchdog_seconds: how long shards and replicas wait for a word
+PING = ("ping",)  # to a shard (TAG_SB_COMMAND; no reply); to a replica: {"ping": True}
 
 
 class MpiCluster:
     """peers (roles/liveness.Peers) and hung_after (faults.watchdog_seconds) let the coordinator
     name a shard or replica that has left or hangs, instead of waiting for it forever."""
 
-    def __init__(self, world_comm, shard_ranks, replica_ranks, optimizer, peers=None, hung_after: float = 0.0,
-                 order=None):
+    def __init__(
+        self, world_comm, shard_ranks, replica_ranks, optimizer, peers=None, hung_after: float = 0.0, order=None
+    ):
         self.comm, self.shard_ranks, self.replica_ranks = world_comm, list(shard_ranks), list(replica_ranks)
         self.opt, self.peers, self.hung_after, self.order = optimizer, peers, hung_after, order
-        self.assigned_at: dict[int, float] = {}     # replica -> when its outstanding portion was handed out
-        self.partners: dict[int, list[int]] = {}    # replica -> ranks of its other partitions (partitioned runs)
-        self.replica_of = {rank: i for i, rank in enumerate(self.replica_ranks)}   # world rank -> replica
-        self.portions: list[tuple[int, int]] = []      # [start, stop) rows of the current batch's portions
+        self.assigned_at: dict[int, float] = {}  # replica -> when its outstanding portion was handed out
+        self.partners: dict[int, list[int]] = {}  # replica -> ranks of its other partitions (partitioned runs)
+        self.replica_of = {rank: i for i, rank in enumerate(self.replica_ranks)}  # world rank -> replica
+        self.portions: list[tuple[int, int]] = []  # [start, stop) rows of the current batch's portions
         self.eval_id, self.totals = 0, PortionTotals()
         self.late_results, self.evaluation_seconds = 0, []
-        self.busy: set[int] = set()        # replicas computing a portion we have not had the result of
+        self.busy: set[int] = set()  # replicas computing a portion we have not had the result of
         self.examples_evaluated = 0
-        self.last_sent: dict[int, float] = {}   # world rank -> when the coordinator last sent it anything
+        self.last_sent: dict[int, float] = {}  # world rank -> when the coordinator last sent it anything
         self.next_ping_check = 0.0
 
     # -- shards ------------------------------------------------------------------------
@@ -83,8 +83,7 @@ class MpiCluster:
 
     def receive(self, rank: int, tag: int, who: str):
         """A reply from `rank`, sleeping; RankLost / RankHung naming it when it has left or hangs."""
-        return recv_watched(self.comm, rank, tag, self.peers, who, self.hung_after, limit=1e-3,
-                            on_wait=self.keep_alive)
+        return recv_watched(self.comm, rank, tag, self.peers, who, self.hung_after, limit=1e-3, on_wait=self.keep_alive)
 
     def check_alive(self, rank: int, who: str, waited: float) -> None:
         judge(self.peers, rank, who, waited, self.hung_after)
@@ -105,8 +104,12 @@ class MpiCluster:
         self.eval_id += 1
         self.shard_call(("publish", point))
         n_examples = self.portions[-1][1] - self.portions[0][0]
-        scheduler = PortionScheduler(len(self.portions), len(self.replica_ranks),
-                                     backup_after=self.opt.backup_after, max_backups=1 if self.opt.backup_tasks else 0)
+        scheduler = PortionScheduler(
+            len(self.portions),
+            len(self.replica_ranks),
+            backup_after=self.opt.backup_after,
+            max_backups=1 if self.opt.backup_tasks else 0,
+        )
         loss_sum, pushes = Evaluation(self, scheduler).run()
         penalty = sum(self.shard_call(("collect", grad, pushes, n_examples, point, self.opt.l2_penalty)))
         self.totals.add(scheduler)
@@ -125,16 +128,16 @@ class Evaluation:
     def __init__(self, cluster: MpiCluster, scheduler: PortionScheduler):
         self.c, self.s = cluster, scheduler
         n = len(cluster.replica_ranks)
-        self.counted = [0] * n            # counted portions per replica
-        self.pushed = [0] * n             # of which pushed (TAG_SB_PUSHED)
-        self.pushes = [0] * n             # pushes posted per replica (what each shard must sum)
-        self.idle = set(range(n)) - cluster.busy    # a straggler still on an earlier evaluation is not idle
+        self.counted = [0] * n  # counted portions per replica
+        self.pushed = [0] * n  # of which pushed (TAG_SB_PUSHED)
+        self.pushes = [0] * n  # pushes posted per replica (what each shard must sum)
+        self.idle = set(range(n)) - cluster.busy  # a straggler still on an earlier evaluation is not idle
         self.loss_sum = 0.0
 
     def run(self) -> tuple[float, list[int]]:
         for replica in sorted(self.idle):
             self._offer(replica, counted=None)
-        backoff = Backoff(limit=2e-4)     # a short nap: replicas wait on our answers
+        backoff = Backoff(limit=2e-4)  # a short nap: replicas wait on our answers
         next_check = time.monotonic() + 1.0
         while not (self.s.done and self.pushed == self.counted):
             watchdog.beat()
@@ -150,7 +153,7 @@ class Evaluation:
         results = receive_all(self.c.comm, TAG_SB_RESULT)
         for result, source in results:
             replica, echo = self.c.replica_of[source], result.get("echo", False)
-            if result["eval"] != self.c.eval_id:           # a straggler's result of an earlier evaluation
+            if result["eval"] != self.c.eval_id:  # a straggler's result of an earlier evaluation
                 if not echo:
                     self.c.late_results += 1
                     self._answer(replica, counted=False)
@@ -159,7 +162,7 @@ class Evaluation:
             if counted:
                 self.loss_sum += result["loss"]
                 self.counted[replica] += 1
-            if not echo:                                   # an injected duplicate gets no answer
+            if not echo:  # an injected duplicate gets no answer
                 self._answer(replica, counted)
             if counted:
                 self._wake_idle()
@@ -169,8 +172,9 @@ class Evaluation:
         """A replica computing a portion must still exist, and must answer within the watchdog time."""
         now = time.monotonic()
         for replica in sorted(self.c.busy):
-            self.c.check_alive(self.c.replica_ranks[replica], f"replica {replica}",
-                               now - self.c.assigned_at.get(replica, now))
+            self.c.check_alive(
+                self.c.replica_ranks[replica], f"replica {replica}", now - self.c.assigned_at.get(replica, now)
+            )
             for partition, rank in enumerate(self.c.partners.get(replica, []), start=1):
                 self.c.check_alive(rank, f"replica {replica}/partition {partition}", 0.0)
 
@@ -201,11 +205,16 @@ class Evaluation:
         if portion is None:
             self.idle.add(replica)
             if counted is None:
-                return                     # nothing to tell it: it waits for a later offer
+                return  # nothing to tell it: it waits for a later offer
         else:
             self.idle.discard(replica)
             self.c.busy.add(replica)
             self.c.assigned_at[replica] = time.monotonic()
-        message = {"eval": self.c.eval_id, "portion": portion, "counted": counted, "flush": near_end,
-                   "rows": None if portion is None else self.c.portions[portion]}
+        message = {
+            "eval": self.c.eval_id,
+            "portion": portion,
+            "counted": counted,
+            "flush": near_end,
+            "rows": None if portion is None else self.c.portions[portion],
+        }
         self.c.post(message, self.c.replica_ranks[replica], TAG_SB_WORK)

@@ -31,12 +31,12 @@ class Driver:
         self.clock, self.started = RunClock(), time.perf_counter()
         self.progress = Progress(self.spec.run.progress_seconds if job.progress else 0)
         self.stopped_on, self.statuses, self.restarts, self.batches = None, [], 0, 0
-        self.last_loss = float("nan")     # the batch loss after the last iteration
-        self.current: LbfgsRun | None = None          # the batch's L-BFGS run, between its iterations
+        self.last_loss = float("nan")  # the batch loss after the last iteration
+        self.current: LbfgsRun | None = None  # the batch's L-BFGS run, between its iterations
         self.checkpoints, self.last_checkpoint_s = CoordinatorCheckpoints(job, cluster), 0.0
         self.final_checkpoint_step: int | None = None  # committed on preemption
         self.resume_lbfgs = self._restore(job.resume.manifest["sandblaster"]) if job.resume else None
-        self.examples_at_start = cluster.examples_evaluated     # rates count this invocation's examples
+        self.examples_at_start = cluster.examples_evaluated  # rates count this invocation's examples
 
     def examples_per_s(self, seconds: float) -> float:
         return (self.cluster.examples_evaluated - self.examples_at_start) / max(seconds, 1e-9)
@@ -47,27 +47,31 @@ class Driver:
         n_batches = -(-self.n_train // size)
         portion = opt.portion_examples or default_portion_size(size, len(self.cluster.replica_ranks), 8)
         options = LbfgsOptions(max_iter=10**12 if n_batches == 1 else opt.lbfgs_iterations_per_batch)
-        self.stopped_on = limit_reached(self.spec.run, self.clock)   # a resumed run may be done already
+        self.stopped_on = limit_reached(self.spec.run, self.clock)  # a resumed run may be done already
         while self.stopped_on is None:
             start = (self.batches % n_batches) * size
             stop = min(self.n_train, start + size)
             self.cluster.portions = [(start + a, start + b) for a, b in cut_portions(stop - start, portion)]
-            log.info("batch %d: examples [%d, %d) in %d portions", self.batches, start, stop, len(self.cluster.portions))
+            log.info(
+                "batch %d: examples [%d, %d) in %d portions", self.batches, start, stop, len(self.cluster.portions)
+            )
             self.current = LbfgsRun(self.cluster, opt.lbfgs_memory, options, self.after_iteration, self.resume_lbfgs)
             self.resume_lbfgs = None
             result = self.current.run()
             self.current = None
             if not math.isfinite(result.loss):
-                raise FloatingPointError(f"the batch loss became {result.loss} at iteration {self.clock.steps + 1}; "
-                                         "check the data, or add optimizer.l2_penalty")
+                raise FloatingPointError(
+                    f"the batch loss became {result.loss} at iteration {self.clock.steps + 1}; "
+                    "check the data, or add optimizer.l2_penalty"
+                )
             self.batches += 1
             self.statuses.append(result.status)
             self.restarts += result.restarts
             if self.stopped_on is None and (n_batches == 1 or result.iterations == 0):
-                self.stopped_on = f"converged ({result.status})"     # one batch, or no step possible on one
+                self.stopped_on = f"converged ({result.status})"  # one batch, or no step possible on one
             self.stopped_on = self.stopped_on or stop_reason(self.spec, self.clock)
         if self.stopped_on == "preempted" and self.final_checkpoint_step is None:
-            self.checkpoint(final=True)      # the signal came between batches: resume with the next one
+            self.checkpoint(final=True)  # the signal came between batches: resume with the next one
         self.progress.finish()
 
     def after_iteration(self, result) -> bool:
@@ -77,16 +81,27 @@ class Driver:
         clock.epochs = self.cluster.examples_evaluated / self.n_train
         clock.seconds = time.perf_counter() - self.started
         loss = self.last_loss = result.losses[-1]
-        self.metrics.write({"kind": "train", "time_s": round(clock.seconds, 4), "step": clock.steps,
-                            "epoch": round(clock.epochs, 5), "examples": self.cluster.examples_evaluated,
-                            "train_loss": loss, "evaluations": self.cluster.eval_id,
-                            "examples_per_s": self.examples_per_s(clock.seconds)})
+        self.metrics.write(
+            {
+                "kind": "train",
+                "time_s": round(clock.seconds, 4),
+                "step": clock.steps,
+                "epoch": round(clock.epochs, 5),
+                "examples": self.cluster.examples_evaluated,
+                "train_loss": loss,
+                "evaluations": self.cluster.eval_id,
+                "examples_per_s": self.examples_per_s(clock.seconds),
+            }
+        )
         every = self.spec.run.eval_every
         if every and clock.steps % every == 0:
             self.evaluate()
         if self.progress.due():
-            self.progress.maybe_print(f"iteration {clock.steps} epoch {clock.epochs:.2f} loss {loss:.4f} "
-                                      f"({self.cluster.eval_id} evaluations)", fraction_done(self.spec.run, clock))
+            self.progress.maybe_print(
+                f"iteration {clock.steps} epoch {clock.epochs:.2f} loss {loss:.4f} "
+                f"({self.cluster.eval_id} evaluations)",
+                fraction_done(self.spec.run, clock),
+            )
         watchdog.beat()
         self.stopped_on = stop_reason(self.spec, clock)
         if self.stopped_on == "preempted" or checkpoint_due(self.spec, clock, self.last_checkpoint_s):
@@ -97,17 +112,24 @@ class Driver:
         x_test, y_test = self.test_set
         eval_n = self.spec.data.eval_examples or len(y_test)
         params = self.cluster.gather("x")
-        self.cluster.keep_alive(everyone=True)       # the evaluation below talks to nobody
+        self.cluster.keep_alive(everyone=True)  # the evaluation below talks to nobody
         log_eval(self.metrics, self.job.network, params, x_test[:eval_n], y_test[:eval_n], self.clock)
 
     def checkpoint(self, final: bool = False) -> None:
         """Commit this moment: inside a batch (self.current is its L-BFGS run) or between batches."""
         cluster = self.cluster
         inside_batch = self.current is not None
-        state = {"lbfgs": self.current.snapshot() if inside_batch else None,
-                 "batches": self.batches, "statuses": self.statuses, "restarts": self.restarts,
-                 "last_loss": self.last_loss, "examples_evaluated": cluster.examples_evaluated,
-                 "eval_id": cluster.eval_id, "late_results": cluster.late_results, "totals": cluster.totals.as_dict()}
+        state = {
+            "lbfgs": self.current.snapshot() if inside_batch else None,
+            "batches": self.batches,
+            "statuses": self.statuses,
+            "restarts": self.restarts,
+            "last_loss": self.last_loss,
+            "examples_evaluated": cluster.examples_evaluated,
+            "eval_id": cluster.eval_id,
+            "late_results": cluster.late_results,
+            "totals": cluster.totals.as_dict(),
+        }
         self.checkpoints.commit(self.clock.steps, state, with_history=inside_batch)
         self.last_checkpoint_s = self.clock.seconds
         log.info("checkpoint committed at iteration %d", self.clock.steps)

@@ -29,18 +29,28 @@ class PortionWorker:
     replica_comm, and every partition pushes its own block to its own shards (shard_ranges are
     relative to that block; endpoint is a roles/partitions.ShardSubset)."""
 
-    def __init__(self, job, world_comm, coordinator: int, endpoint: ReplicaEndpoint, train_set, shard_ranges,
-                 network=None, replica_comm=None, silence: Silence | None = None):
+    def __init__(
+        self,
+        job,
+        world_comm,
+        coordinator: int,
+        endpoint: ReplicaEndpoint,
+        train_set,
+        shard_ranges,
+        network=None,
+        replica_comm=None,
+        silence: Silence | None = None,
+    ):
         self.job, self.comm, self.coordinator, self.endpoint = job, world_comm, coordinator, endpoint
         self.network, self.replica_comm = network or job.network, replica_comm
-        self.silence = silence                   # partition 0's watch on the coordinator
-        self.speaks = replica_comm is None or replica_comm.Get_rank() == 0    # to the coordinator
-        self.x_train, self.y_train = train_set                    # permuted by run.seed (the coordinator's rows)
+        self.silence = silence  # partition 0's watch on the coordinator
+        self.speaks = replica_comm is None or replica_comm.Get_rank() == 0  # to the coordinator
+        self.x_train, self.y_train = train_set  # permuted by run.seed (the coordinator's rows)
         self.ranges = [slice(start, stop) for start, stop in shard_ranges]
         n_params = self.network.n_params
         self.params, self.grad = np.empty(n_params, np.float32), np.empty(n_params, np.float32)
-        self.result = np.empty(n_params, np.float32)              # the last computed portion's gradient sum
-        self.accrued = np.zeros(n_params, np.float32)             # counted, not yet pushed
+        self.result = np.empty(n_params, np.float32)  # the last computed portion's gradient sum
+        self.accrued = np.zeros(n_params, np.float32)  # counted, not yet pushed
         self.inject = FaultInjector(job.spec.faults, job.role.replica_id)
         self.eval_id, self.unpushed, self.pushes, self.portions_pushed = None, 0, 0, 0
         self.fetched = False
@@ -61,8 +71,7 @@ class PortionWorker:
     def _next_message(self) -> dict:
         if not self.speaks:
             return recv_sleeping(self.replica_comm, 0, TAG_SB_WORK)
-        message = recv_watched(self.comm, self.coordinator, TAG_SB_WORK, None, "the coordinator",
-                               silence=self.silence)
+        message = recv_watched(self.comm, self.coordinator, TAG_SB_WORK, None, "the coordinator", silence=self.silence)
         if self.replica_comm is None:
             return message
         for partition in range(1, self.replica_comm.Get_size()):
@@ -76,8 +85,9 @@ class PortionWorker:
             np.add(self.accrued, self.result, out=self.accrued)
             self.unpushed += 1
             self.stats["results_counted"] += 1
-        if self.unpushed and (self.unpushed >= self.job.spec.optimizer.push_every or message["flush"]
-                              or message["portion"] is None):
+        if self.unpushed and (
+            self.unpushed >= self.job.spec.optimizer.push_every or message["flush"] or message["portion"] is None
+        ):
             self._push()
         if message["portion"] is not None:
             if not self.fetched:
@@ -99,19 +109,24 @@ class PortionWorker:
 
     def _compute(self, portion: int, start: int, stop: int) -> None:
         tick = time.perf_counter()
-        loss, correct = self.network.loss_and_grad(self.params, self.x_train[start:stop],
-                                                   self.y_train[start:stop], self.grad)
-        np.multiply(self.grad, np.float32(stop - start), out=self.result)     # mean -> sum over the portion
+        loss, correct = self.network.loss_and_grad(
+            self.params, self.x_train[start:stop], self.y_train[start:stop], self.grad
+        )
+        np.multiply(self.grad, np.float32(stop - start), out=self.result)  # mean -> sum over the portion
         seconds = time.perf_counter() - tick
-        self.inject.after_step(self.stats["portions_computed"] + 1, seconds)   # a slowed replica sleeps here
+        self.inject.after_step(self.stats["portions_computed"] + 1, seconds)  # a slowed replica sleeps here
         self.stats["compute_s"] += time.perf_counter() - tick
         self.stats["portions_computed"] += 1
-        if not self.speaks:      # every partition has the same loss; partition 0 reports it
+        if not self.speaks:  # every partition has the same loss; partition 0 reports it
             return
-        result = {"eval": self.eval_id, "portion": portion, "loss": float(loss) * (stop - start),
-                  "correct": int(correct)}
+        result = {
+            "eval": self.eval_id,
+            "portion": portion,
+            "loss": float(loss) * (stop - start),
+            "correct": int(correct),
+        }
         self.comm.send(result, dest=self.coordinator, tag=TAG_SB_RESULT)
-        if self.inject.duplicates:      # injected: the same result again; it must not count twice
+        if self.inject.duplicates:  # injected: the same result again; it must not count twice
             self.comm.send({**result, "echo": True}, dest=self.coordinator, tag=TAG_SB_RESULT)
 
     def _push(self) -> None:
@@ -122,7 +137,10 @@ class PortionWorker:
         self.stats["pushes"] += 1
         self.accrued[:] = 0
         self.unpushed = 0
-        if not self.speaks:      # the shards count every partition's pushes themselves
+        if not self.speaks:  # the shards count every partition's pushes themselves
             return
-        self.comm.send({"eval": self.eval_id, "pushes": self.pushes, "portions": self.portions_pushed},
-                       dest=self.coordinator, tag=TAG_SB_PUSHED)
+        self.comm.send(
+            {"eval": self.eval_id, "pushes": self.pushes, "portions": self.portions_pushed},
+            dest=self.coordinator,
+            tag=TAG_SB_PUSHED,
+        )

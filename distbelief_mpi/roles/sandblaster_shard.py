@@ -35,13 +35,13 @@ class GradientSink(Shard):
 
     def __init__(self, windows, shard_id: int, optimizer, initial: np.ndarray):
         super().__init__(windows, shard_id, optimizer, initial)
-        self.total = np.zeros(self.length, np.float64)          # (L,) sum of pushed gradient sums
-        self.summed = np.zeros(self.n_replicas, np.int64)       # pushes summed since the last publish
+        self.total = np.zeros(self.length, np.float64)  # (L,) sum of pushed gradient sums
+        self.summed = np.zeros(self.n_replicas, np.int64)  # pushes summed since the last publish
         self.non_finite = 0
 
     def _apply_one(self, replica_id: int, base_version: int, steps: int) -> None:
         grad = self.slots[replica_id]
-        if not all_finite(grad):      # summed all the same: the coordinator sees a non-finite loss and backtracks
+        if not all_finite(grad):  # summed all the same: the coordinator sees a non-finite loss and backtracks
             self.non_finite += 1
         self.total += grad
         self.summed[replica_id] += 1
@@ -61,8 +61,14 @@ class GradientSink(Shard):
         return self.version
 
 
-def serve_commands(world_comm, coordinator: int, sink: GradientSink, vectors: ShardVectors,
-                   shard_range: tuple[int, int], silence: Silence) -> dict:
+def serve_commands(
+    world_comm,
+    coordinator: int,
+    sink: GradientSink,
+    vectors: ShardVectors,
+    shard_range: tuple[int, int],
+    silence: Silence,
+) -> dict:
     """Run commands until ("stop",); returns the statistics sent with the last reply.
     shard_range: the [start, stop) of the parameters this shard holds (named in its checkpoint);
     silence: watches the coordinator (RankHung / RankLost when it stays silent or exits)."""
@@ -72,8 +78,12 @@ def serve_commands(world_comm, coordinator: int, sink: GradientSink, vectors: Sh
         if kind == "ping":
             continue
         if kind == "stop":
-            stats = {"role": "shard", "shard_id": sink.shard_id, "pushes_summed": int(sink.stats.applied.sum()),
-                     "non_finite_pushes": sink.non_finite}
+            stats = {
+                "role": "shard",
+                "shard_id": sink.shard_id,
+                "pushes_summed": int(sink.stats.applied.sum()),
+                "non_finite_pushes": sink.non_finite,
+            }
             world_comm.send(stats, dest=coordinator, tag=TAG_SB_REPLY)
             return stats
         world_comm.send(_run(command, sink, vectors, shard_range), dest=coordinator, tag=TAG_SB_REPLY)

@@ -12,8 +12,8 @@ import numpy as np
 from ..checkpoint.params_file import load_params
 from ..checkpoint.resume import layout_signature
 from ..checkpoint.store import commit_checkpoint, newest_complete
-from ..config import to_toml
 from ..comm.world import abort_job
+from ..config import to_toml
 from ..data.batches import BatchStream, open_replica_stream
 from ..data.hdf5 import read_split
 from ..errors import CheckpointError
@@ -41,15 +41,20 @@ class LocalSgd(StepHooks):
 
     def final_checkpoint(self, clock):
         newest = newest_complete(self.job.run_dir / "checkpoints")
-        if newest is None or newest[1]["step"] != clock.steps:   # else it exists already
+        if newest is None or newest[1]["step"] != clock.steps:  # else it exists already
             self.checkpoint(clock)
         self.final_checkpoint_step = clock.steps
 
     def checkpoint(self, clock):
-        meta = {"examples_seen": self.stream.examples_seen, "stream": self.stream.state(),
-                "layout": layout_signature(self.job.spec, self.job.layout), "job": to_toml(self.job.spec)}
-        commit_checkpoint(self.job.run_dir / "checkpoints", clock.steps, self.params, meta,
-                          self.job.spec.checkpoint.keep)
+        meta = {
+            "examples_seen": self.stream.examples_seen,
+            "stream": self.stream.state(),
+            "layout": layout_signature(self.job.spec, self.job.layout),
+            "job": to_toml(self.job.spec),
+        }
+        commit_checkpoint(
+            self.job.run_dir / "checkpoints", clock.steps, self.params, meta, self.job.spec.checkpoint.keep
+        )
 
 
 def train_sgd(job, world_size: int) -> tuple[dict, np.ndarray]:
@@ -58,29 +63,42 @@ def train_sgd(job, world_size: int) -> tuple[dict, np.ndarray]:
     started = time.perf_counter()
     x_test, y_test = read_split(info.path, "test")
     params = network.init_params(spec.run.seed)
-    with open_replica_stream(info.path, info.n_train, 0, 1, spec.optimizer.batch_size, spec.run.seed,
-                             spec.data.chunk_examples) as stream, MetricsLog(job.run_dir) as metrics:
+    with (
+        open_replica_stream(
+            info.path, info.n_train, 0, 1, spec.optimizer.batch_size, spec.run.seed, spec.data.chunk_examples
+        ) as stream,
+        MetricsLog(job.run_dir) as metrics,
+    ):
         first_step = _resume(job, params, stream) if job.resume else 0
-        log.info("training %d parameters on %d examples from step %d", network.n_params, stream.n_examples,
-                 first_step)
+        log.info("training %d parameters on %d examples from step %d", network.n_params, stream.n_examples, first_step)
         report = Reporting(metrics, (x_test, y_test), Progress(spec.run.progress_seconds if job.progress else 0))
         hooks = LocalSgd(job, params, stream)
         with Watchdog(spec.faults.watchdog_seconds, f"rank 0 ({job.role.label})", _abort_world):
             result = run_loop(spec, network, params, stream, hooks, report, first_step, FaultInjector(spec.faults, 0))
         test_loss, test_accuracy = log_eval(metrics, network, params, x_test, y_test, result.clock)
-    log.info("stopped on %s after %d steps; test accuracy %.4f", result.stopped_on, result.clock.steps,
-             test_accuracy)
+    log.info("stopped on %s after %d steps; test accuracy %.4f", result.stopped_on, result.clock.steps, test_accuracy)
     return {
-        "algorithm": spec.optimizer.algorithm, "world_size": world_size,
-        "n_replicas": spec.topology.replicas, "n_shards": spec.topology.shards,
+        "algorithm": spec.optimizer.algorithm,
+        "world_size": world_size,
+        "n_replicas": spec.topology.replicas,
+        "n_shards": spec.topology.shards,
         "partitions_per_replica": spec.topology.partitions_per_replica,
-        "n_params": network.n_params, "steps": result.clock.steps, "epochs": stream.epoch,
-        "examples_seen": result.examples_seen, "wall_s": time.perf_counter() - started,
-        "train_s": result.train_s, "examples_per_s": result.examples_this_run / max(result.train_s, 1e-9),
-        "final_train_loss": result.last_train_loss, "test_loss": test_loss, "test_accuracy": test_accuracy,
-        "stopped_on": result.stopped_on, "dataset": info.path, "final_checkpoint": hooks.final_checkpoint_step,
-        "resumed_from": None if job.resume is None else {"step": job.resume.step,
-                                                         "checkpoint": str(job.resume.directory)},
+        "n_params": network.n_params,
+        "steps": result.clock.steps,
+        "epochs": stream.epoch,
+        "examples_seen": result.examples_seen,
+        "wall_s": time.perf_counter() - started,
+        "train_s": result.train_s,
+        "examples_per_s": result.examples_this_run / max(result.train_s, 1e-9),
+        "final_train_loss": result.last_train_loss,
+        "test_loss": test_loss,
+        "test_accuracy": test_accuracy,
+        "stopped_on": result.stopped_on,
+        "dataset": info.path,
+        "final_checkpoint": hooks.final_checkpoint_step,
+        "resumed_from": None
+        if job.resume is None
+        else {"step": job.resume.step, "checkpoint": str(job.resume.directory)},
     }, params
 
 

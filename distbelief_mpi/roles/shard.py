@@ -12,8 +12,17 @@ import numpy as np
 
 from .. import watchdog
 from ..comm.control import TAG_CHECKPOINT, TAG_DONE, Backoff, receive_all
-from ..comm.param_server import (APPLIED, BASE, HEADER, PUSH_SEQ, VERSION, WORDS_PER_REPLICA, WRITING,
-                                 ParamServerWindows, replica_word)
+from ..comm.param_server import (
+    APPLIED,
+    BASE,
+    HEADER,
+    PUSH_SEQ,
+    VERSION,
+    WORDS_PER_REPLICA,
+    WRITING,
+    ParamServerWindows,
+    replica_word,
+)
 from ..config import Optimizer
 from ..errors import RankHung, RankLost
 from ..kernels.server_rules import adagrad_apply_, all_finite, sgd_apply_
@@ -28,11 +37,11 @@ STALENESS_BINS = 64
 class ShardStats:
     def __init__(self, n_replicas: int):
         self.applied = np.zeros(n_replicas, np.int64)
-        self.rejected = np.zeros(n_replicas, np.int64)      # non-finite pushes
-        self.too_stale = np.zeros(n_replicas, np.int64)     # pushes over optimizer.max_staleness
+        self.rejected = np.zeros(n_replicas, np.int64)  # non-finite pushes
+        self.too_stale = np.zeros(n_replicas, np.int64)  # pushes over optimizer.max_staleness
         self.staleness_hist = np.zeros(STALENESS_BINS, np.int64)
         self.staleness_sum, self.staleness_max, self.steps_pushed = 0, 0, 0
-        self.lost: list[int] = []                           # replicas that left mid-run (replica_loss = continue)
+        self.lost: list[int] = []  # replicas that left mid-run (replica_loss = continue)
 
     def restore(self, saved: dict) -> None:
         """Continue the counters of a checkpointed run (as_dict's output)."""
@@ -51,11 +60,16 @@ class ShardStats:
         self.steps_pushed += steps
 
     def as_dict(self) -> dict:
-        return {"applied": self.applied.tolist(), "rejected": self.rejected.tolist(),
-                "too_stale": self.too_stale.tolist(),
-                "staleness_sum": self.staleness_sum, "staleness_max": self.staleness_max,
-                "staleness_hist": self.staleness_hist.tolist(), "steps_pushed": self.steps_pushed,
-                "lost_replicas": list(self.lost)}
+        return {
+            "applied": self.applied.tolist(),
+            "rejected": self.rejected.tolist(),
+            "too_stale": self.too_stale.tolist(),
+            "staleness_sum": self.staleness_sum,
+            "staleness_max": self.staleness_max,
+            "staleness_hist": self.staleness_hist.tolist(),
+            "steps_pushed": self.steps_pushed,
+            "lost_replicas": list(self.lost),
+        }
 
 
 class Shard:
@@ -66,8 +80,8 @@ class Shard:
         self.windows, self.shard_id, self.opt = windows, shard_id, optimizer
         self.length, self.n_replicas = len(initial), windows.n_replicas
         data = windows.local_data
-        self.buffers = (data[:self.length], data[self.length:2 * self.length])
-        self.slots = [data[(2 + r) * self.length:(3 + r) * self.length] for r in range(self.n_replicas)]
+        self.buffers = (data[: self.length], data[self.length : 2 * self.length])
+        self.slots = [data[(2 + r) * self.length : (3 + r) * self.length] for r in range(self.n_replicas)]
         self.buffers[0][:] = initial
         self.accumulator = np.full(self.length, optimizer.adagrad_initial_accumulator, np.float32)
         self.version, self.applied_seq = 0, np.zeros(self.n_replicas, np.int64)
@@ -82,7 +96,7 @@ class Shard:
         self.accumulator[:] = state["accumulator"]
         self.stats.restore(state["stats"])
         self.windows.data_win.Sync()
-        self.windows.write_words(self.shard_id, VERSION, [self.version, self.version])   # VERSION, WRITING
+        self.windows.write_words(self.shard_id, VERSION, [self.version, self.version])  # VERSION, WRITING
 
     def warm_up(self) -> None:
         """Load (or compile) the update kernels now, before replicas start pushing: the first
@@ -102,13 +116,13 @@ class Shard:
         words = self.windows.read_words(self.shard_id, HEADER, WORDS_PER_REPLICA * self.n_replicas)
         handled = 0
         for replica_id in range(self.n_replicas):
-            own = words[WORDS_PER_REPLICA * replica_id:WORDS_PER_REPLICA * (replica_id + 1)]
+            own = words[WORDS_PER_REPLICA * replica_id : WORDS_PER_REPLICA * (replica_id + 1)]
             if own[PUSH_SEQ] == self.applied_seq[replica_id]:
                 continue
             # BASE and STEPS were written before PUSH_SEQ; one Get_accumulate is only atomic per
             # word, so read them again now that PUSH_SEQ has moved.
             base, steps = self.windows.read_words(self.shard_id, replica_word(replica_id, BASE), 2)
-            self.windows.data_win.Sync()   # make the replica's Put visible to our own loads
+            self.windows.data_win.Sync()  # make the replica's Put visible to our own loads
             self._apply_one(replica_id, int(base), int(steps))
             self.applied_seq[replica_id] = own[PUSH_SEQ]
             if self.watch is not None:
@@ -122,7 +136,7 @@ class Shard:
         if not all_finite(grad):
             self.stats.rejected[replica_id] += 1
             count = int(self.stats.rejected[replica_id])
-            if count <= 3 or count % 100 == 0:    # a replica that keeps sending them must not flood the log
+            if count <= 3 or count % 100 == 0:  # a replica that keeps sending them must not flood the log
                 log.warning("rejected a non-finite push from replica %d (%d so far)", replica_id, count)
             return
         bound = self.opt.max_staleness
@@ -131,10 +145,11 @@ class Shard:
             return
         current, following = self.buffers[self.version % 2], self.buffers[(self.version + 1) % 2]
         self.windows.write_words(self.shard_id, WRITING, [self.version + 1])
-        self.windows.data_win.Sync()   # WRITING is raised before any store into the buffer
+        self.windows.data_win.Sync()  # WRITING is raised before any store into the buffer
         if self.opt.server_rule == "adagrad":
-            adagrad_apply_(following, current, grad, self.accumulator, self.opt.server_learning_rate,
-                           self.opt.adagrad_epsilon)
+            adagrad_apply_(
+                following, current, grad, self.accumulator, self.opt.server_learning_rate, self.opt.adagrad_epsilon
+            )
         else:
             sgd_apply_(following, current, grad, self.opt.server_learning_rate)
         self.windows.data_win.Sync()
@@ -142,8 +157,9 @@ class Shard:
         self.version += 1
         self.windows.write_words(self.shard_id, VERSION, [self.version])
 
-    def serve(self, world_comm, on_checkpoint=None, watch: ReplicaWatch | None = None,
-              replica_loss: str = "abort") -> None:
+    def serve(
+        self, world_comm, on_checkpoint=None, watch: ReplicaWatch | None = None, replica_loss: str = "abort"
+    ) -> None:
         """Apply pushes until every replica has said it is done (or has left) and nothing is
         pending. on_checkpoint(request, source_rank) handles a checkpoint request from the lead;
         watch (liveness.ReplicaWatch) judges silent replicas: a hung one ends the job, one that
@@ -151,7 +167,7 @@ class Shard:
         self.watch, finished, backoff = watch, set(), Backoff(limit=2e-3)
         while True:
             watchdog.beat()
-            for request, source in receive_all(world_comm, TAG_CHECKPOINT):   # promptly, even when busy
+            for request, source in receive_all(world_comm, TAG_CHECKPOINT):  # promptly, even when busy
                 on_checkpoint(request, source)
             if self.apply_pending():
                 backoff.reset()
@@ -167,18 +183,24 @@ class Shard:
     def _judge_silent(self, finished: set[int], replica_loss: str) -> None:
         left, hung = self.watch.verdicts(finished)
         for replica_id, silent in hung:
-            raise RankHung(f"replica {replica_id} (rank {self.watch.replica_ranks[replica_id]}) has sent shard "
-                           f"{self.shard_id} no push for {silent:.0f} s and its process has not exited: it is hung "
-                           f"(faults.watchdog_seconds = {self.watch.timeout:g})")
+            raise RankHung(
+                f"replica {replica_id} (rank {self.watch.replica_ranks[replica_id]}) has sent shard "
+                f"{self.shard_id} no push for {silent:.0f} s and its process has not exited: it is hung "
+                f"(faults.watchdog_seconds = {self.watch.timeout:g})"
+            )
         for replica_id in left:
             rank = self.watch.replica_ranks[replica_id]
             if replica_id == 0:
-                raise RankLost(f"replica 0 (rank {rank}), the lead, has left the job (its process exited): it "
-                               "coordinates checkpoints and writes the summary, so the job ends (resume from the "
-                               "last checkpoint)")
+                raise RankLost(
+                    f"replica 0 (rank {rank}), the lead, has left the job (its process exited): it "
+                    "coordinates checkpoints and writes the summary, so the job ends (resume from the "
+                    "last checkpoint)"
+                )
             if replica_loss != "continue":
-                raise RankLost(f"replica {replica_id} (rank {rank}) has left the job (its process exited); "
-                               "faults.replica_loss = abort ends the job (resume from the last checkpoint)")
+                raise RankLost(
+                    f"replica {replica_id} (rank {rank}) has left the job (its process exited); "
+                    "faults.replica_loss = abort ends the job (resume from the last checkpoint)"
+                )
             log.warning("replica %d (rank %d) has left the job; training goes on without it", replica_id, rank)
             self.stats.lost.append(replica_id)
             finished.add(replica_id)

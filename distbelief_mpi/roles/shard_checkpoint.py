@@ -32,11 +32,19 @@ def write_shard_file(directory: Path, shard_id: int, fill) -> tuple[str, str]:
 
 def save_shard(directory: Path, shard, start: int, stop: int) -> tuple[str, str]:
     """Write this shard's state; return (file name, SHA-256)."""
+
     def fill(handle):
         for key, values in (("params", shard.params), ("accumulator", shard.accumulator)):
             handle.create_dataset(key, data=values, chunks=(min(len(values), 1 << 20) or 1,), fletcher32=True)
-        handle.attrs.update({"version": shard.version, "shard_id": shard.shard_id, "start": start, "stop": stop,
-                             "stats": json.dumps(shard.stats.as_dict())})
+        handle.attrs.update(
+            {
+                "version": shard.version,
+                "shard_id": shard.shard_id,
+                "start": start,
+                "stop": stop,
+                "stats": json.dumps(shard.stats.as_dict()),
+            }
+        )
 
     return write_shard_file(directory, shard.shard_id, fill)
 
@@ -45,9 +53,13 @@ def load_shard(path: Path, shard_id: int, start: int, stop: int) -> dict:
     """{params, accumulator, version, stats}; CheckpointError naming the file on any fault."""
     try:
         with h5py.File(path, "r") as handle:
-            state = {"params": handle["params"][...], "accumulator": handle["accumulator"][...],
-                     "version": int(handle.attrs["version"]), "stats": json.loads(handle.attrs["stats"]),
-                     "range": (int(handle.attrs["start"]), int(handle.attrs["stop"]))}
+            state = {
+                "params": handle["params"][...],
+                "accumulator": handle["accumulator"][...],
+                "version": int(handle.attrs["version"]),
+                "stats": json.loads(handle.attrs["stats"]),
+                "range": (int(handle.attrs["start"]), int(handle.attrs["stop"])),
+            }
     except (OSError, KeyError, ValueError) as exc:
         raise CheckpointError(f"{path}: cannot read shard {shard_id}'s checkpoint ({exc})") from None
     if state["range"] != (start, stop) or len(state["params"]) != stop - start:

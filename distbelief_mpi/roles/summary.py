@@ -11,21 +11,33 @@ def downpour_summary(job, gathered: list[dict], test_loss: float, test_accuracy:
     replicas = sorted((g for g in every_partition if g.get("partition_id", 0) == 0), key=lambda g: g["replica_id"])
     applied = sum(sum(s["applied"]) for s in shards)
     examples = sum(r["examples_seen"] for r in replicas)
-    examples_now = sum(r["examples_this_run"] for r in replicas)   # rates: this invocation only
+    examples_now = sum(r["examples_this_run"] for r in replicas)  # rates: this invocation only
     loop_s = max(r["loop_s"] for r in replicas)
     staleness_hist = [sum(column) for column in zip(*(s["staleness_hist"] for s in shards))]
     return {
-        "algorithm": spec.optimizer.algorithm, "server_rule": spec.optimizer.server_rule,
-        "world_size": job.layout.world_size, "n_replicas": n_replicas, "n_shards": len(shards),
-        "replicas_lost": sorted({r for s in shards for r in s["lost_replicas"]}
-                                | set(range(n_replicas)) - {r["replica_id"] for r in replicas}),
-        "partitions_per_replica": spec.topology.partitions_per_replica, "n_params": job.network.n_params,
-        "steps": sum(r["steps"] for r in replicas), "replica_steps": _per_replica(replicas, n_replicas, lambda r: r["steps"]),
-        "examples_seen": examples, "wall_s": loop_s, "examples_per_s": examples_now / max(loop_s, 1e-9),
-        "replica_examples_per_s": _per_replica(replicas, n_replicas,
-                                               lambda r: r["examples_this_run"] / max(r["loop_s"], 1e-9)),
-        "final_train_loss": replicas[0]["last_train_loss"], "test_loss": test_loss,
-        "test_accuracy": test_accuracy, "stopped_on": replicas[0]["stopped_on"],
+        "algorithm": spec.optimizer.algorithm,
+        "server_rule": spec.optimizer.server_rule,
+        "world_size": job.layout.world_size,
+        "n_replicas": n_replicas,
+        "n_shards": len(shards),
+        "replicas_lost": sorted(
+            {r for s in shards for r in s["lost_replicas"]}
+            | set(range(n_replicas)) - {r["replica_id"] for r in replicas}
+        ),
+        "partitions_per_replica": spec.topology.partitions_per_replica,
+        "n_params": job.network.n_params,
+        "steps": sum(r["steps"] for r in replicas),
+        "replica_steps": _per_replica(replicas, n_replicas, lambda r: r["steps"]),
+        "examples_seen": examples,
+        "wall_s": loop_s,
+        "examples_per_s": examples_now / max(loop_s, 1e-9),
+        "replica_examples_per_s": _per_replica(
+            replicas, n_replicas, lambda r: r["examples_this_run"] / max(r["loop_s"], 1e-9)
+        ),
+        "final_train_loss": replicas[0]["last_train_loss"],
+        "test_loss": test_loss,
+        "test_accuracy": test_accuracy,
+        "stopped_on": replicas[0]["stopped_on"],
         "pushes_applied": applied,
         "pushes_rejected": sum(sum(s["rejected"]) for s in shards),
         "rejected_by_replica": [sum(s["rejected"][r] for s in shards) for r in range(n_replicas)],
@@ -36,11 +48,15 @@ def downpour_summary(job, gathered: list[dict], test_loss: float, test_accuracy:
         "staleness_hist": staleness_hist,
         "shard_versions": [s["version"] for s in shards],
         "steps_pushed_per_shard": [s["steps_pushed"] for s in shards],
-        "resumed_from": None if job.resume is None else {
-            "step": job.resume.step, "checkpoint": str(job.resume.directory),
-            "shard_versions": [s["resumed_from_version"] for s in shards]},
+        "resumed_from": None
+        if job.resume is None
+        else {
+            "step": job.resume.step,
+            "checkpoint": str(job.resume.directory),
+            "shard_versions": [s["resumed_from_version"] for s in shards],
+        },
         "fetch_retries": sum(r["fetch_retries"] for r in every_partition),
-        "final_checkpoint": replicas[0]["final_checkpoint"],   # the step committed on preemption, or None
+        "final_checkpoint": replicas[0]["final_checkpoint"],  # the step committed on preemption, or None
         "dataset": job.info.path,
     }
 

@@ -9,11 +9,23 @@ ORDER = ["compute", "scaling", "cost_model"]
 
 def test_only_replaces_the_named_sections_and_keeps_the_others(tmp_path):
     report = tmp_path / "BENCHMARKS.md"
-    report.write_text(assemble("# Benchmarks\n\n- date: then\n", {"compute": "## Compute\nold compute\n",
-                                                                   "scaling": "## Scaling\nold scaling\n"}, ORDER))
-    for again in range(2):          # re-running a section replaces its `updated` line too
-        report.write_text(merged(report, "# Benchmarks\n\n- date: now\n", {"scaling": "## Scaling\nnew scaling\n"},
-                                 ORDER, "python -m bench all"))
+    report.write_text(
+        assemble(
+            "# Benchmarks\n\n- date: then\n",
+            {"compute": "## Compute\nold compute\n", "scaling": "## Scaling\nold scaling\n"},
+            ORDER,
+        )
+    )
+    for _ in range(2):  # re-running a section replaces its `updated` line too
+        report.write_text(
+            merged(
+                report,
+                "# Benchmarks\n\n- date: now\n",
+                {"scaling": "## Scaling\nnew scaling\n"},
+                ORDER,
+                "python -m bench all",
+            )
+        )
     text = report.read_text()
     header, sections = split_report(text)
     assert "- date: then" in header and header.count("- updated: scaling on ") == 1

@@ -18,7 +18,10 @@ class Ended:
     seconds: float
 
     def explain(self) -> str:
-        return f"exit {self.returncode} after {self.seconds:.1f} s\nstdout:\n{self.stdout[-3000:]}\nstderr:\n{self.stderr[-5000:]}"
+        return (
+            f"exit {self.returncode} after {self.seconds:.1f} s\n"
+            f"stdout:\n{self.stdout[-3000:]}\nstderr:\n{self.stderr[-5000:]}"
+        )
 
 
 def hydra() -> bool:
@@ -27,13 +30,31 @@ def hydra() -> bool:
     return "HYDRA" in version.upper()
 
 
-def train(n: int, job: str, run_dir: Path, sets: list[str], timeout: float = 120,
-          mpiexec_flags: tuple[str, ...] = ()) -> Ended:
+def train(
+    n: int, job: str, run_dir: Path, sets: list[str], timeout: float = 120, mpiexec_flags: tuple[str, ...] = ()
+) -> Ended:
     mpiexec = mpiexec_path()
     overrides = [item for key_value in sets for item in ("--set", key_value)]
-    command = ["timeout", "-k", "10", str(int(timeout)), mpiexec, *launcher_flags(mpiexec), *mpiexec_flags,
-               "-n", str(n), sys.executable, "-m", "distbelief_mpi", "train", str(REPO / "jobs" / job),
-               "--run-dir", str(run_dir), "--no-progress", *overrides]
+    command = [
+        "timeout",
+        "-k",
+        "10",
+        str(int(timeout)),
+        mpiexec,
+        *launcher_flags(mpiexec),
+        *mpiexec_flags,
+        "-n",
+        str(n),
+        sys.executable,
+        "-m",
+        "distbelief_mpi",
+        "train",
+        str(REPO / "jobs" / job),
+        "--run-dir",
+        str(run_dir),
+        "--no-progress",
+        *overrides,
+    ]
     start = time.monotonic()
     done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=timeout + 30)
     return Ended(done.returncode, done.stdout, done.stderr, time.monotonic() - start)

@@ -13,7 +13,7 @@ from tests.fault.conftest import fill_disk, small_tmpfs
 from tests.mpi.runner import REPO
 
 JOB = str(REPO / "jobs" / "digits_mlp.toml")
-FREE_BYTES = 20_000     # room for logs and metrics lines, not for a 40 KB parameter file
+FREE_BYTES = 20_000  # room for logs and metrics lines, not for a 40 KB parameter file
 
 
 @pytest.fixture
@@ -23,8 +23,25 @@ def small_disk(tmp_path):
 
 
 def train(*args):
-    command = ["timeout", "-k", "5", "120", sys.executable, "-m", "distbelief_mpi", "train", JOB, "--no-progress",
-               "--set", "run.epochs=0", "--set", "checkpoint.every_steps=10", "--set", "checkpoint.keep=5", *args]
+    command = [
+        "timeout",
+        "-k",
+        "5",
+        "120",
+        sys.executable,
+        "-m",
+        "distbelief_mpi",
+        "train",
+        JOB,
+        "--no-progress",
+        "--set",
+        "run.epochs=0",
+        "--set",
+        "checkpoint.every_steps=10",
+        "--set",
+        "checkpoint.keep=5",
+        *args,
+    ]
     return subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=150)
 
 

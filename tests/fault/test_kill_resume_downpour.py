@@ -2,8 +2,8 @@
 checkpoint every 40 lead steps): SIGKILL to the launcher at random moments, resume with
 `--resume auto`, train to the end. Downpour is not deterministic (pushes interleave
 differently each run), so the test is the issue's: the final test accuracy is within
-1 point of uninterrupted runs (not below the lower of two by more than 1 point). DISTBELIEF_FAULT_TRIALS sets the number of kills
-(CI: at most 3; long mode: 20)."""
+1 point of uninterrupted runs (not below the lower of two by more than 1 point).
+DISTBELIEF_FAULT_TRIALS sets the number of kills (CI: at most 3; long mode: 20)."""
 
 import json
 import random
@@ -23,13 +23,23 @@ def epochs_for(kills: int) -> int:
 
 def test_downpour_killed_and_resumed_ends_within_one_point(tmp_path, digits_h5, trials):
     kills = min(trials, 3) if trials < 20 else trials
-    common = ["distbelief", "train", JOB, "--set", f"data.path={digits_h5}", "--set", f"run.epochs={epochs_for(kills)}",
-              "--set", "checkpoint.every_steps=40", "--no-progress"]
+    common = [
+        "distbelief",
+        "train",
+        JOB,
+        "--set",
+        f"data.path={digits_h5}",
+        "--set",
+        f"run.epochs={epochs_for(kills)}",
+        "--set",
+        "checkpoint.every_steps=40",
+        "--no-progress",
+    ]
     run_dir, rng, resumed_steps = tmp_path / "killed", random.Random(11), []
     for trial in range(kills):
         started = start_mpi(5, [*common, "--run-dir", str(run_dir), "--resume", "auto"], tmp_path / f"t{trial}")
         deadline, previous = time.monotonic() + 90, newest_step(run_dir)
-        while newest_step(run_dir) <= previous:      # this attempt has committed a checkpoint of its own
+        while newest_step(run_dir) <= previous:  # this attempt has committed a checkpoint of its own
             assert time.monotonic() < deadline and started.process.poll() is None, "no new checkpoint"
             time.sleep(0.05)
         time.sleep(rng.uniform(0.0, 0.5))
@@ -47,6 +57,8 @@ def test_downpour_killed_and_resumed_ends_within_one_point(tmp_path, digits_h5, 
         references.append(json.loads((tmp_path / f"whole{index}" / "summary.json").read_text())["test_accuracy"])
     killed = json.loads((run_dir / "summary.json").read_text())
     assert killed["resumed_from"]["step"] >= resumed_steps[-1]
-    print(f"{len(resumed_steps)} kills (resumed at lead steps {resumed_steps}): test accuracy "
-          f"{killed['test_accuracy']:.4f} vs {references} uninterrupted")
+    print(
+        f"{len(resumed_steps)} kills (resumed at lead steps {resumed_steps}): test accuracy "
+        f"{killed['test_accuracy']:.4f} vs {references} uninterrupted"
+    )
     assert min(references) - killed["test_accuracy"] <= 0.01, (killed["test_accuracy"], references)

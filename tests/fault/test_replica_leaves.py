@@ -12,7 +12,7 @@ import pytest
 
 from tests.fault.launch import hydra, leftover_processes, train
 
-LEAVE = ["faults.inject=\"leave\"", "faults.inject_replica=2", "faults.inject_after_steps=60"]
+LEAVE = ['faults.inject="leave"', "faults.inject_replica=2", "faults.inject_after_steps=60"]
 SHORT = ["run.epochs=40"]
 
 needs_hydra = pytest.mark.skipif(not hydra(), reason="-disable-auto-cleanup is MPICH's (hydra) launcher flag")
@@ -23,18 +23,25 @@ def test_training_goes_on_without_a_replica_that_left(tmp_path, digits_h5):
     common = [f"data.path={digits_h5}", *SHORT]
     baseline = train(5, "digits_downpour.toml", tmp_path / "baseline", common)
     assert baseline.returncode == 0, baseline.explain()
-    survived = train(5, "digits_downpour.toml", tmp_path / "left", [*common, *LEAVE, "faults.replica_loss=\"continue\""],
-                     mpiexec_flags=("-disable-auto-cleanup",))
+    survived = train(
+        5,
+        "digits_downpour.toml",
+        tmp_path / "left",
+        [*common, *LEAVE, 'faults.replica_loss="continue"'],
+        mpiexec_flags=("-disable-auto-cleanup",),
+    )
     summary_path = tmp_path / "left" / "summary.json"
     assert summary_path.exists(), survived.explain()
     summary = json.loads(summary_path.read_text())
     expected = json.loads((tmp_path / "baseline" / "summary.json").read_text())
     assert summary["replicas_lost"] == [2], summary
     assert summary["replica_steps"][2] is None and min(summary["replica_steps"][:2]) > 0, summary
-    assert summary["test_accuracy"] >= expected["test_accuracy"] - 0.02, (summary["test_accuracy"],
-                                                                          expected["test_accuracy"])
+    assert summary["test_accuracy"] >= expected["test_accuracy"] - 0.02, (
+        summary["test_accuracy"],
+        expected["test_accuracy"],
+    )
     assert "left the job mid-run" in survived.stderr, survived.explain()
-    assert survived.returncode == 1, survived.explain()     # mpiexec passes the leaver's exit code on
+    assert survived.returncode == 1, survived.explain()  # mpiexec passes the leaver's exit code on
     assert leftover_processes(tmp_path / "left") == []
 
 
@@ -43,10 +50,9 @@ def test_by_default_a_replica_that_leaves_ends_the_job(tmp_path, digits_h5, flag
     if flags and not hydra():
         pytest.skip("-disable-auto-cleanup is MPICH's (hydra) launcher flag")
     run_dir = tmp_path / "run"
-    ended = train(5, "digits_downpour.toml", run_dir, [f"data.path={digits_h5}", *SHORT, *LEAVE],
-                  mpiexec_flags=flags)
+    ended = train(5, "digits_downpour.toml", run_dir, [f"data.path={digits_h5}", *SHORT, *LEAVE], mpiexec_flags=flags)
     assert ended.returncode not in (0, 124), ended.explain()
     assert not (run_dir / "summary.json").exists()
-    if flags:   # the launcher kept the others alive: a shard noticed, named the replica and ended the job
+    if flags:  # the launcher kept the others alive: a shard noticed, named the replica and ended the job
         assert "replica 2 (rank 4) has left the job" in ended.stderr, ended.explain()
     assert leftover_processes(run_dir) == []

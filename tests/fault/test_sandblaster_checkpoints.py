@@ -14,20 +14,43 @@ from tests.fault.test_damaged_checkpoints import flip_a_byte
 from tests.mpi.runner import REPO, assert_all_ranks, run_mpi
 
 JOB = str(REPO / "jobs" / "digits_sandblaster.toml")
-FREE_BYTES = 200_000    # room for logs and metrics, not for a shard's file (x, g and 4 (s, y) pairs: ~390 KB)
+FREE_BYTES = 200_000  # room for logs and metrics, not for a shard's file (x, g and 4 (s, y) pairs: ~390 KB)
 
 
 def train(tmp_path, digits_h5, name, *extra):
-    return run_mpi(6, ["distbelief", "train", JOB, "--set", f"data.path={digits_h5}", "--no-progress",
-                       "--set", "run.eval_every=0", *extra], tmp_path / name, timeout=120)
+    return run_mpi(
+        6,
+        [
+            "distbelief",
+            "train",
+            JOB,
+            "--set",
+            f"data.path={digits_h5}",
+            "--no-progress",
+            "--set",
+            "run.eval_every=0",
+            *extra,
+        ],
+        tmp_path / name,
+        timeout=120,
+    )
 
 
 @pytest.fixture(scope="module")
 def checkpointed_run(tmp_path_factory, digits_h5):
     """A finished Sandblaster run with complete checkpoints at iterations 4 and 8."""
     base = tmp_path_factory.mktemp("sb-ckpt")
-    run = train(base, digits_h5, "first", "--run-dir", str(base / "run"), "--set", "run.steps=8",
-                "--set", "checkpoint.every_steps=4")
+    run = train(
+        base,
+        digits_h5,
+        "first",
+        "--run-dir",
+        str(base / "run"),
+        "--set",
+        "run.steps=8",
+        "--set",
+        "checkpoint.every_steps=4",
+    )
     assert_all_ranks(run, 6)
     return base / "run"
 
@@ -42,16 +65,33 @@ def test_a_damaged_shard_file_falls_back_to_the_previous_checkpoint(tmp_path, di
     assert summary["resumed_from"]["step"] == 4 and summary["steps"] == 12
 
 
-def test_a_full_disk_while_a_shard_writes_is_one_clear_error_and_keeps_the_previous_checkpoint(
-        tmp_path, digits_h5):
+def test_a_full_disk_while_a_shard_writes_is_one_clear_error_and_keeps_the_previous_checkpoint(tmp_path, digits_h5):
     with small_tmpfs(tmp_path / "disk", "4m") as disk:
         run_dir = disk / "run"
-        first = train(tmp_path, digits_h5, "first", "--run-dir", str(run_dir), "--set", "run.steps=2",
-                      "--set", "checkpoint.every_steps=2")
+        first = train(
+            tmp_path,
+            digits_h5,
+            "first",
+            "--run-dir",
+            str(run_dir),
+            "--set",
+            "run.steps=2",
+            "--set",
+            "checkpoint.every_steps=2",
+        )
         assert_all_ranks(first, 6)
         fill_disk(disk, FREE_BYTES)
-        run = train(tmp_path, digits_h5, "full", "--resume", str(run_dir), "--set", "run.steps=30",
-                    "--set", "checkpoint.every_steps=2")
+        run = train(
+            tmp_path,
+            digits_h5,
+            "full",
+            "--resume",
+            str(run_dir),
+            "--set",
+            "run.steps=30",
+            "--set",
+            "checkpoint.every_steps=2",
+        )
         # MPI_Abort(1); Hydra may report 9 instead, having SIGKILLed the other ranks first.
         assert run.returncode in (1, 9), run.explain()
         assert "cannot write the checkpoint (No space left on device)" in run.stderr, run.explain()
@@ -70,13 +110,24 @@ def test_resume_at_the_run_limit_takes_no_further_iteration(tmp_path, digits_h5,
     summary = json.loads((run_dir / "summary.json").read_text())
     saved = read_manifest(run_dir / "checkpoints" / "step-000000008")["sandblaster"]
     assert summary["resumed_from"]["step"] == 8 and summary["steps"] == 8
-    assert summary["evaluations"] == saved["eval_id"]          # not one batch pass more
-    assert summary["examples_per_s"] == 0.0                    # rates count this invocation's examples
+    assert summary["evaluations"] == saved["eval_id"]  # not one batch pass more
+    assert summary["examples_per_s"] == 0.0  # rates count this invocation's examples
 
 
 def test_resume_with_another_objective_or_history_length_names_each_key(tmp_path, digits_h5, checkpointed_run):
-    run = train(tmp_path, digits_h5, "changed", "--resume", str(checkpointed_run), "--set", "run.steps=12",
-                "--set", "optimizer.lbfgs_memory=5", "--set", "optimizer.l2_penalty=0.01")
+    run = train(
+        tmp_path,
+        digits_h5,
+        "changed",
+        "--resume",
+        str(checkpointed_run),
+        "--set",
+        "run.steps=12",
+        "--set",
+        "optimizer.lbfgs_memory=5",
+        "--set",
+        "optimizer.l2_penalty=0.01",
+    )
     assert_all_ranks(run, 6, exit_code=2)
     assert "lbfgs_memory: the checkpoint has 10, this job has 5" in run.stderr, run.explain()
     assert "l2_penalty: the checkpoint has 0.0001, this job has 0.01" in run.stderr

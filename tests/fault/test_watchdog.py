@@ -25,26 +25,47 @@ WATCHDOG_S = 5
 @pytest.mark.parametrize("kind", ["hang", "freeze"])
 def test_a_hung_replica_ends_the_job_naming_it(tmp_path, digits_h5, kind):
     run_dir = tmp_path / "run"
-    ended = train(5, "digits_downpour.toml", run_dir,
-                  [f"data.path={digits_h5}", "run.epochs=100000", "optimizer.warmstart_steps=0",
-                   f"faults.watchdog_seconds={WATCHDOG_S}", "checkpoint.grace_seconds=2",
-                   f"faults.inject=\"{kind}\"", "faults.inject_replica=1",
-                   "faults.inject_after_steps=30"])
+    ended = train(
+        5,
+        "digits_downpour.toml",
+        run_dir,
+        [
+            f"data.path={digits_h5}",
+            "run.epochs=100000",
+            "optimizer.warmstart_steps=0",
+            f"faults.watchdog_seconds={WATCHDOG_S}",
+            "checkpoint.grace_seconds=2",
+            f'faults.inject="{kind}"',
+            "faults.inject_replica=1",
+            "faults.inject_after_steps=30",
+        ],
+    )
     # MPI_Abort(3); Hydra reports 9 instead when it had to SIGKILL a stopped (frozen) rank.
     assert ended.returncode in (EXIT_HUNG, 9), ended.explain()
     assert "replica 1" in ended.stderr and "rank 3" in ended.stderr, ended.explain()
     assert "hung" in ended.stderr or "watchdog: no progress" in ended.stderr, ended.explain()
     injected_at = _injection_time(run_dir)
-    assert time.time() - injected_at < WATCHDOG_S + 25, ended.explain()   # detection + abort + launcher
+    assert time.time() - injected_at < WATCHDOG_S + 25, ended.explain()  # detection + abort + launcher
     assert not (run_dir / "summary.json").exists()
     assert leftover_processes(run_dir) == [], leftover_processes(run_dir)
 
 
 def test_a_hung_single_replica_run_ends_on_its_watchdog(tmp_path, digits_h5):
     run_dir = tmp_path / "run"
-    ended = train(1, "digits_mlp.toml", run_dir,
-                  [f"data.path={digits_h5}", "run.epochs=100000", f"faults.watchdog_seconds={WATCHDOG_S}", "checkpoint.grace_seconds=2",
-                   "faults.inject=\"hang\"", "faults.inject_replica=0", "faults.inject_after_steps=30"])
+    ended = train(
+        1,
+        "digits_mlp.toml",
+        run_dir,
+        [
+            f"data.path={digits_h5}",
+            "run.epochs=100000",
+            f"faults.watchdog_seconds={WATCHDOG_S}",
+            "checkpoint.grace_seconds=2",
+            'faults.inject="hang"',
+            "faults.inject_replica=0",
+            "faults.inject_after_steps=30",
+        ],
+    )
     assert ended.returncode == EXIT_HUNG, ended.explain()
     assert "rank 0 (replica 0/partition 0): watchdog: no progress" in ended.stderr, ended.explain()
     assert "Stacks of this rank" in ended.stderr and "fault_injection.py" in ended.stderr, ended.explain()
@@ -53,24 +74,41 @@ def test_a_hung_single_replica_run_ends_on_its_watchdog(tmp_path, digits_h5):
 
 def test_a_frozen_sandblaster_coordinator_ends_the_job_naming_it(tmp_path, digits_h5):
     run_dir = tmp_path / "run"
-    started = start_mpi(6, ["distbelief", "train", str(REPO / "jobs" / "digits_sandblaster.toml"), "--run-dir",
-                            str(run_dir), "--no-progress", "--set", f"data.path={digits_h5}",
-                            "--set", "run.steps=100000000", "--set", "run.eval_every=0",
-                            "--set", f"faults.watchdog_seconds={WATCHDOG_S}", "--set", "checkpoint.grace_seconds=2"],
-                        tmp_path, timeout=120)
+    started = start_mpi(
+        6,
+        [
+            "distbelief",
+            "train",
+            str(REPO / "jobs" / "digits_sandblaster.toml"),
+            "--run-dir",
+            str(run_dir),
+            "--no-progress",
+            "--set",
+            f"data.path={digits_h5}",
+            "--set",
+            "run.steps=100000000",
+            "--set",
+            "run.eval_every=0",
+            "--set",
+            f"faults.watchdog_seconds={WATCHDOG_S}",
+            "--set",
+            "checkpoint.grace_seconds=2",
+        ],
+        tmp_path,
+        timeout=120,
+    )
     coordinator = None
     try:
         wait_for_training(run_dir, started)
         coordinator = int((started.result_dir / "rank-0.pid").read_text())
-        os.kill(coordinator, signal.SIGSTOP)           # frozen whole: its own watchdog thread stops too
+        os.kill(coordinator, signal.SIGSTOP)  # frozen whole: its own watchdog thread stops too
         frozen_at = time.monotonic()
         ended = finish_mpi(started, timeout=120)
     finally:
         if coordinator is not None and started.process.poll() is None:
             os.kill(coordinator, signal.SIGKILL)
     assert ended.returncode in (EXIT_HUNG, 9), ended.explain()
-    assert "the coordinator (rank 0) has not answered" in ended.stderr and "it is hung" in ended.stderr, \
-        ended.explain()
+    assert "the coordinator (rank 0) has not answered" in ended.stderr and "it is hung" in ended.stderr, ended.explain()
     assert time.monotonic() - frozen_at < COORDINATOR_SILENCE * WATCHDOG_S + 25, ended.explain()
     assert leftover_processes(run_dir) == [], leftover_processes(run_dir)
 

@@ -18,7 +18,7 @@ def run_target(target: list[str]) -> tuple[int, dict]:
 
         try:
             return main(target[1:]), {}
-        except SystemExit as exc:   # argparse exits
+        except SystemExit as exc:  # argparse exits
             return int(exc.code or 0), {}
     program = importlib.import_module(f"tests.mpi.programs.{target[1]}")
     from distbelief_mpi.comm.world import init_world
@@ -32,15 +32,15 @@ def main() -> None:
 
     result_dir, target = Path(sys.argv[1]), sys.argv[2:]
     rank = MPI.COMM_WORLD.Get_rank()
-    (result_dir / f"rank-{rank}.pid").write_text(str(os.getpid()))   # lets a test signal one rank
+    (result_dir / f"rank-{rank}.pid").write_text(str(os.getpid()))  # lets a test signal one rank
     try:
         code, data = run_target(target)
-    except Exception:   # noqa: BLE001 - recorded as this rank's failure
+    except Exception:  # noqa: BLE001 - recorded as this rank's failure
         code, data = 1, {"traceback": traceback.format_exc()}
         print(data["traceback"], file=sys.stderr)
     (result_dir / f"rank-{rank}.json").write_text(json.dumps({"rank": rank, "exit_code": code, "data": data}))
     sys.stdout.flush()
-    sys.exit(code)   # so mpiexec's own exit status reflects the ranks', as it would without this wrapper
+    sys.exit(code)  # so mpiexec's own exit status reflects the ranks', as it would without this wrapper
 
 
 if __name__ == "__main__":

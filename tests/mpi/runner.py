@@ -40,14 +40,15 @@ class MpiRun:
     returncode: int
     stdout: str
     stderr: str
-    ranks: dict[int, dict]          # world rank -> its result record
+    ranks: dict[int, dict]  # world rank -> its result record
 
     def explain(self) -> str:
         return f"mpiexec exit {self.returncode}\nranks: {self.ranks}\nstdout:\n{self.stdout}\nstderr:\n{self.stderr}"
 
 
-def run_mpi(n: int, target: list[str], tmp_path: Path, timeout: float = 120, env: dict | None = None,
-            cwd: Path = REPO) -> MpiRun:
+def run_mpi(
+    n: int, target: list[str], tmp_path: Path, timeout: float = 120, env: dict | None = None, cwd: Path = REPO
+) -> MpiRun:
     """Run `target` on n ranks; target is ['distbelief', ...args] or ['program', NAME, ...args]."""
     return finish_mpi(start_mpi(n, target, tmp_path, timeout, env, cwd), timeout)
 
@@ -58,18 +59,33 @@ class Started:
     result_dir: Path
 
 
-def start_mpi(n: int, target: list[str], tmp_path: Path, timeout: float = 120, env: dict | None = None,
-              cwd: Path = REPO) -> Started:
+def start_mpi(
+    n: int, target: list[str], tmp_path: Path, timeout: float = 120, env: dict | None = None, cwd: Path = REPO
+) -> Started:
     """Launch without waiting (e.g. to signal mpiexec mid-run); finish_mpi collects the results.
     `process.pid` is `timeout`'s, which passes SIGTERM on to mpiexec."""
     result_dir = Path(tmp_path) / f"mpi-results-{os.getpid()}-{n}-{abs(hash(tuple(target)))}"
     result_dir.mkdir(parents=True, exist_ok=True)
     mpiexec = mpiexec_path()
-    command = ["timeout", "-k", "10", str(int(timeout)), mpiexec, *launcher_flags(mpiexec), "-n", str(n),
-               sys.executable, "-m", "tests.mpi.rank_main", str(result_dir), *target]
+    command = [
+        "timeout",
+        "-k",
+        "10",
+        str(int(timeout)),
+        mpiexec,
+        *launcher_flags(mpiexec),
+        "-n",
+        str(n),
+        sys.executable,
+        "-m",
+        "tests.mpi.rank_main",
+        str(result_dir),
+        *target,
+    ]
     full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd,
-                               env=full_env)
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd, env=full_env
+    )
     return Started(process, result_dir)
 
 

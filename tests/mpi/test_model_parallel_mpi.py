@@ -21,7 +21,7 @@ def test_partitions_over_mpi_equal_the_whole_network(tmp_path, model, parts):
     assert_all_ranks(run, parts)
     shape, layers = MODELS[model]
     n_params = build_network(layers, shape, n_classes=6).n_params
-    assert sum(run.ranks[p]["data"]["n_params"] for p in range(parts)) == n_params   # each parameter once
+    assert sum(run.ranks[p]["data"]["n_params"] for p in range(parts)) == n_params  # each parameter once
     for p in range(parts):
         data = run.ranks[p]["data"]
         assert data["loss_error"] < 1e-12 and data["correct_equal"] and data["grad_error"] < 1e-12, (p, data)
@@ -37,7 +37,7 @@ def test_mpi_bytes_match_the_geometry(tmp_path):
     plans = plan_partitions(build_network(layers, shape, n_classes=6), 2)
     for p in range(2):
         values = 0
-        for plan in plans[1:]:                      # the first layer reads the input batch itself
+        for plan in plans[1:]:  # the first layer reads the input batch itself
             bounds = plan.in_split[1]
             own, other = bounds[p], bounds[1 - p]
             values += (own[1] - own[0]) + (other[1] - other[0])
@@ -49,15 +49,27 @@ def test_mpi_bytes_match_the_geometry(tmp_path):
 def test_downpour_with_two_partitions_per_replica_trains(tmp_path, digits_h5):
     """2 shards + 2 replicas x 2 partitions (6 ranks), a locally connected net on digits."""
     run_dir = tmp_path / "run"
-    target = ["distbelief", "train", str(REPO / "jobs" / "digits_lc_partitioned.toml"), "--set", f"data.path={digits_h5}",
-              "--run-dir", str(run_dir), "--no-progress", "--set", "run.epochs=25", "--set", "checkpoint.every_steps=100"]
+    target = [
+        "distbelief",
+        "train",
+        str(REPO / "jobs" / "digits_lc_partitioned.toml"),
+        "--set",
+        f"data.path={digits_h5}",
+        "--run-dir",
+        str(run_dir),
+        "--no-progress",
+        "--set",
+        "run.epochs=25",
+        "--set",
+        "checkpoint.every_steps=100",
+    ]
     run = run_mpi(6, target, tmp_path, timeout=300)
     assert_all_ranks(run, 6)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["partitions_per_replica"] == 2 and summary["n_replicas"] == 2
     assert summary["replica_steps"][0] == summary["replica_steps"][1] > 0
     assert summary["test_accuracy"] >= 0.9, summary
-    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir())   # shards checkpointed the blocks
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir())  # shards checkpointed the blocks
 
 
 def test_sandblaster_with_partitioned_replicas_follows_the_unpartitioned_run(tmp_path, digits_h5):
@@ -66,11 +78,24 @@ def test_sandblaster_with_partitioned_replicas_follows_the_unpartitioned_run(tmp
     losses = {}
     for parts in (1, 2):
         run_dir = tmp_path / f"p{parts}"
-        sets = [f"data.path={digits_h5}", "topology.replicas=2", f"topology.partitions_per_replica={parts}",
-                'model.layers=[{type="local", filters=4, patch=3, activation="relu"}, '
-                '{type="dense", units=32, activation="relu"}]', "run.steps=10", "run.eval_every=0"]
-        target = ["distbelief", "train", str(REPO / "jobs" / "digits_sandblaster.toml"), "--run-dir", str(run_dir),
-                  "--no-progress", *[item for kv in sets for item in ("--set", kv)]]
+        sets = [
+            f"data.path={digits_h5}",
+            "topology.replicas=2",
+            f"topology.partitions_per_replica={parts}",
+            'model.layers=[{type="local", filters=4, patch=3, activation="relu"}, '
+            '{type="dense", units=32, activation="relu"}]',
+            "run.steps=10",
+            "run.eval_every=0",
+        ]
+        target = [
+            "distbelief",
+            "train",
+            str(REPO / "jobs" / "digits_sandblaster.toml"),
+            "--run-dir",
+            str(run_dir),
+            "--no-progress",
+            *[item for kv in sets for item in ("--set", kv)],
+        ]
         run = run_mpi(3 + 2 * parts, target, tmp_path / f"p{parts}-results", timeout=300)
         assert_all_ranks(run, 3 + 2 * parts)
         lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -83,14 +108,27 @@ def test_partitioned_sandblaster_resumes_bit_identically(tmp_path, digits_h5):
     """Coordinator + 2 shards + one replica split in 2 (5 ranks; shards hold the parameters
     partition-major): stopped after 5 iterations with a checkpoint, resumed to 10, the final
     parameters equal a run of 10 never stopped."""
-    sets = [f"data.path={digits_h5}", "topology.replicas=1", "topology.partitions_per_replica=2",
-            'model.layers=[{type="local", filters=4, patch=3, activation="relu"}, '
-            '{type="dense", units=32, activation="relu"}]', "run.eval_every=0", "checkpoint.every_steps=5"]
+    sets = [
+        f"data.path={digits_h5}",
+        "topology.replicas=1",
+        "topology.partitions_per_replica=2",
+        'model.layers=[{type="local", filters=4, patch=3, activation="relu"}, '
+        '{type="dense", units=32, activation="relu"}]',
+        "run.eval_every=0",
+        "checkpoint.every_steps=5",
+    ]
 
     def train(name, steps, *resume):
-        target = ["distbelief", "train", str(REPO / "jobs" / "digits_sandblaster.toml"), "--run-dir",
-                  str(tmp_path / name), "--no-progress", *resume,
-                  *[item for kv in [*sets, f"run.steps={steps}"] for item in ("--set", kv)]]
+        target = [
+            "distbelief",
+            "train",
+            str(REPO / "jobs" / "digits_sandblaster.toml"),
+            "--run-dir",
+            str(tmp_path / name),
+            "--no-progress",
+            *resume,
+            *[item for kv in [*sets, f"run.steps={steps}"] for item in ("--set", kv)],
+        ]
         assert_all_ranks(run_mpi(5, target, tmp_path / f"{name}-{steps}-results", timeout=300), 5)
         return load_params(tmp_path / name / "params.h5")[0]
 

@@ -44,10 +44,10 @@ def test_non_finite_pushes_are_rejected_and_counted(tmp_path):
     assert sorted(sum(s["applied"]) for s in shards) == [2, 4]
     for shard in shards:
         params = np.array(shard["params"])
-        if sum(shard["rejected"]):       # applied: all-ones, then all-ones with a 2 at element 5
+        if sum(shard["rejected"]):  # applied: all-ones, then all-ones with a 2 at element 5
             expected = np.full(len(params), -2.0)
             expected[5] = -3.0
-        else:                            # its slice never held a bad value: all four applied
+        else:  # its slice never held a bad value: all four applied
             expected = np.full(len(params), -4.0)
         np.testing.assert_array_equal(params, expected)
 
@@ -68,4 +68,4 @@ def test_bounded_staleness_applies_nothing_staler_than_the_bound(tmp_path):
     assert max(i for i, count in enumerate(hist) if count) <= 3 and shard["staleness_max"] <= 3
     assert sum(shard["too_stale"]) > 0
     assert sum(shard["applied"]) + sum(shard["too_stale"]) == 2 * 30
-    assert np.all(np.array(shard["params"]) == -sum(shard["applied"]))   # each applied push: all ones
+    assert np.all(np.array(shard["params"]) == -sum(shard["applied"]))  # each applied push: all ones

@@ -12,9 +12,12 @@ from distbelief_mpi.checkpoint.store import complete_checkpoints, read_manifest
 from distbelief_mpi.preempt import EXIT_PREEMPTED
 from tests.mpi.runner import REPO, assert_all_ranks, finish_mpi, run_mpi, start_mpi
 
-JOBS = {"sgd": ("digits_mlp.toml", 1), "downpour": ("digits_downpour.toml", 5),
-        "partitioned": ("digits_lc_partitioned.toml", 6),   # 2 replicas x 2 partitions + 2 shards
-        "sandblaster": ("digits_sandblaster.toml", 6)}      # coordinator, 2 shards, 3 replicas
+JOBS = {
+    "sgd": ("digits_mlp.toml", 1),
+    "downpour": ("digits_downpour.toml", 5),
+    "partitioned": ("digits_lc_partitioned.toml", 6),  # 2 replicas x 2 partitions + 2 shards
+    "sandblaster": ("digits_sandblaster.toml", 6),
+}  # coordinator, 2 shards, 3 replicas
 
 
 def wait_for_training(run_dir, started, seconds=60):
@@ -34,13 +37,24 @@ def test_sigterm_commits_a_checkpoint_and_resume_auto_finishes(tmp_path, digits_
     in flight: every partition's shards must still be serving when the final one is requested."""
     job, ranks = JOBS[algorithm]
     run_dir = tmp_path / "run"
-    common = ["distbelief", "train", str(REPO / "jobs" / job), "--set", f"data.path={digits_h5}",
-              "--run-dir", str(run_dir), "--resume", "auto", "--set", "run.epochs=0"]
+    common = [
+        "distbelief",
+        "train",
+        str(REPO / "jobs" / job),
+        "--set",
+        f"data.path={digits_h5}",
+        "--run-dir",
+        str(run_dir),
+        "--resume",
+        "auto",
+        "--set",
+        "run.epochs=0",
+    ]
     if algorithm == "partitioned":
         common += ["--set", "checkpoint.every_steps=5"]
     started = start_mpi(ranks, [*common, "--set", "run.steps=100000000"], tmp_path, timeout=120)
     wait_for_training(run_dir, started)
-    started.process.send_signal(signal.SIGTERM)        # `timeout` passes it on to mpiexec, mpiexec to every rank
+    started.process.send_signal(signal.SIGTERM)  # `timeout` passes it on to mpiexec, mpiexec to every rank
     run = finish_mpi(started, timeout=120)
     assert run.returncode == EXIT_PREEMPTED, run.explain()
     assert_all_ranks(run, ranks, exit_code=EXIT_PREEMPTED)
@@ -58,24 +72,62 @@ def test_sigterm_commits_a_checkpoint_and_resume_auto_finishes(tmp_path, digits_
 
 def test_resume_auto_without_a_checkpoint_starts_afresh(tmp_path, digits_h5):
     run_dir = tmp_path / "fresh"
-    run = run_mpi(1, ["distbelief", "train", str(REPO / "jobs" / "digits_mlp.toml"), "--set", f"data.path={digits_h5}",
-                      "--run-dir", str(run_dir), "--resume", "auto", "--set", "run.steps=20"], tmp_path)
+    run = run_mpi(
+        1,
+        [
+            "distbelief",
+            "train",
+            str(REPO / "jobs" / "digits_mlp.toml"),
+            "--set",
+            f"data.path={digits_h5}",
+            "--run-dir",
+            str(run_dir),
+            "--resume",
+            "auto",
+            "--set",
+            "run.steps=20",
+        ],
+        tmp_path,
+    )
     assert_all_ranks(run, 1)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["resumed_from"] is None and summary["steps"] == 20
 
 
 def test_resume_auto_needs_a_run_dir(tmp_path, digits_h5):
-    run = run_mpi(1, ["distbelief", "train", str(REPO / "jobs" / "digits_mlp.toml"), "--set", f"data.path={digits_h5}",
-                      "--resume", "auto"], tmp_path)
+    run = run_mpi(
+        1,
+        [
+            "distbelief",
+            "train",
+            str(REPO / "jobs" / "digits_mlp.toml"),
+            "--set",
+            f"data.path={digits_h5}",
+            "--resume",
+            "auto",
+        ],
+        tmp_path,
+    )
     assert_all_ranks(run, 1, exit_code=2)
     assert "--resume auto needs --run-dir" in run.stderr
 
 
 def start_long_downpour(tmp_path, digits_h5, *extra):
     run_dir = tmp_path / "run"
-    target = ["distbelief", "train", str(REPO / "jobs" / "digits_downpour.toml"), "--set", f"data.path={digits_h5}",
-              "--run-dir", str(run_dir), "--set", "run.epochs=0", "--set", "run.steps=100000000", *extra]
+    target = [
+        "distbelief",
+        "train",
+        str(REPO / "jobs" / "digits_downpour.toml"),
+        "--set",
+        f"data.path={digits_h5}",
+        "--run-dir",
+        str(run_dir),
+        "--set",
+        "run.epochs=0",
+        "--set",
+        "run.steps=100000000",
+        *extra,
+    ]
     started = start_mpi(5, target, tmp_path, timeout=120)
     wait_for_training(run_dir, started)
     return started, run_dir

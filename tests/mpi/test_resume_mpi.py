@@ -24,12 +24,46 @@ def summary(run_dir):
 
 
 def test_sgd_resumed_run_is_bit_identical_to_an_uninterrupted_one(tmp_path, digits_h5):
-    train(1, tmp_path, SGD_JOB, digits_h5, "--run-dir", str(tmp_path / "whole"), "--set", "run.steps=100",
-          "--set", "run.epochs=0")
-    train(1, tmp_path, SGD_JOB, digits_h5, "--run-dir", str(tmp_path / "cut"), "--set", "run.steps=50",
-          "--set", "run.epochs=0", "--set", "checkpoint.every_steps=50")
-    train(1, tmp_path, SGD_JOB, digits_h5, "--resume", str(tmp_path / "cut"), "--set", "run.steps=100",
-          "--set", "run.epochs=0", "--set", "checkpoint.every_steps=50")
+    train(
+        1,
+        tmp_path,
+        SGD_JOB,
+        digits_h5,
+        "--run-dir",
+        str(tmp_path / "whole"),
+        "--set",
+        "run.steps=100",
+        "--set",
+        "run.epochs=0",
+    )
+    train(
+        1,
+        tmp_path,
+        SGD_JOB,
+        digits_h5,
+        "--run-dir",
+        str(tmp_path / "cut"),
+        "--set",
+        "run.steps=50",
+        "--set",
+        "run.epochs=0",
+        "--set",
+        "checkpoint.every_steps=50",
+    )
+    train(
+        1,
+        tmp_path,
+        SGD_JOB,
+        digits_h5,
+        "--resume",
+        str(tmp_path / "cut"),
+        "--set",
+        "run.steps=100",
+        "--set",
+        "run.epochs=0",
+        "--set",
+        "checkpoint.every_steps=50",
+    )
     whole, _ = load_params(tmp_path / "whole" / "params.h5")
     resumed, _ = load_params(tmp_path / "cut" / "params.h5")
     assert np.array_equal(whole, resumed)
@@ -40,8 +74,18 @@ def test_sgd_resumed_run_is_bit_identical_to_an_uninterrupted_one(tmp_path, digi
 def test_downpour_resume_restores_every_shard_and_continues(tmp_path, digits_h5):
     # fetch_every = 3: the checkpoint's step 40 is not a fetch step, yet a resumed replica must
     # fetch before its first step.
-    common = ["--set", "topology.replicas=2", "--set", "run.epochs=0", "--set", "checkpoint.every_steps=20",
-              "--set", "optimizer.warmstart_steps=0", "--set", "optimizer.fetch_every=3"]
+    common = [
+        "--set",
+        "topology.replicas=2",
+        "--set",
+        "run.epochs=0",
+        "--set",
+        "checkpoint.every_steps=20",
+        "--set",
+        "optimizer.warmstart_steps=0",
+        "--set",
+        "optimizer.fetch_every=3",
+    ]
     run_dir = tmp_path / "dp"
     train(4, tmp_path, DOWNPOUR_JOB, digits_h5, "--run-dir", str(run_dir), "--set", "run.steps=40", *common)
     newest = complete_checkpoints(run_dir / "checkpoints")[0]
@@ -57,8 +101,19 @@ def test_downpour_resume_restores_every_shard_and_continues(tmp_path, digits_h5)
 
     # Resuming further continues from step 40 on every replica, on top of the saved versions
     # (with background transfers: the first fetch of a resumed run is inline all the same).
-    train(4, tmp_path, DOWNPOUR_JOB, digits_h5, "--resume", str(run_dir), "--set", "run.steps=70",
-          "--set", "optimizer.overlap_comm=true", *common)
+    train(
+        4,
+        tmp_path,
+        DOWNPOUR_JOB,
+        digits_h5,
+        "--resume",
+        str(run_dir),
+        "--set",
+        "run.steps=70",
+        "--set",
+        "optimizer.overlap_comm=true",
+        *common,
+    )
     after = summary(run_dir)
     assert after["replica_steps"] == [70, 70] and after["resumed_from"]["step"] == 40
     # rates count this invocation's examples only: 30 steps x 32 examples x 2 replicas
@@ -71,8 +126,22 @@ def test_resume_with_another_layout_names_the_mismatch(tmp_path, digits_h5):
     run_dir = tmp_path / "dp"
     common = ["--set", "run.epochs=0", "--set", "run.steps=20", "--set", "checkpoint.every_steps=10"]
     train(5, tmp_path, DOWNPOUR_JOB, digits_h5, "--run-dir", str(run_dir), *common)
-    run = run_mpi(6, ["distbelief", "train", DOWNPOUR_JOB, "--set", f"data.path={digits_h5}", "--resume",
-                      str(run_dir), "--set", "topology.shards=3", *common], tmp_path)
+    run = run_mpi(
+        6,
+        [
+            "distbelief",
+            "train",
+            DOWNPOUR_JOB,
+            "--set",
+            f"data.path={digits_h5}",
+            "--resume",
+            str(run_dir),
+            "--set",
+            "topology.shards=3",
+            *common,
+        ],
+        tmp_path,
+    )
     assert_all_ranks(run, 6, exit_code=2)
     assert "does not fit this job" in run.stderr and "shards: the checkpoint has 2, this job has 3" in run.stderr
 
@@ -80,7 +149,8 @@ def test_resume_with_another_layout_names_the_mismatch(tmp_path, digits_h5):
 def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path, digits_h5):
     run_dir = tmp_path / "plain"
     train(1, tmp_path, SGD_JOB, digits_h5, "--run-dir", str(run_dir), "--set", "run.steps=5")
-    run = run_mpi(1, ["distbelief", "train", SGD_JOB, "--set", f"data.path={digits_h5}", "--resume", str(run_dir)],
-                  tmp_path)
+    run = run_mpi(
+        1, ["distbelief", "train", SGD_JOB, "--set", f"data.path={digits_h5}", "--resume", str(run_dir)], tmp_path
+    )
     assert_all_ranks(run, 1, exit_code=2)
     assert "no complete checkpoint to resume from" in run.stderr

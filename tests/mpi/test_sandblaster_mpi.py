@@ -22,8 +22,12 @@ SOFTMAX = ["model.layers=[]", f"optimizer.l2_penalty={L2}", "optimizer.lbfgs_mem
 
 def train(tmp_path, digits_h5, sets, name="run", n=6):
     overrides = [item for key_value in [f"data.path={digits_h5}", *sets] for item in ("--set", key_value)]
-    run = run_mpi(n, ["distbelief", "train", JOB, "--run-dir", str(tmp_path / name), "--no-progress", *overrides],
-                  tmp_path / f"{name}-results", timeout=300)
+    run = run_mpi(
+        n,
+        ["distbelief", "train", JOB, "--run-dir", str(tmp_path / name), "--no-progress", *overrides],
+        tmp_path / f"{name}-results",
+        timeout=300,
+    )
     assert_all_ranks(run, n)
     summary = json.loads((tmp_path / name / "summary.json").read_text())
     lines = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
@@ -41,7 +45,7 @@ def softmax_objective(digits_h5, dtype):
         loss, _ = network.loss_and_grad(w.astype(np.float32), x, y, grad32)
         return loss + 0.5 * L2 * float(w @ w), grad32.astype(np.float64) + L2 * w
 
-    def numpy_loss(w):                          # the same model in float64: W (64, 10) then b (10,)
+    def numpy_loss(w):  # the same model in float64: W (64, 10) then b (10,)
         flat = x.reshape(len(x), -1).astype(np.float64)
         weights, bias = w[:-10].reshape(flat.shape[1], 10), w[-10:]
         z = flat @ weights + bias
@@ -63,7 +67,7 @@ def test_distributed_lbfgs_follows_the_single_process_reference(tmp_path, digits
     np.testing.assert_allclose(losses, reference.losses[1:26], rtol=2e-4)
     # Every result is accounted for: each portion is issued once and counted once per batch pass;
     # a backup's result is either a discarded duplicate or arrives after its pass ended.
-    portions = len(cut_portions(1437, 1437 // (8 * 3)))     # the Driver's default portion size
+    portions = len(cut_portions(1437, 1437 // (8 * 3)))  # the Driver's default portion size
     assert summary["portions_issued"] == portions * summary["batches"]
     assert summary["duplicates_discarded"] + summary["late_results_discarded"] == summary["backups_issued"]
 
@@ -73,8 +77,9 @@ def test_converged_loss_matches_scipy(tmp_path, digits_h5):
     summary, losses = train(tmp_path, digits_h5, [*SOFTMAX, "run.steps=400"])
     assert summary["stopped_on"].startswith("converged"), summary
     loss_and_grad, x0 = softmax_objective(digits_h5, "float64")
-    best = scipy_optimize.minimize(loss_and_grad, x0, jac=True, method="L-BFGS-B",
-                                   options={"maxiter": 5000, "gtol": 1e-10, "ftol": 1e-15})
+    best = scipy_optimize.minimize(
+        loss_and_grad, x0, jac=True, method="L-BFGS-B", options={"maxiter": 5000, "gtol": 1e-10, "ftol": 1e-15}
+    )
     assert abs(losses[-1] - best.fun) <= 1e-4 * best.fun, (losses[-1], best.fun)
 
 
@@ -82,11 +87,22 @@ def test_every_portion_counts_once_with_backups_and_duplicated_results(tmp_path,
     """Backups are handed out as soon as every portion of a pass is issued, and replica 1 sends
     every result twice: the losses must be those of a run without backups or duplicates (a
     portion counted twice would move them by percents)."""
-    plain, plain_losses = train(tmp_path, digits_h5, [*SOFTMAX, "run.steps=8", "optimizer.backup_tasks=false"],
-                                name="plain")
-    raced, raced_losses = train(tmp_path, digits_h5,
-                                [*SOFTMAX, "run.steps=8", "optimizer.backup_tasks=true", "optimizer.backup_after=0.0",
-                                 "faults.inject=\"duplicate\"", "faults.inject_replica=1"], name="raced")
+    plain, plain_losses = train(
+        tmp_path, digits_h5, [*SOFTMAX, "run.steps=8", "optimizer.backup_tasks=false"], name="plain"
+    )
+    raced, raced_losses = train(
+        tmp_path,
+        digits_h5,
+        [
+            *SOFTMAX,
+            "run.steps=8",
+            "optimizer.backup_tasks=true",
+            "optimizer.backup_after=0.0",
+            'faults.inject="duplicate"',
+            "faults.inject_replica=1",
+        ],
+        name="raced",
+    )
     assert plain["backups_issued"] == 0 and plain["duplicates_discarded"] == 0
     assert raced["backups_issued"] > 0, raced
     assert raced["duplicates_discarded"] >= raced["replica_portions"][1] - raced["late_results_discarded"] > 0, raced
@@ -97,8 +113,12 @@ def test_backups_keep_a_slowed_replica_from_stretching_the_batch(tmp_path, digit
     """Loose bound here (a shared 2-core machine); bench/stragglers.py measures the real figure."""
     base = ["run.steps=15", "optimizer.portion_examples=30"]
     plain, _ = train(tmp_path, digits_h5, base, name="plain")
-    slowed, _ = train(tmp_path, digits_h5, [*base, "faults.inject=\"slow\"", "faults.inject_replica=2",
-                                            "faults.slow_factor=5"], name="slowed")
+    slowed, _ = train(
+        tmp_path,
+        digits_h5,
+        [*base, 'faults.inject="slow"', "faults.inject_replica=2", "faults.slow_factor=5"],
+        name="slowed",
+    )
     assert slowed["backups_won"] > 0, slowed
     assert slowed["evaluation_s_median"] <= 2.0 * plain["evaluation_s_median"], (slowed, plain)
 

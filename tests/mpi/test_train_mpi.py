@@ -15,8 +15,16 @@ DIGITS_JOB = str(REPO / "jobs" / "digits_mlp.toml")
 
 
 def train(n, tmp_path, digits_h5, *extra, run_dir="run", timeout=300):
-    target = ["distbelief", "train", DIGITS_JOB, "--set", f"data.path={digits_h5}",
-              "--run-dir", str(tmp_path / run_dir), *extra]
+    target = [
+        "distbelief",
+        "train",
+        DIGITS_JOB,
+        "--set",
+        f"data.path={digits_h5}",
+        "--run-dir",
+        str(tmp_path / run_dir),
+        *extra,
+    ]
     return run_mpi(n, target, tmp_path, timeout=timeout)
 
 
@@ -25,8 +33,19 @@ def test_digits_mlp_single_replica_reaches_95_percent(tmp_path, digits_h5):
     run = train(1, tmp_path, digits_h5)
     assert_all_ranks(run, 1, exit_code=0)
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    for key in ("algorithm", "world_size", "n_replicas", "n_shards", "partitions_per_replica", "steps",
-                "examples_seen", "wall_s", "examples_per_s", "final_train_loss", "test_accuracy"):
+    for key in (
+        "algorithm",
+        "world_size",
+        "n_replicas",
+        "n_shards",
+        "partitions_per_replica",
+        "steps",
+        "examples_seen",
+        "wall_s",
+        "examples_per_s",
+        "final_train_loss",
+        "test_accuracy",
+    ):
         assert key in summary, key
     assert summary["world_size"] == 1 and summary["algorithm"] == "sgd"
     assert summary["test_accuracy"] >= 0.95, summary
@@ -75,8 +94,11 @@ def test_damaged_dataset_is_named_and_nothing_runs(tmp_path, digits_h5):
     bad = tmp_path / "bad.h5"
     with h5py.File(bad, "w") as handle:
         handle.attrs["schema_version"] = 1
-    run = run_mpi(2, ["distbelief", "train", DIGITS_JOB, "--set", f"data.path={bad}",
-                      "--run-dir", str(tmp_path / "run")], tmp_path)
+    run = run_mpi(
+        2,
+        ["distbelief", "train", DIGITS_JOB, "--set", f"data.path={bad}", "--run-dir", str(tmp_path / "run")],
+        tmp_path,
+    )
     assert_all_ranks(run, 2, exit_code=2)
     assert "bad.h5" in run.stderr and "Traceback" not in run.stderr
 
@@ -105,16 +127,28 @@ def fashion_h5(tmp_path_factory):
     if not os.path.isdir(FASHION_DIR):
         pytest.skip(f"{FASHION_DIR} missing: apt-get install dataset-fashion-mnist")
     data = tmp_path_factory.mktemp("fashion") / "fashion.h5"
-    subprocess.run([sys.executable, "-m", "data_tools", "fashion-mnist", str(data)], check=True, cwd=REPO,
-                   capture_output=True, timeout=300)
+    subprocess.run(
+        [sys.executable, "-m", "data_tools", "fashion-mnist", str(data)],
+        check=True,
+        cwd=REPO,
+        capture_output=True,
+        timeout=300,
+    )
     return data
 
 
 @pytest.mark.parametrize("job, ranks, target", [("fashion_mlp.toml", 1, 0.85), ("fashion_downpour.toml", 6, 0.86)])
 def test_fashion_mnist_jobs_reach_their_accuracy(tmp_path, fashion_h5, job, ranks, target):
     """The shipped Fashion-MNIST jobs on the full dataset (about 20 s each on 2 cores)."""
-    target_args = ["distbelief", "train", str(REPO / "jobs" / job), "--set", f"data.path={fashion_h5}",
-                   "--run-dir", str(tmp_path / "run")]
+    target_args = [
+        "distbelief",
+        "train",
+        str(REPO / "jobs" / job),
+        "--set",
+        f"data.path={fashion_h5}",
+        "--run-dir",
+        str(tmp_path / "run"),
+    ]
     run = run_mpi(ranks, target_args, tmp_path, timeout=600)
     assert_all_ranks(run, ranks)
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
@@ -139,8 +173,12 @@ DOWNPOUR_JOB = str(REPO / "jobs" / "digits_downpour.toml")
 
 def test_digits_downpour_2_shards_3_replicas_reaches_95_percent(tmp_path, digits_h5):
     """The shipped Downpour job (the README's default) under mpiexec -n 5."""
-    run = run_mpi(5, ["distbelief", "train", DOWNPOUR_JOB, "--set", f"data.path={digits_h5}",
-                      "--run-dir", str(tmp_path / "run")], tmp_path, timeout=300)
+    run = run_mpi(
+        5,
+        ["distbelief", "train", DOWNPOUR_JOB, "--set", f"data.path={digits_h5}", "--run-dir", str(tmp_path / "run")],
+        tmp_path,
+        timeout=300,
+    )
     assert_all_ranks(run, 5)
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["test_accuracy"] >= 0.95, summary
@@ -154,9 +192,24 @@ def test_digits_downpour_2_shards_3_replicas_reaches_95_percent(tmp_path, digits
 
 
 def test_downpour_with_background_transfers_trains(tmp_path, digits_h5):
-    run = run_mpi(4, ["distbelief", "train", DOWNPOUR_JOB, "--set", f"data.path={digits_h5}",
-                      "--set", "topology.replicas=2", "--set", "optimizer.overlap_comm=true",
-                      "--run-dir", str(tmp_path / "run")], tmp_path, timeout=300)
+    run = run_mpi(
+        4,
+        [
+            "distbelief",
+            "train",
+            DOWNPOUR_JOB,
+            "--set",
+            f"data.path={digits_h5}",
+            "--set",
+            "topology.replicas=2",
+            "--set",
+            "optimizer.overlap_comm=true",
+            "--run-dir",
+            str(tmp_path / "run"),
+        ],
+        tmp_path,
+        timeout=300,
+    )
     assert_all_ranks(run, 4)
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["test_accuracy"] >= 0.90 and summary["pushes_applied"] > 0, summary
@@ -164,8 +217,22 @@ def test_downpour_with_background_transfers_trains(tmp_path, digits_h5):
 
 def test_downpour_streaming_replica_parts_with_prefetch(tmp_path, digits_h5):
     """data.chunk_examples > 0: each replica streams its part from the HDF5 file in chunks."""
-    run = run_mpi(5, ["distbelief", "train", DOWNPOUR_JOB, "--set", f"data.path={digits_h5}",
-                      "--set", "data.chunk_examples=100", "--run-dir", str(tmp_path / "run")], tmp_path, timeout=300)
+    run = run_mpi(
+        5,
+        [
+            "distbelief",
+            "train",
+            DOWNPOUR_JOB,
+            "--set",
+            f"data.path={digits_h5}",
+            "--set",
+            "data.chunk_examples=100",
+            "--run-dir",
+            str(tmp_path / "run"),
+        ],
+        tmp_path,
+        timeout=300,
+    )
     assert_all_ranks(run, 5)
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["test_accuracy"] >= 0.93, summary

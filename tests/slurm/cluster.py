@@ -22,13 +22,21 @@ from pathlib import Path
 CPUS = 8
 BINARIES = ("munged", "slurmctld", "slurmd", "sbatch", "srun", "squeue", "scontrol", "scancel", "sinfo")
 INSTALL_HINT = "apt-get install -y slurm-wlm munge"
-TERMINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
-                   "PREEMPTED", "BOOT_FAIL", "DEADLINE"}
+TERMINAL_STATES = {
+    "COMPLETED",
+    "FAILED",
+    "CANCELLED",
+    "TIMEOUT",
+    "NODE_FAIL",
+    "OUT_OF_MEMORY",
+    "PREEMPTED",
+    "BOOT_FAIL",
+    "DEADLINE",
+}
 
 
 def missing_binaries() -> list[str]:
-    return [name for name in BINARIES if shutil.which(name) is None
-            and not Path("/usr/sbin", name).exists()]
+    return [name for name in BINARIES if shutil.which(name) is None and not Path("/usr/sbin", name).exists()]
 
 
 def _which(name: str) -> str:
@@ -51,9 +59,9 @@ def _clean_environ() -> dict[str, str]:
 @dataclass
 class JobResult:
     job_id: str
-    state: str          # COMPLETED, FAILED, ...
-    exit_code: str      # "rc:signal", as scontrol prints it
-    record: str         # the full `scontrol show job` line
+    state: str  # COMPLETED, FAILED, ...
+    exit_code: str  # "rc:signal", as scontrol prints it
+    record: str  # the full `scontrol show job` line
 
 
 class SlurmCluster:
@@ -116,16 +124,26 @@ PartitionName=debug Nodes={self.node} Default=YES MaxTime=INFINITE State=UP
 
     def _spawn(self, name: str, argv: list[str]) -> None:
         out = open(self.logs / f"{name}.stdout", "wb")
-        self.processes[name] = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=self.env,
-                                                stdin=subprocess.DEVNULL, cwd=self.base)
+        self.processes[name] = subprocess.Popen(
+            argv, stdout=out, stderr=subprocess.STDOUT, env=self.env, stdin=subprocess.DEVNULL, cwd=self.base
+        )
         out.close()
 
     def start(self, timeout: float = 30) -> None:
         self.write_config()
         m = self.base / "munge"
-        self._spawn("munged", [_which("munged"), "--foreground", f"--key-file={m}/munge.key",
-                               f"--socket={self.munge_socket}", f"--pid-file={m}/munged.pid",
-                               f"--seed-file={m}/munged.seed", f"--log-file={self.logs}/munged.log"])
+        self._spawn(
+            "munged",
+            [
+                _which("munged"),
+                "--foreground",
+                f"--key-file={m}/munge.key",
+                f"--socket={self.munge_socket}",
+                f"--pid-file={m}/munged.pid",
+                f"--seed-file={m}/munged.seed",
+                f"--log-file={self.logs}/munged.log",
+            ],
+        )
         self._wait_for(lambda: self.munge_socket.exists(), timeout, "munged's socket")
         self._spawn("slurmctld", [_which("slurmctld"), "-D", "-f", str(self.conf)])
         self._spawn("slurmd", [_which("slurmd"), "-D", "-f", str(self.conf), "-N", self.node])
@@ -183,12 +201,20 @@ PartitionName=debug Nodes={self.node} Default=YES MaxTime=INFINITE State=UP
 
     # -- clients -------------------------------------------------------------------------------
 
-    def client(self, name: str, *args: str, timeout: float = 20, check: bool = True,
-               cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    def client(
+        self,
+        name: str,
+        *args: str,
+        timeout: float = 20,
+        check: bool = True,
+        cwd: Path | None = None,
+        env: dict | None = None,
+    ) -> subprocess.CompletedProcess:
         """Run a Slurm client command under `timeout`, with SLURM_CONF pointing at this cluster."""
         command = ["timeout", "-k", "5", str(int(timeout)), name, *args]
-        done = subprocess.run(command, capture_output=True, text=True, cwd=cwd, env={**self.env, **(env or {})},
-                              timeout=timeout + 10)
+        done = subprocess.run(
+            command, capture_output=True, text=True, cwd=cwd, env={**self.env, **(env or {})}, timeout=timeout + 10
+        )
         if check and done.returncode != 0:
             raise RuntimeError(f"{' '.join(command)}: exit {done.returncode}\n{done.stdout}{done.stderr}")
         return done
@@ -219,8 +245,10 @@ PartitionName=debug Nodes={self.node} Default=YES MaxTime=INFINITE State=UP
                 return JobResult(job_id, record["JobState"], record.get("ExitCode", "?"), record["_line"])
             time.sleep(0.5)
         self.client("scancel", job_id, check=False)
-        raise TimeoutError(f"job {job_id} still not finished after {timeout} s: "
-                           f"{self.job_record(job_id)['_line']}\n{self.diagnostics()}")
+        raise TimeoutError(
+            f"job {job_id} still not finished after {timeout} s: "
+            f"{self.job_record(job_id)['_line']}\n{self.diagnostics()}"
+        )
 
     def diagnostics(self, lines: int = 25) -> str:
         parts = []

@@ -19,8 +19,9 @@ def slurm_cluster():
     if missing:
         pytest.skip(f"Slurm is not installed (no {', '.join(missing)}): {INSTALL_HINT}")
     if os.geteuid() != 0:
-        pytest.skip("the private Slurm cluster needs root (slurmd starts jobs as their user); "
-                    "CI runs these tests as root")
+        pytest.skip(
+            "the private Slurm cluster needs root (slurmd starts jobs as their user); CI runs these tests as root"
+        )
     cluster = SlurmCluster()
     try:
         cluster.start()
@@ -36,6 +37,11 @@ def slurm_cluster():
 def slurm_digits_h5(tmp_path_factory) -> Path:
     """The digits dataset, built once with the data tool."""
     path = tmp_path_factory.mktemp("slurm-data") / "digits.h5"
-    subprocess.run(["timeout", "-k", "5", "120", sys.executable, "-m", "data_tools", "digits", str(path)],
-                   check=True, cwd=REPO, capture_output=True, timeout=150)
+    subprocess.run(
+        ["timeout", "-k", "5", "120", sys.executable, "-m", "data_tools", "digits", str(path)],
+        check=True,
+        cwd=REPO,
+        capture_output=True,
+        timeout=150,
+    )
     return path

@@ -20,7 +20,7 @@ def submit(cluster, tmp_path: Path, **settings: str) -> tuple[str, Path]:
     directory and output file under tmp_path; settings are the script's environment variables."""
     env = {"RUNS": str(tmp_path / "runs"), **settings}
     venv = Path(sys.prefix)
-    if venv != REPO / ".venv":        # the script's default is the repository's .venv
+    if venv != REPO / ".venv":  # the script's default is the repository's .venv
         env["VENV"] = str(venv) if sys.prefix != sys.base_prefix else "none"
         if env["VENV"] == "none":
             env["PATH"] = f"{Path(sys.executable).parent}:{cluster.env.get('PATH', '')}"
@@ -35,8 +35,9 @@ def explain(cluster, result, log: Path) -> str:
 
 @pytest.mark.parametrize("launch", ["srun", "mpiexec"])
 def test_digits_downpour_batch_job(slurm_cluster, slurm_digits_h5, tmp_path, launch):
-    job_id, log = submit(slurm_cluster, tmp_path, LAUNCH=launch,
-                         EXTRA_ARGS=f"--set run.epochs=40 --set data.path={slurm_digits_h5}")
+    job_id, log = submit(
+        slurm_cluster, tmp_path, LAUNCH=launch, EXTRA_ARGS=f"--set run.epochs=40 --set data.path={slurm_digits_h5}"
+    )
     result = slurm_cluster.wait_job(job_id, timeout=JOB_TIMEOUT_S)
     assert (result.state, result.exit_code) == ("COMPLETED", "0:0"), explain(slurm_cluster, result, log)
 
@@ -76,11 +77,15 @@ def wait_until_training(run_dir: Path, timeout: float = 60) -> None:
 def test_preempted_job_checkpoints_requeues_and_resumes(slurm_cluster, slurm_digits_h5, tmp_path):
     """Slurm's warning signal mid-run: the job commits a checkpoint, exits 75 and requeues itself;
     the requeued job continues from that checkpoint (--resume auto) and completes."""
-    job_id, log = submit(slurm_cluster, tmp_path, LAUNCH="srun",
-                         EXTRA_ARGS=f"--set run.epochs=0 --set run.seconds=6 --set data.path={slurm_digits_h5}")
+    job_id, log = submit(
+        slurm_cluster,
+        tmp_path,
+        LAUNCH="srun",
+        EXTRA_ARGS=f"--set run.epochs=0 --set run.seconds=6 --set data.path={slurm_digits_h5}",
+    )
     run_dir = tmp_path / "runs" / job_id
     wait_until_training(run_dir)
-    slurm_cluster.client("scancel", "--signal=TERM", job_id)          # what --signal=TERM@120 sends
+    slurm_cluster.client("scancel", "--signal=TERM", job_id)  # what --signal=TERM@120 sends
     deadline = time.monotonic() + 60
     while "requeueing job" not in (log.read_text() if log.exists() else ""):
         assert time.monotonic() < deadline, explain(slurm_cluster, slurm_cluster.job_record(job_id), log)

@@ -29,12 +29,25 @@ def test_shipped_jobs_parse(job):
 
 
 def test_every_problem_is_reported_at_once_with_its_key():
-    raw = {"bogus": {}, "data": {"pth": "x"}, "run": {"steps": -1, "seed": "a"},
-           "optimizer": {"learning_rate": 0, "batch_size": 1.5},
-           "model": {"layers": [{"type": "dense"}, {"type": "conv"}]}}
+    raw = {
+        "bogus": {},
+        "data": {"pth": "x"},
+        "run": {"steps": -1, "seed": "a"},
+        "optimizer": {"learning_rate": 0, "batch_size": 1.5},
+        "model": {"layers": [{"type": "dense"}, {"type": "conv"}]},
+    }
     problems = "\n".join(problems_of(raw))
-    for key in ("[bogus]", "data.pth", "run.steps", "run.seed", "optimizer.learning_rate",
-                "optimizer.batch_size", "model.layers[0].units", "model.layers[1].type", "data.path"):
+    for key in (
+        "[bogus]",
+        "data.pth",
+        "run.steps",
+        "run.seed",
+        "optimizer.learning_rate",
+        "optimizer.batch_size",
+        "model.layers[0].units",
+        "model.layers[1].type",
+        "data.path",
+    ):
         assert key in problems
 
 
@@ -78,9 +91,17 @@ def test_missing_and_invalid_files_name_the_file(tmp_path):
 
 
 def test_resolved_toml_round_trips():
-    raw = {**MINIMAL, "model": {"layers": [{"type": "local", "filters": 4, "patch": 3},
-                                           {"type": "l2pool", "size": 2}, {"type": "lcn", "size": 3},
-                                           {"type": "dense", "units": 8, "activation": "tanh"}]}}
+    raw = {
+        **MINIMAL,
+        "model": {
+            "layers": [
+                {"type": "local", "filters": 4, "patch": 3},
+                {"type": "l2pool", "size": 2},
+                {"type": "lcn", "size": 3},
+                {"type": "dense", "units": 8, "activation": "tanh"},
+            ]
+        },
+    }
     spec = parse_job(raw, "src")
     again = parse_job(tomllib.loads(to_toml(spec)), "src")
     assert again == spec
@@ -88,11 +109,28 @@ def test_resolved_toml_round_trips():
 
 
 def test_layer_values_are_checked():
-    problems = "\n".join(problems_of({**MINIMAL, "model": {"layers": [
-        {"type": "dense", "units": 0, "activation": "swish"}, {"type": "lcn", "size": 4},
-        {"type": "maxpool", "size": 2, "extra": 1}, "notatable"]}}))
-    for text in ("units: must be >= 1", "activation: 'swish'", "size: a contrast", "extra: unknown key",
-                 "model.layers[3]: expected an inline table"):
+    problems = "\n".join(
+        problems_of(
+            {
+                **MINIMAL,
+                "model": {
+                    "layers": [
+                        {"type": "dense", "units": 0, "activation": "swish"},
+                        {"type": "lcn", "size": 4},
+                        {"type": "maxpool", "size": 2, "extra": 1},
+                        "notatable",
+                    ]
+                },
+            }
+        )
+    )
+    for text in (
+        "units: must be >= 1",
+        "activation: 'swish'",
+        "size: a contrast",
+        "extra: unknown key",
+        "model.layers[3]: expected an inline table",
+    ):
         assert text in problems
 
 

@@ -19,7 +19,7 @@ sys.path.append(str(Path(__file__).resolve().parents[2] / "bench"))
 import cost_model as cm  # noqa: E402
 
 NETS = [(MLP, (20,)), (IMAGE, (2, 17, 15)), (STRIDED, (1, 30, 14))]
-FREE = cm.Machine(1, float("inf"), 0.0)   # free communication, one core per partition machine
+FREE = cm.Machine(1, float("inf"), 0.0)  # free communication, one core per partition machine
 
 
 @pytest.mark.parametrize("layers,shape", NETS, ids=["mlp", "image", "strided"])
@@ -27,8 +27,9 @@ FREE = cm.Machine(1, float("inf"), 0.0)   # free communication, one core per par
 def test_bytes_equal_what_partitioned_network_sends(layers, shape, parts):
     network = build_network(layers, shape, n_classes=5, dtype=np.float64)
     rng = np.random.default_rng(parts)
-    results, _ = run_partitioned(network, parts, network.init_params(0), rng.standard_normal((6,) + shape),
-                                 rng.integers(0, 5, 6))
+    results, _ = run_partitioned(
+        network, parts, network.init_params(0), rng.standard_normal((6,) + shape), rng.integers(0, 5, 6)
+    )
     sent = [results[p][2] for p in range(parts)]
     assert cm.bytes_per_partition(network, parts, 6).tolist() == sent
 
@@ -90,7 +91,7 @@ def test_ranks_beyond_the_cores_time_share():
     network, seconds = balanced(), [0.4, 0.2, 0.2]
     node = cm.Machine(2, float("inf"), 0.0, partition_per_machine=False)
     assert cm.partition_step(network, 2, 8, seconds, node) == pytest.approx(0.4)
-    assert cm.partition_step(network, 4, 8, seconds, node) == pytest.approx(0.4)   # 0.2 of work, 2x slower
+    assert cm.partition_step(network, 4, 8, seconds, node) == pytest.approx(0.4)  # 0.2 of work, 2x slower
 
 
 def test_layer_costs_measure_every_layer():

@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 
 from data_tools.cli import main
-from data_tools.fashion_mnist import (DEFAULT_SOURCE_DIR, FASHION_MNIST_SHA256, FILES,
-                                      build_fashion_mnist)
+from data_tools.fashion_mnist import DEFAULT_SOURCE_DIR, FASHION_MNIST_SHA256, FILES, build_fashion_mnist
 from distbelief_mpi.data.hdf5 import read_info, read_split, validate
 from distbelief_mpi.errors import DatasetError
 
@@ -67,8 +66,10 @@ def make_idx_dir(directory: Path, n_train=12, n_test=5) -> dict:
     digests = {}
     for split, n in (("train", n_train), ("test", n_test)):
         image_name, label_name = FILES[split]
-        for name, raw in ((image_name, idx_bytes(rng.integers(0, 256, (n, 28, 28)), 0x803)),
-                          (label_name, idx_bytes(rng.integers(0, 10, n), 0x801))):
+        for name, raw in (
+            (image_name, idx_bytes(rng.integers(0, 256, (n, 28, 28)), 0x803)),
+            (label_name, idx_bytes(rng.integers(0, 10, n), 0x801)),
+        ):
             (directory / name).write_bytes(gzip.compress(raw))
             digests[name] = hashlib.sha256(raw).hexdigest()
     return digests
@@ -113,13 +114,13 @@ def test_fashion_mnist_bad_idx(tmp_path):
 
 
 def test_fashion_mnist_missing_source(tmp_path, capsys):
-    code, _, err = run_cli(capsys, "fashion-mnist", tmp_path / "f.h5",
-                           "--source", tmp_path / "absent")
+    code, _, err = run_cli(capsys, "fashion-mnist", tmp_path / "f.h5", "--source", tmp_path / "absent")
     assert_user_error(code, err, "absent", "apt-get install dataset-fashion-mnist", "--source")
 
 
-@pytest.mark.skipif(not Path(DEFAULT_SOURCE_DIR).is_dir(),
-                    reason=f"{DEFAULT_SOURCE_DIR} absent (apt-get install dataset-fashion-mnist)")
+@pytest.mark.skipif(
+    not Path(DEFAULT_SOURCE_DIR).is_dir(), reason=f"{DEFAULT_SOURCE_DIR} absent (apt-get install dataset-fashion-mnist)"
+)
 def test_real_fashion_mnist(tmp_path, capsys):
     out = tmp_path / "fashion.h5"
     code, _, err = run_cli(capsys, "fashion-mnist", out)
@@ -149,19 +150,22 @@ def test_speech_frames(tmp_path, capsys):
 
 def test_speech_frames_labels_are_learnable():
     from data_tools.speech_frames import make_block, make_prototypes
+
     prototypes = make_prototypes(0)
     x, y = make_block(0, "test", 0, 300, prototypes)
-    distances = (x ** 2).sum(1)[:, None] - 2 * x @ prototypes.T + (prototypes ** 2).sum(1)
+    distances = (x**2).sum(1)[:, None] - 2 * x @ prototypes.T + (prototypes**2).sum(1)
     assert (distances.argmin(1) == y).mean() > 0.8
 
 
 # -- from-npz --------------------------------------------------------------------------
 def save_npz(path, n_train=10, n_test=4, row=(3, 5), **overrides):
     rng = np.random.default_rng(0)
-    arrays = dict(x_train=rng.integers(0, 256, (n_train, *row)),
-                  y_train=rng.integers(0, 4, n_train),
-                  x_test=rng.integers(0, 256, (n_test, *row)),
-                  y_test=rng.integers(0, 4, n_test))
+    arrays = dict(
+        x_train=rng.integers(0, 256, (n_train, *row)),
+        y_train=rng.integers(0, 4, n_train),
+        x_test=rng.integers(0, 256, (n_test, *row)),
+        y_test=rng.integers(0, 4, n_test),
+    )
     arrays.update(overrides)
     np.savez(path, **{k: v for k, v in arrays.items() if v is not None})
     return arrays
@@ -177,8 +181,7 @@ def test_from_npz_shapes(tmp_path, capsys, row, shape):
     assert (info.name, info.input_shape, info.n_train, info.n_test) == ("mine", shape, 10, 4)
     assert info.n_classes == max(arrays["y_train"].max(), arrays["y_test"].max()) + 1
     x, _ = read_split(out, "train")
-    np.testing.assert_allclose(x.reshape(arrays["x_train"].shape), arrays["x_train"] / 255,
-                               rtol=1e-6)
+    np.testing.assert_allclose(x.reshape(arrays["x_train"].shape), arrays["x_train"] / 255, rtol=1e-6)
 
 
 def test_from_npz_float_and_options(tmp_path, capsys):
@@ -190,16 +193,19 @@ def test_from_npz_float_and_options(tmp_path, capsys):
     assert read_split(out, "test")[0].min() == -2.0
 
 
-@pytest.mark.parametrize("overrides, args, fragment", [
-    (dict(y_test=None), (), "missing array(s) y_test"),
-    (dict(y_train=np.zeros(9, int)), (), "x_train has 10 rows but y_train has 9"),
-    (dict(y_train=np.zeros(10)), (), "y_train has dtype float64; labels must be integers"),
-    (dict(y_test=np.array([0, -1, 2, 3])), (), "y_test contains negative label -1"),
-    (dict(x_test=np.zeros((4, 3, 6), int)), (), "x_test rows have shape (3, 6)"),
-    (dict(x_train=np.zeros(10)), (), "x_train has shape (10,)"),
-    (dict(x_train=np.full((10, 3, 5), np.nan)), (), "x_train contains NaN"),
-    (dict(y_train=np.full(10, 3)), ("--n-classes", "2"), "label 3 does not fit --n-classes 2"),
-])
+@pytest.mark.parametrize(
+    "overrides, args, fragment",
+    [
+        (dict(y_test=None), (), "missing array(s) y_test"),
+        (dict(y_train=np.zeros(9, int)), (), "x_train has 10 rows but y_train has 9"),
+        (dict(y_train=np.zeros(10)), (), "y_train has dtype float64; labels must be integers"),
+        (dict(y_test=np.array([0, -1, 2, 3])), (), "y_test contains negative label -1"),
+        (dict(x_test=np.zeros((4, 3, 6), int)), (), "x_test rows have shape (3, 6)"),
+        (dict(x_train=np.zeros(10)), (), "x_train has shape (10,)"),
+        (dict(x_train=np.full((10, 3, 5), np.nan)), (), "x_train contains NaN"),
+        (dict(y_train=np.full(10, 3)), ("--n-classes", "2"), "label 3 does not fit --n-classes 2"),
+    ],
+)
 def test_from_npz_errors(tmp_path, capsys, overrides, args, fragment):
     npz = tmp_path / "bad.npz"
     save_npz(npz, **overrides)
@@ -226,8 +232,14 @@ def digits_file(tmp_path, capsys):
 def test_inspect(digits_file, capsys):
     code, out, _ = run_cli(capsys, "inspect", digits_file)
     assert code == 0
-    for fragment in ("schema_version = 1", "x_scale = 0.0625", "input_shape = [1, 8, 8]",
-                     "/train/x: shape (1438, 1, 8, 8) uint8", "fletcher32", "train: 0:142"):
+    for fragment in (
+        "schema_version = 1",
+        "x_scale = 0.0625",
+        "input_shape = [1, 8, 8]",
+        "/train/x: shape (1438, 1, 8, 8) uint8",
+        "fletcher32",
+        "train: 0:142",
+    ):
         assert fragment in out, out
 
 
@@ -249,12 +261,15 @@ def set_attr(path, key, value):
         f.attrs[key] = value
 
 
-@pytest.mark.parametrize("damage, fragment", [
-    (lambda p: p.write_bytes(p.read_bytes()[:3000]), "truncated"),
-    (lambda p: p.write_bytes(bytes(p.stat().st_size)), "not a readable HDF5 file"),
-    (lambda p: p.unlink(), "file not found"),
-    (lambda p: set_attr(p, "input_shape", [64]), "/train/x has shape"),
-])
+@pytest.mark.parametrize(
+    "damage, fragment",
+    [
+        (lambda p: p.write_bytes(p.read_bytes()[:3000]), "truncated"),
+        (lambda p: p.write_bytes(bytes(p.stat().st_size)), "not a readable HDF5 file"),
+        (lambda p: p.unlink(), "file not found"),
+        (lambda p: set_attr(p, "input_shape", [64]), "/train/x has shape"),
+    ],
+)
 def test_damaged_files_exit_2(digits_file, capsys, damage, fragment):
     damage(digits_file)
     for command in ("validate", "inspect"):
@@ -265,8 +280,14 @@ def test_damaged_files_exit_2(digits_file, capsys, damage, fragment):
 # -- as a real process -----------------------------------------------------------------
 def run_module(*argv):
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.run([sys.executable, "-m", "data_tools", *map(str, argv)], cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "data_tools", *map(str, argv)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_subprocess_help_and_errors(tmp_path):
@@ -300,10 +321,15 @@ def test_subprocess_build_and_validate(tmp_path):
 def test_sigterm_mid_write_leaves_no_file(tmp_path):
     import signal
     import time
+
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.Popen([sys.executable, "-m", "data_tools", "speech-frames",
-                             str(tmp_path / "big.h5"), "--n", "1e6"], cwd=REPO, env=env,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "data_tools", "speech-frames", str(tmp_path / "big.h5"), "--n", "1e6"],
+        cwd=REPO,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 30
     while not list(tmp_path.glob(".big.h5.*.tmp")) and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -13,15 +13,24 @@ from distbelief_mpi.errors import DatasetError, UserInputError
 
 def small_arrays(n_train=50, n_test=20, shape=(1, 4, 4), n_classes=3, seed=0):
     rng = np.random.default_rng(seed)
-    return dict(x_train=rng.integers(0, 256, (n_train, *shape), dtype=np.uint8),
-                y_train=rng.integers(0, n_classes, n_train),
-                x_test=rng.integers(0, 256, (n_test, *shape), dtype=np.uint8),
-                y_test=rng.integers(0, n_classes, n_test))
+    return dict(
+        x_train=rng.integers(0, 256, (n_train, *shape), dtype=np.uint8),
+        y_train=rng.integers(0, n_classes, n_train),
+        x_test=rng.integers(0, 256, (n_test, *shape), dtype=np.uint8),
+        y_test=rng.integers(0, n_classes, n_test),
+    )
 
 
 def write_small(path, **overrides):
-    kwargs = dict(name="tiny", source="test", n_classes=3, input_shape=(1, 4, 4),
-                  x_scale=1 / 255, synthetic=True, **small_arrays())
+    kwargs = dict(
+        name="tiny",
+        source="test",
+        n_classes=3,
+        input_shape=(1, 4, 4),
+        x_scale=1 / 255,
+        synthetic=True,
+        **small_arrays(),
+    )
     kwargs.update(overrides)
     write_dataset(path, **kwargs)
     return kwargs
@@ -52,9 +61,20 @@ def test_round_trip_float_vectors(tmp_path):
     x = rng.standard_normal((30, 7), dtype=np.float32)
     y = rng.integers(0, 300, 30)
     path = tmp_path / "vec.h5"
-    write_dataset(path, name="vec", source="test", n_classes=300, input_shape=(7,),
-                  x_train=x, y_train=y, x_test=x[:5], y_test=y[:5], x_scale=1.0,
-                  synthetic=False, extra_attrs={"split_seed": 4})
+    write_dataset(
+        path,
+        name="vec",
+        source="test",
+        n_classes=300,
+        input_shape=(7,),
+        x_train=x,
+        y_train=y,
+        x_test=x[:5],
+        y_test=y[:5],
+        x_scale=1.0,
+        synthetic=False,
+        extra_attrs={"split_seed": 4},
+    )
     got_x, got_y = read_split(path, "test")
     np.testing.assert_array_equal(got_x, x[:5])
     np.testing.assert_array_equal(got_y, y[:5])
@@ -78,12 +98,14 @@ def test_read_split_slices(small_file):
 
 def test_write_rejects_bad_input_and_leaves_no_file(tmp_path):
     path = tmp_path / "bad.h5"
-    bad_cases = [dict(y_train=np.full(50, 3)),                          # label out of range
-                 dict(x_test=np.zeros((20, 1, 4, 5), np.uint8)),        # wrong row shape
-                 dict(y_test=np.zeros(19, int)),                        # length mismatch
-                 dict(x_train=np.zeros((50, 1, 4, 4), np.float64)),     # dtype
-                 dict(x_scale=0.0),
-                 dict(extra_attrs={"n_classes": 5})]
+    bad_cases = [
+        dict(y_train=np.full(50, 3)),  # label out of range
+        dict(x_test=np.zeros((20, 1, 4, 5), np.uint8)),  # wrong row shape
+        dict(y_test=np.zeros(19, int)),  # length mismatch
+        dict(x_train=np.zeros((50, 1, 4, 4), np.float64)),  # dtype
+        dict(x_scale=0.0),
+        dict(extra_attrs={"n_classes": 5}),
+    ]
     for override in bad_cases:
         with pytest.raises(DatasetError, match="bad.h5"):
             write_small(path, **override)
@@ -97,6 +119,7 @@ def test_write_is_atomic_on_failure(tmp_path, monkeypatch):
 
     def explode(*args, **kwargs):
         raise KeyboardInterrupt
+
     monkeypatch.setattr("distbelief_mpi.data.writer.os.replace", explode)
     with pytest.raises(KeyboardInterrupt):
         write_small(path, name="other")
@@ -134,7 +157,7 @@ def test_missing_file(tmp_path):
 def test_truncated_file(small_file):
     path, _ = small_file
     data = path.read_bytes()
-    path.write_bytes(data[:len(data) // 2])
+    path.write_bytes(data[: len(data) // 2])
     expect_error(path, "not a readable HDF5 file", "truncated", check=read_info)
 
 
@@ -173,16 +196,19 @@ def replace(f, name, data):
     f.create_dataset(name, data=data)
 
 
-@pytest.mark.parametrize("action, fragment", [
-    (lambda f: f.attrs.__delitem__("x_scale"), "missing root attribute 'x_scale'"),
-    (lambda f: f.attrs.__delitem__("schema_version"), "missing root attribute 'schema_version'"),
-    (lambda f: f.attrs.__setitem__("schema_version", 2), "unsupported schema_version 2"),
-    (lambda f: f.attrs.__setitem__("input_shape", [1, 4, 5]), "/train/x has shape (50, 1, 4, 4)"),
-    (lambda f: f.attrs.__setitem__("n_classes", "three"), "'n_classes'"),
-    (lambda f: f.__delitem__("/test/y"), "missing dataset /test/y"),
-    (lambda f: replace(f, "/test/y", np.zeros(19, int)), "/test/x has 20 rows but /test/y has 19"),
-    (lambda f: replace(f, "/test/x", np.zeros((20, 1, 4, 4))), "float64"),
-])
+@pytest.mark.parametrize(
+    "action, fragment",
+    [
+        (lambda f: f.attrs.__delitem__("x_scale"), "missing root attribute 'x_scale'"),
+        (lambda f: f.attrs.__delitem__("schema_version"), "missing root attribute 'schema_version'"),
+        (lambda f: f.attrs.__setitem__("schema_version", 2), "unsupported schema_version 2"),
+        (lambda f: f.attrs.__setitem__("input_shape", [1, 4, 5]), "/train/x has shape (50, 1, 4, 4)"),
+        (lambda f: f.attrs.__setitem__("n_classes", "three"), "'n_classes'"),
+        (lambda f: f.__delitem__("/test/y"), "missing dataset /test/y"),
+        (lambda f: replace(f, "/test/y", np.zeros(19, int)), "/test/x has 20 rows but /test/y has 19"),
+        (lambda f: replace(f, "/test/x", np.zeros((20, 1, 4, 4))), "float64"),
+    ],
+)
 def test_wrong_schema(small_file, action, fragment):
     path, _ = small_file
     edit(path, action)
@@ -197,7 +223,7 @@ def test_validate_checks_labels_and_filters(small_file):
     first_bad = np.flatnonzero(labels >= 2)[0]
     expect_error(path, f"/train/y[{first_bad}]", "[0, 2)")
     with pytest.raises(DatasetError, match=rf"/train/y\[{first_bad}\] = \d+ is not a label in \[0, 2\)"):
-        read_split(path, "train")   # training would crash mid-run on such a label
+        read_split(path, "train")  # training would crash mid-run on such a label
     edit(path, lambda f: f.attrs.__setitem__("n_classes", 3))
     edit(path, lambda f: replace(f, "/test/y", f["/test/y"][:]))  # no fletcher32
     expect_error(path, "/test/y is not chunked with the fletcher32")
@@ -206,9 +232,19 @@ def test_validate_checks_labels_and_filters(small_file):
 def test_validate_rejects_nan(tmp_path):
     x = np.ones((4, 2), np.float32)
     path = tmp_path / "nan.h5"
-    write_dataset(path, name="n", source="t", n_classes=2, input_shape=(2,), x_train=x,
-                  y_train=np.zeros(4, int), x_test=x, y_test=np.zeros(4, int), x_scale=1.0,
-                  synthetic=True)
+    write_dataset(
+        path,
+        name="n",
+        source="t",
+        n_classes=2,
+        input_shape=(2,),
+        x_train=x,
+        y_train=np.zeros(4, int),
+        x_test=x,
+        y_test=np.zeros(4, int),
+        x_scale=1.0,
+        synthetic=True,
+    )
     edit(path, lambda f: f["/test/x"].__setitem__((2, 1), np.nan))
     expect_error(path, "/test/x[2] contains NaN")
 
@@ -237,7 +273,7 @@ def test_batch_stream_sees_every_example_once_per_epoch():
     stream = stream_of(n=23, batch=5)
     seen = np.concatenate([stream.next_batch()[1].copy() for _ in range(23)])  # 5 epochs
     for epoch in range(5):
-        assert sorted(seen[epoch * 23:(epoch + 1) * 23]) == list(range(23))
+        assert sorted(seen[epoch * 23 : (epoch + 1) * 23]) == list(range(23))
     assert stream.examples_seen == 115 and stream.epoch == pytest.approx(5.0)
     x, y = stream.next_batch()
     np.testing.assert_array_equal(x[:, 0], y)  # x rows follow their labels
@@ -279,16 +315,26 @@ def test_class_count_must_suit_a_classifier(tmp_path, small_file, n_classes):
         read_info(path)
     x = np.zeros((2, 3), np.float32)
     with pytest.raises(DatasetError, match="must be in"):
-        write_dataset(tmp_path / "w.h5", name="w", source="t", n_classes=n_classes, input_shape=(3,),
-                      x_train=x, y_train=np.zeros(2, int), x_test=x, y_test=np.zeros(2, int), x_scale=1.0,
-                      synthetic=True)
+        write_dataset(
+            tmp_path / "w.h5",
+            name="w",
+            source="t",
+            n_classes=n_classes,
+            input_shape=(3,),
+            x_train=x,
+            y_train=np.zeros(2, int),
+            x_test=x,
+            y_test=np.zeros(2, int),
+            x_scale=1.0,
+            synthetic=True,
+        )
     assert not (tmp_path / "w.h5").exists()
 
 
 def test_batch_stream_state_restores_the_exact_sequence():
     x, y = np.arange(70, dtype=np.float32).reshape(35, 2), np.arange(35)
     first = BatchStream(x, y, 8, seed=4, replica_id=1)
-    for _ in range(9):                          # past two epoch boundaries
+    for _ in range(9):  # past two epoch boundaries
         first.next_batch()
     saved = first.state()
     expected = [first.next_batch()[1].copy() for _ in range(10)]

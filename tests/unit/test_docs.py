@@ -6,8 +6,9 @@ DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 
 def test_job_spec_reference_is_generated_from_the_code():
-    assert (DOCS / "job-spec.md").read_text() == render(), \
+    assert (DOCS / "job-spec.md").read_text() == render(), (
         "docs/job-spec.md is stale: run python -m distbelief_mpi.docgen > docs/job-spec.md"
+    )
 
 
 def test_every_key_has_a_description():

@@ -77,7 +77,10 @@ def test_softmax_xent_rejects_bad_label():
 
 
 LOCAL_CASES = [  # (batch, channels, h, w, filters, patch, stride)
-    (0, 2, 5, 5, 3, 3, 1), (1, 1, 3, 3, 1, 3, 1), (3, 2, 7, 9, 5, 3, 2), (2, 3, 8, 7, 4, 2, 3),
+    (0, 2, 5, 5, 3, 3, 1),
+    (1, 1, 3, 3, 1, 3, 1),
+    (3, 2, 7, 9, 5, 3, 2),
+    (2, 3, 8, 7, 4, 2, 3),
 ]
 
 
@@ -155,6 +158,7 @@ def test_lcn(dtype, case):
 def test_set_compute_threads():
     import numba
     from threadpoolctl import threadpool_info
+
     K.set_compute_threads(1)
     assert numba.get_num_threads() == 1
     assert all(info["num_threads"] == 1 for info in threadpool_info() if info["user_api"] == "blas")

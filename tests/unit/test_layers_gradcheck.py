@@ -78,9 +78,13 @@ def test_lcn(size):
 
 
 def test_whole_network_with_softmax_cross_entropy():
-    specs = [LayerSpec("lcn", size=3), LayerSpec("local", filters=3, patch=3, stride=2, activation="tanh"),
-             LayerSpec("l2pool", size=2, stride=1), LayerSpec("maxpool", size=2, stride=1),
-             LayerSpec("dense", units=4, activation="sigmoid")]
+    specs = [
+        LayerSpec("lcn", size=3),
+        LayerSpec("local", filters=3, patch=3, stride=2, activation="tanh"),
+        LayerSpec("l2pool", size=2, stride=1),
+        LayerSpec("maxpool", size=2, stride=1),
+        LayerSpec("dense", units=4, activation="sigmoid"),
+    ]
     net = build_network(specs, (2, 9, 8), 3, dtype=F64)
     rng = np.random.default_rng(1)
     params = net.init_params(3)

@@ -1,9 +1,19 @@
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from distbelief_mpi.config import parse_job
 from distbelief_mpi.errors import LayoutError
-from distbelief_mpi.layout import SHARD_ALIGN, Layout, assign_roles, format_layout, layout_problems, plan_layout, ranks_needed, shard_ranges
+from distbelief_mpi.layout import (
+    SHARD_ALIGN,
+    Layout,
+    assign_roles,
+    format_layout,
+    layout_problems,
+    plan_layout,
+    ranks_needed,
+    shard_ranges,
+)
 
 
 def spec_with(**topology):
@@ -34,8 +44,15 @@ def test_rank_order_is_coordinator_shards_then_replica_major():
     topology = spec_with(shards=2, replicas=2, partitions_per_replica=2, coordinator=True).topology
     roles = assign_roles(topology)
     assert [r.world_rank for r in roles] == list(range(7))
-    assert [r.label for r in roles] == ["coordinator", "shard 0", "shard 1", "replica 0/partition 0",
-                                        "replica 0/partition 1", "replica 1/partition 0", "replica 1/partition 1"]
+    assert [r.label for r in roles] == [
+        "coordinator",
+        "shard 0",
+        "shard 1",
+        "replica 0/partition 0",
+        "replica 0/partition 1",
+        "replica 1/partition 0",
+        "replica 1/partition 1",
+    ]
 
 
 def test_table_shows_shard_ranges():

@@ -17,6 +17,7 @@ from distbelief_mpi.optim.vector_ops import ShardVectors, n_scalars
 def one_blas_thread():
     """Threaded BLAS on small matrices is ~10-100x slower on this project's busy 2-core machines."""
     from threadpoolctl import threadpool_limits
+
     for module in ("scipy.optimize", "sklearn.datasets"):  # load their BLAS / OpenMP first
         try:
             importlib.import_module(module)
@@ -30,10 +31,11 @@ def one_blas_thread():
 def softmax_digits():
     """Mean cross-entropy of an L2-regularised linear softmax on sklearn's digits: 650 parameters."""
     from sklearn.datasets import load_digits
-    x, labels = load_digits(return_X_y=True)
-    x, onehot, lam = x / 16.0, np.eye(10)[labels], 1e-3   # x (1797, 64), onehot (1797, 10)
 
-    def loss_and_grad(w):                                  # w (64 * 10 + 10,)
+    x, labels = load_digits(return_X_y=True)
+    x, onehot, lam = x / 16.0, np.eye(10)[labels], 1e-3  # x (1797, 64), onehot (1797, 10)
+
+    def loss_and_grad(w):  # w (64 * 10 + 10,)
         W, b = w[:640].reshape(64, 10), w[640:]
         z = x @ W + b
         z -= z.max(axis=1, keepdims=True)
@@ -41,6 +43,7 @@ def softmax_digits():
         dz = (np.exp(logp) - onehot) / len(x)
         loss = -np.mean(logp[np.arange(len(x)), labels]) + 0.5 * lam * np.sum(W * W)
         return loss, np.concatenate([(x.T @ dz + lam * W).ravel(), dz.sum(axis=0)])
+
     return loss_and_grad, np.zeros(650)
 
 
@@ -57,23 +60,23 @@ def test_sharded_commands_match_the_reference(softmax_digits, n_shards):
     np.testing.assert_allclose(cluster.gather("g"), loss_and_grad(x_ref)[1], atol=1e-10)
     # one reduction per iteration (+1 at the start); one broadcast-only batch per evaluation
     assert res.reductions == res.iterations + 1
-    assert res.batches == res.reductions + res.evaluations - 1 + 1   # + the final history trim
+    assert res.batches == res.reductions + res.evaluations - 1 + 1  # + the final history trim
 
 
 def test_final_loss_matches_scipy(softmax_digits):
     optimize = pytest.importorskip("scipy.optimize")
     loss_and_grad, x0 = softmax_digits
-    best = optimize.minimize(loss_and_grad, x0, jac=True, method="L-BFGS-B",
-                             options={"maxiter": 1000, "gtol": 1e-9, "ftol": 1e-15})
-    res = lbfgs(LocalCluster(loss_and_grad, x0, 2, memory=10), 10,
-                LbfgsOptions(max_iter=150, gtol=1e-6, ftol=1e-13))
+    best = optimize.minimize(
+        loss_and_grad, x0, jac=True, method="L-BFGS-B", options={"maxiter": 1000, "gtol": 1e-9, "ftol": 1e-15}
+    )
+    res = lbfgs(LocalCluster(loss_and_grad, x0, 2, memory=10), 10, LbfgsOptions(max_iter=150, gtol=1e-6, ftol=1e-13))
     assert abs(res.loss - best.fun) <= 1e-4 * abs(best.fun)
 
 
 def quadratic(n=30, seed=0):
     rng = np.random.default_rng(seed)
     q, _ = np.linalg.qr(rng.normal(size=(n, n)))
-    a = q @ np.diag(np.logspace(0, 2, n)) @ q.T            # SPD, condition number 100
+    a = q @ np.diag(np.logspace(0, 2, n)) @ q.T  # SPD, condition number 100
     b = rng.normal(size=n)
     return (lambda x: (0.5 * x @ a @ x - b @ x, a @ x - b)), np.linalg.solve(a, b)
 
@@ -113,6 +116,7 @@ def test_rosenbrock_nonconvex_agrees_with_reference():
         g[:-1] = -400 * x[:-1] * (x[1:] - x[:-1] ** 2) - 2 * (1 - x[:-1])
         g[1:] += 200 * (x[1:] - x[:-1] ** 2)
         return f, g
+
     x0, opts = np.full(6, -1.2), LbfgsOptions(max_iter=300, gtol=1e-8, ftol=0)
     x_ref, ref = reference_lbfgs(rosen, x0, 4, opts)
     cluster = LocalCluster(rosen, x0, 3, memory=4)
@@ -127,6 +131,7 @@ def test_nonfinite_trial_losses_backtrack_and_a_hopeless_search_stops():
         if np.any(np.abs(x) >= 1):
             return np.inf, np.zeros_like(x)
         return -np.sum(np.log1p(-x * x)) - 5 * x.sum(), 2 * x / (1 - x * x) - 5
+
     res = lbfgs(LocalCluster(barrier, np.zeros(4), 2, memory=5), 5, LbfgsOptions(gtol=1e-9, ftol=0))
     assert res.status == "gtol" and res.evaluations > res.iterations + 1
     wrong = lbfgs(LocalCluster(lambda x: (x @ x, -2 * x), np.ones(3)), 5, LbfgsOptions())
@@ -138,9 +143,17 @@ def test_vector_commands_match_numpy():
     shard, vals = ShardVectors(length, 2), {n: rng.normal(size=length) for n in ("x", "g", "d", "x_trial", "g_trial")}
     for name, v in vals.items():
         shard.load(name, v)
-    cmds = (("dot", "x", "g"), ("axpy", "d", "g", 0.5), ("scale", "x", -2.0), ("mul", "g_trial", "x", "g"),
-            ("dots", (("d", "d"), ("x", "g_trial"))), ("push", 7), ("lincomb", "x_trial", (("s:7", 2.0), ("y:7", 3.0))),
-            ("copy", "g", "x_trial"), ("round32", "g"))
+    cmds = (
+        ("dot", "x", "g"),
+        ("axpy", "d", "g", 0.5),
+        ("scale", "x", -2.0),
+        ("mul", "g_trial", "x", "g"),
+        ("dots", (("d", "d"), ("x", "g_trial"))),
+        ("push", 7),
+        ("lincomb", "x_trial", (("s:7", 2.0), ("y:7", 3.0))),
+        ("copy", "g", "x_trial"),
+        ("round32", "g"),
+    )
     out = shard.execute(("batch", cmds))
     x, g, d = -2 * vals["x"], vals["g"], vals["d"] + 0.5 * vals["g"]
     gt = x * g
@@ -155,7 +168,7 @@ def test_vector_commands_match_numpy():
 
 def test_history_is_read_only_and_bounded():
     shard = ShardVectors(4, 1)
-    shard.execute(("push", 0)), shard.execute(("push", 1))   # memory + 1 may be held
+    shard.execute(("push", 0)), shard.execute(("push", 1))  # memory + 1 may be held
     for bad in [("push", 2), ("axpy", "s:0", "x", 1.0), ("lincomb", "d", (("d", 1.0),)), ("nope",)]:
         with pytest.raises((ValueError, KeyError)):
             shard.execute(bad)
@@ -170,7 +183,7 @@ def test_callback_stops_and_a_second_run_starts_from_the_shards_x():
     cluster, seen = LocalCluster(loss_and_grad, np.zeros(30), 2, memory=4), []
     first = lbfgs(cluster, 4, callback=lambda r: seen.append(r.iterations) or r.iterations == 5)
     assert first.status == "stopped" and seen == [1, 2, 3, 4, 5]
-    second = lbfgs(cluster, 4, LbfgsOptions(max_iter=200, gtol=1e-6, ftol=0))   # shards hold 4 old pairs
+    second = lbfgs(cluster, 4, LbfgsOptions(max_iter=200, gtol=1e-6, ftol=0))  # shards hold 4 old pairs
     assert second.status == "gtol" and second.losses[0] == first.loss
     np.testing.assert_allclose(cluster.gather("x"), x_star, atol=1e-6)
 
@@ -190,8 +203,9 @@ def test_a_run_resumed_from_a_snapshot_takes_the_uninterrupted_steps(softmax_dig
     def checkpoint_at_7(result):
         if result.iterations == 7:
             saved["run"] = json.loads(json.dumps(run.snapshot()))
-            saved["shards"] = [copy.deepcopy(shard.state()) for shard in cluster.shards]   # state() gives views
-        return result.iterations == 7        # then "the job is killed"
+            saved["shards"] = [copy.deepcopy(shard.state()) for shard in cluster.shards]  # state() gives views
+        return result.iterations == 7  # then "the job is killed"
+
     run = LbfgsRun(cluster, 3, opts, checkpoint_at_7)
     assert run.run().status == "stopped" and len(saved["shards"][0]["pids"]) == 3
     fresh = LocalCluster(loss_and_grad, np.ones_like(x0), 2, memory=3)

@@ -48,7 +48,7 @@ def test_a_zero_timeout_is_off_and_beats_are_harmless():
 def test_process_alive_tells_running_from_exited_and_zombie():
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     deadline = time.monotonic() + 10
-    while process_alive(child.pid):            # a zombie until reaped: counts as exited
+    while process_alive(child.pid):  # a zombie until reaped: counts as exited
         assert time.monotonic() < deadline
         time.sleep(0.05)
     child.wait()
@@ -58,7 +58,7 @@ def test_process_alive_tells_running_from_exited_and_zombie():
 
 class FakePeers:
     def __init__(self, gone: dict[int, bool | None]):
-        self.gone = gone.get       # world rank -> exited (True), running (False), unknowable (None)
+        self.gone = gone.get  # world rank -> exited (True), running (False), unknowable (None)
 
 
 class FakeClock:
@@ -91,7 +91,7 @@ def test_a_silent_live_replica_is_hung_only_after_the_timeout_and_its_first_push
     assert watch.verdicts(set()) == ([], [])
     clock.now += 3.0
     left, hung = watch.verdicts(set())
-    assert left == [] and [replica for replica, _ in hung] == [1, 2]    # replica 0 never pushed: may be warming up
+    assert left == [] and [replica for replica, _ in hung] == [1, 2]  # replica 0 never pushed: may be warming up
 
 
 def test_slow_injection_stretches_only_the_chosen_replica(monkeypatch):

@@ -8,13 +8,19 @@ from distbelief_mpi.kernels import sgd_update_
 from distbelief_mpi.model.network import build_network
 from distbelief_mpi.model.spec import LayerSpec
 
-SPECS = [LayerSpec("local", filters=4, patch=3, stride=1, activation="relu"),
-         LayerSpec("maxpool", size=2, stride=2), LayerSpec("dense", units=8, activation="tanh")]
+SPECS = [
+    LayerSpec("local", filters=4, patch=3, stride=1, activation="relu"),
+    LayerSpec("maxpool", size=2, stride=2),
+    LayerSpec("dense", units=8, activation="tanh"),
+]
 
 
 def test_build_errors_listed_all_at_once():
-    specs = [LayerSpec("dense", units=4), LayerSpec("local", filters=2, patch=3, stride=1),
-             LayerSpec("maxpool", size=2)]
+    specs = [
+        LayerSpec("dense", units=4),
+        LayerSpec("local", filters=2, patch=3, stride=1),
+        LayerSpec("maxpool", size=2),
+    ]
     with pytest.raises(ConfigError) as err:
         build_network(specs, (8,), 3)
     assert err.value.source == "model"
@@ -49,7 +55,7 @@ def test_init_deterministic_in_seed():
     assert a.dtype == np.float32 and a.shape == (net.n_params,)
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
-    assert np.all(a[net.param_slices[0]][-net.layers[0].n_pos * 4:] == 0)  # local biases
+    assert np.all(a[net.param_slices[0]][-net.layers[0].n_pos * 4 :] == 0)  # local biases
 
 
 def test_tiny_network_learns_with_sgd():

@@ -17,10 +17,10 @@ class Batch:
     """Replicas holding portions; results are delivered (or re-delivered) in any order."""
 
     def __init__(self, sched: PortionScheduler, grads: np.ndarray):
-        self.sched, self.grads = sched, grads                 # grads (n, 3) int64, one per portion
-        self.held = [[] for _ in range(sched.n_replicas)]     # given, result not sent
-        self.sent = [[] for _ in range(sched.n_replicas)]     # result sent at least once
-        self.total = np.zeros(grads.shape[1], np.int64)       # the batch gradient
+        self.sched, self.grads = sched, grads  # grads (n, 3) int64, one per portion
+        self.held = [[] for _ in range(sched.n_replicas)]  # given, result not sent
+        self.sent = [[] for _ in range(sched.n_replicas)]  # result sent at least once
+        self.total = np.zeros(grads.shape[1], np.int64)  # the batch gradient
         self.counted = np.zeros(len(grads), int)
         self.results = 0
 
@@ -57,13 +57,18 @@ class Batch:
         raise AssertionError("no progress")
 
 
-ACTIONS = st.lists(st.tuples(st.sampled_from(["request", "finish", "duplicate"]), st.integers(0, 99)),
-                   max_size=150)
+ACTIONS = st.lists(st.tuples(st.sampled_from(["request", "finish", "duplicate"]), st.integers(0, 99)), max_size=150)
 
 
 @settings(max_examples=300, deadline=None)
-@given(n=st.integers(0, 20), replicas=st.integers(1, 5), actions=ACTIONS, max_backups=st.integers(0, 2),
-       backup_after=st.one_of(st.integers(0, 20), st.floats(0.0, 1.0)), seed=st.integers(0, 2**32 - 1))
+@given(
+    n=st.integers(0, 20),
+    replicas=st.integers(1, 5),
+    actions=ACTIONS,
+    max_backups=st.integers(0, 2),
+    backup_after=st.one_of(st.integers(0, 20), st.floats(0.0, 1.0)),
+    seed=st.integers(0, 2**32 - 1),
+)
 def test_every_portion_counts_exactly_once(n, replicas, actions, max_backups, backup_after, seed):
     grads = np.random.default_rng(n).integers(-1000, 1000, size=(n, 3))
     sched = PortionScheduler(n, replicas, backup_after=backup_after, max_backups=max_backups)
@@ -79,7 +84,7 @@ def test_every_portion_counts_exactly_once(n, replicas, actions, max_backups, ba
     batch.shuffle_drain(np.random.default_rng(seed))
     batch.drain()
     assert sched.done and (batch.counted == 1).all()
-    assert all(type(v) is int for v in sched.summary().values())   # JSON-able as is
+    assert all(type(v) is int for v in sched.summary().values())  # JSON-able as is
     np.testing.assert_array_equal(batch.total, grads.sum(axis=0))
     primary_wins = sum(sched.holders(p)[0] == sched._winner[p] for p in range(n))
     assert primary_wins + sched.backups_won == n == sched.portions_issued == sum(sched.wins_by_replica)
@@ -95,15 +100,20 @@ def test_backup_race_first_result_wins():
     sched = PortionScheduler(2, 2)
     assert [sched.next_for(0), sched.next_for(1)] == [0, 1]
     assert sched.complete(1, 1)
-    assert sched.next_for(1) == 0                        # backup of replica 0's straggler
-    assert sched.next_for(1) is None                     # one backup per portion by default
+    assert sched.next_for(1) == 0  # backup of replica 0's straggler
+    assert sched.next_for(1) is None  # one backup per portion by default
     assert sched.complete(1, 0) and not sched.complete(0, 0)
-    assert sched.done and sched.summary() == {"portions": 2, "portions_issued": 2, "backups_issued": 1,
-                                              "backups_won": 1, "duplicates_discarded": 1}
+    assert sched.done and sched.summary() == {
+        "portions": 2,
+        "portions_issued": 2,
+        "backups_issued": 1,
+        "backups_won": 1,
+        "duplicates_discarded": 1,
+    }
 
 
 def test_backups_wait_for_the_threshold():
-    sched = PortionScheduler(4, 2, backup_after=0.75)   # 3 portions must be complete first
+    sched = PortionScheduler(4, 2, backup_after=0.75)  # 3 portions must be complete first
     held = [sched.next_for(0), sched.next_for(1), sched.next_for(0), sched.next_for(1)]
     assert sorted(held) == [0, 1, 2, 3]
     assert sched.complete(1, held[1]) and sched.next_for(1) is None
@@ -146,7 +156,7 @@ def test_fast_replicas_take_more_portions_and_keep_runs_sequential():
             break
     assert sched.done and len(got[0]) < min(len(g) for g in got[1:])
     jumps = sum(b != a + 1 for g in got for a, b in pairwise(g))
-    assert jumps <= 12, got      # runs stay long: few non-sequential switches over 64 portions
+    assert jumps <= 12, got  # runs stay long: few non-sequential switches over 64 portions
 
 
 def test_cut_portions_partitions_the_batch():
@@ -166,5 +176,10 @@ def test_totals_add_batches():
         sched.next_for(0), sched.next_for(1)
         sched.complete(1, 0), sched.complete(0, 0)
         totals.add(sched)
-    assert totals.as_dict() == {"batches": 2, "portions_issued": 2, "backups_issued": 2, "backups_won": 2,
-                                "duplicates_discarded": 2}
+    assert totals.as_dict() == {
+        "batches": 2,
+        "portions_issued": 2,
+        "backups_issued": 2,
+        "backups_won": 2,
+        "duplicates_discarded": 2,
+    }

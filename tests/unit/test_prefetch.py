@@ -26,9 +26,19 @@ def write_rows(path, n_train=N_TRAIN, shape=(1, 2, 3), dtype=np.uint8, x_scale=1
         x = rng.integers(0, 256, (n_train, *shape), dtype=np.uint8)
     else:
         x = rng.standard_normal((n_train, *shape)).astype(np.float32)
-    write_dataset(path, name="rows", source="test", n_classes=n_train, input_shape=shape,
-                  x_train=x, y_train=np.arange(n_train), x_test=x[:3], y_test=np.arange(3),
-                  x_scale=x_scale, synthetic=True)
+    write_dataset(
+        path,
+        name="rows",
+        source="test",
+        n_classes=n_train,
+        input_shape=shape,
+        x_train=x,
+        y_train=np.arange(n_train),
+        x_test=x[:3],
+        y_test=np.arange(3),
+        x_scale=x_scale,
+        synthetic=True,
+    )
     return x.astype(np.float32) * np.float32(x_scale)
 
 
@@ -52,19 +62,21 @@ def take(stream, n_batches, x_rows=None):
 
 
 def no_reader_threads():
-    return not any(t.name.startswith(THREAD_NAME) and t.is_alive()
-                   for t in threading.enumerate())
+    return not any(t.name.startswith(THREAD_NAME) and t.is_alive() for t in threading.enumerate())
 
 
 # -- coverage --------------------------------------------------------------------------
-@pytest.mark.parametrize("start, stop, chunk, batch", [
-    (0, 200, 50, 7),     # chunk divides the part, batch divides neither
-    (0, 200, 64, 7),     # last chunk shorter (8 rows)
-    (13, 170, 40, 9),    # offset part, uneven chunks
-    (13, 170, 1000, 5),  # one chunk bigger than the part
-    (5, 35, 1, 4),       # one-row chunks
-    (0, 60, 16, 64),     # batch bigger than a chunk and than the part
-])
+@pytest.mark.parametrize(
+    "start, stop, chunk, batch",
+    [
+        (0, 200, 50, 7),  # chunk divides the part, batch divides neither
+        (0, 200, 64, 7),  # last chunk shorter (8 rows)
+        (13, 170, 40, 9),  # offset part, uneven chunks
+        (13, 170, 1000, 5),  # one chunk bigger than the part
+        (5, 35, 1, 4),  # one-row chunks
+        (0, 60, 16, 64),  # batch bigger than a chunk and than the part
+    ],
+)
 def test_every_example_once_per_epoch(rows_file, start, stop, chunk, batch):
     path, x_rows = rows_file
     n = stop - start
@@ -76,10 +88,9 @@ def test_every_example_once_per_epoch(rows_file, start, stop, chunk, batch):
         assert s.epoch == pytest.approx(len(labels) / n)
     # The part is respected and each epoch is a permutation of it.
     for e in range(epochs):
-        np.testing.assert_array_equal(np.sort(labels[e * n:(e + 1) * n]),
-                                      np.arange(start, stop))
+        np.testing.assert_array_equal(np.sort(labels[e * n : (e + 1) * n]), np.arange(start, stop))
     assert labels[:n].tolist() != list(range(start, stop))  # shuffled
-    assert not np.array_equal(labels[:n], labels[n:2 * n])  # a new order each epoch
+    assert not np.array_equal(labels[:n], labels[n : 2 * n])  # a new order each epoch
 
 
 def test_scaled_float_and_uint8_rows_match_file(tmp_path):
@@ -115,12 +126,15 @@ def test_same_sequence_twice_and_seed_replica_matter(rows_file):
     assert not np.array_equal(first, run(5, 1))
 
 
-@pytest.mark.parametrize("after", [
-    3,    # mid-chunk (21 rows into a 30-row chunk)
-    30,   # 210 rows: at a chunk boundary (210 = 7 chunks of 30) and mid-epoch
-    40,   # 280 rows: mid-chunk, second epoch
-    60,   # 420 rows: epoch boundary (2 x 210) and a chunk boundary
-])
+@pytest.mark.parametrize(
+    "after",
+    [
+        3,  # mid-chunk (21 rows into a 30-row chunk)
+        30,  # 210 rows: at a chunk boundary (210 = 7 chunks of 30) and mid-epoch
+        40,  # 280 rows: mid-chunk, second epoch
+        60,  # 420 rows: epoch boundary (2 x 210) and a chunk boundary
+    ],
+)
 def test_state_restore_continues_exactly(tmp_path, after):
     path = tmp_path / "r.h5"
     x_rows = write_rows(path, n_train=210)
@@ -131,15 +145,15 @@ def test_state_restore_continues_exactly(tmp_path, after):
         take(s, after)
         state = json.loads(json.dumps(s.state()))  # must survive a checkpoint manifest
         continued = take(s, 20)
-    np.testing.assert_array_equal(continued, expected[after * 7:(after + 20) * 7])
+    np.testing.assert_array_equal(continued, expected[after * 7 : (after + 20) * 7])
     with make() as fresh:  # restore into a new stream (a resumed job)
         fresh.restore(state)
         assert fresh.examples_seen == after * 7
-        np.testing.assert_array_equal(take(fresh, 50, x_rows), expected[after * 7:])
+        np.testing.assert_array_equal(take(fresh, 50, x_rows), expected[after * 7 :])
     with make() as s:  # and into the same stream, after it has moved on
         take(s, after + 11)
         s.restore(state)
-        np.testing.assert_array_equal(take(s, 50), expected[after * 7:])
+        np.testing.assert_array_equal(take(s, 50), expected[after * 7 :])
 
 
 def test_restore_rejects_other_layouts(rows_file):
@@ -163,8 +177,7 @@ def test_fast_forward_counts_epochs(rows_file):
         labels = take(s, 2 * n // 8, x_rows)  # two more epochs from the new origin
         assert s.epoch == 4.5
         for e in range(2):
-            np.testing.assert_array_equal(np.sort(labels[e * n:(e + 1) * n]),
-                                          np.arange(20, 180))
+            np.testing.assert_array_equal(np.sort(labels[e * n : (e + 1) * n]), np.arange(20, 180))
     with ChunkedBatchStream(path, 20, 180, 8, seed=4, replica_id=2, chunk_examples=48) as t:
         t.fast_forward(400)  # same (seed, replica, examples_seen): same order
         np.testing.assert_array_equal(take(t, 40), labels)
@@ -193,9 +206,19 @@ def test_flipped_byte_in_later_chunk_raises_dataset_error(tmp_path):
     path = tmp_path / "big.h5"
     rng = np.random.default_rng(0)
     x = rng.standard_normal((1024, 1024)).astype(np.float32)
-    write_dataset(path, name="big", source="test", n_classes=10, input_shape=(1024,),
-                  x_train=x, y_train=np.arange(1024) % 10, x_test=x[:2],
-                  y_test=np.arange(2), x_scale=1.0, synthetic=True)
+    write_dataset(
+        path,
+        name="big",
+        source="test",
+        n_classes=10,
+        input_shape=(1024,),
+        x_train=x,
+        y_train=np.arange(1024) % 10,
+        x_test=x[:2],
+        y_test=np.arange(2),
+        x_scale=1.0,
+        synthetic=True,
+    )
     with ChunkedBatchStream(path, 0, 1024, 64, seed=0, chunk_examples=256) as s:
         s.next_batch()
         with h5py.File(path) as f:
@@ -240,8 +263,7 @@ def test_close_joins_thread_and_is_idempotent(rows_file):
     with ChunkedBatchStream(path, 0, 200, 16, seed=0, chunk_examples=20) as t:
         t.restore(t.state())  # restarting replaces the thread, never adds one
         t.fast_forward(100)
-        assert sum(th.name.startswith(THREAD_NAME) and th.is_alive()
-                   for th in threading.enumerate()) == 1
+        assert sum(th.name.startswith(THREAD_NAME) and th.is_alive() for th in threading.enumerate()) == 1
     assert no_reader_threads()
 
 

@@ -26,7 +26,7 @@ def test_progress_prints_rate_limited_lines_with_eta():
     stream = io.StringIO()
     progress = Progress(interval=0.0, stream=stream)
     progress.maybe_print("step 1", 0.5)
-    assert stream.getvalue() == ""          # interval 0 means never
+    assert stream.getvalue() == ""  # interval 0 means never
     progress = Progress(interval=1e-9, stream=stream)
     progress.maybe_print("step 2", 0.5)
     assert "step 2 |  50.0% elapsed" in stream.getvalue() and "eta" in stream.getvalue()
@@ -45,7 +45,7 @@ def test_params_round_trip_and_damage_is_named(tmp_path):
     save_params(tmp_path / "p.h5", params, {"step": 3})
     loaded, attrs = load_params(tmp_path / "p.h5")
     assert np.array_equal(loaded, params) and attrs["step"] == 3
-    assert list(tmp_path.iterdir()) == [tmp_path / "p.h5"]          # no temporary left behind
+    assert list(tmp_path.iterdir()) == [tmp_path / "p.h5"]  # no temporary left behind
     raw = (tmp_path / "p.h5").read_bytes()
     (tmp_path / "cut.h5").write_bytes(raw[: len(raw) // 2])
     with pytest.raises(CheckpointError, match="cut.h5"):
@@ -69,10 +69,10 @@ def test_partial_or_damaged_checkpoint_is_skipped(tmp_path):
     root = tmp_path / "checkpoints"
     commit_checkpoint(root, 1, np.ones(50, np.float32), {}, keep=5)
     newest = commit_checkpoint(root, 2, np.ones(50, np.float32), {}, keep=5)
-    (root / "step-000000003").mkdir()                      # crashed before its manifest
+    (root / "step-000000003").mkdir()  # crashed before its manifest
     blob = bytearray((newest / "params.h5").read_bytes())
     blob[-1] ^= 0xFF
-    (newest / "params.h5").write_bytes(bytes(blob))        # damaged after commit
+    (newest / "params.h5").write_bytes(bytes(blob))  # damaged after commit
     assert [d.name for d in complete_checkpoints(root)] == ["step-000000001"]
     assert read_manifest(root / "step-000000003") is None and read_manifest(newest) is None
     directory, manifest = newest_complete(root)
@@ -92,8 +92,8 @@ def test_resume_auto_refuses_to_start_afresh_over_work(tmp_path):
     from distbelief_mpi.errors import UserInputError
 
     run_dir = tmp_path / "run"
-    assert auto_resume_point(run_dir, None, None) is None                  # nothing yet: start afresh
-    (run_dir / "checkpoints" / "step-000000005").mkdir(parents=True)       # killed mid-write: still afresh
+    assert auto_resume_point(run_dir, None, None) is None  # nothing yet: start afresh
+    (run_dir / "checkpoints" / "step-000000005").mkdir(parents=True)  # killed mid-write: still afresh
     assert auto_resume_point(run_dir, None, None) is None
     damaged = commit_checkpoint(run_dir / "checkpoints", 10, np.ones(8, np.float32), {}, keep=3)
     (damaged / "params.h5").write_bytes(b"garbage")

@@ -12,8 +12,7 @@ from distbelief_mpi.model.spec import LayerSpec
 from tests.mpi.programs.ps_common import run_ps
 
 STEPS, BATCH = 25, 16
-OPT = Optimizer(server_rule="adagrad", server_learning_rate=0.05, adagrad_initial_accumulator=0.1,
-                adagrad_epsilon=1e-8)
+OPT = Optimizer(server_rule="adagrad", server_learning_rate=0.05, adagrad_initial_accumulator=0.1, adagrad_epsilon=1e-8)
 
 
 def main(world_comm, args):
@@ -32,15 +31,17 @@ def main(world_comm, args):
             network.loss_and_grad(params, x[batch], y[batch], grad)
             for shard_id, (start, stop) in enumerate(ranges):
                 endpoint.push(shard_id, grad[start:stop], step, 1)
-            for shard_id in range(len(ranges)):      # fixed schedule: wait until applied
+            for shard_id in range(len(ranges)):  # fixed schedule: wait until applied
                 wait = Backoff()
                 while not endpoint.slot_free(shard_id):
                     wait.sleep()
         for shard_id, (start, stop) in enumerate(ranges):
             endpoint.fetch(shard_id, params[start:stop])
         expected = single_process_adagrad(network, initial, x, y)
-        return {"max_abs_diff": float(np.max(np.abs(params - expected))),
-                "max_abs_param": float(np.max(np.abs(expected)))}
+        return {
+            "max_abs_diff": float(np.max(np.abs(params - expected))),
+            "max_abs_param": float(np.max(np.abs(expected))),
+        }
 
     return run_ps(world_comm, n_shards, initial, OPT, replica_body)
 

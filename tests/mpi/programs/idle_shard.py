@@ -12,7 +12,7 @@ IDLE_S = 2.0
 
 def main(world_comm, args):
     def replica_body(endpoint, replica_id, ranges):
-        time.sleep(IDLE_S)          # push nothing for a while
+        time.sleep(IDLE_S)  # push nothing for a while
         return {}
 
     return run_ps(world_comm, 1, np.zeros(1000, np.float32), Optimizer(), replica_body)

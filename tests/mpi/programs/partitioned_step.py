@@ -12,10 +12,16 @@ from distbelief_mpi.model.spec import LayerSpec
 
 MODELS = {
     "mlp": ((30,), (LayerSpec("dense", units=11, activation="tanh"), LayerSpec("dense", units=7, activation="relu"))),
-    "local": ((2, 16, 12), (LayerSpec("local", filters=3, patch=3, stride=1, activation="tanh"),
-                            LayerSpec("maxpool", size=2, stride=2), LayerSpec("lcn", size=3),
-                            LayerSpec("local", filters=2, patch=2, stride=1, activation="relu"),
-                            LayerSpec("dense", units=9, activation="sigmoid"))),
+    "local": (
+        (2, 16, 12),
+        (
+            LayerSpec("local", filters=3, patch=3, stride=1, activation="tanh"),
+            LayerSpec("maxpool", size=2, stride=2),
+            LayerSpec("lcn", size=3),
+            LayerSpec("local", filters=2, patch=2, stride=1, activation="relu"),
+            LayerSpec("dense", units=9, activation="sigmoid"),
+        ),
+    ),
 }
 
 
@@ -35,6 +41,10 @@ def main(world_comm, args):
     grad = np.empty(mine.n_params)
     loss, correct = mine.loss_and_grad(order.from_canonical(params)[block], x, y, grad)
     expected = order.from_canonical(whole_grad)[block]
-    return {"loss_error": abs(loss - whole_loss) / abs(whole_loss), "correct_equal": correct == whole_correct,
-            "grad_error": float(np.max(np.abs(grad - expected), initial=0.0)), "bytes_sent": mine.bytes_sent,
-            "n_params": mine.n_params}
+    return {
+        "loss_error": abs(loss - whole_loss) / abs(whole_loss),
+        "correct_equal": correct == whole_correct,
+        "grad_error": float(np.max(np.abs(grad - expected), initial=0.0)),
+        "bytes_sent": mine.bytes_sent,
+        "n_params": mine.n_params,
+    }

@@ -32,9 +32,13 @@ def run_ps(world_comm, n_shards: int, initial: np.ndarray, optimizer: Optimizer,
         barrier_sleeping(world_comm)
         cpu, wall = cpu_seconds(), time.perf_counter()
         shard.serve(world_comm)
-        record = {"role": "shard", "version": shard.version, "params": shard.params.tolist(),
-                  "serve_cpu_fraction": (cpu_seconds() - cpu) / (time.perf_counter() - wall),
-                  **shard.stats.as_dict()}
+        record = {
+            "role": "shard",
+            "version": shard.version,
+            "params": shard.params.tolist(),
+            "serve_cpu_fraction": (cpu_seconds() - cpu) / (time.perf_counter() - wall),
+            **shard.stats.as_dict(),
+        }
     else:
         replica_id = rank - n_shards
         barrier_sleeping(world_comm)

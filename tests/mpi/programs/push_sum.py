@@ -26,10 +26,9 @@ def main(world_comm, args):
                 if rng.random() < 0.5:
                     endpoint.push(shard_id, grad[start:stop], 0, 1)
                 elif not endpoint.try_push(shard_id, grad[start:stop], 0, 1):
-                    continue            # busy slot: this part of the gradient is not sent
+                    continue  # busy slot: this part of the gradient is not sent
                 total[start:stop] += grad[start:stop]
             time.sleep(rng.random() * 1e-3)
         return {"pushed_sum": total.tolist(), "pushes": sum(endpoint.pushed)}
 
-    return run_ps(world_comm, n_shards, initial, Optimizer(server_rule="sgd", server_learning_rate=1.0),
-                  replica_body)
+    return run_ps(world_comm, n_shards, initial, Optimizer(server_rule="sgd", server_learning_rate=1.0), replica_body)
