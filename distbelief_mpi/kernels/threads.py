@@ -18,5 +18,5 @@ def set_compute_threads(n: int) -> None:
     # Numba's np.dot calls scipy's BLAS: load it now so the limit below reaches it too
     import scipy.linalg.cython_blas  # noqa: F401
 
-    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))  # type: ignore[attr-defined]
     _blas_limit = threadpool_limits(limits=n, user_api="blas")
