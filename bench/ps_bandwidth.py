@@ -103,9 +103,9 @@ def shard_main(world, windows, shard_id, ranges, rule, seed):
         return wrapper
 
     class TimedShard(shard_mod.Shard):
-        def _apply_one(self, replica_id, base_version, steps):
+        def _apply_one(self, push):
             times["start"].append(time.perf_counter())  # the push has been noticed
-            super()._apply_one(replica_id, base_version, steps)
+            super()._apply_one(push)
             times["end"].append(time.perf_counter())  # published (APPLIED follows at once)
 
     start, stop = ranges[shard_id]

@@ -13,24 +13,25 @@ PUSH_SEQ (pushes posted), BASE (shard version the gradient was computed on), STE
 
 Consistency without locks that block anyone: every rank holds a shared `Lock_all` for the
 whole run (so, within a node, Put/Get run at memory speed and need no progress from the
-target). The shard publishes parameters in two alternating buffers, VERSION % 2 being the
-current one, and raises WRITING before it starts writing the other. A fetch reads VERSION,
-Gets that buffer, then reads WRITING: if WRITING <= VERSION + 1 the buffer it read was not
-rewritten meanwhile (a seqlock); else it retries. A replica posts a push only when its slot
-is free (APPLIED == its PUSH_SEQ): data first, flushed, then the header words, so a shard
-that sees the new PUSH_SEQ sees the whole gradient. Control words are only touched with
-atomic Accumulate(REPLACE) / Fetch_and_op(NO_OP), as MPI requires for concurrent access.
+target). The parameter buffers are a seqlock (comm/seqlock.py, both sides). A replica posts
+a push only when its slot is free (APPLIED == its PUSH_SEQ): data first, flushed, then the
+header words, so a shard that sees the new PUSH_SEQ sees the whole gradient (ReplicaEndpoint
+here); the shard takes each posted push and hands the slot back (LandingSlots here). Control
+words are only touched with atomic Accumulate(REPLACE) / Fetch_and_op(NO_OP), as MPI requires
+for concurrent access.
 """
 
 import time
+from typing import NamedTuple
 
 import numpy as np
 from mpi4py import MPI
 
 from ..errors import RankHung
 from .control import Backoff
+from .seqlock import SeqlockReader
 
-VERSION, WRITING, HEADER = 0, 1, 2
+HEADER = 2  # words before the per-replica ones: VERSION and WRITING (seqlock.py)
 PUSH_SEQ, BASE, STEPS, APPLIED, WORDS_PER_REPLICA = 0, 1, 2, 3, 4
 
 
@@ -113,6 +114,50 @@ class ParamServerWindows:
         self.data_win.Flush(rank)
 
 
+class Push(NamedTuple):
+    """A push a replica has posted into its landing slot on this shard."""
+
+    replica_id: int
+    seq: int  # the replica's PUSH_SEQ for this push
+    base_version: int  # the shard version the gradient was computed on
+    steps: int  # minibatch steps accrued in it
+
+
+class LandingSlots:
+    """The shard's side of the landing slots: which pushes are posted, and freeing each slot
+    once its push is consumed (the replica may then post its next one)."""
+
+    def __init__(self, windows: ParamServerWindows, shard_id: int, length: int):
+        self.windows, self.shard_id, self.n_replicas = windows, shard_id, windows.n_replicas
+        data = windows.local_data
+        self.grads = [data[(2 + r) * length : (3 + r) * length] for r in range(self.n_replicas)]  # (L,) each
+        self.consumed = np.zeros(self.n_replicas, np.int64)  # PUSH_SEQ consumed, per replica
+
+    def posted(self) -> list[Push]:
+        """The pushes posted since each replica's last consumed one (at most one each)."""
+        words = self.windows.read_words(self.shard_id, HEADER, WORDS_PER_REPLICA * self.n_replicas)
+        pushes = []
+        for replica_id in range(self.n_replicas):
+            seq = int(words[WORDS_PER_REPLICA * replica_id + PUSH_SEQ])
+            if seq == self.consumed[replica_id]:
+                continue
+            # BASE and STEPS were written before PUSH_SEQ; one Get_accumulate is only atomic per
+            # word, so read them again now that PUSH_SEQ has moved.
+            base, steps = self.windows.read_words(self.shard_id, replica_word(replica_id, BASE), 2)
+            pushes.append(Push(replica_id, seq, int(base), int(steps)))
+        return pushes
+
+    def gradient(self, push: Push) -> np.ndarray:
+        """The pushed gradient (L,), a view of the slot; valid until release(push)."""
+        self.windows.data_win.Sync()  # make the replica's Put visible to our own loads
+        return self.grads[push.replica_id]
+
+    def release(self, push: Push) -> None:
+        """The push is consumed: its replica may post the next one."""
+        self.consumed[push.replica_id] = push.seq
+        self.windows.write_words(self.shard_id, replica_word(push.replica_id, APPLIED), [push.seq])
+
+
 class ReplicaEndpoint:
     """A replica's side: fetch consistent parameter slices, post pushes into its own slots.
 
@@ -123,16 +168,15 @@ class ReplicaEndpoint:
         self.windows, self.replica_id, self.hung_after = windows, replica_id, hung_after
         self.pushed = [0] * len(windows.shard_ranks)  # PUSH_SEQ we have posted, per shard
         self.busy_since: list[float | None] = [None] * len(windows.shard_ranks)
-        self.fetch_retries = 0
+        self.reader = SeqlockReader(windows)
+
+    @property
+    def fetch_retries(self) -> int:
+        return self.reader.retries
 
     def fetch(self, shard_id: int, out: np.ndarray) -> int:
         """out (L,) <- a consistent copy of the shard's parameters; returns its version."""
-        while True:
-            version = self.windows.read_word(shard_id, VERSION)
-            self.windows.get_params(shard_id, version, out)
-            if self.windows.read_word(shard_id, WRITING) <= version + 1:
-                return version
-            self.fetch_retries += 1  # the shard rewrote that buffer while we read it
+        return self.reader.read(shard_id, out)
 
     def slot_free(self, shard_id: int) -> bool:
         applied = self.windows.read_word(shard_id, replica_word(self.replica_id, APPLIED))

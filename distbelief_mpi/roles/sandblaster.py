@@ -80,7 +80,7 @@ def _watch_coordinator(job, peers: Peers) -> Silence:
 def _serve(job, windows, world_comm, guard, silence: Silence) -> None:
     start, stop = job.layout.shard_ranges[job.role.shard_id]
     initial = initial_params(job)[start:stop]
-    sink = GradientSink(windows, job.role.shard_id, job.spec.optimizer, initial)
+    sink = GradientSink(windows, job.role.shard_id, initial)
     sink.warm_up()
     vectors = ShardVectors(stop - start, job.spec.optimizer.lbfgs_memory)
     if job.resume:

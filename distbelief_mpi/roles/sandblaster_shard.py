@@ -22,43 +22,48 @@ import numpy as np
 
 from .. import watchdog
 from ..comm.control import TAG_SB_COMMAND, TAG_SB_REPLY, Backoff
-from ..comm.param_server import VERSION, WRITING
+from ..comm.param_server import LandingSlots, ParamServerWindows
+from ..comm.seqlock import SeqlockWriter
 from ..kernels.server_rules import all_finite
 from ..optim.vector_ops import ShardVectors
 from .liveness import Silence
 from .sandblaster_checkpoint import shard_save_reply
-from .shard import Shard
 
 
-class GradientSink(Shard):
-    """Landing slots whose pushes are summed (not applied): the batch gradient in the making."""
+class GradientSink:
+    """Landing slots whose pushes are summed (not applied): the batch gradient in the making,
+    and the point replicas evaluate, published with the same seqlock Downpour uses."""
 
-    def __init__(self, windows, shard_id: int, optimizer, initial: np.ndarray):
-        super().__init__(windows, shard_id, optimizer, initial)
-        self.total = np.zeros(self.length, np.float64)  # (L,) sum of pushed gradient sums
-        self.summed = np.zeros(self.n_replicas, np.int64)  # pushes summed since the last publish
-        self.non_finite = 0
+    def __init__(self, windows: ParamServerWindows, shard_id: int, initial: np.ndarray):
+        self.shard_id, n_replicas = shard_id, windows.n_replicas
+        self.published = SeqlockWriter(windows, shard_id, initial)
+        self.slots = LandingSlots(windows, shard_id, len(initial))
+        self.total = np.zeros(len(initial), np.float64)  # (L,) sum of pushed gradient sums
+        self.summed = np.zeros(n_replicas, np.int64)  # pushes summed since the last publish
+        self.pushes_summed, self.non_finite = 0, 0
 
-    def _apply_one(self, replica_id: int, base_version: int, steps: int) -> None:
-        grad = self.slots[replica_id]
-        if not all_finite(grad):  # summed all the same: the coordinator sees a non-finite loss and backtracks
-            self.non_finite += 1
-        self.total += grad
-        self.summed[replica_id] += 1
-        self.stats.record(replica_id, 0, steps)
+    def warm_up(self) -> None:
+        all_finite(np.zeros(1, np.float32))  # load (or compile) the kernel before pushes arrive
+
+    def apply_pending(self) -> int:
+        """Sum every push posted since the last call; return how many."""
+        pushes = self.slots.posted()
+        for push in pushes:
+            grad = self.slots.gradient(push)
+            if not all_finite(grad):  # summed all the same: the coordinator sees a non-finite loss and backtracks
+                self.non_finite += 1
+            self.total += grad
+            self.summed[push.replica_id] += 1
+            self.pushes_summed += 1
+            self.slots.release(push)
+        return len(pushes)
 
     def publish(self, values: np.ndarray) -> int:
-        """Make values (L,) the parameters replicas fetch (the Downpour seqlock); a new evaluation."""
-        following = self.buffers[(self.version + 1) % 2]
-        self.windows.write_words(self.shard_id, WRITING, [self.version + 1])
-        self.windows.data_win.Sync()
-        following[:] = values
-        self.windows.data_win.Sync()
-        self.version += 1
-        self.windows.write_words(self.shard_id, VERSION, [self.version])
+        """Make values (L,) the parameters replicas fetch; a new evaluation starts from zero."""
+        version = self.published.publish(values)
         self.total[:] = 0
         self.summed[:] = 0
-        return self.version
+        return version
 
 
 def serve_commands(
@@ -81,7 +86,7 @@ def serve_commands(
             stats = {
                 "role": "shard",
                 "shard_id": sink.shard_id,
-                "pushes_summed": int(sink.stats.applied.sum()),
+                "pushes_summed": sink.pushes_summed,
                 "non_finite_pushes": sink.non_finite,
             }
             world_comm.send(stats, dest=coordinator, tag=TAG_SB_REPLY)

@@ -12,17 +12,8 @@ import numpy as np
 
 from .. import watchdog
 from ..comm.control import TAG_CHECKPOINT, TAG_DONE, Backoff, receive_all
-from ..comm.param_server import (
-    APPLIED,
-    BASE,
-    HEADER,
-    PUSH_SEQ,
-    VERSION,
-    WORDS_PER_REPLICA,
-    WRITING,
-    ParamServerWindows,
-    replica_word,
-)
+from ..comm.param_server import LandingSlots, ParamServerWindows, Push
+from ..comm.seqlock import SeqlockWriter
 from ..config import Optimizer
 from ..errors import RankHung, RankLost
 from ..kernels.server_rules import adagrad_apply_, all_finite, sgd_apply_
@@ -73,30 +64,23 @@ class ShardStats:
 
 
 class Shard:
-    """Shard `shard_id`'s state: the two published parameter buffers, the landing slots,
-    the Adagrad accumulators (private to this rank), the version and the statistics."""
+    """Shard `shard_id`'s state: the published parameters (a seqlock), the landing slots, the
+    Adagrad accumulators (private to this rank) and the statistics."""
 
     def __init__(self, windows: ParamServerWindows, shard_id: int, optimizer: Optimizer, initial: np.ndarray):
-        self.windows, self.shard_id, self.opt = windows, shard_id, optimizer
+        self.shard_id, self.opt = shard_id, optimizer
         self.length, self.n_replicas = len(initial), windows.n_replicas
-        data = windows.local_data
-        self.buffers = (data[: self.length], data[self.length : 2 * self.length])
-        self.slots = [data[(2 + r) * self.length : (3 + r) * self.length] for r in range(self.n_replicas)]
-        self.buffers[0][:] = initial
+        self.published = SeqlockWriter(windows, shard_id, initial)
+        self.slots = LandingSlots(windows, shard_id, self.length)
         self.accumulator = np.full(self.length, optimizer.adagrad_initial_accumulator, np.float32)
-        self.version, self.applied_seq = 0, np.zeros(self.n_replicas, np.int64)
         self.stats = ShardStats(self.n_replicas)
         self.watch: ReplicaWatch | None = None
-        windows.data_win.Sync()
 
     def restore(self, state: dict) -> None:
         """Start from a checkpoint (checkpoint/shard_checkpoint.load_shard's dict), before serving."""
-        self.version = state["version"]
-        self.buffers[self.version % 2][:] = state["params"]
         self.accumulator[:] = state["accumulator"]
         self.stats.restore(state["stats"])
-        self.windows.data_win.Sync()
-        self.windows.write_words(self.shard_id, VERSION, [self.version, self.version])  # VERSION, WRITING
+        self.published.restore(state["version"], state["params"])
 
     def warm_up(self) -> None:
         """Load (or compile) the update kernels now, before replicas start pushing: the first
@@ -107,55 +91,47 @@ class Shard:
         sgd_apply_(tiny.copy(), tiny, tiny, 0.0)
 
     @property
+    def version(self) -> int:
+        return self.published.version
+
+    @property
     def params(self) -> np.ndarray:
         """The current published parameters (L,), a view."""
-        return self.buffers[self.version % 2]
+        return self.published.current
 
     def apply_pending(self) -> int:
         """Apply (or reject) every push posted since the last call; return how many."""
-        words = self.windows.read_words(self.shard_id, HEADER, WORDS_PER_REPLICA * self.n_replicas)
-        handled = 0
-        for replica_id in range(self.n_replicas):
-            own = words[WORDS_PER_REPLICA * replica_id : WORDS_PER_REPLICA * (replica_id + 1)]
-            if own[PUSH_SEQ] == self.applied_seq[replica_id]:
-                continue
-            # BASE and STEPS were written before PUSH_SEQ; one Get_accumulate is only atomic per
-            # word, so read them again now that PUSH_SEQ has moved.
-            base, steps = self.windows.read_words(self.shard_id, replica_word(replica_id, BASE), 2)
-            self.windows.data_win.Sync()  # make the replica's Put visible to our own loads
-            self._apply_one(replica_id, int(base), int(steps))
-            self.applied_seq[replica_id] = own[PUSH_SEQ]
+        pushes = self.slots.posted()
+        for push in pushes:
+            self._apply_one(push)
             if self.watch is not None:
-                self.watch.saw(replica_id)
-            self.windows.write_words(self.shard_id, replica_word(replica_id, APPLIED), [own[PUSH_SEQ]])
-            handled += 1
-        return handled
+                self.watch.saw(push.replica_id)
+            self.slots.release(push)
+        return len(pushes)
 
-    def _apply_one(self, replica_id: int, base_version: int, steps: int) -> None:
-        grad = self.slots[replica_id]
+    def _apply_one(self, push: Push) -> None:
+        grad, replica_id = self.slots.gradient(push), push.replica_id
         if not all_finite(grad):
             self.stats.rejected[replica_id] += 1
             count = int(self.stats.rejected[replica_id])
             if count <= 3 or count % 100 == 0:  # a replica that keeps sending them must not flood the log
                 log.warning("rejected a non-finite push from replica %d (%d so far)", replica_id, count)
             return
-        bound = self.opt.max_staleness
-        if bound and self.version - base_version > bound:
+        staleness = self.version - push.base_version
+        if self.opt.max_staleness and staleness > self.opt.max_staleness:
             self.stats.too_stale[replica_id] += 1
             return
-        current, following = self.buffers[self.version % 2], self.buffers[(self.version + 1) % 2]
-        self.windows.write_words(self.shard_id, WRITING, [self.version + 1])
-        self.windows.data_win.Sync()  # WRITING is raised before any store into the buffer
+        self.published.update(lambda following, current: self._rule(following, current, grad))
+        self.stats.record(replica_id, staleness, push.steps)
+
+    def _rule(self, following: np.ndarray, current: np.ndarray, grad: np.ndarray) -> None:
+        """following (L,) <- current (L,) updated with grad (L,) by the server rule."""
         if self.opt.server_rule == "adagrad":
             adagrad_apply_(
                 following, current, grad, self.accumulator, self.opt.server_learning_rate, self.opt.adagrad_epsilon
             )
         else:
             sgd_apply_(following, current, grad, self.opt.server_learning_rate)
-        self.windows.data_win.Sync()
-        self.stats.record(replica_id, self.version - base_version, steps)
-        self.version += 1
-        self.windows.write_words(self.shard_id, VERSION, [self.version])
 
     def serve(
         self, world_comm, on_checkpoint=None, watch: ReplicaWatch | None = None, replica_loss: str = "abort"

@@ -1,0 +1,82 @@
+"""The seqlock over a shard's two published parameter buffers: both sides in one place.
+
+A shard publishes its slice (L,) float32 in two alternating buffers of its data window
+(comm/param_server.py), VERSION % 2 being the current one. To publish version v + 1 it:
+
+    1. raises WRITING to v + 1 (atomic word), then Syncs the window,
+    2. writes buffer (v + 1) % 2 (the one readers are not told to read),
+    3. Syncs, then sets VERSION to v + 1.
+
+A reader reads VERSION = v, Gets buffer v % 2, then reads WRITING: WRITING <= v + 1 means the
+shard has not started rewriting buffer v % 2 (that would take WRITING = v + 2), so the copy
+is consistent; otherwise it retries. Nobody ever waits on a lock held across computation.
+Used by the Downpour shard (each applied push) and the Sandblaster shard (each published point).
+"""
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from .param_server import ParamServerWindows
+
+# The seqlock's two words, at the start of every shard's control window (param_server.py).
+VERSION, WRITING = 0, 1
+
+
+class SeqlockWriter:
+    """The shard's side: owns the two buffers (views into the window) and the version."""
+
+    def __init__(self, windows: "ParamServerWindows", shard_id: int, initial: np.ndarray):
+        self.windows, self.shard_id, self.length = windows, shard_id, len(initial)
+        data = windows.local_data
+        self.buffers = (data[: self.length], data[self.length : 2 * self.length])
+        self.version = 0
+        self.buffers[0][:] = initial
+        windows.data_win.Sync()
+
+    @property
+    def current(self) -> np.ndarray:
+        """The published parameters (L,), a view; never written while published."""
+        return self.buffers[self.version % 2]
+
+    def restore(self, version: int, values: np.ndarray) -> None:
+        """Publish values (L,) as `version` (a resumed run), before anyone reads."""
+        self.version = version
+        self.current[:] = values
+        self.windows.data_win.Sync()
+        self.windows.write_words(self.shard_id, VERSION, [version, version])  # VERSION, WRITING
+
+    def update(self, fill: Callable[[np.ndarray, np.ndarray], None]) -> int:
+        """Publish the next version: fill(following, current) writes the new values into
+        `following` (L,) reading `current` (L,). Returns the new version."""
+        following = self.buffers[(self.version + 1) % 2]
+        self.windows.write_words(self.shard_id, WRITING, [self.version + 1])
+        self.windows.data_win.Sync()  # WRITING is raised before any store into the buffer
+        fill(following, self.current)
+        self.windows.data_win.Sync()
+        self.version += 1
+        self.windows.write_words(self.shard_id, VERSION, [self.version])
+        return self.version
+
+    def publish(self, values: np.ndarray) -> int:
+        """Publish values (L,) as the next version; returns it."""
+        return self.update(lambda following, _: following.__setitem__(slice(None), values))
+
+
+class SeqlockReader:
+    """A replica's side: consistent copies of any shard's published parameters."""
+
+    def __init__(self, windows: "ParamServerWindows"):
+        self.windows = windows
+        self.retries = 0  # copies thrown away because the shard rewrote the buffer meanwhile
+
+    def read(self, shard_id: int, out: np.ndarray) -> int:
+        """out (L,) <- a consistent copy of shard `shard_id`'s parameters; returns its version."""
+        while True:
+            version = self.windows.read_word(shard_id, VERSION)
+            self.windows.get_params(shard_id, version, out)
+            if self.windows.read_word(shard_id, WRITING) <= version + 1:
+                return version
+            self.retries += 1
