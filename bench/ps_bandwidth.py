@@ -87,8 +87,9 @@ def gbps(n_bytes: int, seconds: float) -> float:
 # ---------------------------------------------------------------- one MPI run (worker mode)
 def shard_main(world, windows, shard_id, ranges, rule, seed):
     """The real Shard serve loop, with its update kernels and _apply_one timed."""
-    import distbelief_mpi.roles.shard as shard_mod
+    import distbelief_mpi.roles.downpour.shard as shard_mod
     from distbelief_mpi.comm.control import barrier_sleeping
+    from distbelief_mpi.comm.messages import Messenger
     from distbelief_mpi.config import Optimizer
 
     times = {"start": [], "finite": [], "rule": [], "end": []}
@@ -116,14 +117,15 @@ def shard_main(world, windows, shard_id, ranges, rule, seed):
     shard_mod.adagrad_apply_ = timed(shard_mod.adagrad_apply_, "rule")
     shard_mod.sgd_apply_ = timed(shard_mod.sgd_apply_, "rule")
     barrier_sleeping(world)
-    shard.serve(world)
+    shard.serve(Messenger(world))
     world.send(
         {"shard_id": shard_id, "version": shard.version, **times}, dest=world.Get_size() - 1, tag=TAG_SHARD_TIMES
     )
 
 
 def replica_main(world, windows, n_shards, ranges, n_params, repeats):
-    from distbelief_mpi.comm.control import TAG_DONE, Backoff, barrier_sleeping
+    from distbelief_mpi.comm.control import Backoff, barrier_sleeping
+    from distbelief_mpi.comm.messages import DONE, Messenger, ReplicaDone
     from distbelief_mpi.comm.param_server import ReplicaEndpoint
 
     endpoint = ReplicaEndpoint(windows, 0)
@@ -199,8 +201,7 @@ def replica_main(world, windows, n_shards, ranges, n_params, repeats):
     if not np.isfinite(fetched).all():
         raise RuntimeError("fetched parameters are not finite")
 
-    for s in range(n_shards):
-        world.send(0, dest=s, tag=TAG_DONE)  # the payload: our replica id
+    Messenger(world).send_to_all(DONE, ReplicaDone(0), range(n_shards))
     shard_times = sorted(
         (world.recv(source=s, tag=TAG_SHARD_TIMES) for s in range(n_shards)), key=lambda r: r["shard_id"]
     )

@@ -34,19 +34,21 @@ def worker(pushes: int) -> None:
     import numpy as np
     from mpi4py import MPI
 
-    from distbelief_mpi.comm.control import TAG_DONE, barrier_sleeping
+    from distbelief_mpi.comm.control import barrier_sleeping
+    from distbelief_mpi.comm.messages import DONE, Messenger, ReplicaDone
     from distbelief_mpi.comm.param_server import ParamServerWindows, ReplicaEndpoint
     from distbelief_mpi.config import Optimizer
-    from distbelief_mpi.roles.shard import Shard
+    from distbelief_mpi.roles.downpour.shard import Shard
 
     comm = MPI.COMM_WORLD.Dup()
     rank, n = comm.Get_rank(), 64
+    messenger = Messenger(comm)
     windows = ParamServerWindows(comm, [0], [(0, n)], 1, 0 if rank == 0 else -1)
     if rank == 0:
         shard = Shard(windows, 0, Optimizer(), np.zeros(n, np.float32))
         shard.warm_up()
         barrier_sleeping(comm)
-        shard.serve(comm)  # until the replica's first "done"
+        shard.serve(messenger)  # until the replica's first "done"
     else:
         endpoint, grad = ReplicaEndpoint(windows, 0), np.ones(n, np.float32)
         barrier_sleeping(comm)
@@ -60,17 +62,17 @@ def worker(pushes: int) -> None:
             tick = time.perf_counter()
             endpoint.fetch(0, params)
             fetch_s.append(time.perf_counter() - tick)
-        comm.send(0, dest=0, tag=TAG_DONE)
+        messenger.send(DONE, ReplicaDone(0), 0)
     barrier_sleeping(comm)
     # Idle cost: the shard serves again while the replica sleeps, then says done.
     if rank == 0:
         cpu, wall = cpu_seconds(), time.perf_counter()
-        shard.serve(comm)
+        shard.serve(messenger)
         cpu_fraction = (cpu_seconds() - cpu) / (time.perf_counter() - wall)
         comm.send(cpu_fraction, dest=1)
     else:
         time.sleep(IDLE_S)
-        comm.send(0, dest=0, tag=TAG_DONE)
+        messenger.send(DONE, ReplicaDone(0), 0)
         cpu_fraction = comm.recv(source=0)
         push_s, fetch_s = push_s[10:], fetch_s[10:]
         print(

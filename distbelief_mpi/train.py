@@ -10,38 +10,25 @@ import logging
 import os
 import sys
 import traceback
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import preempt
 from .checkpoint.params_file import save_params
-from .checkpoint.resume import ResumePoint, auto_resume_point, find_resume_point
-from .comm.world import abort_job, agree_on_errors, init_world
+from .checkpoint.resume import auto_resume_point, find_resume_point
+from .comm.world import abort_job, agree_on_errors, barrier, broadcast, gather_to_all, init_world
 from .config import JobSpec, load_job, spec_items
-from .data.hdf5 import DatasetInfo, read_info
+from .data.hdf5 import read_info
 from .errors import DistbeliefError, UserInputError
-from .layout import Layout, RankRole, plan_layout
+from .job import Job, RoleResult
+from .layout import plan_layout
 from .logs import setup_logging
-from .model.network import Network, build_network
+from .model.network import build_network
 from .model.partition import partition_offsets
 from .progress import wanted as progress_wanted
 from .rundir import default_run_dir, prepare_run_dir, write_summary
 from .threads import threads_for_rank
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Job:
-    spec: JobSpec
-    info: DatasetInfo
-    network: Network
-    layout: Layout
-    role: RankRole
-    run_dir: Path
-    resume: ResumePoint | None = None  # where a resumed run continues from
-    progress: bool = True  # the lead prints progress lines (see progress.wanted)
-    lost_ranks: list[int] = field(default_factory=list)  # ranks that left mid-run (faults.replica_loss)
 
 
 def load_and_plan(job_path: str, overrides: list[str], world_size: int, world_rank: int):
@@ -68,7 +55,7 @@ def run_train(
     auto = resume == "auto"
     # One name for all ranks, chosen by rank 0 (a default name holds rank 0's clock).
     chosen = run_dir_arg if auto else (resume or run_dir_arg)
-    run_dir = Path(world_comm.bcast(str(chosen or default_run_dir(job_path)), root=0))
+    run_dir = Path(broadcast(world_comm, str(chosen or default_run_dir(job_path)), root=0))
     try:
         if auto and not run_dir_arg:
             raise UserInputError("--resume auto needs --run-dir: the directory a requeued job continues in")
@@ -90,7 +77,7 @@ def run_train(
     if failed:
         _report_setup_errors(failed, world_rank)
         return max(code for _, code, _ in failed)  # the same exit code on every rank
-    world_comm.Barrier()  # rank 0 has created the run directory
+    barrier(world_comm)  # rank 0 has created the run directory
     return _run_role(job, world_comm, world_rank, world_size, verbose)
 
 
@@ -98,7 +85,7 @@ def _spec_mismatches(world_comm, spec: JobSpec) -> list[tuple[int, int, str]]:
     """Collective: every rank must run the same resolved spec (same file contents, same --set).
     Returns [(rank, 2, message naming the differing keys)] for the ranks that differ from rank 0."""
     mine = spec_items(spec)
-    everyone = world_comm.allgather(mine)
+    everyone = gather_to_all(world_comm, mine)
     failed = []
     for rank, items in enumerate(everyone):
         differ = sorted(key for key in items.keys() | everyone[0].keys() if items.get(key) != everyone[0].get(key))
@@ -130,12 +117,15 @@ def _run_role(job: Job, world_comm, world_rank: int, world_size: int, verbose: b
         set_compute_threads(threads_for_rank(job.spec.topology.threads_per_rank))
         if job.spec.faults.replica_loss == "continue":
             preempt.survive_process_failures()
-        summary = _dispatch(job, world_comm, world_rank, world_size)
+        result = _run_algorithm(job, world_comm, world_rank, world_size)
         lead = job.layout.lead_rank
-        code = _exit_code(job, summary) if world_rank == lead else None
-        if job.lost_ranks:
+        code = None
+        if result.summary is not None:
+            _write_outputs(job, result)
+            code = _exit_code(job, result.summary)
+        if result.lost_ranks:
             _end_without_finalize(code or 0)
-        return world_comm.bcast(code, root=lead) if world_size > 1 else code
+        return broadcast(world_comm, code, root=lead) if world_size > 1 else code
     except Exception as exc:  # noqa: BLE001 - any failure must end the whole job, loudly
         code = exc.exit_code if isinstance(exc, DistbeliefError) else 1
         detail = str(exc) if isinstance(exc, DistbeliefError) else traceback.format_exc()
@@ -175,23 +165,26 @@ def _exit_code(job: Job, summary: dict) -> int:
     return preempt.EXIT_PREEMPTED
 
 
-def _dispatch(job: Job, world_comm, world_rank: int, world_size: int) -> dict | None:
-    """Run this rank's role; the lead rank writes the summary and final parameters and returns it."""
+def _run_algorithm(job: Job, world_comm, world_rank: int, world_size: int) -> RoleResult:
+    """Run this rank's role; on the lead rank the result holds the summary and final parameters."""
     if job.spec.optimizer.algorithm == "sgd":
         from .roles.sgd_replica import train_sgd
 
-        summary, params = train_sgd(job, world_size)
-    elif job.spec.optimizer.algorithm == "sandblaster":
+        return RoleResult(*train_sgd(job, world_size))
+    if job.spec.optimizer.algorithm == "sandblaster":
         from .roles.sandblaster import run_sandblaster
 
-        summary, params = run_sandblaster(job, world_comm, world_rank)
-    else:
-        from .roles.downpour import run_downpour
+        return RoleResult(*run_sandblaster(job, world_comm, world_rank))
+    from .roles.downpour import run_downpour
 
-        summary, params = run_downpour(job, world_comm, world_rank)
-    if summary is None:
-        return None
-    save_params(job.run_dir / "params.h5", params, {"step": summary["steps"]})
+    return run_downpour(job, world_comm, world_rank)
+
+
+def _write_outputs(job: Job, result: RoleResult) -> None:
+    """The lead: params.h5, summary.json, the closing line and warnings a user must see."""
+    summary = result.summary
+    assert summary is not None and result.params is not None
+    save_params(job.run_dir / "params.h5", result.params, {"step": summary["steps"]})
     write_summary(job.run_dir, summary)
     print(
         f"{job.run_dir}: test accuracy {summary['test_accuracy']:.4f} after {summary['steps']} steps "
@@ -211,4 +204,3 @@ def _dispatch(job: Job, world_comm, world_rank: int, world_size: int) -> dict | 
                 "them (lower the learning rates, or look at that replica's data)",
                 file=sys.stderr,
             )
-    return summary

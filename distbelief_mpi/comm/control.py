@@ -12,13 +12,7 @@ from mpi4py import MPI
 
 from .. import watchdog
 
-TAG_DONE = 101  # replica -> every shard: {replica id}: I have pushed everything; no more pushes
-TAG_WARMSTART = 102  # replica 0 -> other replicas: warmstart finished, start training
-TAG_CHECKPOINT = 103  # lead replica -> every shard: write your part of checkpoint {step, directory}
-TAG_CHECKPOINT_DONE = 104  # shard -> lead replica: written {shard_id, file, sha256, version}
-TAG_PREEMPT = 105  # replica -> other replicas: I got a preemption signal; stop after your step
-TAG_REPORT = 106  # every rank -> lead replica, at the end: its statistics (a dict)
-TAG_TEARDOWN = 107  # lead replica -> every rank still there: [world ranks that left]; all is done
+# Downpour and checkpoint messages: typed records on channels (messages.py).
 # Sandblaster (roles/sandblaster*.py)
 TAG_SB_COMMAND = 110  # coordinator -> shard: a command tuple (roles/sandblaster_shard.py)
 TAG_SB_REPLY = 111  # shard -> coordinator: the command's result

@@ -28,6 +28,28 @@ class MpiExchanger:
         return received
 
 
+def split_replica_comm(world_comm, replica_id: int | None, partition_id: int):
+    """Collective over world_comm: the communicator of replica `replica_id` (its rank r is
+    partition r), or None on ranks that are no replica (replica_id None)."""
+    color = MPI.UNDEFINED if replica_id is None else replica_id
+    comm = world_comm.Split(color, key=max(partition_id, 0))
+    return None if comm == MPI.COMM_NULL else comm
+
+
+class MaxAgreement:
+    """Every rank of `comm` learns the largest of their integers, waiting without spinning
+    hot (non-blocking: one partition may be evaluating or checkpointing while the others wait)."""
+
+    def __init__(self, comm):
+        self.comm = comm
+        self.mine, self.agreed = np.zeros(1, np.int64), np.zeros(1, np.int64)
+
+    def __call__(self, value: int) -> int:
+        self.mine[0] = value
+        wait_all([self.comm.Iallreduce(self.mine, self.agreed, op=MPI.MAX)])
+        return int(self.agreed[0])
+
+
 def wait_all(requests) -> None:
     for _ in range(SPIN_TESTS):
         if MPI.Request.Testall(requests):

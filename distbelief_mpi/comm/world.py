@@ -22,6 +22,13 @@ def abort_job(world_comm, code: int) -> None:
     world_comm.Abort(code)
 
 
+def abort_world(code: int) -> None:
+    """abort_job over COMM_WORLD (for a watchdog that fires before any communicator exists)."""
+    from mpi4py import MPI
+
+    abort_job(MPI.COMM_WORLD, code)
+
+
 def agree_on_errors(world_comm, error: Exception | None) -> list[tuple[int, int, str]]:
     """Collective: every rank learns which ranks failed their set-up, so that all stop
     together instead of some waiting forever on the ones that left. Returns
@@ -30,5 +37,20 @@ def agree_on_errors(world_comm, error: Exception | None) -> list[tuple[int, int,
     # Messages, not exception objects: our exceptions take structured arguments that do
     # not survive pickling.
     mine = None if error is None else (getattr(error, "exit_code", 1), str(error))
-    gathered = world_comm.allgather(mine)
+    gathered = gather_to_all(world_comm, mine)
     return [(rank, item[0], item[1]) for rank, item in enumerate(gathered) if item is not None]
+
+
+def broadcast(world_comm, value, root: int):
+    """Collective: `root`'s value (a small picklable object) on every rank."""
+    return world_comm.bcast(value, root=root)
+
+
+def gather_to_all(world_comm, value) -> list:
+    """Collective: every rank's value (small, picklable), in rank order, on every rank."""
+    return world_comm.allgather(value)
+
+
+def barrier(world_comm) -> None:
+    """Collective: return once every rank has called it (start-up only: it spins while it waits)."""
+    world_comm.Barrier()

@@ -12,7 +12,9 @@ import socket
 import time
 from dataclasses import dataclass
 
-from ..comm.control import TAG_REPORT, Backoff, receive_all
+from ..comm.control import Backoff
+from ..comm.messages import REPORT, Channel, Messenger
+from ..comm.world import gather_to_all
 from ..errors import RankHung, RankLost
 
 # A silent replica's process is looked at after this long without a push (a cheap check)...
@@ -27,7 +29,7 @@ class Peers:
     @classmethod
     def gather(cls, world_comm) -> "Peers":
         """Collective, at start-up (every rank is alive then)."""
-        everyone = world_comm.allgather((process_space(), os.getpid()))
+        everyone = gather_to_all(world_comm, (process_space(), os.getpid()))
         return cls(tuple(host for host, _ in everyone), tuple(pid for _, pid in everyone))
 
     def gone(self, rank: int) -> bool | None:
@@ -103,16 +105,18 @@ class ReplicaWatch:
         return left, hung
 
 
-def collect_reports(world_comm, own: dict, shard_ranks, replica_ranks, peers: Peers) -> tuple[list[dict], list[int]]:
-    """The lead, at the end: every other rank's statistics (TAG_REPORT). Returns (reports,
+def collect_reports(
+    messenger: Messenger, own: dict, shard_ranks, replica_ranks, peers: Peers
+) -> tuple[list[dict], list[int]]:
+    """The lead, at the end: every other rank's statistics (FinalReport). Returns (reports,
     world ranks that left). Shards report only once every replica is done or has left, so
     the replicas they list as lost are final; a replica whose process is gone without a
     report is lost too. A shard that has left ends the job: it held parameters."""
-    me = world_comm.Get_rank()
+    me = messenger.rank
     reports, waiting, lost, backoff = {me: own}, (set(shard_ranks) | set(replica_ranks)) - {me}, set(), Backoff()
     while waiting:
-        for report, source in receive_all(world_comm, TAG_REPORT):
-            reports[source] = report
+        for record, source in messenger.receive_all(REPORT):
+            report = reports[source] = record.stats
             waiting.discard(source)
             lost |= {replica_ranks[r] for r in report.get("lost_replicas", [])}
         for rank in sorted(waiting & lost):
@@ -154,9 +158,9 @@ class Silence:
 
 
 def recv_watched(
-    world_comm,
+    messenger: Messenger,
+    channel: Channel,
     source: int,
-    tag: int,
     peers: Peers | None,
     who: str,
     hung_after: float = 0.0,
@@ -164,19 +168,21 @@ def recv_watched(
     silence: Silence | None = None,
     on_wait=None,
 ):
-    """Receive from `source`, sleeping; RankLost if its process exits meanwhile, RankHung if
-    nothing comes within hung_after seconds (0: wait as long as it lives). `who` names it.
-    silence: a watch kept across receives (then silent since its last message, not this call);
-    on_wait(): called on every pass of the wait (the coordinator keeps others informed)."""
-    silence = silence or Silence(peers, source, who, hung_after)
-    backoff = Backoff(limit=limit)
-    while not world_comm.Iprobe(source=source, tag=tag):
-        silence.check()
+    """Receive the next record on `channel` from `source`, sleeping; RankLost if its process
+    exits meanwhile, RankHung if nothing comes within hung_after seconds (0: wait as long as it
+    lives). `who` names it. silence: a watch kept across receives (then silent since its last
+    message, not this call); on_wait(): called on every pass of the wait (the coordinator keeps
+    others informed)."""
+    watch = silence or Silence(peers, source, who, hung_after)
+
+    def check() -> None:
+        watch.check()
         if on_wait is not None:
             on_wait()
-        backoff.sleep()
-    silence.heard_now()
-    return world_comm.recv(source=source, tag=tag)
+
+    record = messenger.wait(channel, source, on_wait=check, limit=limit)
+    watch.heard_now()
+    return record
 
 
 def judge(

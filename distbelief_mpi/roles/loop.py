@@ -14,6 +14,7 @@ from .. import preempt, watchdog
 from ..config import JobSpec
 from ..data.batches import BatchStream
 from ..fault_injection import FaultInjector
+from ..kernels import sgd_update_
 from ..limits import RunClock, fraction_done, limit_reached
 from ..model.network import Network
 from ..progress import Progress
@@ -186,3 +187,11 @@ def log_eval(metrics, network: Network, params, x, y, clock: RunClock) -> tuple[
 def checkpoint_due(spec: JobSpec, clock: RunClock, last_ckpt: float) -> bool:
     every_steps, every_s = spec.checkpoint.every_steps, spec.checkpoint.every_seconds
     return bool((every_steps and clock.steps % every_steps == 0) or (every_s and clock.seconds - last_ckpt >= every_s))
+
+
+def warm_up(network: Network, x_few: np.ndarray, y_few: np.ndarray) -> None:
+    """Load (or compile) the model's kernels before the start barrier, so the first timed
+    steps are real steps (a cold Numba kernel can take a second)."""
+    params = network.init_params(0)
+    network.loss_and_grad(params, x_few, y_few, np.empty_like(params))
+    sgd_update_(params, params, np.float32(0))

@@ -8,9 +8,9 @@ signal may reach them a step apart, and one partition alone would wait for the o
 """
 
 import numpy as np
-from mpi4py import MPI
 
-from ..comm.partition_exchange import MpiExchanger, wait_all
+from ..comm.param_server import ReplicaEndpoint
+from ..comm.partition_exchange import MaxAgreement, MpiExchanger, split_replica_comm
 from ..model.partition import ParamOrder, split_model
 from ..model.partitioned import PartitionedNetwork
 
@@ -35,9 +35,7 @@ def replica_comm(world_comm, role, parts: int):
     or None (unpartitioned, or not a replica)."""
     if parts == 1:
         return None
-    color = role.replica_id if role.role == "replica" else MPI.UNDEFINED
-    comm = world_comm.Split(color, key=max(role.partition_id, 0))
-    return None if comm == MPI.COMM_NULL else comm
+    return split_replica_comm(world_comm, role.replica_id if role.role == "replica" else None, role.partition_id)
 
 
 def partition_network(job, comm) -> PartitionedNetwork:
@@ -55,13 +53,10 @@ def own_shards(job) -> tuple[list[int], list[tuple[int, int]]]:
 
 def stop_agreement(comm):
     """run_loop's `agree`: every partition of the replica stops for the strongest reason any has."""
-    mine, agreed = np.zeros(1, np.int64), np.zeros(1, np.int64)
+    strongest = MaxAgreement(comm)
 
     def agree(reason):
-        mine[0] = STOP_REASONS.index(reason)
-        # non-blocking: the lead may be evaluating or checkpointing while its partners wait here
-        wait_all([comm.Iallreduce(mine, agreed, op=MPI.MAX)])
-        return STOP_REASONS[int(agreed[0])]
+        return STOP_REASONS[strongest(STOP_REASONS.index(reason))]
 
     return agree
 
@@ -69,11 +64,16 @@ def stop_agreement(comm):
 class ShardSubset:
     """A ReplicaEndpoint seen through local shard indices 0..k-1 (this partition's shards)."""
 
-    def __init__(self, endpoint, shard_ids: list[int]):
+    def __init__(self, endpoint: ReplicaEndpoint, shard_ids: list[int]):
         self.inner, self.shard_ids = endpoint, list(shard_ids)
 
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
+    @property
+    def replica_id(self) -> int:
+        return self.inner.replica_id
+
+    @property
+    def fetch_retries(self) -> int:
+        return self.inner.fetch_retries
 
     def fetch(self, index: int, out: np.ndarray) -> int:
         return self.inner.fetch(self.shard_ids[index], out)

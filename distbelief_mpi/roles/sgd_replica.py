@@ -12,7 +12,7 @@ import numpy as np
 from ..checkpoint.params_file import load_params
 from ..checkpoint.resume import layout_signature
 from ..checkpoint.store import commit_checkpoint, newest_complete
-from ..comm.world import abort_job
+from ..comm.world import abort_world
 from ..config import to_toml
 from ..data.batches import BatchStream, open_replica_stream
 from ..data.hdf5 import read_split
@@ -73,7 +73,7 @@ def train_sgd(job, world_size: int) -> tuple[dict, np.ndarray]:
         log.info("training %d parameters on %d examples from step %d", network.n_params, stream.n_examples, first_step)
         report = Reporting(metrics, (x_test, y_test), Progress(spec.run.progress_seconds if job.progress else 0))
         hooks = LocalSgd(job, params, stream)
-        with Watchdog(spec.faults.watchdog_seconds, f"rank 0 ({job.role.label})", _abort_world):
+        with Watchdog(spec.faults.watchdog_seconds, f"rank 0 ({job.role.label})", abort_world):
             result = run_loop(spec, network, params, stream, hooks, report, first_step, FaultInjector(spec.faults, 0))
         test_loss, test_accuracy = log_eval(metrics, network, params, x_test, y_test, result.clock)
     log.info("stopped on %s after %d steps; test accuracy %.4f", result.stopped_on, result.clock.steps, test_accuracy)
@@ -100,12 +100,6 @@ def train_sgd(job, world_size: int) -> tuple[dict, np.ndarray]:
         if job.resume is None
         else {"step": job.resume.step, "checkpoint": str(job.resume.directory)},
     }, params
-
-
-def _abort_world(code: int) -> None:
-    from mpi4py import MPI
-
-    abort_job(MPI.COMM_WORLD, code)
 
 
 def _resume(job, params: np.ndarray, stream: BatchStream) -> int:

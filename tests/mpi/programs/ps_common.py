@@ -5,11 +5,12 @@ import time
 
 import numpy as np
 
-from distbelief_mpi.comm.control import TAG_DONE, barrier_sleeping
+from distbelief_mpi.comm.control import barrier_sleeping
+from distbelief_mpi.comm.messages import DONE, Messenger, ReplicaDone
 from distbelief_mpi.comm.param_server import ParamServerWindows, ReplicaEndpoint
 from distbelief_mpi.config import Optimizer
 from distbelief_mpi.layout import shard_ranges
-from distbelief_mpi.roles.shard import Shard
+from distbelief_mpi.roles.downpour.shard import Shard
 
 
 def cpu_seconds() -> float:
@@ -31,7 +32,7 @@ def run_ps(world_comm, n_shards: int, initial: np.ndarray, optimizer: Optimizer,
         shard.warm_up()
         barrier_sleeping(world_comm)
         cpu, wall = cpu_seconds(), time.perf_counter()
-        shard.serve(world_comm)
+        shard.serve(Messenger(world_comm))
         record = {
             "role": "shard",
             "version": shard.version,
@@ -43,8 +44,7 @@ def run_ps(world_comm, n_shards: int, initial: np.ndarray, optimizer: Optimizer,
         replica_id = rank - n_shards
         barrier_sleeping(world_comm)
         record = {"role": "replica", **replica_body(ReplicaEndpoint(windows, replica_id), replica_id, ranges)}
-        for shard_rank in range(n_shards):
-            world_comm.send(replica_id, dest=shard_rank, tag=TAG_DONE)
+        Messenger(world_comm).send_to_all(DONE, ReplicaDone(replica_id), range(n_shards))
     barrier_sleeping(world_comm)
     windows.close()
     return record

@@ -15,13 +15,14 @@ import time
 
 import numpy as np
 
-from .. import preempt
-from ..comm.control import TAG_DONE, TAG_PREEMPT, TAG_WARMSTART, barrier_sleeping, receive_all, wait_sleeping
-from ..comm.param_server import ReplicaEndpoint
-from ..config import JobSpec
-from ..kernels import sgd_update_
+from ... import preempt
+from ...comm.control import barrier_sleeping
+from ...comm.messages import DONE, PREEMPT, WARMSTART, Messenger, PreemptNotice, ReplicaDone, WarmstartOver
+from ...comm.param_server import ReplicaEndpoint
+from ...config import JobSpec
+from ...kernels import sgd_update_
+from ..loop import StepHooks
 from .comm_worker import CommWorker
-from .loop import StepHooks
 
 
 class DownpourHooks(StepHooks):
@@ -33,6 +34,8 @@ class DownpourHooks(StepHooks):
         endpoint: ReplicaEndpoint,
         shard_ranges,
         params: np.ndarray,
+        messenger: Messenger,
+        other_replicas: list[int],
         on_warmstart_done=None,
         checkpoints=None,
         stream=None,
@@ -49,7 +52,7 @@ class DownpourHooks(StepHooks):
         self.alpha = np.float32(spec.optimizer.learning_rate)
         self.pushes, self.deferred_pushes = 0, 0
         self.worker = CommWorker(endpoint, shard_ranges, len(params)) if spec.optimizer.overlap_comm else None
-        self.other_replicas: list[int] = []  # world ranks of the other replicas (set by the caller)
+        self.messenger, self.other_replicas = messenger, other_replicas  # world ranks of the other replicas
         self.preemption_shared = False
         self.final_checkpoint_step: int | None = None
 
@@ -105,10 +108,9 @@ class DownpourHooks(StepHooks):
         and a replica told stops after its step as if signalled itself."""
         if preempt.requested():
             if not self.preemption_shared:
-                for rank in self.other_replicas:
-                    self.endpoint.windows.comm.send(None, dest=rank, tag=TAG_PREEMPT)
+                self.messenger.send_to_all(PREEMPT, PreemptNotice(), self.other_replicas)
                 self.preemption_shared = True
-        elif receive_all(self.endpoint.windows.comm, TAG_PREEMPT):
+        elif self.messenger.receive_all(PREEMPT):
             preempt.request()
             self.preemption_shared = True  # the sender has told everyone
 
@@ -147,27 +149,25 @@ class DownpourHooks(StepHooks):
             self.accrued_steps[shard_id] = 0
 
 
-def finish_replica(world_comm, hooks: DownpourHooks, shard_ranks, replica_comm=None) -> None:
+def finish_replica(messenger: Messenger, hooks: DownpourHooks, shard_ranks, partners_comm=None) -> None:
     """Push what is left (waiting for free slots), then tell our shards we are done.
-    replica_comm (a partitioned replica's): its partitions say done together, after the lead's
+    partners_comm (a partitioned replica's): its partitions say done together, after the lead's
     last checkpoint is committed, so no partition's shards stop serving checkpoint requests early."""
     hooks.release_warmstart()  # a run shorter than the warmstart must not strand the others
     hooks.share_preemption()  # a replica stopped by a signal tells the others before leaving
     if hooks.checkpoints:  # a periodic checkpoint in flight: wait, within the grace time if preempted
         hooks.checkpoints.finish(timeout=hooks.spec.checkpoint.grace_seconds if preempt.requested() else None)
-    if replica_comm is not None:
-        barrier_sleeping(replica_comm)
+    if partners_comm is not None:
+        barrier_sleeping(partners_comm)
     hooks.stop_worker()
     hooks.push_all(wait=True)
-    for rank in shard_ranks:
-        world_comm.send(hooks.endpoint.replica_id, dest=rank, tag=TAG_DONE)
+    messenger.send_to_all(DONE, ReplicaDone(hooks.endpoint.replica_id), shard_ranks)
 
 
-def wait_for_warmstart(world_comm, replica0_rank: int) -> None:
-    wait_sleeping(world_comm.irecv(source=replica0_rank, tag=TAG_WARMSTART))
+def wait_for_warmstart(messenger: Messenger, replica0_rank: int) -> None:
+    messenger.wait(WARMSTART, replica0_rank)
 
 
-def release_warmstart(world_comm, waiting_ranks) -> None:
+def release_warmstart(messenger: Messenger, waiting_ranks) -> None:
     """Replica 0 (its partition 0) lets every rank of the other replicas start."""
-    for rank in waiting_ranks:
-        world_comm.send(None, dest=rank, tag=TAG_WARMSTART)
+    messenger.send_to_all(WARMSTART, WarmstartOver(), waiting_ranks)

@@ -10,14 +10,20 @@ import logging
 
 import numpy as np
 
-from .. import watchdog
-from ..comm.control import TAG_CHECKPOINT, TAG_DONE, Backoff, receive_all
-from ..comm.param_server import LandingSlots, ParamServerWindows, Push
-from ..comm.seqlock import SeqlockWriter
-from ..config import Optimizer
-from ..errors import RankHung, RankLost
-from ..kernels.server_rules import adagrad_apply_, all_finite, sgd_apply_
-from .liveness import ReplicaWatch
+from ... import watchdog
+from ...comm.control import Backoff, barrier_sleeping
+from ...comm.messages import CHECKPOINT, DONE, Messenger
+from ...comm.param_server import LandingSlots, ParamServerWindows, Push
+from ...comm.seqlock import SeqlockWriter
+from ...config import Optimizer
+from ...errors import RankHung, RankLost
+from ...job import Job
+from ...kernels.server_rules import adagrad_apply_, all_finite, sgd_apply_
+from ...watchdog import Watchdog
+from ..liveness import Peers, ReplicaWatch
+from ..partitions import initial_params
+from ..shard_checkpoint import load_shard, shard_file_name
+from .checkpoints import reply_to_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -134,23 +140,23 @@ class Shard:
             sgd_apply_(following, current, grad, self.opt.server_learning_rate)
 
     def serve(
-        self, world_comm, on_checkpoint=None, watch: ReplicaWatch | None = None, replica_loss: str = "abort"
+        self, messenger: Messenger, on_checkpoint=None, watch: ReplicaWatch | None = None, replica_loss: str = "abort"
     ) -> None:
         """Apply pushes until every replica has said it is done (or has left) and nothing is
-        pending. on_checkpoint(request, source_rank) handles a checkpoint request from the lead;
+        pending. on_checkpoint(CheckpointRequest) handles a checkpoint request from the lead;
         watch (liveness.ReplicaWatch) judges silent replicas: a hung one ends the job, one that
         has left ends it too unless replica_loss is "continue"."""
         self.watch, finished, backoff = watch, set(), Backoff(limit=2e-3)
         while True:
             watchdog.beat()
-            for request, source in receive_all(world_comm, TAG_CHECKPOINT):  # promptly, even when busy
-                on_checkpoint(request, source)
+            for request, _ in messenger.receive_all(CHECKPOINT):  # promptly, even when busy
+                on_checkpoint(request)
             if self.apply_pending():
                 backoff.reset()
                 continue
             if len(finished) == self.n_replicas:
                 return
-            finished.update(replica_id for replica_id, _ in receive_all(world_comm, TAG_DONE))
+            finished.update(done.replica_id for done, _ in messenger.receive_all(DONE))
             if watch is not None:
                 self._judge_silent(finished, replica_loss)
             if len(finished) < self.n_replicas:
@@ -180,3 +186,40 @@ class Shard:
             log.warning("replica %d (rank %d) has left the job; training goes on without it", replica_id, rank)
             self.stats.lost.append(replica_id)
             finished.add(replica_id)
+
+
+def serve_shard(job: Job, windows: ParamServerWindows, messenger: Messenger, peers: Peers, watchdog: Watchdog) -> dict:
+    """The shard rank's whole life: publish the initial (or resumed) slice, serve, report."""
+    shard_id = job.role.shard_id
+    start, stop = job.layout.shard_ranges[shard_id]
+    shard = Shard(windows, shard_id, job.spec.optimizer, initial_params(job)[start:stop])
+    resumed_from = None
+    if job.resume:
+        path = job.resume.directory / shard_file_name(shard_id)
+        shard.restore(load_shard(path, shard_id, start, stop))
+        resumed_from = shard.version
+        log.info("resumed from %s at version %d", path, shard.version)
+    shard.warm_up()
+    barrier_sleeping(messenger.comm)  # initial parameters are published
+    log.info("serving parameters [%d, %d)", start, stop)
+    lead, faults = job.layout.lead_rank, job.spec.faults
+    with watchdog:
+        shard.serve(
+            messenger,
+            lambda request: reply_to_checkpoint(messenger, shard, start, stop, request, lead),
+            ReplicaWatch(peers, _pushers(job, shard_id), faults.watchdog_seconds),
+            faults.replica_loss,
+        )
+    return {
+        "role": "shard",
+        "shard_id": shard_id,
+        "version": shard.version,
+        "resumed_from_version": resumed_from,
+        **shard.stats.as_dict(),
+    }
+
+
+def _pushers(job: Job, shard_id: int) -> list[int]:
+    """World ranks that push to this shard: each replica's partition that owns its block."""
+    owner = job.layout.shard_partitions[shard_id] if job.layout.shard_partitions else 0
+    return [job.layout.rank_of(replica_id, owner) for replica_id in range(job.spec.topology.replicas)]
