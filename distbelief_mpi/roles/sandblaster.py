@@ -7,7 +7,10 @@ split (run.eval_every, and at the end) and to write params.h5. Batches: consecut
 of optimizer.sandblaster_batch examples over the training split shuffled once by run.seed;
 each runs lbfgs_iterations_per_batch iterations with fresh history (one batch, the whole
 split, runs until a run limit or convergence). A step is one L-BFGS iteration. The batch
-loop and checkpoints: roles/sandblaster_driver.py.
+loop and checkpoints: roles/sandblaster_driver.BatchLoop; the coordinator's messages:
+roles/sandblaster_cluster.ShardsAndReplicas; its bookkeeping of evaluations (who computes
+which portion, which result counts): optim/evaluation_state.EvaluationState. Every control
+message is a typed record of comm/messages.py.
 """
 
 import logging
@@ -16,7 +19,8 @@ from functools import partial
 
 import numpy as np
 
-from ..comm.control import TAG_SB_BYE, TAG_SB_PUSHED, TAG_SB_RESULT, barrier_sleeping, receive_all
+from ..comm.control import barrier_sleeping
+from ..comm.messages import Messenger
 from ..comm.param_server import ParamServerWindows, ReplicaEndpoint
 from ..comm.world import abort_job
 from ..data.hdf5 import read_split
@@ -24,13 +28,12 @@ from ..limits import RunClock
 from ..optim.vector_ops import ShardVectors
 from ..rundir import MetricsLog
 from ..watchdog import Watchdog
-from .downpour import warm_up
 from .liveness import Peers, Silence
-from .loop import log_eval
+from .loop import log_eval, warm_up
 from .partitions import ShardSubset, initial_params, own_shards, parameter_order, partition_network, replica_comm
 from .sandblaster_checkpoint import load_vectors
-from .sandblaster_cluster import COORDINATOR_SILENCE, MpiCluster
-from .sandblaster_driver import Driver
+from .sandblaster_cluster import COORDINATOR_SILENCE, ShardsAndReplicas
+from .sandblaster_driver import BatchLoop
 from .sandblaster_replica import PortionWorker
 from .sandblaster_shard import GradientSink, serve_commands
 from .shard_checkpoint import shard_file_name
@@ -60,8 +63,9 @@ def run_sandblaster(job, world_comm, world_rank: int):
     elif role.role == "replica":
         _work(job, windows, world_comm, guard, comm, _watch_coordinator(job, peers))
     else:
-        speakers = [layout.rank_of(r, 0) for r in range(job.spec.topology.replicas)]  # partition 0 of each
-        outcome = _coordinate(job, world_comm, shard_ranks, speakers, guard, peers)
+        # partition 0 of each replica talks to the coordinator for all its partitions
+        talks_to_coordinator = [layout.rank_of(r, 0) for r in range(job.spec.topology.replicas)]
+        outcome = _coordinate(job, world_comm, shard_ranks, talks_to_coordinator, guard, peers)
     barrier_sleeping(world_comm)
     windows.close()
     return outcome
@@ -92,7 +96,7 @@ def _serve(job, windows, world_comm, guard, silence: Silence) -> None:
     barrier_sleeping(world_comm)
     with guard:
         silence.heard_now()  # the wait starts now, not at start-up
-        serve_commands(world_comm, job.layout.lead_rank, sink, vectors, (start, stop), silence)
+        serve_commands(Messenger(world_comm), job.layout.lead_rank, sink, vectors, (start, stop), silence)
 
 
 def _work(job, windows, world_comm, guard, comm, silence: Silence) -> None:
@@ -108,49 +112,51 @@ def _work(job, windows, world_comm, guard, comm, silence: Silence) -> None:
     barrier_sleeping(world_comm)
     with guard:
         silence.heard_now()
+        partitions = Messenger(comm) if comm is not None else None
         PortionWorker(
-            job, world_comm, job.layout.lead_rank, endpoint, train_set, local_ranges, network, comm, silence
+            job,
+            Messenger(world_comm),
+            job.layout.lead_rank,
+            endpoint,
+            train_set,
+            local_ranges,
+            network,
+            partitions,
+            silence,
         ).run()
 
 
 def _coordinate(job, world_comm, shard_ranks, replica_ranks, guard, peers):
-    cluster = MpiCluster(
-        world_comm,
+    parts = job.spec.topology.partitions_per_replica
+    cluster = ShardsAndReplicas(
+        Messenger(world_comm),
         shard_ranks,
         replica_ranks,
         job.spec.optimizer,
         peers,
         job.spec.faults.watchdog_seconds,
         parameter_order(job),
+        partner_ranks={r: [job.layout.rank_of(r, p) for p in range(1, parts)] for r in range(len(replica_ranks))},
     )
-    parts = job.spec.topology.partitions_per_replica
-    cluster.partners = {r: [job.layout.rank_of(r, p) for p in range(1, parts)] for r in range(len(replica_ranks))}
     x_test, y_test = read_split(job.info.path, "test")
     barrier_sleeping(world_comm)
     with guard, MetricsLog(job.run_dir) as metrics:
         started = time.perf_counter()
-        driver = Driver(job, cluster, metrics, (x_test, y_test))
-        driver.run()
+        loop = BatchLoop(job, cluster, metrics, (x_test, y_test))
+        loop.run()
         wall_s = time.perf_counter() - started
-        final = cluster.gather("x")
-        replicas, shards = _stop_everyone(cluster)
+        final = cluster.whole_vector("x")
+        replicas, shards = cluster.stop_everyone()
         test_loss, test_accuracy = log_eval(
-            metrics, job.network, final, x_test, y_test, RunClock(steps=driver.clock.steps, seconds=wall_s)
+            metrics, job.network, final, x_test, y_test, RunClock(steps=loop.clock.steps, seconds=wall_s)
         )
-    return _summary(job, cluster, driver, replicas, shards, wall_s, test_loss, test_accuracy), final
+    return _summary(job, cluster, loop, replicas, shards, wall_s, test_loss, test_accuracy), final
 
 
-def _stop_everyone(cluster: MpiCluster) -> tuple[list[dict], list[dict]]:
-    """Replicas say goodbye with their statistics (late results are dropped); then the shards."""
-    cluster.stop_replicas()
-    replicas = [cluster.receive(rank, TAG_SB_BYE, f"replica {i}") for i, rank in enumerate(cluster.replica_ranks)]
-    cluster.late_results += len(receive_all(cluster.comm, TAG_SB_RESULT))
-    receive_all(cluster.comm, TAG_SB_PUSHED)
-    return replicas, cluster.shard_call(("stop",))
-
-
-def _summary(job, cluster: MpiCluster, driver: Driver, replicas, shards, wall_s, test_loss, test_accuracy) -> dict:
-    spec, times = job.spec, cluster.evaluation_seconds
+def _summary(
+    job, cluster: ShardsAndReplicas, loop: BatchLoop, replicas, shards, wall_s, test_loss, test_accuracy
+) -> dict:
+    spec, times, evaluations = job.spec, cluster.evaluation_seconds, cluster.state
     return {
         "algorithm": "sandblaster",
         "world_size": job.layout.world_size,
@@ -158,26 +164,26 @@ def _summary(job, cluster: MpiCluster, driver: Driver, replicas, shards, wall_s,
         "n_shards": spec.topology.shards,
         "partitions_per_replica": spec.topology.partitions_per_replica,
         "n_params": job.network.n_params,
-        "steps": driver.clock.steps,
-        "epochs": driver.clock.epochs,
-        "evaluations": cluster.eval_id,
-        "examples_seen": cluster.examples_evaluated,
+        "steps": loop.clock.steps,
+        "epochs": loop.clock.epochs,
+        "evaluations": evaluations.eval_id,
+        "examples_seen": evaluations.examples_evaluated,
         "wall_s": wall_s,
-        "examples_per_s": driver.examples_per_s(wall_s),
+        "examples_per_s": loop.examples_per_s(wall_s),
         "evaluation_s_median": float(np.median(times)) if times else None,
-        "final_train_loss": driver.last_loss,
+        "final_train_loss": loop.last_loss,
         "test_loss": test_loss,
         "test_accuracy": test_accuracy,
-        "stopped_on": driver.stopped_on,
-        "lbfgs_statuses": driver.statuses,
-        "lbfgs_restarts": driver.restarts,
-        **cluster.totals.as_dict(),  # batches: gradient passes over a batch (evaluations), as in the paper
-        "data_batches": driver.batches,
-        "late_results_discarded": cluster.late_results,
+        "stopped_on": loop.stopped_on,
+        "lbfgs_statuses": loop.statuses,
+        "lbfgs_restarts": loop.restarts,
+        **evaluations.totals.as_dict(),  # batches: gradient passes over a batch (evaluations), as in the paper
+        "data_batches": loop.batches,
+        "late_results_discarded": evaluations.late_results,
         "replica_portions": [r["portions_computed"] for r in replicas],
         "replica_results_counted": [r["results_counted"] for r in replicas],
         "non_finite_pushes": sum(s["non_finite_pushes"] for s in shards),
-        "final_checkpoint": driver.final_checkpoint_step,
+        "final_checkpoint": loop.final_checkpoint_step,
         "dataset": job.info.path,
         "resumed_from": None
         if job.resume is None

@@ -19,6 +19,7 @@ import numpy as np
 
 from ..checkpoint.resume import layout_signature
 from ..checkpoint.store import checkpoint_dir, commit_files
+from ..comm.messages import SaveShard
 from ..config import to_toml
 from ..errors import CheckpointError, CheckpointWriteError
 from .shard_checkpoint import write_shard_file
@@ -77,7 +78,7 @@ def load_vectors(path: Path, shard_id: int, start: int, stop: int) -> dict:
 
 
 def shard_save_reply(directory: str, with_history: bool, shard_id: int, start: int, stop: int, vectors) -> dict:
-    """The shard's answer to ("save", directory, with_history): {"file": (name, sha)} or
+    """The shard's answer to SaveShard(directory, with_history): {"file": (name, sha)} or
     {"error": message} (a full disk must reach the coordinator as one clear error, not end the shard)."""
     try:
         return {"file": save_vectors(Path(directory), shard_id, start, stop, vectors.state(with_history))}
@@ -86,7 +87,8 @@ def shard_save_reply(directory: str, with_history: bool, shard_id: int, start: i
 
 
 class CoordinatorCheckpoints:
-    """The coordinator's side: asks every shard to save, then commits the manifest."""
+    """The coordinator's side: asks every shard to save, then commits the manifest.
+    cluster: roles/sandblaster_cluster.ShardsAndReplicas."""
 
     def __init__(self, job, cluster):
         self.job, self.cluster = job, cluster
@@ -98,14 +100,14 @@ class CoordinatorCheckpoints:
         if step == self.last_step:
             return
         directory = checkpoint_dir(self.root, step)
-        replies = self.cluster.shard_call(("save", str(directory), with_history))
+        replies = self.cluster.shard_call(SaveShard(str(directory), with_history))
         errors = [reply["error"] for reply in replies if "error" in reply]
         if errors:
             raise CheckpointWriteError(errors[0])
         self.cluster.keep_alive(everyone=True)  # committing hashes every kept checkpoint's files
         spec = self.job.spec
         meta = {
-            "examples_seen": self.cluster.examples_evaluated,
+            "examples_seen": self.cluster.state.examples_evaluated,
             "sandblaster": driver_state,
             "layout": layout_signature(spec, self.job.layout),
             "job": to_toml(spec),

@@ -15,17 +15,20 @@ import time
 from .. import watchdog
 from ..limits import RunClock, fraction_done, limit_reached
 from ..optim.lbfgs import LbfgsOptions, LbfgsRun
-from ..optim.portions import PortionTotals, cut_portions, default_portion_size
+from ..optim.portions import cut_portions, default_portion_size
 from ..progress import Progress
 from .loop import checkpoint_due, log_eval, stop_reason
 from .sandblaster_checkpoint import CoordinatorCheckpoints
-from .sandblaster_cluster import MpiCluster
+from .sandblaster_cluster import ShardsAndReplicas
 
 log = logging.getLogger(__name__)
 
 
-class Driver:
-    def __init__(self, job, cluster: MpiCluster, metrics, test_set):
+class BatchLoop:
+    """Runs L-BFGS batch after batch against `cluster` until a run limit, convergence or a
+    preemption signal; test_set: (x, y) for the eval lines."""
+
+    def __init__(self, job, cluster: ShardsAndReplicas, metrics, test_set):
         self.job, self.cluster, self.metrics, self.test_set = job, cluster, metrics, test_set
         self.spec, self.n_train = job.spec, job.info.n_train
         self.clock, self.started = RunClock(), time.perf_counter()
@@ -36,10 +39,10 @@ class Driver:
         self.checkpoints, self.last_checkpoint_s = CoordinatorCheckpoints(job, cluster), 0.0
         self.final_checkpoint_step: int | None = None  # committed on preemption
         self.resume_lbfgs = self._restore(job.resume.manifest["sandblaster"]) if job.resume else None
-        self.examples_at_start = cluster.examples_evaluated  # rates count this invocation's examples
+        self.examples_at_start = cluster.state.examples_evaluated  # rates count this invocation's examples
 
     def examples_per_s(self, seconds: float) -> float:
-        return (self.cluster.examples_evaluated - self.examples_at_start) / max(seconds, 1e-9)
+        return (self.cluster.state.examples_evaluated - self.examples_at_start) / max(seconds, 1e-9)
 
     def run(self) -> None:
         opt = self.spec.optimizer
@@ -51,10 +54,9 @@ class Driver:
         while self.stopped_on is None:
             start = (self.batches % n_batches) * size
             stop = min(self.n_train, start + size)
-            self.cluster.portions = [(start + a, start + b) for a, b in cut_portions(stop - start, portion)]
-            log.info(
-                "batch %d: examples [%d, %d) in %d portions", self.batches, start, stop, len(self.cluster.portions)
-            )
+            portions = [(start + a, start + b) for a, b in cut_portions(stop - start, portion)]
+            self.cluster.use_portions(portions)
+            log.info("batch %d: examples [%d, %d) in %d portions", self.batches, start, stop, len(portions))
             self.current = LbfgsRun(self.cluster, opt.lbfgs_memory, options, self.after_iteration, self.resume_lbfgs)
             self.resume_lbfgs = None
             result = self.current.run()
@@ -76,9 +78,9 @@ class Driver:
 
     def after_iteration(self, result) -> bool:
         """lbfgs()'s callback after each iteration; True stops the run."""
-        clock = self.clock
+        clock, evaluations = self.clock, self.cluster.state
         clock.steps += 1
-        clock.epochs = self.cluster.examples_evaluated / self.n_train
+        clock.epochs = evaluations.examples_evaluated / self.n_train
         clock.seconds = time.perf_counter() - self.started
         loss = self.last_loss = result.losses[-1]
         self.metrics.write(
@@ -87,9 +89,9 @@ class Driver:
                 "time_s": round(clock.seconds, 4),
                 "step": clock.steps,
                 "epoch": round(clock.epochs, 5),
-                "examples": self.cluster.examples_evaluated,
+                "examples": evaluations.examples_evaluated,
                 "train_loss": loss,
-                "evaluations": self.cluster.eval_id,
+                "evaluations": evaluations.eval_id,
                 "examples_per_s": self.examples_per_s(clock.seconds),
             }
         )
@@ -98,8 +100,7 @@ class Driver:
             self.evaluate()
         if self.progress.due():
             self.progress.maybe_print(
-                f"iteration {clock.steps} epoch {clock.epochs:.2f} loss {loss:.4f} "
-                f"({self.cluster.eval_id} evaluations)",
+                f"iteration {clock.steps} epoch {clock.epochs:.2f} loss {loss:.4f} ({evaluations.eval_id} evaluations)",
                 fraction_done(self.spec.run, clock),
             )
         watchdog.beat()
@@ -111,13 +112,12 @@ class Driver:
     def evaluate(self) -> None:
         x_test, y_test = self.test_set
         eval_n = self.spec.data.eval_examples or len(y_test)
-        params = self.cluster.gather("x")
+        params = self.cluster.whole_vector("x")
         self.cluster.keep_alive(everyone=True)  # the evaluation below talks to nobody
         log_eval(self.metrics, self.job.network, params, x_test[:eval_n], y_test[:eval_n], self.clock)
 
     def checkpoint(self, final: bool = False) -> None:
         """Commit this moment: inside a batch (self.current is its L-BFGS run) or between batches."""
-        cluster = self.cluster
         inside_batch = self.current is not None
         state = {
             "lbfgs": self.current.snapshot() if inside_batch else None,
@@ -125,10 +125,7 @@ class Driver:
             "statuses": self.statuses,
             "restarts": self.restarts,
             "last_loss": self.last_loss,
-            "examples_evaluated": cluster.examples_evaluated,
-            "eval_id": cluster.eval_id,
-            "late_results": cluster.late_results,
-            "totals": cluster.totals.as_dict(),
+            **self.cluster.state.counters(),  # examples_evaluated, eval_id, late_results, totals
         }
         self.checkpoints.commit(self.clock.steps, state, with_history=inside_batch)
         self.last_checkpoint_s = self.clock.seconds
@@ -139,12 +136,10 @@ class Driver:
     def _restore(self, state: dict) -> dict | None:
         """Counters from a checkpoint's "sandblaster" entry; returns the L-BFGS run's state (None:
         the checkpoint was taken between batches, so the next batch starts afresh)."""
-        cluster = self.cluster
         self.clock.steps = self.job.resume.step
         self.batches, self.statuses, self.restarts = state["batches"], list(state["statuses"]), state["restarts"]
         self.last_loss = state["last_loss"]
-        cluster.examples_evaluated, cluster.eval_id = state["examples_evaluated"], state["eval_id"]
-        cluster.late_results, cluster.totals = state["late_results"], PortionTotals(**state["totals"])
-        self.clock.epochs = cluster.examples_evaluated / self.n_train
+        self.cluster.state.restore(state)
+        self.clock.epochs = self.cluster.state.examples_evaluated / self.n_train
         log.info("resuming at iteration %d of batch %d", self.clock.steps, self.batches)
         return state["lbfgs"]

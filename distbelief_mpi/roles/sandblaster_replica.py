@@ -1,50 +1,67 @@
 """A Sandblaster model replica: computes the portions the coordinator hands it.
 
-Loop: wait for the coordinator's next message (TAG_SB_WORK). A message of a new evaluation
-first makes the replica fetch that point from every shard (once per evaluation). A message
-may carry the verdict on the replica's previous result ("counted": only a result counted by
-the coordinator, the first for its portion, is added to the accrued gradient, so a backup's
-loser adds nothing) and a new portion to compute. Counted gradients are pushed every
-optimizer.push_every counted portions, and at once when the coordinator says "flush" (the
-batch is nearly or fully done), each push followed by a small TAG_SB_PUSHED note, so the
-coordinator knows when every counted gradient has reached the shards.
+Loop: wait for the coordinator's next record on the WORK channel (comm/messages.py): Work,
+KeepAlive (nothing to do) or StopWork. Work of a new evaluation first makes the replica fetch
+that point from every shard (once per evaluation). Work may carry the verdict on the replica's
+previous result (`counted`: only a result counted by the coordinator, the first for its
+portion, is added to the accrued gradient, so a backup's loser adds nothing) and a new portion
+to compute. Counted gradients are pushed every optimizer.push_every counted portions, and at
+once when the coordinator says `flush` (the batch is nearly or fully done), each push followed
+by a small PushesNote, so the coordinator knows when every counted gradient has reached the
+shards.
 
 Gradients travel as sums over a portion's examples (not means): the shards add them up and
 divide by the batch size once.
 """
 
+import dataclasses
 import time
 
 import numpy as np
 
-from ..comm.control import TAG_SB_BYE, TAG_SB_PUSHED, TAG_SB_RESULT, TAG_SB_WORK, recv_sleeping
+from ..comm.messages import (
+    FAREWELL,
+    PUSHES,
+    RESULT,
+    WORK,
+    Farewell,
+    KeepAlive,
+    Messenger,
+    PortionResult,
+    PushesNote,
+    StopWork,
+    Work,
+)
 from ..comm.param_server import ReplicaEndpoint
 from ..fault_injection import FaultInjector
-from .liveness import Silence, recv_watched
+from .liveness import Silence
 
 
 class PortionWorker:
     """network: the whole model, or this rank's partition of it (model/partitioned.py); then
-    partition 0 talks to the coordinator and relays every message to the other partitions over
-    replica_comm, and every partition pushes its own block to its own shards (shard_ranges are
-    relative to that block; endpoint is a roles/partitions.ShardSubset)."""
+    partition 0 talks to the coordinator and relays every record to the other partitions
+    (partition_messenger: comm/messages.Messenger over the replica's own communicator), and
+    every partition pushes its own block to its own shards (shard_ranges are relative to that
+    block; endpoint is a roles/partitions.ShardSubset). silence: partition 0's watch on the
+    coordinator (RankLost / RankHung when it exits or stays silent)."""
 
     def __init__(
         self,
         job,
-        world_comm,
+        messenger: Messenger,
         coordinator: int,
         endpoint: ReplicaEndpoint,
         train_set,
         shard_ranges,
         network=None,
-        replica_comm=None,
+        partition_messenger: Messenger | None = None,
         silence: Silence | None = None,
     ):
-        self.job, self.comm, self.coordinator, self.endpoint = job, world_comm, coordinator, endpoint
-        self.network, self.replica_comm = network or job.network, replica_comm
-        self.silence = silence  # partition 0's watch on the coordinator
-        self.speaks = replica_comm is None or replica_comm.Get_rank() == 0  # to the coordinator
+        self.job, self.messenger, self.coordinator, self.endpoint = job, messenger, coordinator, endpoint
+        self.network = network or job.network
+        self.partitions = partition_messenger  # to the other partitions of this replica (None: unpartitioned)
+        self.silence = silence
+        self.talks_to_coordinator = partition_messenger is None or partition_messenger.rank == 0
         self.x_train, self.y_train = train_set  # permuted by run.seed (the coordinator's rows)
         self.ranges = [slice(start, stop) for start, stop in shard_ranges]
         n_params = self.network.n_params
@@ -58,41 +75,44 @@ class PortionWorker:
 
     def run(self) -> dict:
         while True:
-            message = self._next_message()
-            if message.get("stop"):
+            record = self._next_record()
+            if isinstance(record, StopWork):
                 break
-            if not message.get("ping"):
-                self._handle(message)
+            if not isinstance(record, KeepAlive):
+                self._handle(record)
         report = {"role": "replica", "replica_id": self.job.role.replica_id, **self.stats}
-        if self.speaks:
-            self.comm.send(report, dest=self.coordinator, tag=TAG_SB_BYE)
+        if self.talks_to_coordinator:
+            self.messenger.send(FAREWELL, Farewell(report), self.coordinator)
         return report
 
-    def _next_message(self) -> dict:
-        if not self.speaks:
-            return recv_sleeping(self.replica_comm, 0, TAG_SB_WORK)
-        message = recv_watched(self.comm, self.coordinator, TAG_SB_WORK, None, "the coordinator", silence=self.silence)
-        if self.replica_comm is None:
-            return message
-        for partition in range(1, self.replica_comm.Get_size()):
-            self.replica_comm.send(message, dest=partition, tag=TAG_SB_WORK)
-        return message
+    def _next_record(self) -> Work | KeepAlive | StopWork:
+        if not self.talks_to_coordinator:
+            assert self.partitions is not None
+            return self.partitions.wait(WORK, 0)
+        on_wait = None if self.silence is None else self.silence.check
+        record = self.messenger.wait(WORK, self.coordinator, on_wait=on_wait)
+        if self.silence is not None:
+            self.silence.heard_now()
+        if self.partitions is not None:
+            self.partitions.send_to_all(WORK, record, range(1, self.partitions.size))
+        return record
 
-    def _handle(self, message: dict) -> None:
-        if message["eval"] != self.eval_id:
-            self._start_evaluation(message["eval"])
-        if message.get("counted"):
+    def _handle(self, work: Work) -> None:
+        if work.eval_id != self.eval_id:
+            self._start_evaluation(work.eval_id)
+        if work.counted:
             np.add(self.accrued, self.result, out=self.accrued)
             self.unpushed += 1
             self.stats["results_counted"] += 1
         if self.unpushed and (
-            self.unpushed >= self.job.spec.optimizer.push_every or message["flush"] or message["portion"] is None
+            self.unpushed >= self.job.spec.optimizer.push_every or work.flush or work.portion is None
         ):
             self._push()
-        if message["portion"] is not None:
+        if work.portion is not None:
             if not self.fetched:
                 self._fetch()
-            self._compute(message["portion"], *message["rows"])
+            start, stop = work.rows
+            self._compute(work.portion, start, stop)
 
     def _start_evaluation(self, eval_id: int) -> None:
         """A new point (the accrued gradient is empty: the coordinator ended the last evaluation
@@ -117,17 +137,12 @@ class PortionWorker:
         self.inject.after_step(self.stats["portions_computed"] + 1, seconds)  # a slowed replica sleeps here
         self.stats["compute_s"] += time.perf_counter() - tick
         self.stats["portions_computed"] += 1
-        if not self.speaks:  # every partition has the same loss; partition 0 reports it
+        if not self.talks_to_coordinator:  # every partition has the same loss; partition 0 reports it
             return
-        result = {
-            "eval": self.eval_id,
-            "portion": portion,
-            "loss": float(loss) * (stop - start),
-            "correct": int(correct),
-        }
-        self.comm.send(result, dest=self.coordinator, tag=TAG_SB_RESULT)
+        result = PortionResult(self.eval_id, portion, float(loss) * (stop - start), int(correct))
+        self.messenger.send(RESULT, result, self.coordinator)
         if self.inject.duplicates:  # injected: the same result again; it must not count twice
-            self.comm.send({**result, "echo": True}, dest=self.coordinator, tag=TAG_SB_RESULT)
+            self.messenger.send(RESULT, dataclasses.replace(result, echo=True), self.coordinator)
 
     def _push(self) -> None:
         for shard_id, part in enumerate(self.ranges):
@@ -137,10 +152,6 @@ class PortionWorker:
         self.stats["pushes"] += 1
         self.accrued[:] = 0
         self.unpushed = 0
-        if not self.speaks:  # the shards count every partition's pushes themselves
+        if not self.talks_to_coordinator:  # the shards count every partition's pushes themselves
             return
-        self.comm.send(
-            {"eval": self.eval_id, "pushes": self.pushes, "portions": self.portions_pushed},
-            dest=self.coordinator,
-            tag=TAG_SB_PUSHED,
-        )
+        self.messenger.send(PUSHES, PushesNote(self.eval_id, self.pushes, self.portions_pushed), self.coordinator)

@@ -5,23 +5,38 @@ It holds, for its slice [start, stop) only, the float64 work vectors and L-BFGS 
 (optim/vector_ops.ShardVectors) and the two windows Downpour uses: replicas fetch the
 published float32 point with the same seqlock and Put gradient sums into their landing slots.
 Between commands it drains the slots into `total` (float64), so a replica's next push never
-waits long. Commands (TAG_SB_COMMAND, each answered on TAG_SB_REPLY, in order):
+waits long. Commands (comm/messages.py, on SHARD_COMMAND; each answered with a ShardReply on
+SHARD_REPLY, in order):
 
-    ("vec", cmd)                 a vector command; reply: its partial scalars
-    ("publish", name)            name := float32(name); publish it for fetching; total := 0
-    ("collect", name, pushes, n, point, l2)  wait until pushes[r] pushes of replica r are summed;
+    VectorCommand(cmd)           a vector command; reply: its partial scalars
+    PublishPoint(name)           name := float32(name); publish it for fetching; total := 0
+    CollectGradient(name, pushes, n_examples, point, l2)
+                                 wait until pushes[r] pushes of replica r are summed;
                                  name := total / n + l2 * point; reply: the partial l2 / 2 * |point|^2
-    ("gather", name)             reply: the slice of `name` as float32 (evaluation, params.h5)
-    ("save", directory, history) write x, g and (if history) the (s, y) pairs to directory/shard-S.h5
+    GatherVector(name)           reply: the slice of `name` as float32 (evaluation, params.h5)
+    SaveShard(directory, history) write x, g and (if history) the (s, y) pairs to directory/shard-S.h5
                                  (roles/sandblaster_checkpoint.py); reply: {"file": (name, sha)}
-    ("stop",)                    reply: this shard's statistics; the serve loop ends
-    ("ping",)                    no reply: the coordinator is alive (roles/sandblaster_cluster.py)
+    StopShard()                  reply: this shard's statistics; the serve loop ends
+    KeepAlive()                  no reply: the coordinator is alive (roles/sandblaster_cluster.py)
 """
 
 import numpy as np
 
 from .. import watchdog
-from ..comm.control import TAG_SB_COMMAND, TAG_SB_REPLY, Backoff
+from ..comm.control import Backoff
+from ..comm.messages import (
+    SHARD_COMMAND,
+    SHARD_REPLY,
+    CollectGradient,
+    GatherVector,
+    KeepAlive,
+    Messenger,
+    PublishPoint,
+    SaveShard,
+    ShardReply,
+    StopShard,
+    VectorCommand,
+)
 from ..comm.param_server import LandingSlots, ParamServerWindows
 from ..comm.seqlock import SeqlockWriter
 from ..kernels.server_rules import all_finite
@@ -67,59 +82,57 @@ class GradientSink:
 
 
 def serve_commands(
-    world_comm,
+    messenger: Messenger,
     coordinator: int,
     sink: GradientSink,
     vectors: ShardVectors,
     shard_range: tuple[int, int],
     silence: Silence,
 ) -> dict:
-    """Run commands until ("stop",); returns the statistics sent with the last reply.
+    """Run commands until StopShard; returns the statistics sent with the last reply.
     shard_range: the [start, stop) of the parameters this shard holds (named in its checkpoint);
     silence: watches the coordinator (RankHung / RankLost when it stays silent or exits)."""
     while True:
-        command = _next_command(world_comm, coordinator, sink, silence)
-        kind = command[0]
-        if kind == "ping":
+        command = _next_command(messenger, coordinator, sink, silence)
+        if isinstance(command, KeepAlive):
             continue
-        if kind == "stop":
+        if isinstance(command, StopShard):
             stats = {
                 "role": "shard",
                 "shard_id": sink.shard_id,
                 "pushes_summed": sink.pushes_summed,
                 "non_finite_pushes": sink.non_finite,
             }
-            world_comm.send(stats, dest=coordinator, tag=TAG_SB_REPLY)
+            messenger.send(SHARD_REPLY, ShardReply(stats), coordinator)
             return stats
-        world_comm.send(_run(command, sink, vectors, shard_range), dest=coordinator, tag=TAG_SB_REPLY)
+        messenger.send(SHARD_REPLY, ShardReply(_run(command, sink, vectors, shard_range)), coordinator)
 
 
-def _run(command: tuple, sink: GradientSink, vectors: ShardVectors, shard_range: tuple[int, int]):
-    kind = command[0]
-    if kind == "vec":
-        return vectors.execute(command[1])
-    if kind == "publish":
-        vectors.execute(("round32", command[1]))
-        return sink.publish(vectors[command[1]])
-    if kind == "collect":
-        _, name, pushes, n_examples, point, l2 = command
-        _wait_for_pushes(sink, np.asarray(pushes, np.int64))
-        vectors.load(name, sink.total / n_examples)
-        if not l2:
-            return 0.0
-        vectors.execute(("axpy", name, point, l2))
-        return 0.5 * l2 * vectors.execute(("dot", point, point))
-    if kind == "gather":
-        return vectors[command[1]].astype(np.float32)
-    if kind == "save":
-        return shard_save_reply(command[1], command[2], sink.shard_id, *shard_range, vectors)
-    raise ValueError(f"unknown shard command {kind!r}")
+def _run(command, sink: GradientSink, vectors: ShardVectors, shard_range: tuple[int, int]):
+    match command:
+        case VectorCommand(cmd):
+            return vectors.execute(cmd)
+        case PublishPoint(name):
+            vectors.execute(("round32", name))
+            return sink.publish(vectors[name])
+        case CollectGradient(name, pushes, n_examples, point, l2):
+            _wait_for_pushes(sink, np.asarray(pushes, np.int64))
+            vectors.load(name, sink.total / n_examples)
+            if not l2:
+                return 0.0
+            vectors.execute(("axpy", name, point, l2))
+            return 0.5 * l2 * vectors.execute(("dot", point, point))
+        case GatherVector(name):
+            return vectors[name].astype(np.float32)
+        case SaveShard(directory, history):
+            return shard_save_reply(directory, history, sink.shard_id, *shard_range, vectors)
+    raise ValueError(f"unknown shard command {command!r}")
 
 
-def _next_command(world_comm, coordinator: int, sink: GradientSink, silence: Silence) -> tuple:
+def _next_command(messenger: Messenger, coordinator: int, sink: GradientSink, silence: Silence):
     """Sleep until the coordinator's next command, summing pushes meanwhile."""
     backoff = Backoff(limit=1e-3)
-    while not world_comm.Iprobe(source=coordinator, tag=TAG_SB_COMMAND):
+    while not messenger.waiting(SHARD_COMMAND, coordinator):
         watchdog.beat()
         silence.check()
         if sink.apply_pending():
@@ -127,7 +140,7 @@ def _next_command(world_comm, coordinator: int, sink: GradientSink, silence: Sil
         else:
             backoff.sleep()
     silence.heard_now()
-    return world_comm.recv(source=coordinator, tag=TAG_SB_COMMAND)
+    return messenger.receive(SHARD_COMMAND, coordinator)
 
 
 def _wait_for_pushes(sink: GradientSink, expected: np.ndarray) -> None:
