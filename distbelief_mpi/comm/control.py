@@ -1,4 +1,4 @@
-"""Control messages (point-to-point, tiny) and waits that sleep instead of spinning.
+"""Waits that sleep instead of spinning (control messages themselves: messages.py).
 
 MPICH's blocking calls poll the CPU while they wait; ranks outnumber cores here and on
 laptops, so every wait that may be long (a shard waiting for pushes, replicas waiting out
@@ -8,18 +8,9 @@ tests, with exponential backoff up to a few milliseconds.
 
 import time
 
-from mpi4py import MPI
-
 from .. import watchdog
 
-# Downpour and checkpoint messages: typed records on channels (messages.py).
-# Sandblaster (roles/sandblaster*.py)
-TAG_SB_COMMAND = 110  # coordinator -> shard: a command tuple (roles/sandblaster_shard.py)
-TAG_SB_REPLY = 111  # shard -> coordinator: the command's result
-TAG_SB_WORK = 112  # coordinator -> replica: {eval, portion, rows, counted, flush} or {"stop": True}
-TAG_SB_RESULT = 113  # replica -> coordinator: {eval, portion, loss, correct} of a computed portion
-TAG_SB_PUSHED = 114  # replica -> coordinator: {eval, pushes, portions}: counted portions pushed so far
-TAG_SB_BYE = 115  # replica -> coordinator, at the end: its statistics
+# Tags of control messages: see the channels in messages.py (partition_exchange.py uses 120).
 
 
 class Backoff:
@@ -48,24 +39,6 @@ def wait_sleeping(request, limit: float = 5e-3):
         backoff.sleep()
 
 
-def recv_sleeping(comm, source: int, tag: int, limit: float = 5e-3):
-    """comm.recv(source, tag) without burning a core, for a pickled message of any size
-    (mpi4py's irecv of a pickled object has a fixed-size buffer)."""
-    backoff = Backoff(limit=limit)
-    while not comm.Iprobe(source=source, tag=tag):
-        backoff.sleep()
-    return comm.recv(source=source, tag=tag)
-
-
 def barrier_sleeping(comm, limit: float = 5e-3) -> None:
     """A barrier for ranks that may wait long (others still training)."""
     wait_sleeping(comm.Ibarrier(), limit)
-
-
-def receive_all(comm, tag: int) -> list[tuple[object, int]]:
-    """Receive every pending message with `tag` (from anyone): [(message, source rank)]."""
-    received, status = [], MPI.Status()
-    while comm.Iprobe(source=MPI.ANY_SOURCE, tag=tag, status=status):
-        source = status.Get_source()
-        received.append((comm.recv(source=source, tag=tag), source))
-    return received
