@@ -57,7 +57,7 @@ def worker(name: str, repeats: int, quick: bool) -> None:
     from mpi4py import MPI
 
     from distbelief_mpi.comm.partition_exchange import MpiExchanger
-    from distbelief_mpi.kernels.threads import set_compute_threads
+    from distbelief_mpi.kernels.thread_pool import set_compute_threads
     from distbelief_mpi.model.network import build_network
     from distbelief_mpi.model.partition import split_model
     from distbelief_mpi.model.partitioned import PartitionedNetwork

@@ -4,7 +4,7 @@
                                                 [--rule adagrad|sgd] [--out FILE]
     python bench/ps_bandwidth.py --all [--quick] [--out FILE]     # runs S = 1, 2, 4 and prints one table
 
-Ranks 0..S-1 run the real Shard serve loop (comm/param_server.py windows, roles/shard.py);
+Ranks 0..S-1 run the real Shard serve loop (comm/param_server.py windows, roles/downpour/shard.py);
 rank S is one replica that, per repeat and interleaved so that all three see the same load:
 
   memcpy   np.copyto between two preallocated float32 arrays of n_params (the baseline)

@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "train":
-            from . import preempt
+            from .runtime import preempt
 
             preempt.install()  # first, before the heavy imports: a signal during start-up is a preemption too
             from .train import run_train

@@ -12,7 +12,6 @@ import sys
 import traceback
 from pathlib import Path
 
-from . import preempt
 from .checkpoint.params_file import save_params
 from .checkpoint.resume import auto_resume_point, find_resume_point
 from .comm.world import abort_job, agree_on_errors, barrier, broadcast, gather_to_all, init_world
@@ -21,12 +20,13 @@ from .data.hdf5 import read_info
 from .errors import DistbeliefError, UserInputError
 from .job import Job, RoleResult
 from .layout import plan_layout
-from .logs import setup_logging
 from .model.network import build_network
 from .model.partition import partition_offsets
-from .progress import wanted as progress_wanted
-from .rundir import default_run_dir, prepare_run_dir, write_summary
-from .threads import threads_for_rank
+from .runtime import preempt
+from .runtime.logs import setup_logging
+from .runtime.progress import wanted as progress_wanted
+from .runtime.rundir import default_run_dir, prepare_run_dir, write_summary
+from .runtime.thread_budget import threads_for_rank
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ def _run_role(job: Job, world_comm, world_rank: int, world_size: int, verbose: b
         # Every rank makes logs/ itself: without a shared file system only rank 0 has it.
         (job.run_dir / "logs").mkdir(parents=True, exist_ok=True)
         setup_logging(world_rank, job.role.label, job.run_dir / "logs", verbose)
-        from .kernels.threads import set_compute_threads  # numba loads only when training
+        from .kernels.thread_pool import set_compute_threads
 
         set_compute_threads(threads_for_rank(job.spec.topology.threads_per_rank))
         if job.spec.faults.replica_loss == "continue":
@@ -168,7 +168,7 @@ def _exit_code(job: Job, summary: dict) -> int:
 def _run_algorithm(job: Job, world_comm, world_rank: int, world_size: int) -> RoleResult:
     """Run this rank's role; on the lead rank the result holds the summary and final parameters."""
     if job.spec.optimizer.algorithm == "sgd":
-        from .roles.sgd_replica import train_sgd
+        from .roles.sgd import train_sgd
 
         return RoleResult(*train_sgd(job, world_size))
     if job.spec.optimizer.algorithm == "sandblaster":

@@ -10,7 +10,7 @@ import h5py
 import numpy as np
 
 from ..errors import CheckpointError
-from ..fsutil import write_hdf5_atomic
+from ..runtime.files import write_hdf5_atomic
 
 
 def save_params(path: Path, params: np.ndarray, attrs: dict) -> None:

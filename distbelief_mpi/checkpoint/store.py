@@ -1,7 +1,7 @@
 """Committed checkpoints: RUN_DIR/checkpoints/step-NNNNNNNNN/{data files, manifest.json}.
 
 Single-replica SGD writes one `params.h5`; Downpour writes one `shard-S.h5` per shard
-(each shard its own, see roles/shard_checkpoint.py) and the lead replica commits them.
+(each shard its own, see checkpoint/shard_files.py) and the lead replica commits them.
 
 Every data file is written to a temporary name and renamed; the manifest (step, the
 SHA-256 of every file, caller metadata) is written last and is the commit marker. A
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CheckpointWriteError
-from ..fsutil import write_text_atomic
+from ..runtime.files import write_text_atomic
 from .params_file import save_params
 
 MANIFEST = "manifest.json"
@@ -43,7 +43,7 @@ def write_errors_named(directory: Path):
     message; the files already committed are untouched (every write goes to a temporary name)."""
     try:
         yield
-    except OSError as exc:  # HDF5 files are built in memory (fsutil.write_hdf5_atomic): plain OSErrors here
+    except OSError as exc:  # HDF5 files are built in memory (runtime/files.write_hdf5_atomic): plain OSErrors here
         newest = newest_complete(Path(directory).parent)
         kept = f"the newest complete checkpoint, {newest[0].name}, is intact" if newest else "no checkpoint exists yet"
         raise CheckpointWriteError(

@@ -8,7 +8,7 @@ tests, with exponential backoff up to a few milliseconds.
 
 import time
 
-from .. import watchdog
+from ..runtime import watchdog
 
 # Tags of control messages: see the channels in messages.py (partition_exchange.py uses 120).
 

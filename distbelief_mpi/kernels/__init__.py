@@ -5,7 +5,7 @@ from .lcn import LCN_EPS, lcn_backward_, lcn_forward_
 from .local import local_backward_, local_forward_, local_out_size
 from .pooling import L2POOL_EPS, l2pool_backward_, l2pool_forward_, maxpool_backward_, maxpool_forward_
 from .softmax import softmax_xent
-from .threads import set_compute_threads
+from .thread_pool import set_compute_threads
 
 __all__ = [
     "ACTIVATION_CODES",

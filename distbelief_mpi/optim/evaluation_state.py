@@ -6,7 +6,7 @@ pass ends once every portion is counted and every counted gradient is pushed. Th
 everything the coordinator must remember for that: the evaluation id, which replica computes
 what since when, which results counted, how many pushes each replica posted, the loss sum, and
 the counters of the run summary. It does no I/O and reads no clock (`now` is passed in, in
-seconds of any monotonic clock); roles/sandblaster_cluster.py receives the messages, feeds
+seconds of any monotonic clock); roles/sandblaster/cluster.py receives the messages, feeds
 them here as events and sends what the returned actions say.
 
 Events (methods), and the actions they return:

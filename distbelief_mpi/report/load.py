@@ -1,6 +1,6 @@
 """PURE (file reads only): a run directory's summary.json and metrics.jsonl as plain series.
 
-A run directory (see rundir.py) holds `summary.json` (written when the run ends) and
+A run directory (see runtime/rundir.py) holds `summary.json` (written when the run ends) and
 `metrics.jsonl` (appended by the lead replica while it trains). A resumed run appends to
 the same metrics file and its clock restarts from 0; `load_run` stitches the invocations
 together on one wall-time axis (see `_stitch`).

@@ -8,7 +8,6 @@ gone). A silent replica on another host cannot be checked; it is treated as hung
 """
 
 import os
-import socket
 import time
 from dataclasses import dataclass
 
@@ -16,6 +15,7 @@ from ..comm.control import Backoff
 from ..comm.messages import REPORT, Channel, Messenger
 from ..comm.world import gather_to_all
 from ..errors import RankHung, RankLost
+from ..runtime.processes import process_alive, process_space
 
 # A silent replica's process is looked at after this long without a push (a cheap check)...
 CHECK_AFTER_S = 1.0
@@ -38,34 +38,6 @@ class Peers:
         if self.hosts[rank] != process_space():
             return None
         return not process_alive(self.pids[rank])
-
-
-def process_space() -> str:
-    """Where a pid means the same process: the host, its boot and the pid namespace (containers
-    sharing a host name, or nodes all called "localhost", must not compare pids)."""
-    parts = [socket.gethostname()]
-    try:
-        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as boot:
-            parts.append(boot.read().strip())
-        parts.append(str(os.stat("/proc/self/ns/pid").st_ino))
-    except OSError:
-        pass
-    return "/".join(parts)
-
-
-def process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
-            state = stat.read().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return True  # no /proc (not Linux): kill(pid, 0) is all we know
-    return state not in ("Z", "X")  # a zombie has exited; its parent has not reaped it yet
 
 
 class ReplicaWatch:

@@ -10,14 +10,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import preempt, watchdog
 from ..config import JobSpec
 from ..data.batches import BatchStream
-from ..fault_injection import FaultInjector
 from ..kernels import sgd_update_
-from ..limits import RunClock, fraction_done, limit_reached
 from ..model.network import Network
-from ..progress import Progress
+from ..runtime import preempt, watchdog
+from ..runtime.fault_injection import FaultInjector
+from ..runtime.limits import RunClock, fraction_done, limit_reached
+from ..runtime.progress import Progress
 
 # A training-window line goes to metrics.jsonl about this often (seconds).
 METRICS_INTERVAL_S = 1.0

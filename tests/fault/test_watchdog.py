@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from distbelief_mpi.roles.sandblaster_cluster import COORDINATOR_SILENCE
-from distbelief_mpi.watchdog import EXIT_HUNG
+from distbelief_mpi.roles.sandblaster.cluster import COORDINATOR_SILENCE
+from distbelief_mpi.runtime.watchdog import EXIT_HUNG
 from tests.fault.launch import leftover_processes, train
 from tests.mpi.runner import REPO, finish_mpi, start_mpi
 from tests.mpi.test_preempt_mpi import wait_for_training

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from distbelief_mpi.checkpoint.store import complete_checkpoints, read_manifest
-from distbelief_mpi.preempt import EXIT_PREEMPTED
+from distbelief_mpi.runtime.preempt import EXIT_PREEMPTED
 from tests.mpi.runner import REPO, assert_all_ranks, finish_mpi, run_mpi, start_mpi
 
 JOBS = {

@@ -67,7 +67,7 @@ def test_distributed_lbfgs_follows_the_single_process_reference(tmp_path, digits
     np.testing.assert_allclose(losses, reference.losses[1:26], rtol=2e-4)
     # Every result is accounted for: each portion is issued once and counted once per batch pass;
     # a backup's result is either a discarded duplicate or arrives after its pass ended.
-    portions = len(cut_portions(1437, 1437 // (8 * 3)))  # the Driver's default portion size
+    portions = len(cut_portions(1437, 1437 // (8 * 3)))  # the batch loop's default portion size
     assert summary["portions_issued"] == portions * summary["batches"]
     assert summary["duplicates_discarded"] + summary["late_results_discarded"] == summary["backups_issued"]
 

@@ -1,11 +1,11 @@
 """The Sandblaster coordinator keeps shards and replicas informed that it is alive
-(roles/sandblaster_cluster.py): pure, with a recording stand-in for the messenger."""
+(roles/sandblaster/cluster.py): pure, with a recording stand-in for the messenger."""
 
 import time
 
 from distbelief_mpi.comm.messages import SHARD_COMMAND, WORK, KeepAlive
 from distbelief_mpi.config import Optimizer
-from distbelief_mpi.roles.sandblaster_cluster import ShardsAndReplicas
+from distbelief_mpi.roles.sandblaster.cluster import ShardsAndReplicas
 
 
 class RecordingMessenger:

@@ -1,5 +1,5 @@
 """The Sandblaster coordinator's bookkeeping (optim/evaluation_state.py), without MPI: events in,
-actions out. Stand-in replicas and shards below follow roles/sandblaster_replica.py's rules
+actions out. Stand-in replicas and shards below follow roles/sandblaster/replica.py's rules
 (accrue a result only on the verdict "counted"; push every push_every counted portions, on
 `flush` and when there is no next portion; a note after each push), so the properties cover
 the whole exactly-once protocol, not only the coordinator's half."""
@@ -140,7 +140,7 @@ def test_events_outside_a_pass_are_refused():
 
 
 class FakeReplica:
-    """roles/sandblaster_replica.PortionWorker's bookkeeping; gradients are one-hot (n,) counts."""
+    """roles/sandblaster/replica.PortionWorker's bookkeeping; gradients are one-hot (n,) counts."""
 
     def __init__(self, n_portions: int, push_every: int, echoes: bool):
         self.push_every, self.echoes = push_every, echoes

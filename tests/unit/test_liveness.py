@@ -5,11 +5,12 @@ import sys
 import threading
 import time
 
-from distbelief_mpi import watchdog
 from distbelief_mpi.config import Faults
-from distbelief_mpi.fault_injection import FaultInjector
 from distbelief_mpi.roles import liveness
-from distbelief_mpi.roles.liveness import ReplicaWatch, process_alive
+from distbelief_mpi.roles.liveness import ReplicaWatch
+from distbelief_mpi.runtime import watchdog
+from distbelief_mpi.runtime.fault_injection import FaultInjector
+from distbelief_mpi.runtime.processes import process_alive
 
 
 def test_the_watchdog_fires_after_the_timeout_without_beats(capfd):
@@ -96,7 +97,7 @@ def test_a_silent_live_replica_is_hung_only_after_the_timeout_and_its_first_push
 
 def test_slow_injection_stretches_only_the_chosen_replica(monkeypatch):
     slept = []
-    monkeypatch.setattr("distbelief_mpi.fault_injection.time.sleep", slept.append)
+    monkeypatch.setattr("distbelief_mpi.runtime.fault_injection.time.sleep", slept.append)
     faults = Faults(inject="slow", inject_replica=1, slow_factor=5.0)
     FaultInjector(faults, 0).after_step(1, 0.01)
     FaultInjector(faults, 1).after_step(1, 0.01)

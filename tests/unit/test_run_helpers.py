@@ -7,9 +7,9 @@ from distbelief_mpi.checkpoint.params_file import load_params, save_params
 from distbelief_mpi.checkpoint.store import commit_checkpoint, complete_checkpoints, newest_complete, read_manifest
 from distbelief_mpi.config import Run
 from distbelief_mpi.errors import CheckpointError
-from distbelief_mpi.limits import RunClock, fraction_done, limit_reached
-from distbelief_mpi.progress import Progress, format_seconds
-from distbelief_mpi.threads import threads_for_rank
+from distbelief_mpi.runtime.limits import RunClock, fraction_done, limit_reached
+from distbelief_mpi.runtime.progress import Progress, format_seconds
+from distbelief_mpi.runtime.thread_budget import threads_for_rank
 
 
 def test_first_limit_reached_wins():
@@ -81,7 +81,7 @@ def test_partial_or_damaged_checkpoint_is_skipped(tmp_path):
 
 
 def test_progress_is_quiet_in_batch_jobs_unless_asked():
-    from distbelief_mpi.progress import wanted
+    from distbelief_mpi.runtime.progress import wanted
 
     assert wanted(None, {}) and not wanted(None, {"SLURM_JOB_ID": "12"})
     assert wanted(True, {"SLURM_JOB_ID": "12"}) and not wanted(False, {})
@@ -108,7 +108,7 @@ def test_resume_auto_refuses_to_start_afresh_over_work(tmp_path):
 
 def test_restarting_a_run_dir_keeps_the_abandoned_metrics(tmp_path):
     from distbelief_mpi.config import parse_job
-    from distbelief_mpi.rundir import prepare_run_dir
+    from distbelief_mpi.runtime.rundir import prepare_run_dir
 
     spec = parse_job({"data": {"path": "d.h5"}, "run": {"steps": 1}})
     prepare_run_dir(tmp_path / "r", spec)

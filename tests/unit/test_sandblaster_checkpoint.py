@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 
+from distbelief_mpi.checkpoint.sandblaster_shard import load_vectors, save_vectors
 from distbelief_mpi.errors import CheckpointError
 from distbelief_mpi.optim.vector_ops import ShardVectors
-from distbelief_mpi.roles.sandblaster_checkpoint import load_vectors, save_vectors, shard_save_reply
+from distbelief_mpi.roles.sandblaster.checkpoints import shard_save_reply
 
 
 def shard_with_history(length=6, pairs=2) -> ShardVectors:

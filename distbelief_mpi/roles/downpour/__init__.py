@@ -5,7 +5,6 @@ hooks.py are a model replica's loop; comm_worker.py overlaps its transfers; chec
 the lead's side of checkpoints; summary.py builds summary.json.
 """
 
-from ..loop import warm_up
 from .run import run_downpour
 
-__all__ = ["run_downpour", "warm_up"]
+__all__ = ["run_downpour"]

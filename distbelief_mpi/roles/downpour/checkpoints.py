@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ...checkpoint.resume import layout_signature
+from ...checkpoint.shard_files import save_shard
 from ...checkpoint.store import checkpoint_dir, commit_files
 from ...comm.control import Backoff
 from ...comm.messages import CHECKPOINT, CHECKPOINT_WRITTEN, CheckpointRequest, CheckpointWritten, Messenger
 from ...config import to_toml
 from ...job import Job
-from ..shard_checkpoint import save_shard
 
 log = logging.getLogger(__name__)
 

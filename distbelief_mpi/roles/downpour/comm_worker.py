@@ -20,9 +20,9 @@ import threading
 
 import numpy as np
 
-from ... import watchdog
 from ...comm.param_server import ReplicaEndpoint
 from ...errors import DistbeliefError
+from ...runtime import watchdog
 
 # Python hands the GIL to a waiting thread only every switch interval (5 ms by default):
 # longer than a small model's whole step, so the worker would rarely get to push.

@@ -8,19 +8,19 @@ slot still holds the previous push is not waited for: the gradient keeps accruin
 with the next push, so a replica never stalls on a busy shard mid-run.
 
 With optimizer.overlap_comm the transfers run in a background thread
-(roles/comm_worker.py) and overlap with the next minibatches; without it they run inline.
+(roles/downpour/comm_worker.py) and overlap with the next minibatches; without it they run inline.
 """
 
 import time
 
 import numpy as np
 
-from ... import preempt
 from ...comm.control import barrier_sleeping
 from ...comm.messages import DONE, PREEMPT, WARMSTART, Messenger, PreemptNotice, ReplicaDone, WarmstartOver
 from ...comm.param_server import ReplicaEndpoint
 from ...config import JobSpec
 from ...kernels import sgd_update_
+from ...runtime import preempt
 from ..loop import StepHooks
 from .comm_worker import CommWorker
 

@@ -15,13 +15,14 @@ from ...comm.messages import Messenger
 from ...comm.param_server import ParamServerWindows, ReplicaEndpoint
 from ...data.batches import BatchStream, open_replica_stream
 from ...data.hdf5 import read_split
-from ...fault_injection import FaultInjector
 from ...job import Job
-from ...progress import Progress
-from ...rundir import MetricsLog
-from ...watchdog import Watchdog
+from ...runtime.fault_injection import FaultInjector
+from ...runtime.progress import Progress
+from ...runtime.rundir import MetricsLog
+from ...runtime.watchdog import Watchdog
 from ..loop import LoopResult, Reporting, run_loop, warm_up
-from ..partitions import ShardSubset, own_shards, parameter_order, partition_network, stop_agreement
+from ..partitioned_replica import ShardSubset, own_shards, partition_network, stop_agreement
+from ..shard_order import parameter_order
 from .checkpoints import CheckpointCoordinator
 from .hooks import DownpourHooks, finish_replica, release_warmstart, wait_for_warmstart
 

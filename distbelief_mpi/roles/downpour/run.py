@@ -22,12 +22,12 @@ from ...comm.param_server import ParamServerWindows
 from ...comm.world import abort_job
 from ...data.hdf5 import read_split
 from ...job import Job, RoleResult
-from ...limits import RunClock
-from ...rundir import MetricsLog
-from ...watchdog import Watchdog
+from ...runtime.limits import RunClock
+from ...runtime.rundir import MetricsLog
+from ...runtime.watchdog import Watchdog
 from ..liveness import Peers, collect_reports, recv_watched
 from ..loop import log_eval
-from ..partitions import replica_comm
+from ..partitioned_replica import replica_comm
 from .replica import fetch_final, train_replica
 from .shard import serve_shard
 from .summary import downpour_summary

@@ -10,7 +10,7 @@ import logging
 
 import numpy as np
 
-from ... import watchdog
+from ...checkpoint.shard_files import load_shard, shard_file_name
 from ...comm.control import Backoff, barrier_sleeping
 from ...comm.messages import CHECKPOINT, DONE, Messenger
 from ...comm.param_server import LandingSlots, ParamServerWindows, Push
@@ -19,10 +19,10 @@ from ...config import Optimizer
 from ...errors import RankHung, RankLost
 from ...job import Job
 from ...kernels.server_rules import adagrad_apply_, all_finite, sgd_apply_
-from ...watchdog import Watchdog
+from ...runtime import watchdog
+from ...runtime.watchdog import Watchdog
 from ..liveness import Peers, ReplicaWatch
-from ..partitions import initial_params
-from ..shard_checkpoint import load_shard, shard_file_name
+from ..shard_order import initial_params
 from .checkpoints import reply_to_checkpoint
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ class Shard:
         self.watch: ReplicaWatch | None = None
 
     def restore(self, state: dict) -> None:
-        """Start from a checkpoint (checkpoint/shard_checkpoint.load_shard's dict), before serving."""
+        """Start from a checkpoint (checkpoint/shard_files.load_shard's dict), before serving."""
         self.accumulator[:] = state["accumulator"]
         self.stats.restore(state["stats"])
         self.published.restore(state["version"], state["params"])

@@ -3,7 +3,7 @@
 
 def downpour_summary(job, gathered: list[dict], test_loss: float, test_accuracy: float) -> dict:
     """gathered: one dict per world rank that finished ('shard' and 'replica' records, see
-    roles/downpour.py); a replica that left mid-run has none and is listed in replicas_lost."""
+    roles/downpour/run.py); a replica that left mid-run has none and is listed in replicas_lost."""
     spec, n_replicas = job.spec, job.spec.topology.replicas
     shards = sorted((g for g in gathered if g["role"] == "shard"), key=lambda g: g["shard_id"])
     every_partition = [g for g in gathered if g["role"] == "replica"]

@@ -11,9 +11,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ..checkpoint.store import file_sha256, write_errors_named
 from ..errors import CheckpointError
-from ..fsutil import write_hdf5_atomic
+from ..runtime.files import write_hdf5_atomic
+from .store import file_sha256, write_errors_named
 
 
 def shard_file_name(shard_id: int) -> str:

@@ -14,7 +14,7 @@ import signal
 import sys
 import time
 
-from .config import Faults
+from ..config import Faults
 
 log = logging.getLogger(__name__)
 EXIT_LEFT = 1

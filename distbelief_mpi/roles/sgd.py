@@ -17,11 +17,11 @@ from ..config import to_toml
 from ..data.batches import BatchStream, open_replica_stream
 from ..data.hdf5 import read_split
 from ..errors import CheckpointError
-from ..fault_injection import FaultInjector
 from ..kernels import sgd_update_
-from ..progress import Progress
-from ..rundir import MetricsLog
-from ..watchdog import Watchdog
+from ..runtime.fault_injection import FaultInjector
+from ..runtime.progress import Progress
+from ..runtime.rundir import MetricsLog
+from ..runtime.watchdog import Watchdog
 from .loop import Reporting, StepHooks, log_eval, run_loop
 
 log = logging.getLogger(__name__)

@@ -15,16 +15,15 @@ SHARD_REPLY, in order):
                                  name := total / n + l2 * point; reply: the partial l2 / 2 * |point|^2
     GatherVector(name)           reply: the slice of `name` as float32 (evaluation, params.h5)
     SaveShard(directory, history) write x, g and (if history) the (s, y) pairs to directory/shard-S.h5
-                                 (roles/sandblaster_checkpoint.py); reply: {"file": (name, sha)}
+                                 (roles/sandblaster/checkpoints.py); reply: {"file": (name, sha)}
     StopShard()                  reply: this shard's statistics; the serve loop ends
-    KeepAlive()                  no reply: the coordinator is alive (roles/sandblaster_cluster.py)
+    KeepAlive()                  no reply: the coordinator is alive (roles/sandblaster/cluster.py)
 """
 
 import numpy as np
 
-from .. import watchdog
-from ..comm.control import Backoff
-from ..comm.messages import (
+from ...comm.control import Backoff
+from ...comm.messages import (
     SHARD_COMMAND,
     SHARD_REPLY,
     CollectGradient,
@@ -37,12 +36,13 @@ from ..comm.messages import (
     StopShard,
     VectorCommand,
 )
-from ..comm.param_server import LandingSlots, ParamServerWindows
-from ..comm.seqlock import SeqlockWriter
-from ..kernels.server_rules import all_finite
-from ..optim.vector_ops import ShardVectors
-from .liveness import Silence
-from .sandblaster_checkpoint import shard_save_reply
+from ...comm.param_server import LandingSlots, ParamServerWindows
+from ...comm.seqlock import SeqlockWriter
+from ...kernels.server_rules import all_finite
+from ...optim.vector_ops import ShardVectors
+from ...runtime import watchdog
+from ..liveness import Silence
+from .checkpoints import shard_save_reply
 
 
 class GradientSink:

@@ -3,7 +3,7 @@ checkpoints and preemption.
 
 Batches are consecutive windows of optimizer.sandblaster_batch examples over the training split
 (shuffled once by run.seed); each runs lbfgs_iterations_per_batch iterations with fresh history.
-Checkpoints (roles/sandblaster_checkpoint.py) are taken between iterations when due
+Checkpoints (roles/sandblaster/checkpoints.py) are taken between iterations when due
 (checkpoint.every_steps / every_seconds) and when a preemption signal stops the run; a resumed
 run continues inside the same batch, with the same history, at the same iteration.
 """
@@ -12,14 +12,14 @@ import logging
 import math
 import time
 
-from .. import watchdog
-from ..limits import RunClock, fraction_done, limit_reached
-from ..optim.lbfgs import LbfgsOptions, LbfgsRun
-from ..optim.portions import cut_portions, default_portion_size
-from ..progress import Progress
-from .loop import checkpoint_due, log_eval, stop_reason
-from .sandblaster_checkpoint import CoordinatorCheckpoints
-from .sandblaster_cluster import ShardsAndReplicas
+from ...optim.lbfgs import LbfgsOptions, LbfgsRun
+from ...optim.portions import cut_portions, default_portion_size
+from ...runtime import watchdog
+from ...runtime.limits import RunClock, fraction_done, limit_reached
+from ...runtime.progress import Progress
+from ..loop import checkpoint_due, log_eval, stop_reason
+from .checkpoints import CoordinatorCheckpoints
+from .cluster import ShardsAndReplicas
 
 log = logging.getLogger(__name__)
 

@@ -12,9 +12,9 @@ import json
 import time
 from pathlib import Path
 
-from .config import JobSpec, to_toml
-from .errors import UserInputError
-from .fsutil import write_text_atomic
+from ..config import JobSpec, to_toml
+from ..errors import UserInputError
+from .files import write_text_atomic
 
 
 def default_run_dir(job_path: str) -> Path:

@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 
-from .config import Run
+from ..config import Run
 
 
 @dataclass

@@ -27,9 +27,8 @@ import time
 
 import numpy as np
 
-from .. import watchdog
-from ..comm.control import Backoff
-from ..comm.messages import (
+from ...comm.control import Backoff
+from ...comm.messages import (
     FAREWELL,
     PUSHES,
     RESULT,
@@ -47,8 +46,9 @@ from ..comm.messages import (
     VectorCommand,
     Work,
 )
-from ..optim.evaluation_state import EvaluationState, SendWork
-from .liveness import Silence, judge
+from ...optim.evaluation_state import EvaluationState, SendWork
+from ...runtime import watchdog
+from ..liveness import Silence, judge
 
 COORDINATOR_SILENCE = 2.0  # x watchdog_seconds: how long shards and replicas wait for a word
 BUSY_CHECK_S = 1.0  # how often an evaluation checks the replicas computing a portion
@@ -59,7 +59,7 @@ class ShardsAndReplicas:
     peers (roles/liveness.Peers) and hung_after (faults.watchdog_seconds) let the coordinator
     name a shard or replica that has left or hangs, instead of waiting for it forever.
     partner_ranks: replica -> world ranks of its other partitions (partitioned runs), checked
-    with it; order: the canonical parameter order (roles/partitions.parameter_order)."""
+    with it; order: the canonical parameter order (roles/shard_order.parameter_order)."""
 
     def __init__(
         self,

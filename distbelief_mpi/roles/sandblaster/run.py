@@ -1,14 +1,14 @@
 """Sandblaster L-BFGS on every rank: the coordinator optimises, shards hold the vectors,
 replicas compute portions (docs/sandblaster.md).
 
-Rank 0 is the coordinator. It runs optim/lbfgs.py against roles/sandblaster_cluster.py and
+Rank 0 is the coordinator. It runs optim/lbfgs.py against roles/sandblaster/cluster.py and
 never holds the parameters while optimising; it gathers them only to evaluate on the test
 split (run.eval_every, and at the end) and to write params.h5. Batches: consecutive windows
 of optimizer.sandblaster_batch examples over the training split shuffled once by run.seed;
 each runs lbfgs_iterations_per_batch iterations with fresh history (one batch, the whole
 split, runs until a run limit or convergence). A step is one L-BFGS iteration. The batch
-loop and checkpoints: roles/sandblaster_driver.BatchLoop; the coordinator's messages:
-roles/sandblaster_cluster.ShardsAndReplicas; its bookkeeping of evaluations (who computes
+loop and checkpoints: roles/sandblaster/batch_loop.BatchLoop; the coordinator's messages:
+roles/sandblaster/cluster.ShardsAndReplicas; its bookkeeping of evaluations (who computes
 which portion, which result counts): optim/evaluation_state.EvaluationState. Every control
 message is a typed record of comm/messages.py.
 """
@@ -19,24 +19,25 @@ from functools import partial
 
 import numpy as np
 
-from ..comm.control import barrier_sleeping
-from ..comm.messages import Messenger
-from ..comm.param_server import ParamServerWindows, ReplicaEndpoint
-from ..comm.world import abort_job
-from ..data.hdf5 import read_split
-from ..limits import RunClock
-from ..optim.vector_ops import ShardVectors
-from ..rundir import MetricsLog
-from ..watchdog import Watchdog
-from .liveness import Peers, Silence
-from .loop import log_eval, warm_up
-from .partitions import ShardSubset, initial_params, own_shards, parameter_order, partition_network, replica_comm
-from .sandblaster_checkpoint import load_vectors
-from .sandblaster_cluster import COORDINATOR_SILENCE, ShardsAndReplicas
-from .sandblaster_driver import BatchLoop
-from .sandblaster_replica import PortionWorker
-from .sandblaster_shard import GradientSink, serve_commands
-from .shard_checkpoint import shard_file_name
+from ...checkpoint.sandblaster_shard import load_vectors
+from ...checkpoint.shard_files import shard_file_name
+from ...comm.control import barrier_sleeping
+from ...comm.messages import Messenger
+from ...comm.param_server import ParamServerWindows, ReplicaEndpoint
+from ...comm.world import abort_job
+from ...data.hdf5 import read_split
+from ...optim.vector_ops import ShardVectors
+from ...runtime.limits import RunClock
+from ...runtime.rundir import MetricsLog
+from ...runtime.watchdog import Watchdog
+from ..liveness import Peers, Silence
+from ..loop import log_eval, warm_up
+from ..partitioned_replica import ShardSubset, own_shards, partition_network, replica_comm
+from ..shard_order import initial_params, parameter_order
+from .batch_loop import BatchLoop
+from .cluster import COORDINATOR_SILENCE, ShardsAndReplicas
+from .replica import PortionWorker
+from .shard import GradientSink, serve_commands
 
 log = logging.getLogger(__name__)
 

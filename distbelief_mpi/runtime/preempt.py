@@ -44,7 +44,7 @@ def requested() -> bool:
 
 
 def request() -> None:
-    """Another rank was preempted: stop here too (see roles/downpour_replica.py)."""
+    """Another rank was preempted: stop here too (see roles/downpour/hooks.py)."""
     _requested.append(0)
 
 

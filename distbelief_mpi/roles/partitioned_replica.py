@@ -11,23 +11,10 @@ import numpy as np
 
 from ..comm.param_server import ReplicaEndpoint
 from ..comm.partition_exchange import MaxAgreement, MpiExchanger, split_replica_comm
-from ..model.partition import ParamOrder, split_model
+from ..model.partition import split_model
 from ..model.partitioned import PartitionedNetwork
 
 STOP_REASONS = (None, "steps", "epochs", "seconds", "preempted")
-
-
-def parameter_order(job) -> ParamOrder | None:
-    """The partition-major order of the job's parameters, or None for unpartitioned replicas."""
-    parts = job.spec.topology.partitions_per_replica
-    return None if parts == 1 else split_model(job.network, parts)[1]
-
-
-def initial_params(job) -> np.ndarray:
-    """The run's initial parameters in the order the shards hold them (partition-major when partitioned)."""
-    initial = job.network.init_params(job.spec.run.seed)
-    order = parameter_order(job)
-    return initial if order is None else order.from_canonical(initial)
 
 
 def replica_comm(world_comm, role, parts: int):

@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from ..comm.messages import (
+from ...comm.messages import (
     FAREWELL,
     PUSHES,
     RESULT,
@@ -32,9 +32,9 @@ from ..comm.messages import (
     StopWork,
     Work,
 )
-from ..comm.param_server import ReplicaEndpoint
-from ..fault_injection import FaultInjector
-from .liveness import Silence
+from ...comm.param_server import ReplicaEndpoint
+from ...runtime.fault_injection import FaultInjector
+from ..liveness import Silence
 
 
 class PortionWorker:
@@ -42,7 +42,7 @@ class PortionWorker:
     partition 0 talks to the coordinator and relays every record to the other partitions
     (partition_messenger: comm/messages.Messenger over the replica's own communicator), and
     every partition pushes its own block to its own shards (shard_ranges are relative to that
-    block; endpoint is a roles/partitions.ShardSubset). silence: partition 0's watch on the
+    block; endpoint is a roles/partitioned_replica.ShardSubset). silence: partition 0's watch on the
     coordinator (RankLost / RankHung when it exits or stays silent)."""
 
     def __init__(
