@@ -12,6 +12,7 @@ from tests.mpi.runner import REPO
 FASHION_SOURCE = Path("/usr/share/datasets/fashion-mnist")
 
 
+@pytest.mark.slow  # about 90 s on 2 cores
 @pytest.mark.timeout(1200)
 def test_every_benchmark_runs_in_quick_mode(tmp_path):
     if not FASHION_SOURCE.is_dir():
