@@ -181,7 +181,7 @@ def bench_layers(quick, repeats, impls, peak):
     rows = []
     for label, batch, layer in layer_cases(quick):
         rng, p = np.random.default_rng(0), np.zeros(layer.n_params, F32)
-        layer.init(p, rng)
+        layer.init(p)
         x = rng.standard_normal((batch,) + layer.in_shape, dtype=F32)
         dy = rng.standard_normal((batch,) + layer.out_shape, dtype=F32)
         steps = {name: make(layer, p, x, dy) for name, make in impls.items()}

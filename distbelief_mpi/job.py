@@ -30,7 +30,9 @@ class Job:
 
 @dataclass(frozen=True)
 class RoleResult:
-    """A role's outcome on this rank: the lead has the summary and final parameters (N,)."""
+    """A role's outcome on this rank: the lead has the summary, and the final parameters (N,)
+    when it holds them whole (SGD); Downpour and Sandblaster leads write params.h5 themselves,
+    streamed from the shards."""
 
     summary: dict | None = None
     params: np.ndarray | None = None

@@ -1,28 +1,35 @@
 """One flat parameter vector in an HDF5 file, written atomically, read with checks.
 
-Layout: dataset `/params` (n_params,) float32 with fletcher32, root attributes
-`n_params`, `step` and any caller-given metadata (e.g. a model description).
+Layout: dataset `/params` (n_params,) float32 (contiguous), root attributes `n_params`,
+`step` and any caller-given metadata. Streamed into a temporary file and renamed
+(runtime/files.hdf5_stream): a writer that holds only slices (the shards' parameters, one
+at a time) writes each where it belongs, and nothing of the vector's size is built.
 """
 
+import contextlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import h5py
 import numpy as np
 
 from ..errors import CheckpointError
-from ..runtime.files import write_hdf5_atomic
+from ..runtime.files import DatasetPlan, hdf5_stream
 
 
 def save_params(path: Path, params: np.ndarray, attrs: dict) -> None:
-    """Write to a temporary name beside `path`, fsync and rename (crash-safe)."""
+    """Write a whole vector (N,) to a temporary name beside `path`, fsync and rename."""
+    with params_stream(path, len(params), attrs) as write:
+        write(0, params)
 
-    def fill(handle):
-        handle.create_dataset("params", data=params, chunks=(min(len(params), 1 << 20) or 1,), fletcher32=True)
-        handle.attrs["n_params"] = len(params)
-        for key, value in attrs.items():
-            handle.attrs[key] = value
 
-    write_hdf5_atomic(Path(path), fill)
+@contextlib.contextmanager
+def params_stream(path: Path, n_params: int, attrs: dict) -> Iterator[Callable[[int, np.ndarray], None]]:
+    """Yields write(start, values): /params[start : start + len(values)] <- values (float32).
+    The file appears at `path` (fsynced, renamed) when the block ends without an error."""
+    plan = DatasetPlan("params", (n_params,), "<f4")
+    with hdf5_stream(Path(path), [plan], {"n_params": n_params, **attrs}) as writer:
+        yield lambda start, values: writer.write("params", start, values)
 
 
 def load_params(path: Path) -> tuple[np.ndarray, dict]:

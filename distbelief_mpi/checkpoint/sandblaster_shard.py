@@ -1,6 +1,6 @@
 """A Sandblaster shard's checkpoint file: RUN_DIR/checkpoints/step-N/shard-S.h5.
 
-Datasets `x`, `g` (L,) and `s`, `y` (k, L) float64 with fletcher32 (the shard's slice of the
+Datasets `x`, `g` (L,) and `s`, `y` (k, L) float64 (the shard's slice of the
 L-BFGS point, gradient and history pairs); attributes `pids`, `shard_id`, `start`, `stop`.
 Written by the shard itself (roles/sandblaster/checkpoints.py commits the manifest).
 """
@@ -11,34 +11,25 @@ import h5py
 import numpy as np
 
 from ..errors import CheckpointError
+from ..runtime.files import DatasetPlan, Hdf5Writer
 from .shard_files import write_shard_file
 
 
 def save_vectors(directory: Path, shard_id: int, start: int, stop: int, state: dict) -> tuple[str, str]:
     """Write a shard's optim/vector_ops.ShardVectors.state(); return (file name, SHA-256)."""
     length, pairs = stop - start, len(state["pids"])
+    plans = [DatasetPlan(key, (length,), "<f8") for key in ("x", "g")]
+    plans += [DatasetPlan(key, (pairs, length), "<f8") for key in ("s", "y")]
+    attrs = {"pids": np.asarray(state["pids"], np.int64), "shard_id": shard_id, "start": start, "stop": stop}
 
-    def fill(handle):
+    def write(writer: Hdf5Writer) -> None:
         for key in ("x", "g"):
-            handle.create_dataset(key, data=state[key], **_checksummed((length,)))
+            writer.write(key, 0, state[key])
         for key in ("s", "y"):  # row by row from the shard's own arrays: no stacked copy
-            rows = handle.create_dataset(
-                key, shape=(pairs, length), dtype=np.float64, **_checksummed((1, length)) if pairs and length else {}
-            )
             for index, row in enumerate(state[key]):
-                rows[index] = row
-        handle.attrs.update(
-            {"pids": np.asarray(state["pids"], np.int64), "shard_id": shard_id, "start": start, "stop": stop}
-        )
+                writer.write(key, index * length, row)
 
-    return write_shard_file(directory, shard_id, fill)
-
-
-def _checksummed(chunks: tuple) -> dict:
-    """fletcher32 needs chunked storage (and a chunk may not be empty or over 4 GB)."""
-    if 0 in chunks:
-        return {}
-    return {"chunks": tuple(min(c, 1 << 20) for c in chunks), "fletcher32": True}
+    return write_shard_file(directory, shard_id, plans, attrs, write)
 
 
 def load_vectors(path: Path, shard_id: int, start: int, stop: int) -> dict:

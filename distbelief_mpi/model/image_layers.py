@@ -18,7 +18,7 @@ from ..kernels import (
     maxpool_forward_,
 )
 from ..kernels.local import local_out_size
-from .layers import Layer, uniform_init
+from .layers import Layer, init_limit, weights_then_zeros
 
 
 class LocallyConnected2D(Layer):
@@ -43,10 +43,9 @@ class LocallyConnected2D(Layer):
         n_w = self.n_pos * self.k * self.filters
         return (flat[:n_w].reshape(self.n_pos, self.k, self.filters), flat[n_w:].reshape(self.n_pos, self.filters))
 
-    def init(self, params_view, rng):
-        weights, bias = self.split(params_view)
-        uniform_init(weights, self.k, self.filters, self.activation, rng)
-        bias[:] = 0
+    def init_range(self, seed, layer_index, start, stop, out):
+        limit = init_limit(self.k, self.filters, self.activation)
+        weights_then_zeros(seed, layer_index, start, stop, out, self.n_pos * self.k * self.filters, limit)
 
     def forward(self, params_view, x):
         weights, bias = self.split(params_view)

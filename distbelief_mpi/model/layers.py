@@ -12,6 +12,7 @@ import math
 import numpy as np
 
 from ..kernels import ACTIVATION_CODES, activation_grad_bias_, bias_activation_
+from .init import uniform_at
 
 
 class Layer:
@@ -34,8 +35,15 @@ class Layer:
             buf = self._buffers[key] = np.empty(shape, dtype=dtype or self.dtype)
         return buf
 
-    def init(self, params_view: np.ndarray, rng: np.random.Generator) -> None:
-        """Fill params_view (n_params,) with a seeded initialisation; nothing by default."""
+    def init_range(self, seed: int, layer_index: int, start: int, stop: int, out: np.ndarray) -> None:
+        """out (stop - start,) <- elements [start, stop) of this layer's initial block for `seed`
+        (layer_index: its place in the network, which keys its random stream). Any range can be
+        drawn alone (model/init.py). Layers without weights have nothing to draw."""
+        out[:] = 0
+
+    def init(self, params_view: np.ndarray, seed: int = 0, layer_index: int = 0) -> None:
+        """params_view (n_params,) <- the whole initial block (a standalone layer: tests, benches)."""
+        self.init_range(seed, layer_index, 0, self.n_params, params_view)
 
     def forward(self, params_view, x):
         """Return (y (B, *out_shape), cache for backward)."""
@@ -56,12 +64,19 @@ class Layer:
         return ""
 
 
-def uniform_init(view: np.ndarray, fan_in: int, fan_out: int, activation: str, rng) -> None:
+def init_limit(fan_in: int, fan_out: int, activation: str) -> float:
     """He-uniform for relu (limit sqrt(6 / fan_in)), Glorot-uniform otherwise
-    (limit sqrt(6 / (fan_in + fan_out))). Writes into view in place."""
+    (limit sqrt(6 / (fan_in + fan_out)))."""
     denom = fan_in if activation == "relu" else fan_in + fan_out
-    limit = math.sqrt(6.0 / max(denom, 1))
-    view[:] = rng.uniform(-limit, limit, size=view.shape)
+    return math.sqrt(6.0 / max(denom, 1))
+
+
+def weights_then_zeros(seed, layer_index, start, stop, out, n_weights: int, limit: float) -> None:
+    """A block of n_weights uniform(-limit, limit) weights followed by zero biases: out (stop -
+    start,) <- its elements [start, stop)."""
+    split = min(max(n_weights, start), stop)  # weights in [start, split), biases in [split, stop)
+    uniform_at(seed, layer_index, start, split, limit, out[: split - start])
+    out[split - start :] = 0
 
 
 class Dense(Layer):
@@ -84,10 +99,9 @@ class Dense(Layer):
         n_w = self.n_in * self.units
         return flat[:n_w].reshape(self.n_in, self.units), flat[n_w:]
 
-    def init(self, params_view, rng):
-        weights, bias = self.split(params_view)
-        uniform_init(weights, self.n_in, self.units, self.activation, rng)
-        bias[:] = 0
+    def init_range(self, seed, layer_index, start, stop, out):
+        limit = init_limit(self.n_in, self.units, self.activation)
+        weights_then_zeros(seed, layer_index, start, stop, out, self.n_in * self.units, limit)
 
     def forward(self, params_view, x):
         weights, bias = self.split(params_view)

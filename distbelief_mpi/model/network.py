@@ -110,11 +110,18 @@ class Network:
         self._dlogits: dict = {}
 
     def init_params(self, seed: int) -> np.ndarray:
-        """(n_params,) weights, deterministic in seed; each layer draws from its own stream."""
-        params = np.zeros(self.n_params, dtype=self.dtype)
-        for index, (layer, block) in enumerate(zip(self.layers, self.param_slices)):
-            layer.init(params[block], np.random.default_rng([seed, index]))
+        """(n_params,) initial weights, deterministic in seed (the whole vector: one rank's own model)."""
+        params = np.empty(self.n_params, dtype=self.dtype)
+        self.init_range(seed, 0, self.n_params, params)
         return params
+
+    def init_range(self, seed: int, start: int, stop: int, out: np.ndarray) -> None:
+        """out (stop - start,) <- elements [start, stop) of init_params(seed), drawn alone: each
+        element depends on (seed, its layer, its index in the layer) only (model/init.py)."""
+        for index, (layer, block) in enumerate(zip(self.layers, self.param_slices)):
+            lo, hi = max(start, block.start), min(stop, block.stop)
+            if lo < hi:
+                layer.init_range(seed, index, lo - block.start, hi - block.start, out[lo - start : hi - start])
 
     def _check(self, params, x, y=None):
         if params.shape != (self.n_params,) or params.dtype != self.dtype:

@@ -61,6 +61,30 @@ class PartitionedNetwork:
                 dy = self._return_gradient(plan, dx)
         return (loss_sum / len(x) if len(x) else 0.0), int(n_correct)
 
+    def evaluate(self, params, x, y, batch_size: int = 1000) -> tuple[float, float]:
+        """(mean loss, accuracy) over all of x, model-parallel: every partition of the replica
+        calls it with the same x, y and its own block; all get the same figures. (nan, nan) on
+        an empty x, like Network.evaluate."""
+        total, correct, n = 0.0, 0, len(x)
+        for start in range(0, n, batch_size):
+            xb = np.ascontiguousarray(x[start : start + batch_size], dtype=self.dtype)
+            logits = self._forward_logits(params, xb)
+            loss_sum, n_correct = softmax_xent(
+                logits, np.asarray(y[start : start + batch_size]), self._dlogits_buffer(len(xb)), 0.0
+            )
+            total, correct = total + loss_sum, correct + n_correct
+        if n == 0:
+            return float("nan"), float("nan")
+        return total / n, correct / n
+
+    def _forward_logits(self, params, x: np.ndarray) -> np.ndarray:
+        """(B, n_classes) logits, gathered on every partition (forward only, no caches kept)."""
+        act = x
+        for plan, sub, block in zip(self.plans, self.subs, self.slices):
+            out, _ = sub.forward(params[block], self._input(plan, act))
+            act = self._own_rows(plan, out)
+        return self._gather(self.plans[-1].out_split, act, (len(x), self.network.n_classes))
+
     def _dlogits_buffer(self, batch: int) -> np.ndarray:
         if self._dlogits is None or self._dlogits.shape[0] != batch:
             self._dlogits = np.empty((batch, self.network.n_classes), self.dtype)

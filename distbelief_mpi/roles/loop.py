@@ -6,13 +6,13 @@ comes in as `StepHooks`; the loop itself never touches MPI.
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..config import JobSpec
 from ..data.batches import BatchStream
-from ..kernels import sgd_update_
 from ..model.network import Network
 from ..runtime import preempt, watchdog
 from ..runtime.fault_injection import FaultInjector
@@ -72,12 +72,14 @@ class LoopResult:
 
 @dataclass
 class Reporting:
-    """What the lead replica records; other replicas pass None for all three."""
+    """What the lead replica records; other replicas pass None for all. The partitions of a
+    partitioned lead all evaluate (together, model-parallel); partition 0 alone records."""
 
     metrics: object = None  # rundir.MetricsLog
     test_set: tuple | None = None  # (x_test, y_test)
     progress: Progress | None = None
-    eval_model: object = None  # () -> (network, params) to evaluate; default: the loop's own
+    evaluate: Callable[[np.ndarray, np.ndarray], tuple[float, float]] | None = None  # (x, y) -> (loss,
+    # accuracy); default: the loop's own network on its working parameters
 
 
 def run_loop(
@@ -119,10 +121,7 @@ def run_loop(
             last_metrics = clock.seconds
             log_window(report.metrics, window, clock, stream.examples_seen, first_examples, train_s)
         if report.test_set and spec.run.eval_every and clock.steps % spec.run.eval_every == 0:
-            x_test, y_test = report.test_set
-            eval_n = spec.data.eval_examples or len(y_test)
-            eval_network, eval_params = report.eval_model() if report.eval_model else (network, params)
-            log_eval(report.metrics, eval_network, eval_params, x_test[:eval_n], y_test[:eval_n], clock)
+            _periodic_eval(spec, report, network, params, clock)
         if checkpoint_due(spec, clock, last_ckpt):
             last_ckpt = clock.seconds
             hooks.checkpoint(clock)
@@ -141,6 +140,16 @@ def run_loop(
     if report.metrics and window.batches:
         log_window(report.metrics, window, clock, stream.examples_seen, first_examples, train_s)
     return LoopResult(clock, last_loss, train_s, stream.examples_seen, stream.examples_seen - first_examples, reason)
+
+
+def _periodic_eval(spec: JobSpec, report: Reporting, network: Network, params: np.ndarray, clock: RunClock) -> None:
+    assert report.test_set is not None
+    x_test, y_test = report.test_set
+    eval_n = spec.data.eval_examples or len(y_test)
+    x, y = x_test[:eval_n], y_test[:eval_n]
+    loss, accuracy = report.evaluate(x, y) if report.evaluate else network.evaluate(params, x, y)
+    if report.metrics is not None:
+        record_eval(report.metrics, loss, accuracy, len(y), clock)
 
 
 def stop_reason(spec: JobSpec, clock: RunClock, agree=None) -> str | None:
@@ -171,27 +180,24 @@ def log_window(
 
 def log_eval(metrics, network: Network, params, x, y, clock: RunClock) -> tuple[float, float]:
     loss, accuracy = network.evaluate(params, x, y)
+    record_eval(metrics, loss, accuracy, len(y), clock)
+    return loss, accuracy
+
+
+def record_eval(metrics, loss: float, accuracy: float, n_examples: int, clock: RunClock) -> None:
+    """One `eval` line of metrics.jsonl."""
     metrics.write(
         {
             "kind": "eval",
             "time_s": round(clock.seconds, 4),
             "step": clock.steps,
-            "test_examples": len(y),
+            "test_examples": n_examples,
             "test_loss": loss,
             "test_accuracy": accuracy,
         }
     )
-    return loss, accuracy
 
 
 def checkpoint_due(spec: JobSpec, clock: RunClock, last_ckpt: float) -> bool:
     every_steps, every_s = spec.checkpoint.every_steps, spec.checkpoint.every_seconds
     return bool((every_steps and clock.steps % every_steps == 0) or (every_s and clock.seconds - last_ckpt >= every_s))
-
-
-def warm_up(network: Network, x_few: np.ndarray, y_few: np.ndarray) -> None:
-    """Load (or compile) the model's kernels before the start barrier, so the first timed
-    steps are real steps (a cold Numba kernel can take a second)."""
-    params = network.init_params(0)
-    network.loss_and_grad(params, x_few, y_few, np.empty_like(params))
-    sgd_update_(params, params, np.float32(0))

@@ -4,17 +4,17 @@ partition-major when partitioned (model/partition.py), so each partition's block
 
 import numpy as np
 
-from ..model.partition import ParamOrder, split_model
+from ..job import Job
+from ..model.partition import ParamOrder, initial_slice, split_model
 
 
-def parameter_order(job) -> ParamOrder | None:
+def parameter_order(job: Job) -> ParamOrder | None:
     """The partition-major order of the job's parameters, or None for unpartitioned replicas."""
     parts = job.spec.topology.partitions_per_replica
     return None if parts == 1 else split_model(job.network, parts)[1]
 
 
-def initial_params(job) -> np.ndarray:
-    """The run's initial parameters in the order the shards hold them (partition-major when partitioned)."""
-    initial = job.network.init_params(job.spec.run.seed)
-    order = parameter_order(job)
-    return initial if order is None else order.from_canonical(initial)
+def initial_params(job: Job, start: int, stop: int) -> np.ndarray:
+    """Elements [start, stop) of the run's initial parameters in the order the shards hold
+    them: a shard draws its own slice only."""
+    return initial_slice(job.network, job.spec.topology.partitions_per_replica, job.spec.run.seed, start, stop)

@@ -35,7 +35,7 @@ def numeric_grad(f, v):
 def check_layer(layer, batch=2, seed=0):
     rng = np.random.default_rng(seed)
     params = np.zeros(layer.n_params, F64)
-    layer.init(params, rng)
+    layer.init(params, seed)
     params += rng.standard_normal(params.shape) * 0.1  # nonzero biases too
     x = rng.standard_normal((batch,) + layer.in_shape)
     r = rng.standard_normal((batch,) + layer.out_shape)

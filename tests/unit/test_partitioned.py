@@ -169,3 +169,29 @@ def test_halo_rows_go_only_to_the_neighbour_that_needs_them():
     for p, (_, _, sent) in results.items():
         gathered = 2 * own_rows[p] * out_row + (8 - own_rows[p]) * out_row
         assert sent == 2 * halo[p] * row + gathered + 2 * 5 * 8, (p, sent)
+
+
+@pytest.mark.parametrize("parts", [2, 3])
+def test_partitioned_evaluation_equals_the_whole_network(parts):
+    """Model-parallel inference over a test split, in batches (the last one short)."""
+    network = build_network(IMAGE, (2, 17, 15), n_classes=5, dtype=np.float64)
+    rng = np.random.default_rng(5)
+    params = network.init_params(4)
+    x, y = rng.standard_normal((11,) + network.input_shape), rng.integers(0, 5, 11)
+    plans = plan_partitions(network, parts)
+    order = param_order(network, plans)
+    flat, exchanger, results = order.from_canonical(params), ThreadExchanger(parts), {}
+
+    def work(p):
+        part = PartitionedNetwork(network, plans, p, exchanger.for_part(p))
+        results[p] = part.evaluate(flat[order.offsets[p] : order.offsets[p + 1]], x, y, batch_size=4)
+
+    threads = [threading.Thread(target=work, args=(p,)) for p in range(parts)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    expected = network.evaluate(params, x, y, batch_size=4)
+    assert len(results) == parts and not exchanger.box
+    for loss, accuracy in results.values():
+        assert loss == pytest.approx(expected[0], rel=1e-12) and accuracy == expected[1]

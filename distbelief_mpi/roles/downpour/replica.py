@@ -14,16 +14,16 @@ from ...comm.control import barrier_sleeping
 from ...comm.messages import Messenger
 from ...comm.param_server import ParamServerWindows, ReplicaEndpoint
 from ...data.batches import BatchStream, open_replica_stream
-from ...data.hdf5 import read_split
 from ...job import Job
+from ...model.warm_up import warm_up_kernels
 from ...runtime.fault_injection import FaultInjector
 from ...runtime.progress import Progress
 from ...runtime.rundir import MetricsLog
 from ...runtime.watchdog import Watchdog
-from ..loop import LoopResult, Reporting, run_loop, warm_up
+from ..loop import LoopResult, Reporting, run_loop
 from ..partitioned_replica import ShardSubset, own_shards, partition_network, stop_agreement
-from ..shard_order import parameter_order
 from .checkpoints import CheckpointCoordinator
+from .final import BlockEvaluator
 from .hooks import DownpourHooks, finish_replica, release_warmstart, wait_for_warmstart
 
 
@@ -61,7 +61,7 @@ def train_replica(job: Job, windows, messenger: Messenger, partners_comm, test_s
             stream.fast_forward(first_step * spec.optimizer.batch_size)
         hooks = _hooks(job, windows, messenger, params, stream, shard_ids, local_ranges)
         run = ReplicaRun(job, network, params, stream, hooks, first_step, partners_comm, windows)
-        warm_up(job.network, *read_split(info.path, "train", 0, 2))  # the same kernels a partition runs
+        warm_up_kernels(job.network.layers)  # tiny copies: the kernels a partition runs, not its size
         barrier_sleeping(messenger.comm)  # shards have published the initial parameters
         with watchdog:
             if _warmstart(job) and role.replica_id != 0:
@@ -91,28 +91,23 @@ def _hooks(job: Job, windows, messenger, params, stream, shard_ids, local_ranges
 
 
 def _loop(run: ReplicaRun, test_set, inject: FaultInjector) -> LoopResult:
-    """The lead replica (the one given the test set) also writes metrics, evaluates and prints progress.
-    A partitioned lead evaluates the whole model on parameters fetched from every shard."""
+    """Replica 0 (given the test set) also evaluates; its partition 0 writes metrics and prints
+    progress. A partitioned replica 0 evaluates the shards' parameters model-parallel, every
+    partition on its own block (final.BlockEvaluator); an unpartitioned one its working copy."""
     job = run.job
     agree = stop_agreement(run.partners_comm) if run.partners_comm is not None else None
     args = (job.spec, run.network, run.params, run.stream, run.hooks)
     if test_set is None:
         return run_loop(*args, Reporting(), run.first_step, inject, agree)
+    evaluate = None
+    if run.partners_comm is not None:
+        evaluate = BlockEvaluator(run.network, run.hooks.endpoint, [(r.start, r.stop) for r in run.hooks.ranges])
+    if job.role.partition_id != 0:
+        return run_loop(*args, Reporting(test_set=test_set, evaluate=evaluate), run.first_step, inject, agree)
     with MetricsLog(job.run_dir) as metrics:
         progress = Progress(job.spec.run.progress_seconds if job.progress else 0)
-        whole = (lambda: (job.network, fetch_final(job, run.windows))) if run.partners_comm is not None else None
-        return run_loop(*args, Reporting(metrics, test_set, progress, whole), run.first_step, inject, agree)
-
-
-def fetch_final(job: Job, windows: ParamServerWindows) -> np.ndarray:
-    """The shards' parameters (N,), in the canonical order (after the last push no shard writes).
-    Only for the lead's evaluation and params.h5."""
-    final = np.empty(job.network.n_params, np.float32)
-    endpoint = ReplicaEndpoint(windows, job.role.replica_id)
-    for shard_id, (start, stop) in enumerate(job.layout.shard_ranges):
-        endpoint.fetch(shard_id, final[start:stop])
-    order = parameter_order(job)
-    return final if order is None else order.to_canonical(final)
+        report = Reporting(metrics, test_set, progress, evaluate)
+        return run_loop(*args, report, run.first_step, inject, agree)
 
 
 def _figures(run: ReplicaRun, result: LoopResult, loop_s: float) -> dict:
