@@ -106,9 +106,12 @@ class CollectGradient:
 
 @dataclass(frozen=True)
 class GatherVector:
-    """Reply: the shard's slice of vector `name` as float32."""
+    """Reply: elements [start, stop) of the shard's slice of vector `name` (offsets within the
+    slice; stop None: to its end) as float32: the coordinator streams params.h5 a chunk at a time."""
 
     name: str
+    start: int = 0
+    stop: int | None = None
 
 
 @dataclass(frozen=True)
@@ -151,6 +154,14 @@ class StopWork:
 
 
 @dataclass(frozen=True)
+class EvaluateTest:
+    """Coordinator -> replica 0: evaluate the point the shards have just published on the first
+    n_examples of the test split (0: all of it); answer with TestFigures."""
+
+    n_examples: int
+
+
+@dataclass(frozen=True)
 class PortionResult:
     """Replica -> coordinator: a computed portion's loss (summed over its rows)."""
 
@@ -178,6 +189,17 @@ class Farewell:
     stats: dict = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class TestFigures:
+    """Replica 0 -> coordinator: the answer to EvaluateTest (mean loss and accuracy over n_examples)."""
+
+    __test__ = False  # not a pytest test class, whatever its name
+
+    loss: float
+    accuracy: float
+    n_examples: int
+
+
 # -- channels --------------------------------------------------------------------------------
 
 
@@ -203,10 +225,11 @@ SHARD_COMMAND = Channel(
     (KeepAlive, VectorCommand, PublishPoint, CollectGradient, GatherVector, SaveShard, StopShard),
 )
 SHARD_REPLY = Channel("shard reply", 111, (ShardReply,))
-WORK = Channel("work", 112, (Work, StopWork, KeepAlive))
+WORK = Channel("work", 112, (Work, StopWork, KeepAlive, EvaluateTest))
 RESULT = Channel("result", 113, (PortionResult,))
 PUSHES = Channel("pushes", 114, (PushesNote,))
 FAREWELL = Channel("farewell", 115, (Farewell,))
+TEST_RESULT = Channel("test result", 116, (TestFigures,))
 
 
 class Messenger:

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 
 from distbelief_mpi.checkpoint.params_file import load_params
+from distbelief_mpi.config import load_job
+from distbelief_mpi.data.hdf5 import read_info, read_split
 from distbelief_mpi.model.network import build_network
 from distbelief_mpi.model.partition import plan_partitions
 from tests.mpi.programs.partitioned_step import MODELS
@@ -133,7 +135,20 @@ def test_partitioned_sandblaster_resumes_bit_identically(tmp_path, digits_h5):
         return load_params(tmp_path / name / "params.h5")[0]
 
     whole = train("whole", 10)
+    assert_canonical(tmp_path / "whole", whole, digits_h5)
     train("stopped", 5)
     resumed = train("stopped", 10, "--resume", "auto")
     assert json.loads((tmp_path / "stopped" / "summary.json").read_text())["resumed_from"]["step"] == 5
     assert np.array_equal(resumed, whole)
+
+
+def assert_canonical(run_dir, params, dataset):
+    """params.h5 of a partitioned run holds the canonical order: the whole network evaluates it
+    to the figures the run's replica 0 computed model-parallel (summary.json)."""
+    spec = load_job(run_dir / "job.toml")
+    info, (x_test, y_test) = read_info(dataset), read_split(dataset, "test")
+    network = build_network(spec.model.layers, info.input_shape, info.n_classes, source=spec.source)
+    loss, accuracy = network.evaluate(params, x_test, y_test)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert loss == pytest.approx(summary["test_loss"], rel=1e-4)
+    assert accuracy == pytest.approx(summary["test_accuracy"], abs=1.5 / len(y_test))

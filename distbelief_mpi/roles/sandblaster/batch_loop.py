@@ -5,7 +5,9 @@ Batches are consecutive windows of optimizer.sandblaster_batch examples over the
 (shuffled once by run.seed); each runs lbfgs_iterations_per_batch iterations with fresh history.
 Checkpoints (roles/sandblaster/checkpoints.py) are taken between iterations when due
 (checkpoint.every_steps / every_seconds) and when a preemption signal stops the run; a resumed
-run continues inside the same batch, with the same history, at the same iteration.
+run continues inside the same batch, with the same history, at the same iteration. Test
+evaluations (run.eval_every) are computed by replica 0 at the shards' x
+(cluster.ShardsAndReplicas.test_figures); this loop only writes their metrics line.
 """
 
 import logging
@@ -17,7 +19,7 @@ from ...optim.portions import cut_portions, default_portion_size
 from ...runtime import watchdog
 from ...runtime.limits import RunClock, fraction_done, limit_reached
 from ...runtime.progress import Progress
-from ..loop import checkpoint_due, log_eval, stop_reason
+from ..loop import checkpoint_due, record_eval, stop_reason
 from .checkpoints import CoordinatorCheckpoints
 from .cluster import ShardsAndReplicas
 
@@ -26,10 +28,10 @@ log = logging.getLogger(__name__)
 
 class BatchLoop:
     """Runs L-BFGS batch after batch against `cluster` until a run limit, convergence or a
-    preemption signal; test_set: (x, y) for the eval lines."""
+    preemption signal."""
 
-    def __init__(self, job, cluster: ShardsAndReplicas, metrics, test_set):
-        self.job, self.cluster, self.metrics, self.test_set = job, cluster, metrics, test_set
+    def __init__(self, job, cluster: ShardsAndReplicas, metrics):
+        self.job, self.cluster, self.metrics = job, cluster, metrics
         self.spec, self.n_train = job.spec, job.info.n_train
         self.clock, self.started = RunClock(), time.perf_counter()
         self.progress = Progress(self.spec.run.progress_seconds if job.progress else 0)
@@ -110,11 +112,9 @@ class BatchLoop:
         return self.stopped_on is not None
 
     def evaluate(self) -> None:
-        x_test, y_test = self.test_set
-        eval_n = self.spec.data.eval_examples or len(y_test)
-        params = self.cluster.whole_vector("x")
-        self.cluster.keep_alive(everyone=True)  # the evaluation below talks to nobody
-        log_eval(self.metrics, self.job.network, params, x_test[:eval_n], y_test[:eval_n], self.clock)
+        """An eval line: x on the first data.eval_examples test examples (0: all), by replica 0."""
+        figures = self.cluster.test_figures(self.spec.data.eval_examples)
+        record_eval(self.metrics, figures.loss, figures.accuracy, figures.n_examples, self.clock)
 
     def checkpoint(self, final: bool = False) -> None:
         """Commit this moment: inside a batch (self.current is its L-BFGS run) or between batches."""

@@ -13,17 +13,26 @@ An evaluation at point P (the shards' vector named P), gradient into G:
      optimizer.l2_penalty term, whose loss the shards return as partial sums) (CollectGradient).
 A late result of an earlier evaluation (a straggler's, lost to a backup) is discarded.
 
+A test evaluation at x (test_figures): the shards publish x (PublishPoint: harmless between
+evaluations, since every L-BFGS evaluation publishes its own point first and every counted
+gradient of the last one is already collected), replica 0 fetches it and evaluates its test
+split (EvaluateTest; its partitions together when partitioned) and answers with TestFigures.
+params.h5 (vector_chunks): each shard's slice of x, a chunk at a time (GatherVector with a
+range). So the coordinator never holds a parameter vector, only one chunk of it.
+
 Shards and replicas watch the coordinator (it cannot watch itself when frozen whole). While it
 waits on anyone it sends each of them something at least every faults.watchdog_seconds / 2, a
 KeepAlive when it has nothing to say (during an evaluation, shards hear nothing else), and it
-pings everyone before a computation that waits on nobody (a test evaluation, hashing checkpoint
-files), which its own watchdog bounds to the watchdog time. So a healthy coordinator is silent
-for less than 1.5 x the watchdog time; a rank that hears nothing for twice that long ends the
-job naming it (COORDINATOR_SILENCE). Not watched: the start-up barrier and the end of the run
-(after StopWork: the final evaluation, params.h5, the summary).
+pings everyone before a computation that waits on nobody (hashing checkpoint files, the fsync
+of params.h5), which its own watchdog bounds to the watchdog time. A test evaluation waits on
+replica 0 like any other wait (its partitions are checked to be alive meanwhile). So a healthy
+coordinator is silent for less than 1.5 x the watchdog time; a rank that hears nothing for
+twice that long ends the job naming it (COORDINATOR_SILENCE). Not watched: the start-up
+barrier and the end of the run (after StopWork: the summary).
 """
 
 import time
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -34,15 +43,18 @@ from ...comm.messages import (
     RESULT,
     SHARD_COMMAND,
     SHARD_REPLY,
+    TEST_RESULT,
     WORK,
     Channel,
     CollectGradient,
+    EvaluateTest,
     GatherVector,
     KeepAlive,
     Messenger,
     PublishPoint,
     StopShard,
     StopWork,
+    TestFigures,
     VectorCommand,
     Work,
 )
@@ -99,23 +111,39 @@ class ShardsAndReplicas:
         """optim/lbfgs.py's interface: per-shard partial results of a vector command."""
         return self.shard_call(VectorCommand(cmd))
 
-    def whole_vector(self, name: str) -> np.ndarray:
-        """The whole vector `name` as float32, in the canonical order: for evaluation and params.h5 only."""
-        whole = np.concatenate(self.shard_call(GatherVector(name)))
-        return whole if self.order is None else self.order.to_canonical(whole)
+    def ask_shard(self, shard_id: int, command):
+        """Send a command to one shard and return its reply's value."""
+        rank = self.shard_ranks[shard_id]
+        self.post(SHARD_COMMAND, command, rank)
+        return self.receive(SHARD_REPLY, rank, f"shard {shard_id}").value
+
+    def vector_chunks(
+        self, name: str, shard_ranges: list[tuple[int, int]], chunk: int
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        """The whole vector `name`, in the order the shards hold it (self.order maps it to the
+        canonical order), as (position, float32 (<= chunk,)) pieces, one shard at a time:
+        shard_ranges[s] is shard s's [start, stop). Only one piece is here at a time."""
+        for shard_id, (start, stop) in enumerate(shard_ranges):
+            for lo in range(start, stop, chunk):
+                hi = min(stop, lo + chunk)
+                yield lo, self.ask_shard(shard_id, GatherVector(name, lo - start, hi - start))
 
     # -- messages ----------------------------------------------------------------------
     def post(self, channel: Channel, record, rank: int) -> None:
         self.messenger.send(channel, record, rank)
         self.last_sent[rank] = time.monotonic()
 
-    def receive(self, channel: Channel, rank: int, who: str):
+    def receive(self, channel: Channel, rank: int, who: str, alive: dict[int, str] | None = None):
         """The next record from `rank` on `channel`, sleeping; RankLost / RankHung naming `who`
-        when it has left or hangs. Others hear from us meanwhile (keep_alive)."""
+        when it has left or hangs; alive: {rank: who} that must not leave meanwhile (the other
+        partitions of a replica, which compute with it). Others hear from us meanwhile (keep_alive)."""
         silence = Silence(self.peers, rank, who, self.hung_after)
+        companions = [Silence(self.peers, other, name, 0.0) for other, name in (alive or {}).items()]
 
         def on_wait() -> None:
             silence.check()
+            for companion in companions:
+                companion.check()  # hung_after 0: only RankLost
             self.keep_alive()
 
         return self.messenger.wait(channel, rank, on_wait=on_wait, limit=1e-3)
@@ -146,6 +174,16 @@ class ShardsAndReplicas:
         penalty = sum(self.shard_call(collect))
         self.evaluation_seconds.append(time.perf_counter() - started)
         return outcome.loss_sum / outcome.n_examples + penalty
+
+    def test_figures(self, n_examples: int) -> TestFigures:
+        """Loss and accuracy at x on the first n_examples of the test split (0: all of it),
+        computed by replica 0 on the point the shards publish (see the module docstring). Call
+        between evaluations only: publishing x replaces the published point and the gradient sum."""
+        self.shard_call(PublishPoint("x"))  # x is float32 already (it was a published point): unchanged
+        evaluator = self.replica_ranks[0]
+        self.post(WORK, EvaluateTest(n_examples), evaluator)
+        partitions = {rank: f"replica 0/partition {p}" for p, rank in enumerate(self.partner_ranks.get(0, []), 1)}
+        return self.receive(TEST_RESULT, evaluator, "replica 0", alive=partitions)
 
     def _run_pass(self) -> None:
         """Feed results and push notes to the state until the pass is finished (step 2 above)."""

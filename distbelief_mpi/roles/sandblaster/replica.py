@@ -1,17 +1,22 @@
 """A Sandblaster model replica: computes the portions the coordinator hands it.
 
 Loop: wait for the coordinator's next record on the WORK channel (comm/messages.py): Work,
-KeepAlive (nothing to do) or StopWork. Work of a new evaluation first makes the replica fetch
-that point from every shard (once per evaluation). Work may carry the verdict on the replica's
-previous result (`counted`: only a result counted by the coordinator, the first for its
-portion, is added to the accrued gradient, so a backup's loser adds nothing) and a new portion
-to compute. Counted gradients are pushed every optimizer.push_every counted portions, and at
-once when the coordinator says `flush` (the batch is nearly or fully done), each push followed
-by a small PushesNote, so the coordinator knows when every counted gradient has reached the
-shards.
+KeepAlive (nothing to do), EvaluateTest (replica 0 only, below) or StopWork. Work of a new
+evaluation first makes the replica fetch that point from every shard (once per evaluation).
+Work may carry the verdict on the replica's previous result (`counted`: only a result counted
+by the coordinator, the first for its portion, is added to the accrued gradient, so a backup's
+loser adds nothing) and a new portion to compute. Counted gradients are pushed every
+optimizer.push_every counted portions, and at once when the coordinator says `flush` (the
+batch is nearly or fully done), each push followed by a small PushesNote, so the coordinator
+knows when every counted gradient has reached the shards.
 
 Gradients travel as sums over a portion's examples (not means): the shards add them up and
 divide by the batch size once.
+
+EvaluateTest (between evaluations, after the shards have published x): replica 0, which read
+the test split at start-up, fetches x (each partition its own block), evaluates it (its
+partitions together, model-parallel) and answers with TestFigures on TEST_RESULT. Its params
+buffer then holds x, so it refetches before its next portion.
 """
 
 import dataclasses
@@ -23,13 +28,16 @@ from ...comm.messages import (
     FAREWELL,
     PUSHES,
     RESULT,
+    TEST_RESULT,
     WORK,
+    EvaluateTest,
     Farewell,
     KeepAlive,
     Messenger,
     PortionResult,
     PushesNote,
     StopWork,
+    TestFigures,
     Work,
 )
 from ...comm.param_server import ReplicaEndpoint
@@ -43,7 +51,8 @@ class PortionWorker:
     (partition_messenger: comm/messages.Messenger over the replica's own communicator), and
     every partition pushes its own block to its own shards (shard_ranges are relative to that
     block; endpoint is a roles/partitioned_replica.ShardSubset). silence: partition 0's watch on the
-    coordinator (RankLost / RankHung when it exits or stays silent)."""
+    coordinator (RankLost / RankHung when it exits or stays silent). test_set: (x, y) of the
+    test split, on every partition of replica 0 (None elsewhere: it is never asked)."""
 
     def __init__(
         self,
@@ -56,8 +65,10 @@ class PortionWorker:
         network=None,
         partition_messenger: Messenger | None = None,
         silence: Silence | None = None,
+        test_set: tuple[np.ndarray, np.ndarray] | None = None,
     ):
         self.job, self.messenger, self.coordinator, self.endpoint = job, messenger, coordinator, endpoint
+        self.test_set = test_set
         self.network = network or job.network
         self.partitions = partition_messenger  # to the other partitions of this replica (None: unpartitioned)
         self.silence = silence
@@ -78,14 +89,16 @@ class PortionWorker:
             record = self._next_record()
             if isinstance(record, StopWork):
                 break
-            if not isinstance(record, KeepAlive):
+            if isinstance(record, EvaluateTest):
+                self._evaluate_test(record.n_examples)
+            elif not isinstance(record, KeepAlive):
                 self._handle(record)
         report = {"role": "replica", "replica_id": self.job.role.replica_id, **self.stats}
         if self.talks_to_coordinator:
             self.messenger.send(FAREWELL, Farewell(report), self.coordinator)
         return report
 
-    def _next_record(self) -> Work | KeepAlive | StopWork:
+    def _next_record(self) -> Work | KeepAlive | StopWork | EvaluateTest:
         if not self.talks_to_coordinator:
             assert self.partitions is not None
             return self.partitions.wait(WORK, 0)
@@ -122,10 +135,29 @@ class PortionWorker:
         self.fetched = False
 
     def _fetch(self) -> None:
-        for shard_id, part in enumerate(self.ranges):
-            self.endpoint.fetch(shard_id, self.params[part])
+        self._fetch_published()
         self.fetched = True
         self.stats["fetches"] += 1
+
+    def _fetch_published(self) -> None:
+        """params <- the point the shards publish (this rank's block of it)."""
+        for shard_id, part in enumerate(self.ranges):
+            self.endpoint.fetch(shard_id, self.params[part])
+
+    def _evaluate_test(self, n_examples: int) -> None:
+        """(loss, accuracy) of the published point on the first n_examples test examples (0:
+        all), on every partition together; partition 0 answers. The pass's point is gone from
+        params afterwards: every earlier Work of the pass came before this record (one ordered
+        channel) and the next pass refetches anyway; fetched = False says so."""
+        if self.test_set is None:
+            raise RuntimeError(f"replica {self.job.role.replica_id} holds no test split; only replica 0 evaluates")
+        x_test, y_test = self.test_set
+        n = min(n_examples or len(y_test), len(y_test))
+        self._fetch_published()
+        self.fetched = False
+        loss, accuracy = self.network.evaluate(self.params, x_test[:n], y_test[:n])
+        if self.talks_to_coordinator:
+            self.messenger.send(TEST_RESULT, TestFigures(float(loss), float(accuracy), n), self.coordinator)
 
     def _compute(self, portion: int, start: int, stop: int) -> None:
         tick = time.perf_counter()

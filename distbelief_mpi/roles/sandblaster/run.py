@@ -2,8 +2,9 @@
 replicas compute portions (docs/sandblaster.md).
 
 Rank 0 is the coordinator. It runs optim/lbfgs.py against roles/sandblaster/cluster.py and
-never holds the parameters while optimising; it gathers them only to evaluate on the test
-split (run.eval_every, and at the end) and to write params.h5. Batches: consecutive windows
+never holds the parameters: replica 0 (which alone reads the test split) evaluates the shards'
+x on the test split (run.eval_every, and at the end), and the coordinator streams params.h5
+from the shards a chunk at a time before it stops everyone. Batches: consecutive windows
 of optimizer.sandblaster_batch examples over the training split shuffled once by run.seed;
 each runs lbfgs_iterations_per_batch iterations with fresh history (one batch, the whole
 split, runs until a run limit or convergence). A step is one L-BFGS iteration. The batch
@@ -19,6 +20,7 @@ from functools import partial
 
 import numpy as np
 
+from ...checkpoint.params_file import params_stream
 from ...checkpoint.sandblaster_shard import load_vectors
 from ...checkpoint.shard_files import shard_file_name
 from ...comm.control import barrier_sleeping
@@ -26,12 +28,13 @@ from ...comm.messages import Messenger
 from ...comm.param_server import ParamServerWindows, ReplicaEndpoint
 from ...comm.world import abort_job
 from ...data.hdf5 import read_split
+from ...model.warm_up import warm_up_kernels
 from ...optim.vector_ops import ShardVectors
 from ...runtime.limits import RunClock
 from ...runtime.rundir import MetricsLog
 from ...runtime.watchdog import Watchdog
 from ..liveness import Peers, Silence
-from ..loop import log_eval, warm_up
+from ..loop import record_eval
 from ..partitioned_replica import ShardSubset, own_shards, partition_network, replica_comm
 from ..shard_order import initial_params, parameter_order
 from .batch_loop import BatchLoop
@@ -41,9 +44,11 @@ from .shard import GradientSink, serve_commands
 
 log = logging.getLogger(__name__)
 
+PARAMS_CHUNK = 1 << 22  # floats the coordinator asks a shard for at a time when writing params.h5 (16 MB)
+
 
 def run_sandblaster(job, world_comm, world_rank: int):
-    """Returns (summary, final params) on the coordinator, (None, None) elsewhere."""
+    """Returns (summary, None) on the coordinator (it has written params.h5 itself), (None, None) elsewhere."""
     layout, role = job.layout, job.role
     shard_ranks = layout.ranks_of("shard")
     peers = Peers.gather(world_comm)
@@ -84,7 +89,7 @@ def _watch_coordinator(job, peers: Peers) -> Silence:
 
 def _serve(job, windows, world_comm, guard, silence: Silence) -> None:
     start, stop = job.layout.shard_ranges[job.role.shard_id]
-    initial = initial_params(job)[start:stop]
+    initial = initial_params(job, start, stop)
     sink = GradientSink(windows, job.role.shard_id, initial)
     sink.warm_up()
     vectors = ShardVectors(stop - start, job.spec.optimizer.lbfgs_memory)
@@ -104,12 +109,13 @@ def _work(job, windows, world_comm, guard, comm, silence: Silence) -> None:
     x_train, y_train = read_split(job.info.path, "train")
     order = np.random.default_rng(job.spec.run.seed).permutation(len(y_train))  # the coordinator's rows
     train_set = (x_train[order], y_train[order])
-    warm_up(job.network, train_set[0][:2], train_set[1][:2])
+    warm_up_kernels(job.network.layers)
     shard_ids, local_ranges = own_shards(job)
     endpoint = ShardSubset(
         ReplicaEndpoint(windows, job.role.replica_id, hung_after=job.spec.faults.watchdog_seconds), shard_ids
     )
     network = partition_network(job, comm) if comm is not None else None
+    test_set = read_split(job.info.path, "test") if job.role.replica_id == 0 else None  # replica 0 evaluates
     barrier_sleeping(world_comm)
     with guard:
         silence.heard_now()
@@ -124,6 +130,7 @@ def _work(job, windows, world_comm, guard, comm, silence: Silence) -> None:
             network,
             partitions,
             silence,
+            test_set,
         ).run()
 
 
@@ -139,19 +146,33 @@ def _coordinate(job, world_comm, shard_ranks, replica_ranks, guard, peers):
         parameter_order(job),
         partner_ranks={r: [job.layout.rank_of(r, p) for p in range(1, parts)] for r in range(len(replica_ranks))},
     )
-    x_test, y_test = read_split(job.info.path, "test")
     barrier_sleeping(world_comm)
     with guard, MetricsLog(job.run_dir) as metrics:
         started = time.perf_counter()
-        loop = BatchLoop(job, cluster, metrics, (x_test, y_test))
+        loop = BatchLoop(job, cluster, metrics)
         loop.run()
         wall_s = time.perf_counter() - started
-        final = cluster.whole_vector("x")
-        replicas, shards = cluster.stop_everyone()
-        test_loss, test_accuracy = log_eval(
-            metrics, job.network, final, x_test, y_test, RunClock(steps=loop.clock.steps, seconds=wall_s)
+        final = cluster.test_figures(0)  # the whole test split, by replica 0
+        record_eval(
+            metrics, final.loss, final.accuracy, final.n_examples, RunClock(steps=loop.clock.steps, seconds=wall_s)
         )
-    return _summary(job, cluster, loop, replicas, shards, wall_s, test_loss, test_accuracy), final
+        _write_params(job, cluster, loop.clock.steps)
+        replicas, shards = cluster.stop_everyone()
+    return _summary(job, cluster, loop, replicas, shards, wall_s, final.loss, final.accuracy), None
+
+
+def _write_params(job, cluster: ShardsAndReplicas, steps: int) -> None:
+    """RUN_DIR/params.h5 (canonical order) from the shards' x, PARAMS_CHUNK floats at a time:
+    the coordinator never holds more than one chunk."""
+    order = parameter_order(job)  # None: the shards hold the canonical order
+    with params_stream(job.run_dir / "params.h5", job.network.n_params, {"step": steps}) as write:
+        for lo, piece in cluster.vector_chunks("x", job.layout.shard_ranges, PARAMS_CHUNK):
+            if order is None:
+                write(lo, piece)
+                continue
+            for position, canonical_start, length in order.segments(lo, lo + len(piece)):
+                write(canonical_start, piece[position - lo : position - lo + length])
+        cluster.keep_alive(everyone=True)  # the fsync and rename at the end of the block wait on nobody
 
 
 def _summary(

@@ -13,7 +13,9 @@ SHARD_REPLY, in order):
     CollectGradient(name, pushes, n_examples, point, l2)
                                  wait until pushes[r] pushes of replica r are summed;
                                  name := total / n + l2 * point; reply: the partial l2 / 2 * |point|^2
-    GatherVector(name)           reply: the slice of `name` as float32 (evaluation, params.h5)
+    GatherVector(name, start, stop)
+                                 reply: elements [start, stop) of the slice of `name` as float32
+                                 (params.h5, a chunk at a time)
     SaveShard(directory, history) write x, g and (if history) the (s, y) pairs to directory/shard-S.h5
                                  (roles/sandblaster/checkpoints.py); reply: {"file": (name, sha)}
     StopShard()                  reply: this shard's statistics; the serve loop ends
@@ -122,8 +124,8 @@ def _run(command, sink: GradientSink, vectors: ShardVectors, shard_range: tuple[
                 return 0.0
             vectors.execute(("axpy", name, point, l2))
             return 0.5 * l2 * vectors.execute(("dot", point, point))
-        case GatherVector(name):
-            return vectors[name].astype(np.float32)
+        case GatherVector(name, start, stop):
+            return vectors[name][start:stop].astype(np.float32)
         case SaveShard(directory, history):
             return shard_save_reply(directory, history, sink.shard_id, *shard_range, vectors)
     raise ValueError(f"unknown shard command {command!r}")
