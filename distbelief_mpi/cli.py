@@ -15,6 +15,7 @@ Train deep networks the way DistBelief did (Dean et al., NIPS 2012), over MPI.
 
   distbelief train JOB.toml              train (alone, or under mpiexec -n N)
   distbelief plan JOB.toml -n N          show which rank plays which role
+                [--memory]             ... and the bytes each rank will hold
   distbelief eval RUN_DIR [--data F.h5]  test accuracy of a finished run
   distbelief report RUN_DIR [...]        PNG figures and a markdown summary of runs
 
@@ -64,6 +65,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_job_args(plan)
     plan.add_argument("-n", "--ranks", type=int, required=True, metavar="N", help="MPI world size")
+    plan.add_argument(
+        "--memory",
+        action="store_true",
+        help="also print the predicted bytes per rank by role, term by term (docs/architecture.md, 'Memory per rank')",
+    )
+    plan.add_argument(
+        "--input-shape",
+        metavar="C,H,W",
+        help="the model's input (C,H,W or D) when the job's data file is absent (with --classes); "
+        "ignored when the file exists",
+    )
+    plan.add_argument(
+        "--classes",
+        type=int,
+        metavar="K",
+        help="the number of classes when the data file is absent (with --input-shape)",
+    )
 
     evaluate = commands.add_parser(
         "eval",
@@ -115,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "plan":
             from .commands import run_plan
 
-            return run_plan(args.job, args.overrides, args.ranks)
+            return run_plan(args.job, args.overrides, args.ranks, args.memory, args.input_shape, args.classes)
         if args.command == "report":
             from .report import run_report
 

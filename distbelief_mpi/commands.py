@@ -8,32 +8,74 @@ from .config import load_job
 from .data.hdf5 import read_info, read_split
 from .errors import CheckpointError, DatasetError, UserInputError
 from .layout import format_layout, layout_problems, plan_layout
+from .memory import DataSize, format_memory, predict_memory
 from .model.network import build_network
 from .model.partition import partition_offsets
 
 
-def run_plan(job_path: str, overrides: list[str], world_size: int) -> int:
+def run_plan(
+    job_path: str,
+    overrides: list[str],
+    world_size: int,
+    memory: bool = False,
+    input_shape: str | None = None,
+    n_classes: int | None = None,
+) -> int:
+    """input_shape ("C,H,W" or "D") and n_classes stand in for the dataset's header when its
+    file is absent (planning a model before its data exists)."""
     spec = load_job(job_path, overrides)
     if world_size < 1:
         raise UserInputError(f"-n {world_size}: the world size must be >= 1")
-    n_params, notes, offsets = None, [], ()
+    n_params, notes, offsets, network, data = None, [], (), None, DataSize(None, None)
     try:
-        info = read_info(spec.data.path)
-        network = build_network(spec.model.layers, info.input_shape, info.n_classes, source=spec.source)
+        shape, classes, data, notes = _model_input(spec, input_shape, n_classes)
+        network = build_network(spec.model.layers, shape, classes, source=spec.source)
         n_params = network.n_params
         offsets = partition_offsets(network, spec)
-        notes = [f"model ({n_params:,} parameters, input {info.input_shape}, {info.n_classes} classes):"]
+        notes += [f"model ({n_params:,} parameters, input {shape}, {classes} classes):"]
         notes += [f"  {line}" for line in network.describe()]
     except DatasetError as exc:
-        notes = [f"note: parameter ranges need the dataset: {exc}"]
+        notes = [f"note: parameter ranges need the dataset (or --input-shape and --classes): {exc}"]
     problems = layout_problems(world_size, spec, n_params)
     if problems:
         print(f"error: {job_path}: cannot run on {world_size} ranks:", file=sys.stderr)
         print("\n".join(f"  - {p}" for p in problems), file=sys.stderr)
         return 2
-    print(format_layout(plan_layout(world_size, spec, n_params, offsets)))
+    layout = plan_layout(world_size, spec, n_params, offsets)
+    print(format_layout(layout))
     print("\n".join(notes))
+    if memory:
+        if network is None:
+            raise UserInputError(
+                f"{spec.data.path}: --memory needs the model's input: the dataset, or --input-shape and --classes"
+            )
+        print(format_memory(predict_memory(spec, network, layout, data)))
     return 0
+
+
+def _model_input(spec, input_shape: str | None, n_classes: int | None):
+    """(input shape, classes, split sizes, notes) from the dataset's header, or from the
+    overrides when the dataset file is absent (DatasetError when neither is there)."""
+    given = input_shape is not None or n_classes is not None
+    if given and (input_shape is None or n_classes is None):
+        raise UserInputError("--input-shape and --classes go together: give both")
+    if given and not Path(spec.data.path).exists():
+        assert input_shape is not None and n_classes is not None
+        note = f"note: {spec.data.path} is absent: input {input_shape} and {n_classes} classes from the command line"
+        return _parse_shape(input_shape), n_classes, DataSize(None, None), [note]
+    info = read_info(spec.data.path)
+    notes = [f"note: --input-shape and --classes ignored: {spec.data.path} exists"] if given else []
+    return info.input_shape, info.n_classes, DataSize(info.n_train, info.n_test), notes
+
+
+def _parse_shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        shape = ()
+    if len(shape) not in (1, 3) or min(shape) < 1:
+        raise UserInputError(f"--input-shape {text}: expected C,H,W (an image) or D (a vector) of positive integers")
+    return shape
 
 
 def run_eval(run_dir: str, data_path: str | None) -> int:

@@ -14,18 +14,28 @@ from pathlib import Path
 
 from .checkpoint.params_file import save_params
 from .checkpoint.resume import auto_resume_point, find_resume_point
-from .comm.world import abort_job, agree_on_errors, barrier, broadcast, gather_to_all, init_world
+from .comm.world import (
+    abort_job,
+    agree_on_errors,
+    any_rank,
+    broadcast,
+    broadcast_sleeping,
+    gather_to_root,
+    init_world,
+)
 from .config import JobSpec, load_job, spec_items
 from .data.hdf5 import read_info
 from .errors import DistbeliefError, UserInputError
 from .job import Job, RoleResult
 from .layout import plan_layout
+from .memory import format_bytes
 from .model.network import build_network
 from .model.partition import partition_offsets
 from .runtime import preempt
 from .runtime.logs import setup_logging
 from .runtime.progress import wanted as progress_wanted
 from .runtime.rundir import default_run_dir, prepare_run_dir, write_summary
+from .runtime.spec_agreement import mismatch_message, spec_digest
 from .runtime.thread_budget import threads_for_rank
 
 log = logging.getLogger(__name__)
@@ -51,48 +61,85 @@ def run_train(
     """resume: a RUN_DIR to continue from its newest complete checkpoint, or "auto": continue
     --run-dir's newest checkpoint when there is one, else start there afresh (for requeued jobs)."""
     world_comm, world_rank, world_size = init_world()
-    job, error = None, None
+    planned, error, resume_point = None, None, None
     auto = resume == "auto"
     # One name for all ranks, chosen by rank 0 (a default name holds rank 0's clock).
     chosen = run_dir_arg if auto else (resume or run_dir_arg)
     run_dir = Path(broadcast(world_comm, str(chosen or default_run_dir(job_path)), root=0))
     try:
-        if auto and not run_dir_arg:
-            raise UserInputError("--resume auto needs --run-dir: the directory a requeued job continues in")
-        if resume and not auto and run_dir_arg and Path(run_dir_arg).resolve() != Path(resume).resolve():
-            raise UserInputError(f"--run-dir {run_dir_arg} and --resume {resume} name different run directories")
-        spec, info, network, layout, role = load_and_plan(job_path, overrides, world_size, world_rank)
-        if auto:
-            resume_point = auto_resume_point(run_dir, spec, layout)
-        else:
-            resume_point = find_resume_point(run_dir, spec, layout) if resume else None
-        if world_rank == 0:
-            prepare_run_dir(run_dir, spec, mode="resume" if resume_point else "restart" if auto else "new")
-        job = Job(spec, info, network, layout, role, run_dir, resume_point, progress_wanted(progress))
+        _check_resume_arguments(run_dir_arg, resume)
+        planned = load_and_plan(job_path, overrides, world_size, world_rank)
     except Exception as exc:  # noqa: BLE001 - every failure must reach the agreement, or others hang
-        error = exc if isinstance(exc, UserInputError) else RuntimeError(traceback.format_exc())
+        error = _setup_error(exc)
     failed = agree_on_errors(world_comm, error)
     if not failed:
-        failed = _spec_mismatches(world_comm, job.spec)
+        failed = _spec_mismatches(world_comm, world_rank, planned[0])
+    if not failed:
+        resume_point, failed = _resume_verdict(world_comm, world_rank, run_dir, planned[0], planned[3], resume)
     if failed:
         _report_setup_errors(failed, world_rank)
         return max(code for _, code, _ in failed)  # the same exit code on every rank
-    barrier(world_comm)  # rank 0 has created the run directory
+    # The verdict left rank 0 after it had created the run directory: no barrier needed.
+    job = Job(*planned, run_dir, resume_point, progress_wanted(progress))
     return _run_role(job, world_comm, world_rank, world_size, verbose)
 
 
-def _spec_mismatches(world_comm, spec: JobSpec) -> list[tuple[int, int, str]]:
+def _check_resume_arguments(run_dir_arg: str | None, resume: str | None) -> None:
+    if resume == "auto" and not run_dir_arg:
+        raise UserInputError("--resume auto needs --run-dir: the directory a requeued job continues in")
+    if resume and resume != "auto" and run_dir_arg and Path(run_dir_arg).resolve() != Path(resume).resolve():
+        raise UserInputError(f"--run-dir {run_dir_arg} and --resume {resume} name different run directories")
+
+
+def _setup_error(exc: Exception) -> Exception:
+    """Bad input keeps its message (exit 2); anything else becomes its traceback (exit 1)."""
+    return exc if isinstance(exc, UserInputError) else RuntimeError(traceback.format_exc())
+
+
+def _resume_verdict(world_comm, world_rank: int, run_dir: Path, spec: JobSpec, layout, resume: str | None):
+    """Collective: rank 0 alone finds and verifies the checkpoint to resume (hashing its files
+    once, not once per rank) and creates the run directory; every rank gets its verdict.
+    Returns (ResumePoint or None, failed) with failed as agree_on_errors returns it."""
+    verdict = None
+    if world_rank == 0:
+        try:
+            verdict = ("ok", _prepare_run(run_dir, spec, layout, resume))
+        except Exception as exc:  # noqa: BLE001 - the others wait for this verdict: it must be sent
+            error = _setup_error(exc)
+            verdict = ("error", getattr(error, "exit_code", 1), str(error))
+    verdict = broadcast_sleeping(world_comm, verdict, root=0)
+    if verdict[0] == "ok":
+        return verdict[1], []
+    return None, [(0, verdict[1], verdict[2])]
+
+
+def _prepare_run(run_dir: Path, spec: JobSpec, layout, resume: str | None):
+    """Rank 0: the resume point (or None) and the run directory prepared for it."""
+    auto = resume == "auto"
+    if auto:
+        resume_point = auto_resume_point(run_dir, spec, layout)
+    else:
+        resume_point = find_resume_point(run_dir, spec, layout) if resume else None
+    prepare_run_dir(run_dir, spec, mode="resume" if resume_point else "restart" if auto else "new")
+    return resume_point
+
+
+def _spec_mismatches(world_comm, world_rank: int, spec: JobSpec) -> list[tuple[int, int, str]]:
     """Collective: every rank must run the same resolved spec (same file contents, same --set).
-    Returns [(rank, 2, message naming the differing keys)] for the ranks that differ from rank 0."""
+    Each rank compares its digest with rank 0's; one reduction tells all whether any differs.
+    Only then do the differing ranks' items travel, to rank 0, which names the keys.
+    Returns [(rank, 2, message naming the differing keys)] for the ranks that differ (on
+    rank 0; elsewhere one entry for this rank: what counts there is that the list is not empty)."""
     mine = spec_items(spec)
-    everyone = gather_to_all(world_comm, mine)
-    failed = []
-    for rank, items in enumerate(everyone):
-        differ = sorted(key for key in items.keys() | everyone[0].keys() if items.get(key) != everyone[0].get(key))
-        if differ:
-            shown = ", ".join(f"{key} ({everyone[0].get(key)!r} on rank 0, {items.get(key)!r} here)" for key in differ)
-            failed.append((rank, 2, f"{spec.source}: the job spec differs between ranks: {shown}"))
-    return failed
+    digest = spec_digest(mine)
+    differs = broadcast(world_comm, digest, root=0) != digest
+    if not any_rank(world_comm, differs):
+        return []
+    gathered = gather_to_root(world_comm, mine if differs else None, root=0)
+    if gathered is None:  # not rank 0, which prints the messages
+        return [(world_rank, 2, f"{spec.source}: the job spec differs between ranks")]
+    found = [(rank, mismatch_message(spec.source, mine, items)) for rank, items in enumerate(gathered) if items]
+    return [(rank, 2, message) for rank, message in found if message]
 
 
 def _report_setup_errors(failed, world_rank: int) -> None:
@@ -183,12 +230,13 @@ def _run_algorithm(job: Job, world_comm, world_rank: int, world_size: int) -> Ro
 def _write_outputs(job: Job, result: RoleResult) -> None:
     """The lead: params.h5, summary.json, the closing line and warnings a user must see."""
     summary = result.summary
-    assert summary is not None and result.params is not None
-    save_params(job.run_dir / "params.h5", result.params, {"step": summary["steps"]})
+    assert summary is not None
+    if result.params is not None:  # else the role has streamed params.h5 itself (it holds no whole vector)
+        save_params(job.run_dir / "params.h5", result.params, {"step": summary["steps"]})
     write_summary(job.run_dir, summary)
     print(
         f"{job.run_dir}: test accuracy {summary['test_accuracy']:.4f} after {summary['steps']} steps "
-        f"({summary['examples_per_s']:,.0f} examples/s, {summary['wall_s']:.1f} s)",
+        f"({summary['examples_per_s']:,.0f} examples/s, {summary['wall_s']:.1f} s{_peak_rss_text(summary)})",
         flush=True,
     )
     if summary.get("replicas_lost"):
@@ -204,3 +252,12 @@ def _write_outputs(job: Job, result: RoleResult) -> None:
                 "them (lower the learning rates, or look at that replica's data)",
                 file=sys.stderr,
             )
+
+
+def _peak_rss_text(summary: dict) -> str:
+    """', peak RSS 1.21 GB (shard)': the largest of the roles' peaks, or '' when none was measured."""
+    peaks = summary.get("peak_rss_bytes") or {}
+    if not peaks:
+        return ""
+    role = max(peaks, key=peaks.get)
+    return f", peak RSS {format_bytes(peaks[role])} ({role})"

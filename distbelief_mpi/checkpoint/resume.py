@@ -1,4 +1,7 @@
-"""Resuming a run: find the newest complete checkpoint and check it fits the job."""
+"""Resuming a run: find the newest complete checkpoint and check it fits the job.
+
+Rank 0 alone calls these (train.py), hashing the checkpoint's files once, and broadcasts the
+ResumePoint or the error to every rank."""
 
 import dataclasses
 from dataclasses import dataclass

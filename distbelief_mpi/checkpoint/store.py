@@ -6,7 +6,8 @@ Single-replica SGD writes one `params.h5`; Downpour writes one `shard-S.h5` per 
 Every data file is written to a temporary name and renamed; the manifest (step, the
 SHA-256 of every file, caller metadata) is written last and is the commit marker. A
 directory without a manifest, or whose files do not match their hashes, is not a
-checkpoint: readers skip it and fall back to the previous complete one.
+checkpoint: readers skip it and fall back to the previous complete one. Each file is hashed
+once by its writer (a shard hashes its own); committing and pruning read manifests only.
 """
 
 import contextlib
@@ -73,10 +74,25 @@ def file_sha256(path: Path) -> str:
 def read_manifest(directory: Path) -> dict | None:
     """The manifest of a complete checkpoint, or None when it is missing, unreadable or
     any file's hash differs (a partial or damaged checkpoint)."""
+    manifest = committed_manifest(directory)
+    try:
+        if manifest is not None and all(
+            file_sha256(Path(directory) / name) == digest for name, digest in manifest["files"].items()
+        ):
+            return manifest
+    except OSError:
+        pass
+    return None
+
+
+def committed_manifest(directory: Path) -> dict | None:
+    """The manifest of a committed checkpoint (readable, naming files that exist), without
+    hashing them: what a writer needs to know of its own checkpoints (pruning, "is this step
+    committed?"). A reader about to use the files calls read_manifest, which checks them."""
     try:
         manifest = json.loads((Path(directory) / MANIFEST).read_text(encoding="utf-8"))
         files = manifest["files"]
-        if all(file_sha256(Path(directory) / name) == digest for name, digest in files.items()):
+        if isinstance(files, dict) and all((Path(directory) / name).is_file() for name in files):
             return manifest
     except (OSError, ValueError, KeyError, TypeError):
         pass
@@ -105,14 +121,26 @@ def newest_complete(root: Path) -> tuple[Path, dict] | None:
     return None
 
 
+def newest_committed_step(root: Path) -> int | None:
+    """The step of the newest committed checkpoint (its files not hashed), or None."""
+    for directory in _step_directories(root):
+        manifest = committed_manifest(directory)
+        if manifest is not None:
+            return int(manifest["step"])
+    return None
+
+
 def prune_checkpoints(root: Path, keep: int) -> None:
-    """Delete all but the newest `keep` complete checkpoints, and any older partial ones."""
-    complete = complete_checkpoints(root)
-    if not complete:
+    """Delete all but the newest `keep` committed checkpoints, and any older partial ones.
+    Committed, not verified: each file was hashed once, by its writer, when it was committed;
+    re-hashing every kept checkpoint at every commit would cost (keep x the model) of reads.
+    Damage after a commit is the readers' concern (resume falls back past it)."""
+    committed = [d for d in _step_directories(root) if committed_manifest(d) is not None]
+    if not committed:
         return
-    for directory in complete[keep:]:
+    for directory in committed[keep:]:
         shutil.rmtree(directory, ignore_errors=True)
-    oldest_kept = complete[:keep][-1].name
+    oldest_kept = committed[:keep][-1].name
     for directory in Path(root).glob("step-*"):
         if directory.name < oldest_kept and directory.exists():
             shutil.rmtree(directory, ignore_errors=True)

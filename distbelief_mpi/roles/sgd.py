@@ -11,7 +11,7 @@ import numpy as np
 
 from ..checkpoint.params_file import load_params
 from ..checkpoint.resume import layout_signature
-from ..checkpoint.store import commit_checkpoint, newest_complete
+from ..checkpoint.store import commit_checkpoint, newest_committed_step
 from ..comm.world import abort_world
 from ..config import to_toml
 from ..data.batches import BatchStream, open_replica_stream
@@ -19,6 +19,7 @@ from ..data.hdf5 import read_split
 from ..errors import CheckpointError
 from ..kernels import sgd_update_
 from ..runtime.fault_injection import FaultInjector
+from ..runtime.peak_memory import peak_rss_bytes
 from ..runtime.progress import Progress
 from ..runtime.rundir import MetricsLog
 from ..runtime.watchdog import Watchdog
@@ -40,8 +41,7 @@ class LocalSgd(StepHooks):
         sgd_update_(self.params, grad, self.lr)
 
     def final_checkpoint(self, clock):
-        newest = newest_complete(self.job.run_dir / "checkpoints")
-        if newest is None or newest[1]["step"] != clock.steps:  # else it exists already
+        if newest_committed_step(self.job.run_dir / "checkpoints") != clock.steps:  # else it exists already
             self.checkpoint(clock)
         self.final_checkpoint_step = clock.steps
 
@@ -96,6 +96,7 @@ def train_sgd(job, world_size: int) -> tuple[dict, np.ndarray]:
         "stopped_on": result.stopped_on,
         "dataset": info.path,
         "final_checkpoint": hooks.final_checkpoint_step,
+        "peak_rss_bytes": {"replica": peak_rss_bytes()},  # the one rank, after its final evaluation
         "resumed_from": None
         if job.resume is None
         else {"step": job.resume.step, "checkpoint": str(job.resume.directory)},

@@ -50,6 +50,8 @@ def test_digits_mlp_single_replica_reaches_95_percent(tmp_path, digits_h5):
     assert summary["world_size"] == 1 and summary["algorithm"] == "sgd"
     assert summary["test_accuracy"] >= 0.95, summary
     assert re.search(r"test accuracy 0\.9\d+ after \d+ steps", run.stdout), run.stdout
+    assert set(summary["peak_rss_bytes"]) == {"replica"} and summary["peak_rss_bytes"]["replica"] > 20e6
+    assert re.search(r"peak RSS [\d.]+ [kMG]B \(replica\)\)$", run.stdout.strip()), run.stdout
     lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert {line["kind"] for line in lines} == {"train", "eval"}
     assert lines[-1]["kind"] == "eval" and lines[-1]["test_accuracy"] == summary["test_accuracy"]
@@ -189,6 +191,9 @@ def test_digits_downpour_2_shards_3_replicas_reaches_95_percent(tmp_path, digits
     assert sum(summary["staleness_hist"]) == summary["pushes_applied"]
     # every shard applied every push it counted: versions add up to the applied pushes
     assert sum(summary["shard_versions"]) == summary["pushes_applied"]
+    # each role's peak resident memory, measured at the end on every rank (Python + NumPy alone: > 20 MB)
+    assert set(summary["peak_rss_bytes"]) == {"shard", "replica"}
+    assert all(peak > 20e6 for peak in summary["peak_rss_bytes"].values()), summary["peak_rss_bytes"]
 
 
 def test_downpour_with_background_transfers_trains(tmp_path, digits_h5):

@@ -23,6 +23,7 @@ from ...comm.world import abort_job
 from ...data.hdf5 import read_split
 from ...job import Job, RoleResult
 from ...runtime.limits import RunClock
+from ...runtime.peak_memory import peak_rss_bytes, with_own_peak
 from ...runtime.rundir import MetricsLog
 from ...runtime.watchdog import Watchdog
 from ..liveness import Peers, collect_reports, recv_watched
@@ -60,6 +61,7 @@ def run_downpour(job: Job, world_comm, world_rank: int) -> RoleResult:
         own_report = serve_shard(job, windows, messenger, peers, watchdog)
     else:
         own_report = train_replica(job, windows, messenger, partners_comm, test_set, watchdog)
+    own_report = {**own_report, "peak_rss_bytes": peak_rss_bytes()}  # its work is done: the peak is known
     with watchdog:
         if not is_lead:
             lost_ranks = _await_teardown(job, messenger, peers, own_report)
@@ -94,4 +96,5 @@ def _report(job: Job, reports: list[dict], final: np.ndarray, test_set) -> dict:
         replica0 = next(r for r in reports if r["role"] == "replica" and r["replica_id"] == 0)
         clock = RunClock(steps=replica0["steps"], epochs=replica0["epochs"], seconds=replica0["loop_s"])
         test_loss, test_accuracy = log_eval(metrics, job.network, final, x_test, y_test, clock)
-    return downpour_summary(job, reports, test_loss, test_accuracy)
+    summary = downpour_summary(job, reports, test_loss, test_accuracy)
+    return {**summary, "peak_rss_bytes": with_own_peak(summary["peak_rss_bytes"], "replica")}

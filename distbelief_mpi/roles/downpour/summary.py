@@ -1,5 +1,7 @@
 """PURE: the Downpour summary from every rank's gathered statistics."""
 
+from ...runtime.peak_memory import peaks_by_role
+
 
 def downpour_summary(job, gathered: list[dict], test_loss: float, test_accuracy: float) -> dict:
     """gathered: one dict per world rank that finished ('shard' and 'replica' records, see
@@ -58,6 +60,7 @@ def downpour_summary(job, gathered: list[dict], test_loss: float, test_accuracy:
         "fetch_retries": sum(r["fetch_retries"] for r in every_partition),
         "final_checkpoint": replicas[0]["final_checkpoint"],  # the step committed on preemption, or None
         "dataset": job.info.path,
+        "peak_rss_bytes": peaks_by_role(gathered),  # the lead adds its own, measured after evaluating
     }
 
 

@@ -26,11 +26,12 @@ from ...checkpoint.shard_files import shard_file_name
 from ...comm.control import barrier_sleeping
 from ...comm.messages import Messenger
 from ...comm.param_server import ParamServerWindows, ReplicaEndpoint
-from ...comm.world import abort_job
+from ...comm.world import abort_job, max_to_root
 from ...data.hdf5 import read_split
 from ...model.warm_up import warm_up_kernels
 from ...optim.vector_ops import ShardVectors
 from ...runtime.limits import RunClock
+from ...runtime.peak_memory import peaks_from_vector, role_vector
 from ...runtime.rundir import MetricsLog
 from ...runtime.watchdog import Watchdog
 from ..liveness import Peers, Silence
@@ -73,8 +74,10 @@ def run_sandblaster(job, world_comm, world_rank: int):
         talks_to_coordinator = [layout.rank_of(r, 0) for r in range(job.spec.topology.replicas)]
         outcome = _coordinate(job, world_comm, shard_ranks, talks_to_coordinator, guard, peers)
     barrier_sleeping(world_comm)
+    peaks = max_to_root(world_comm, role_vector(role.role), root=layout.lead_rank)  # every rank's peak, at its end
     windows.close()
-    return outcome
+    summary, final = outcome
+    return ({**summary, "peak_rss_bytes": peaks_from_vector(peaks)} if summary is not None else None), final
 
 
 def _watch_coordinator(job, peers: Peers) -> Silence:
