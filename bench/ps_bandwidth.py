@@ -9,15 +9,16 @@ rank S is one replica that, per repeat and interleaved so that all three see the
 
   memcpy   np.copyto between two preallocated float32 arrays of n_params (the baseline)
   fetch    ReplicaEndpoint.fetch of every shard's slice into one (n_params,) float32 vector
-  push     ReplicaEndpoint.try_push of a full gradient to every shard (Put + flush + header
-           words). This is the TRANSFER figure: when it returns, the bytes are in the
-           shards' landing slots.
-  applied  push until every shard has consumed it (APPLIED == PUSH_SEQ, polled by the replica):
-           transfer + the shard noticing the push (serve-loop sleep backoff, up to 2 ms) +
-           the finite check + the server rule (Adagrad or SGD) + the replica's poll.
-  put only a diagnostic: the same Puts (flushed) into the replica's free landing slots but no
-           header words, so no shard wakes up to apply: transfer with no server update
-           running beside it (the protocol allows it: a free slot is the replica's).
+  push     ReplicaEndpoint.try_push of a full gradient to every shard (slot claim + Put + flush
+           + header words + post). This is the TRANSFER figure: when it returns, the bytes
+           are in the shards' landing slots.
+  applied  push until every shard has consumed it (the slot's STATE has moved on from the
+           posted value, polled by the replica): transfer + the shard noticing the push
+           (serve-loop sleep backoff, up to 2 ms) + the finite check + the server rule
+           (Adagrad or SGD) + the replica's poll.
+  put only a diagnostic: the same Puts (flushed) into landing slot 0 but no claim, header or
+           post, so no shard wakes up to apply: transfer with no server update running
+           beside it (with one replica and its pushes applied, nobody else writes the slot).
 
 Shards time their side of every push (wrapping the rule kernels in this process only), so
 the server update is reported apart from memory movement. Timestamps are time.perf_counter
@@ -159,7 +160,7 @@ def replica_main(world, windows, n_shards, ranges, n_params, repeats):
     def do_put_only():
         t0 = time.perf_counter()
         for s, g, _ in pieces:
-            windows.put_slot(s, 0, g)
+            windows.put_slot(s, 0, g)  # slot 0, unclaimed: see "put only" above
         return time.perf_counter() - t0
 
     def do_fetch():

@@ -5,7 +5,7 @@ idle shard uses (the real Shard serve loop, comm/param_server.py windows).
     mpiexec -n 2 python bench/ps_latency.py --worker ...          # internal
 
 Rank 0 is a shard of 64 float32 parameters (Adagrad); rank 1 a replica that, per repeat, posts a push
-and polls until the shard has applied it (APPLIED == PUSH_SEQ), then fetches the 64 parameters.
+and polls until the shard has applied it (its landing slot released), then fetches the 64 parameters.
 Medians and 90th percentiles over repeats. Then the replica sleeps 2 s while the shard waits with
 nothing to do: the shard's CPU seconds over that wall time is the idle cost.
 """

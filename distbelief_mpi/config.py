@@ -56,6 +56,7 @@ class Optimizer:
     # counted portions)
     warmstart_steps: int = 0  # downpour: replica 0 trains alone this many steps before the others start
     max_staleness: int = 0  # downpour: a shard rejects (and counts) pushes staler than this; 0: no bound
+    landing_slots: int = 4  # downpour, sandblaster: slots per shard that pushes land in, shared by the replicas
     overlap_comm: bool = False  # downpour: fetch and push in a background thread, overlapping compute
     # (docs/downpour.md)
     lbfgs_memory: int = 10  # sandblaster: (s, y) pairs of L-BFGS history, kept on the shards
@@ -257,6 +258,7 @@ def check_values(spec: JobSpec) -> list[str]:
         (o.push_every >= 1, "optimizer.push_every", "must be >= 1"),
         (o.warmstart_steps >= 0, "optimizer.warmstart_steps", "must be >= 0"),
         (o.max_staleness >= 0, "optimizer.max_staleness", "must be >= 0 (0: no bound)"),
+        (o.landing_slots >= 1, "optimizer.landing_slots", "must be >= 1"),
         (o.lbfgs_memory >= 1, "optimizer.lbfgs_memory", "must be >= 1"),
         (o.sandblaster_batch >= 0, "optimizer.sandblaster_batch", "must be >= 0 (0: the whole training split)"),
         (o.lbfgs_iterations_per_batch >= 1, "optimizer.lbfgs_iterations_per_batch", "must be >= 1"),

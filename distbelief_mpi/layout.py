@@ -6,6 +6,7 @@ shards 0-1, ranks 3-4 replica 0 partitions 0-1, ranks 5-6 replica 1 partitions 0
 """
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from .config import JobSpec, Topology
 from .errors import LayoutError
@@ -34,11 +35,6 @@ ALGORITHM_RULES = {
             lambda t: not t.coordinator,
             "optimizer.algorithm = downpour has no coordinator: set topology.coordinator = false",
         ),
-        (
-            lambda t: t.shards >= t.partitions_per_replica,
-            "optimizer.algorithm = downpour with partitioned replicas gives every partition its own shards: "
-            "set topology.shards >= topology.partitions_per_replica",
-        ),
     ],
     "sandblaster": [
         (
@@ -48,11 +44,6 @@ ALGORITHM_RULES = {
         (
             lambda t: t.shards >= 1,
             "optimizer.algorithm = sandblaster keeps parameters and history on shards: set topology.shards >= 1",
-        ),
-        (
-            lambda t: t.shards >= t.partitions_per_replica,
-            "optimizer.algorithm = sandblaster with partitioned replicas gives every partition its own shards: "
-            "set topology.shards >= topology.partitions_per_replica",
         ),
     ],
 }
@@ -76,6 +67,15 @@ class RankRole:
         return self.role
 
 
+class Piece(NamedTuple):
+    """The part of a partition's block that one shard holds."""
+
+    shard_id: int
+    shard_offset: int  # where it starts in the shard's slice
+    length: int
+    block_offset: int  # where it starts in the partition's block (the replica's own vector)
+
+
 @dataclass(frozen=True)
 class Layout:
     world_size: int
@@ -83,20 +83,42 @@ class Layout:
     shard_ranges: tuple[tuple[int, int], ...]  # [start, stop) of the flat vector per shard
     n_params: int
     partition_offsets: tuple[int, ...] = ()  # partition p's parameters: [offsets[p], offsets[p + 1])
-    shard_partitions: tuple[int, ...] = ()  # the partition whose parameters each shard holds
+    # The partitions whose parameters each shard holds: one partition (S >= P: every shard part of
+    # one block), or several whole blocks (S < P).
+    shard_partitions: tuple[tuple[int, ...], ...] = ()
 
     def shards_of_partition(self, partition_id: int) -> list[int]:
         """The shards a partition talks to (all of them for an unpartitioned replica)."""
         if not self.shard_partitions:
             return list(range(len(self.shard_ranges)))
-        return [s for s, p in enumerate(self.shard_partitions) if p == partition_id]
+        return [s for s, held in enumerate(self.shard_partitions) if partition_id in held]
+
+    def block_of_partition(self, partition_id: int) -> tuple[int, int]:
+        """[start, stop) of the partition's parameters in the flat vector (all for P = 1)."""
+        if not self.partition_offsets:
+            return 0, self.n_params
+        return self.partition_offsets[partition_id], self.partition_offsets[partition_id + 1]
+
+    def pieces_of_partition(self, partition_id: int) -> list[Piece]:
+        """Where the partition's block lies on its shards, one piece per shard, in block order
+        (an unpartitioned replica's block is the whole vector, a piece the whole of each slice)."""
+        start, stop = self.block_of_partition(partition_id)
+        pieces = []
+        for shard_id in self.shards_of_partition(partition_id):
+            first, last = self.shard_ranges[shard_id]
+            lo, hi = max(first, start), min(last, stop)
+            pieces.append(Piece(shard_id, lo - first, max(0, hi - lo), lo - start))
+        return pieces
 
     def rank_of(self, replica_id: int, partition_id: int) -> int:
-        return next(
-            r.world_rank
-            for r in self.roles
-            if r.role == "replica" and (r.replica_id, r.partition_id) == (replica_id, partition_id)
-        )
+        """The world rank of a replica's partition, by arithmetic: replicas are the last ranks,
+        replica-major and partition-minor (assign_roles)."""
+        last = self.roles[-1]
+        parts = last.partition_id + 1
+        if last.role != "replica" or not (0 <= replica_id <= last.replica_id and 0 <= partition_id < parts):
+            raise ValueError(f"no replica {replica_id} partition {partition_id} in this layout")
+        first_replica_rank = last.world_rank + 1 - (last.replica_id + 1) * parts
+        return first_replica_rank + replica_id * parts + partition_id
 
     def role_of(self, world_rank: int) -> RankRole:
         return self.roles[world_rank]
@@ -132,7 +154,7 @@ def plan_layout(
 ) -> Layout:
     """Assign every rank its role. Raises LayoutError listing every problem. With partitioned
     replicas, partition_offsets (model/partition.ParamOrder.offsets) cut the parameter vector into
-    the partitions' blocks, and every shard holds part of one block only."""
+    the partitions' blocks, and every shard holds part of one block, or whole blocks (S < P)."""
     problems = layout_problems(world_size, spec, n_params)
     if problems:
         raise LayoutError(problems)
@@ -145,18 +167,36 @@ def plan_layout(
 
 
 def partition_shard_ranges(offsets: tuple[int, ...], n_shards: int):
-    """Shards shared out among partitions in proportion to their parameter counts (at least one
-    each), then each partition's block split as shard_ranges does. Returns (ranges, owners)."""
+    """Returns (ranges, the partitions each shard holds). With at least as many shards as
+    partitions, shards are shared out among partitions in proportion to their parameter counts
+    (at least one each) and each block split as shard_ranges does; with fewer, each shard holds
+    a contiguous group of whole blocks (group_partitions)."""
+    if n_shards < len(offsets) - 1:
+        groups = group_partitions(offsets, n_shards)
+        return tuple((offsets[g[0]], offsets[g[-1] + 1]) for g in groups), groups
     sizes = [offsets[p + 1] - offsets[p] for p in range(len(offsets) - 1)]
     counts = [1] * len(sizes)
     for _ in range(n_shards - len(sizes)):  # the next shard to the partition with most per shard
         counts[max(range(len(sizes)), key=lambda p: sizes[p] / counts[p])] += 1
-    ranges, owners = [], []
+    ranges, held = [], []
     for p, (size, count) in enumerate(zip(sizes, counts)):
         for start, stop in shard_ranges(size, count):
             ranges.append((offsets[p] + start, offsets[p] + stop))
-            owners.append(p)
-    return tuple(ranges), tuple(owners)
+            held.append((p,))
+    return tuple(ranges), tuple(held)
+
+
+def group_partitions(offsets: tuple[int, ...], n_groups: int) -> tuple[tuple[int, ...], ...]:
+    """The P partitions (blocks [offsets[p], offsets[p + 1])) cut into n_groups <= P contiguous,
+    non-empty groups of near-equal parameter counts: cut k falls on the partition boundary
+    nearest to k/n_groups of the parameters, leaving at least one partition to each group."""
+    parts, cuts = len(offsets) - 1, [0]
+    for k in range(1, n_groups):
+        target = offsets[0] + (offsets[-1] - offsets[0]) * k / n_groups
+        candidates = range(cuts[-1] + 1, parts - (n_groups - k) + 1)
+        cuts.append(min(candidates, key=lambda p: abs(offsets[p] - target)))
+    cuts.append(parts)
+    return tuple(tuple(range(a, b)) for a, b in zip(cuts, cuts[1:]))
 
 
 def assign_roles(topology: Topology) -> tuple[RankRole, ...]:
@@ -197,7 +237,7 @@ def format_layout(layout: Layout) -> str:
     for role in layout.roles:
         if role.role == "shard":
             start, stop = layout.shard_ranges[role.shard_id]
-            owner = f" (partition {layout.shard_partitions[role.shard_id]})" if layout.shard_partitions else ""
+            owner = _partitions_held(layout, role.shard_id)
             rows.append(
                 (str(role.world_rank), "shard", str(role.shard_id), f"[{start}, {stop}) = {stop - start}{owner}")
             )
@@ -208,6 +248,13 @@ def format_layout(layout: Layout) -> str:
             rows.append((str(role.world_rank), role.role, "-", "-"))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
+
+
+def _partitions_held(layout: Layout, shard_id: int) -> str:
+    if not layout.shard_partitions:
+        return ""
+    held = layout.shard_partitions[shard_id]
+    return f" (partition {held[0]})" if len(held) == 1 else f" (partitions {held[0]}-{held[-1]})"
 
 
 def _replica_parameters(layout: Layout, role: RankRole) -> str:

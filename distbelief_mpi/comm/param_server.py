@@ -1,24 +1,39 @@
 """Parameter-server windows: replicas push and fetch with one-sided MPI; shards never receive.
 
 Every shard rank exposes two RMA windows (other ranks expose empty ones). With L its slice
-length and R the number of replicas, the float32 data window holds
+length and K its landing slots (optimizer.landing_slots, at most one per replica), the float32
+data window holds
 
     [0, L)              parameter buffer 0
     [L, 2L)             parameter buffer 1
-    [(2+r)L, (3+r)L)    the landing slot of replica r (its pushed gradient)
+    [(2+k)L, (3+k)L)    landing slot k: a pushed gradient, or the part [OFFSET, OFFSET + LENGTH)
+                        of one (a partition's block when one shard holds several, layout.py)
 
-and the int64 control window holds VERSION, WRITING, then four words per replica:
-PUSH_SEQ (pushes posted), BASE (shard version the gradient was computed on), STEPS
-(minibatch steps accrued in it) and APPLIED (pushes the shard has consumed).
+so a shard holds (2 + K) x L float32 whatever the number of replicas. The int64 control window
+holds VERSION, WRITING (the seqlock, seqlock.py), one STATE word per slot, then the slot
+headers: BASE (shard version the gradient was computed on), STEPS (minibatch steps accrued in
+it), OFFSET and LENGTH (the part of the slice it covers), four words per slot.
 
-Consistency without locks that block anyone: every rank holds a shared `Lock_all` for the
-whole run (so, within a node, Put/Get run at memory speed and need no progress from the
-target). The parameter buffers are a seqlock (comm/seqlock.py, both sides). A replica posts
-a push only when its slot is free (APPLIED == its PUSH_SEQ): data first, flushed, then the
-header words, so a shard that sees the new PUSH_SEQ sees the whole gradient (ReplicaEndpoint
-here); the shard takes each posted push and hands the slot back (LandingSlots here). Control
-words are only touched with atomic Accumulate(REPLACE) / Fetch_and_op(NO_OP), as MPI requires
-for concurrent access.
+A slot's STATE packs (generation, claimer, phase), `slot_state` below, and only ever grows:
+
+    FREE(g) --claim: a replica's CAS--> CLAIMED(g, r) --post: r's CAS--> POSTED(g, r)
+            --release: the shard's CAS--> FREE(g + 1)
+
+1. Claim: a replica Compare_and_swaps a FREE word to CLAIMED by itself. Of several replicas
+   trying one slot exactly one wins; the others try another slot, or defer (keep accruing).
+2. Write: the winner Puts its gradient into the slot and flushes, then writes the header
+   words and flushes. Nobody else writes a claimed slot, and the shard does not read it.
+3. Post: the winner Compare_and_swaps CLAIMED to POSTED. The flushes before it mean a shard
+   that sees POSTED sees the whole gradient and header (LandingSlots.gradient Syncs its view).
+4. Release: the shard applies the push, then Compare_and_swaps POSTED to FREE(g + 1); only
+   now may the slot be claimed and rewritten.
+
+Because STATE only grows, a replica whose push was posted as value v knows it was taken
+exactly when STATE != v: no ABA, however often the slot has been reused since. A replica keeps
+at most one push in flight per shard (so a fast replica cannot occupy every slot, and a push
+not taken for long means the shard is hung, ReplicaEndpoint). Every rank holds a shared
+`Lock_all` for the whole run, so within a node Put/Get run at memory speed and need no
+progress from the target. The parameter buffers are a seqlock (seqlock.py).
 """
 
 import time
@@ -27,34 +42,77 @@ from typing import NamedTuple
 import numpy as np
 from mpi4py import MPI
 
+from ..config import Optimizer
 from ..errors import RankHung
 from .control import Backoff
 from .seqlock import SeqlockReader
 
-HEADER = 2  # words before the per-replica ones: VERSION and WRITING (seqlock.py)
-PUSH_SEQ, BASE, STEPS, APPLIED, WORDS_PER_REPLICA = 0, 1, 2, 3, 4
+HEADER = 2  # words before the slots' ones: VERSION and WRITING (seqlock.py)
+BASE, STEPS, OFFSET, LENGTH, SLOT_HEADER = 0, 1, 2, 3, 4  # a slot's header words, in order
+FREE, CLAIMED, POSTED = 0, 1, 2  # a slot's phase: the low two bits of its STATE word
+GENERATION_SHIFT = 32  # STATE = generation << 32 | (claimer + 1) << 2 | phase
+DEFAULT_LANDING_SLOTS = Optimizer.landing_slots
 
 
-def ctrl_words(n_replicas: int) -> int:
-    return HEADER + WORDS_PER_REPLICA * n_replicas
+def slot_state(generation: int, phase: int, replica_id: int = -1) -> int:
+    return (generation << GENERATION_SHIFT) | ((replica_id + 1) << 2) | phase
 
 
-def replica_word(replica_id: int, field: int) -> int:
-    return HEADER + WORDS_PER_REPLICA * replica_id + field
+def phase_of(state: int) -> int:
+    return state & 3
+
+
+def claimer_of(state: int) -> int:
+    """The replica that claimed (or posted into) the slot; -1 when it is free."""
+    return ((state & ((1 << GENERATION_SHIFT) - 1)) >> 2) - 1
+
+
+def freed(state: int) -> int:
+    """The FREE state that follows `state` (the next generation)."""
+    return slot_state((state >> GENERATION_SHIFT) + 1, FREE)
+
+
+def ctrl_words(n_slots: int) -> int:
+    return HEADER + (1 + SLOT_HEADER) * n_slots
+
+
+def state_word(slot: int) -> int:
+    return HEADER + slot
+
+
+def header_word(n_slots: int, slot: int) -> int:
+    return HEADER + n_slots + SLOT_HEADER * slot
 
 
 class ParamServerWindows:
     """The two windows, created collectively by every rank of world_comm.
 
-    shard_ranks[s] is the world rank of shard s; shard_ranges[s] its [start, stop)."""
+    shard_ranks[s] is the world rank of shard s; shard_ranges[s] its [start, stop). Every rank
+    must pass the same landing_slots; a shard gets min(landing_slots, n_replicas) slots (more
+    than one per replica would only hold a replica's partitions' pushes at once)."""
 
-    def __init__(self, world_comm, shard_ranks, shard_ranges, n_replicas: int, my_shard_id: int = -1):
+    def __init__(
+        self,
+        world_comm,
+        shard_ranks,
+        shard_ranges,
+        n_replicas: int,
+        my_shard_id: int = -1,
+        landing_slots: int = DEFAULT_LANDING_SLOTS,
+    ):
         self.comm, self.shard_ranks, self.n_replicas = world_comm, list(shard_ranks), n_replicas
+        self.n_slots = max(1, min(landing_slots, n_replicas))
         self.lengths = [stop - start for start, stop in shard_ranges]
-        n_data = (2 + n_replicas) * self.lengths[my_shard_id] if my_shard_id >= 0 else 0
-        n_ctrl = ctrl_words(n_replicas) if my_shard_id >= 0 else 0
+        n_data = (2 + self.n_slots) * self.lengths[my_shard_id] if my_shard_id >= 0 else 0
+        n_ctrl = ctrl_words(self.n_slots) if my_shard_id >= 0 else 0
         info = MPI.Info.Create()
-        info.Set("accumulate_ops", "same_op_no_op")  # control words: REPLACE or NO_OP only
+        # Atomic access to a word that two ranks touch at once must use one operation per word
+        # (plus NO_OP reads): this hint, which is also MPI's default, says so and lets MPI use
+        # hardware atomics. The protocol keeps to it: STATE words only ever change by
+        # Compare_and_swap, every other control word only by Accumulate(REPLACE), and all are
+        # read with NO_OP. Mixing CAS and REPLACE on one word would need a hint MPI does not
+        # have, so the post and release steps are CASes too, though they cannot fail.
+        info.Set("accumulate_ops", "same_op_no_op")
         self.data_win = MPI.Win.Allocate(4 * n_data, 4, info=info, comm=world_comm)
         self.ctrl_win = MPI.Win.Allocate(8 * n_ctrl, 8, info=info, comm=world_comm)
         info.Free()
@@ -62,7 +120,7 @@ class ParamServerWindows:
             win.Set_errhandler(MPI.ERRORS_RETURN)
         self.local_data = np.frombuffer(self.data_win.tomemory(), np.float32, n_data)
         self.local_ctrl = np.frombuffer(self.ctrl_win.tomemory(), np.int64, n_ctrl)
-        self.local_ctrl[:] = 0
+        self.local_ctrl[:] = 0  # every slot FREE(0)
         self.data_win.Lock_all()
         self.ctrl_win.Lock_all()
         self._one = np.zeros(1, np.int64)
@@ -83,6 +141,7 @@ class ParamServerWindows:
         return int(result[0])
 
     def read_words(self, shard_id: int, first: int, count: int) -> np.ndarray:
+        """(count,) int64, each word read atomically (not the block as a whole)."""
         result = np.zeros(count, np.int64)
         rank = self.shard_ranks[shard_id]
         self.ctrl_win.Get_accumulate(
@@ -101,112 +160,203 @@ class ParamServerWindows:
         self.ctrl_win.Accumulate([values, MPI.INT64_T], rank, (first, len(values), MPI.INT64_T), MPI.REPLACE)
         self.ctrl_win.Flush(rank)
 
+    def compare_and_swap(self, shard_id: int, index: int, expected: int, new: int) -> int:
+        """Word `index` := new if it equals expected, atomically; returns the word as it was."""
+        rank, result = self.shard_ranks[shard_id], np.zeros(1, np.int64)
+        self.ctrl_win.Compare_and_swap(
+            [np.array([new], np.int64), MPI.INT64_T],
+            [np.array([expected], np.int64), MPI.INT64_T],
+            [result, MPI.INT64_T],
+            rank,
+            index,
+        )
+        self.ctrl_win.Flush(rank)
+        return int(result[0])
+
     # -- data ----------------------------------------------------------------------------
-    def get_params(self, shard_id: int, version: int, out: np.ndarray) -> None:
-        """out (L,) float32 <- parameter buffer version % 2 of the shard."""
+    def get_params(self, shard_id: int, version: int, out: np.ndarray, offset: int = 0) -> None:
+        """out (n,) float32 <- elements [offset, offset + n) of parameter buffer version % 2."""
         rank, length = self.shard_ranks[shard_id], self.lengths[shard_id]
-        self.data_win.Get(out, rank, ((version % 2) * length, length, MPI.FLOAT))
+        self._check_part(shard_id, offset, len(out))
+        self.data_win.Get(out, rank, ((version % 2) * length + offset, len(out), MPI.FLOAT))
         self.data_win.Flush(rank)
 
-    def put_slot(self, shard_id: int, replica_id: int, grad: np.ndarray) -> None:
+    def put_slot(self, shard_id: int, slot: int, grad: np.ndarray, offset: int = 0) -> None:
+        """Landing slot `slot`'s elements [offset, offset + n) <- grad (n,), flushed."""
         rank, length = self.shard_ranks[shard_id], self.lengths[shard_id]
-        self.data_win.Put(grad, rank, ((2 + replica_id) * length, length, MPI.FLOAT))
+        self._check_part(shard_id, offset, len(grad))
+        self.data_win.Put(grad, rank, ((2 + slot) * length + offset, len(grad), MPI.FLOAT))
         self.data_win.Flush(rank)
+
+    def _check_part(self, shard_id: int, offset: int, length: int) -> None:
+        """A part outside the slice would silently read or write the neighbouring buffer."""
+        if offset < 0 or offset + length > self.lengths[shard_id]:
+            raise ValueError(
+                f"[{offset}, {offset + length}) is not within shard {shard_id}'s {self.lengths[shard_id]} parameters"
+            )
 
 
 class Push(NamedTuple):
-    """A push a replica has posted into its landing slot on this shard."""
+    """A push posted into landing slot `slot` of this shard."""
 
+    slot: int
+    state: int  # the slot's STATE word (POSTED by replica_id); the release moves it on
     replica_id: int
-    seq: int  # the replica's PUSH_SEQ for this push
     base_version: int  # the shard version the gradient was computed on
     steps: int  # minibatch steps accrued in it
+    offset: int  # the part of the shard's slice it covers: [offset, offset + length)
+    length: int
+
+    @property
+    def part(self) -> slice:
+        return slice(self.offset, self.offset + self.length)
 
 
 class LandingSlots:
     """The shard's side of the landing slots: which pushes are posted, and freeing each slot
-    once its push is consumed (the replica may then post its next one)."""
+    once its push is consumed (any replica may then claim it)."""
 
     def __init__(self, windows: ParamServerWindows, shard_id: int, length: int):
-        self.windows, self.shard_id, self.n_replicas = windows, shard_id, windows.n_replicas
+        self.windows, self.shard_id, self.n_slots = windows, shard_id, windows.n_slots
         data = windows.local_data
-        self.grads = [data[(2 + r) * length : (3 + r) * length] for r in range(self.n_replicas)]  # (L,) each
-        self.consumed = np.zeros(self.n_replicas, np.int64)  # PUSH_SEQ consumed, per replica
+        self.grads = [data[(2 + k) * length : (3 + k) * length] for k in range(self.n_slots)]  # (L,) each
 
     def posted(self) -> list[Push]:
-        """The pushes posted since each replica's last consumed one (at most one each)."""
-        words = self.windows.read_words(self.shard_id, HEADER, WORDS_PER_REPLICA * self.n_replicas)
+        """The pushes posted and not yet released, in slot order."""
+        states = self.windows.read_words(self.shard_id, state_word(0), self.n_slots)
+        ready = [slot for slot in range(self.n_slots) if phase_of(int(states[slot])) == POSTED]
+        if not ready:
+            return []
+        # Each header was written (and flushed) before its STATE became POSTED, and is not
+        # rewritten before we release the slot: reading all of them after the states is safe.
+        headers = self.windows.read_words(self.shard_id, header_word(self.n_slots, 0), SLOT_HEADER * self.n_slots)
         pushes = []
-        for replica_id in range(self.n_replicas):
-            seq = int(words[WORDS_PER_REPLICA * replica_id + PUSH_SEQ])
-            if seq == self.consumed[replica_id]:
-                continue
-            # BASE and STEPS were written before PUSH_SEQ; one Get_accumulate is only atomic per
-            # word, so read them again now that PUSH_SEQ has moved.
-            base, steps = self.windows.read_words(self.shard_id, replica_word(replica_id, BASE), 2)
-            pushes.append(Push(replica_id, seq, int(base), int(steps)))
+        for slot in ready:
+            state, words = int(states[slot]), headers[SLOT_HEADER * slot : SLOT_HEADER * (slot + 1)]
+            base, steps, offset, length = (int(w) for w in words)
+            pushes.append(Push(slot, state, claimer_of(state), base, steps, offset, length))
         return pushes
 
     def gradient(self, push: Push) -> np.ndarray:
-        """The pushed gradient (L,), a view of the slot; valid until release(push)."""
+        """The pushed gradient (push.length,), a view of the slot; valid until release(push)."""
         self.windows.data_win.Sync()  # make the replica's Put visible to our own loads
-        return self.grads[push.replica_id]
+        return self.grads[push.slot][push.part]
 
     def release(self, push: Push) -> None:
-        """The push is consumed: its replica may post the next one."""
-        self.consumed[push.replica_id] = push.seq
-        self.windows.write_words(self.shard_id, replica_word(push.replica_id, APPLIED), [push.seq])
+        """The push is consumed: the slot is free for the next claim."""
+        self._swap(push.slot, push.state, freed(push.state))
+
+    def reclaim(self, replica_id: int) -> int:
+        """Free the slots a replica that has left claimed and never posted (it died between
+        claim and post); returns how many. Only for a replica whose process is gone."""
+        states = self.windows.read_words(self.shard_id, state_word(0), self.n_slots)
+        stranded = [
+            (slot, int(state))
+            for slot, state in enumerate(states)
+            if phase_of(int(state)) == CLAIMED and claimer_of(int(state)) == replica_id
+        ]
+        for slot, state in stranded:
+            self._swap(slot, state, freed(state))
+        return len(stranded)
+
+    def _swap(self, slot: int, state: int, new: int) -> None:
+        seen = self.windows.compare_and_swap(self.shard_id, state_word(slot), state, new)
+        if seen != state:  # only this shard moves a posted slot on: anything else is a bug
+            raise RuntimeError(f"landing slot {slot} of shard {self.shard_id}: state {seen:#x}, expected {state:#x}")
 
 
 class ReplicaEndpoint:
-    """A replica's side: fetch consistent parameter slices, post pushes into its own slots.
+    """A replica's side: fetch consistent parameter slices (or parts of them), post pushes.
 
-    A shard that has not taken our previous push for `hung_after` seconds (0: never judged)
-    is hung: try_push raises RankHung naming it rather than deferring forever."""
+    At most one push of this endpoint is in flight per shard. try_push refuses (returns False,
+    nothing sent) while the previous one has not been taken, or when every slot is busy. A shard
+    that takes nothing for `hung_after` seconds (0: never judged) while we wait is hung: try_push
+    raises RankHung naming it rather than deferring forever."""
 
     def __init__(self, windows: ParamServerWindows, replica_id: int, hung_after: float = 0.0):
         self.windows, self.replica_id, self.hung_after = windows, replica_id, hung_after
-        self.pushed = [0] * len(windows.shard_ranks)  # PUSH_SEQ we have posted, per shard
-        self.busy_since: list[float | None] = [None] * len(windows.shard_ranks)
+        n_shards = len(windows.shard_ranks)
+        self.pushed = [0] * n_shards  # pushes posted, per shard
+        self.in_flight: list[tuple[int, int] | None] = [None] * n_shards  # (slot, its POSTED state)
+        self.busy_since: list[float | None] = [None] * n_shards
+        self.busy_seen: list[object] = [None] * n_shards  # what refused us: unchanged means no progress
         self.reader = SeqlockReader(windows)
 
     @property
     def fetch_retries(self) -> int:
         return self.reader.retries
 
-    def fetch(self, shard_id: int, out: np.ndarray) -> int:
-        """out (L,) <- a consistent copy of the shard's parameters; returns its version."""
-        return self.reader.read(shard_id, out)
+    def fetch(self, shard_id: int, out: np.ndarray, offset: int = 0) -> int:
+        """out (n,) <- a consistent copy of the shard's parameters [offset, offset + n); returns
+        their version."""
+        return self.reader.read(shard_id, out, offset)
 
     def slot_free(self, shard_id: int) -> bool:
-        applied = self.windows.read_word(shard_id, replica_word(self.replica_id, APPLIED))
-        return applied == self.pushed[shard_id]
+        """Our last push to the shard has been taken (applied or rejected), or there was none."""
+        if self.in_flight[shard_id] is None:
+            return True
+        slot, posted = self.in_flight[shard_id]
+        return self.windows.read_word(shard_id, state_word(slot)) != posted
 
-    def try_push(self, shard_id: int, grad: np.ndarray, base_version: int, steps: int) -> bool:
-        """Post grad (L,) if our slot on the shard is free; False (nothing sent) if it is not."""
-        if not self.slot_free(shard_id):
-            self._check_busy(shard_id)
+    def try_push(self, shard_id: int, grad: np.ndarray, base_version: int, steps: int, offset: int = 0) -> bool:
+        """Post grad (n,) as the shard's elements [offset, offset + n) if our previous push has
+        been taken and a slot is free; False (nothing sent) otherwise."""
+        slot, claimed, refusal = self._claim(shard_id)
+        if slot is None:
+            self._check_busy(shard_id, refusal)
             return False
-        self.busy_since[shard_id] = None
-        self.windows.put_slot(shard_id, self.replica_id, grad)
-        self.windows.write_words(shard_id, replica_word(self.replica_id, BASE), [base_version, steps])
+        self.busy_since[shard_id] = self.busy_seen[shard_id] = None
+        windows, n_slots = self.windows, self.windows.n_slots
+        windows.put_slot(shard_id, slot, grad, offset)
+        windows.write_words(shard_id, header_word(n_slots, slot), [base_version, steps, offset, len(grad)])
+        windows.compare_and_swap(shard_id, state_word(slot), claimed, claimed + (POSTED - CLAIMED))
+        self.in_flight[shard_id] = (slot, claimed + (POSTED - CLAIMED))
         self.pushed[shard_id] += 1
-        self.windows.write_words(shard_id, replica_word(self.replica_id, PUSH_SEQ), [self.pushed[shard_id]])
         return True
 
-    def _check_busy(self, shard_id: int) -> None:
+    def _claim(self, shard_id: int) -> tuple[int | None, int, object]:
+        """(slot, its CLAIMED state, None) for a slot now ours, or (None, 0, what refused us)."""
+        if self.in_flight[shard_id] is not None:
+            slot, posted = self.in_flight[shard_id]
+            # The usual case: our last push was taken and nobody has claimed its slot since.
+            seen = self._try_claim(shard_id, slot, freed(posted))
+            if seen == posted:
+                return None, 0, ("own push", slot, posted)
+            self.in_flight[shard_id] = None
+            if seen == freed(posted):
+                return slot, self._claimed(freed(posted)), None
+        states = self.windows.read_words(shard_id, state_word(0), self.windows.n_slots)
+        n_slots = len(states)
+        for k in range(n_slots):
+            slot = (self.replica_id + k) % n_slots  # replicas start at different slots: fewer collisions
+            state = int(states[slot])
+            if phase_of(state) == FREE and self._try_claim(shard_id, slot, state) == state:
+                return slot, self._claimed(state), None
+        return None, 0, tuple(states.tolist())
+
+    def _claimed(self, free_state: int) -> int:
+        return free_state | slot_state(0, CLAIMED, self.replica_id)
+
+    def _try_claim(self, shard_id: int, slot: int, free_state: int) -> int:
+        """CAS the slot from free_state to claimed by us; returns its state as it was."""
+        return self.windows.compare_and_swap(shard_id, state_word(slot), free_state, self._claimed(free_state))
+
+    def _check_busy(self, shard_id: int, refusal: object) -> None:
+        """RankHung once the same refusal (our push still there, or the same busy slot states)
+        has lasted hung_after seconds: the shard has taken no push meanwhile."""
         now = time.monotonic()
-        if self.busy_since[shard_id] is None:
-            self.busy_since[shard_id] = now
-        elif self.hung_after and now - self.busy_since[shard_id] > self.hung_after:
+        since = self.busy_since[shard_id]
+        if since is None or self.busy_seen[shard_id] != refusal:
+            self.busy_since[shard_id], self.busy_seen[shard_id] = now, refusal
+        elif self.hung_after and now - since > self.hung_after:
             raise RankHung(
-                f"shard {shard_id} (rank {self.windows.shard_ranks[shard_id]}) has not taken replica "
-                f"{self.replica_id}'s push for {now - self.busy_since[shard_id]:.0f} s: it is hung "
+                f"shard {shard_id} (rank {self.windows.shard_ranks[shard_id]}) has not taken a push "
+                f"(replica {self.replica_id} waiting) for {now - since:.0f} s: it is hung "
                 f"(faults.watchdog_seconds = {self.hung_after:g})"
             )
 
-    def push(self, shard_id: int, grad: np.ndarray, base_version: int, steps: int) -> None:
-        """Post grad, waiting (sleeping, never spinning) until the slot is free."""
+    def push(self, shard_id: int, grad: np.ndarray, base_version: int, steps: int, offset: int = 0) -> None:
+        """Post grad, waiting (sleeping, never spinning) until our slot is taken and one is free."""
         wait = Backoff()
-        while not self.try_push(shard_id, grad, base_version, steps):
+        while not self.try_push(shard_id, grad, base_version, steps, offset):
             wait.sleep()

@@ -7,10 +7,16 @@ A shard publishes its slice (L,) float32 in two alternating buffers of its data 
     2. writes buffer (v + 1) % 2 (the one readers are not told to read),
     3. Syncs, then sets VERSION to v + 1.
 
-A reader reads VERSION = v, Gets buffer v % 2, then reads WRITING: WRITING <= v + 1 means the
-shard has not started rewriting buffer v % 2 (that would take WRITING = v + 2), so the copy
-is consistent; otherwise it retries. Nobody ever waits on a lock held across computation.
-Used by the Downpour shard (each applied push) and the Sandblaster shard (each published point).
+A reader reads VERSION = v, Gets buffer v % 2 (all of it, or a part), then reads WRITING:
+WRITING <= v + 1 means the shard has not started rewriting buffer v % 2 (that would take
+WRITING = v + 2), so the copy is consistent; otherwise it retries. Nobody ever waits on a lock
+held across computation. Used by the Downpour shard (each applied push) and the Sandblaster
+shard (each published point).
+
+A version may change a part of the slice only (a push of one partition's block, when a shard
+holds several): step 2 then writes that part, after copying into the buffer the part the
+previous version changed (the two buffers differ nowhere else), so whole-slice updates copy
+nothing extra.
 """
 
 from collections.abc import Callable
@@ -34,6 +40,7 @@ class SeqlockWriter:
         self.buffers = (data[: self.length], data[self.length : 2 * self.length])
         self.version = 0
         self.buffers[0][:] = initial
+        self.differs = slice(0, self.length)  # where the two buffers may differ: the last version's part
         windows.data_win.Sync()
 
     @property
@@ -45,17 +52,27 @@ class SeqlockWriter:
         """Publish values (L,) as `version` (a resumed run), before anyone reads."""
         self.version = version
         self.current[:] = values
+        self.differs = slice(0, self.length)
         self.windows.data_win.Sync()
         self.windows.write_words(self.shard_id, VERSION, [version, version])  # VERSION, WRITING
 
     def update(self, fill: Callable[[np.ndarray, np.ndarray], None]) -> int:
         """Publish the next version: fill(following, current) writes the new values into
         `following` (L,) reading `current` (L,). Returns the new version."""
-        following = self.buffers[(self.version + 1) % 2]
+        return self.update_part(slice(0, self.length), fill)
+
+    def update_part(self, part: slice, fill: Callable[[np.ndarray, np.ndarray], None]) -> int:
+        """Publish the next version, equal to the current one outside `part` (a slice of the
+        L elements): fill(following, current) writes the new values of the part into
+        `following` reading `current` (both (part length,) views). Returns the new version."""
+        following, current = self.buffers[(self.version + 1) % 2], self.current
         self.windows.write_words(self.shard_id, WRITING, [self.version + 1])
         self.windows.data_win.Sync()  # WRITING is raised before any store into the buffer
-        fill(following, self.current)
+        if not (part.start <= self.differs.start and self.differs.stop <= part.stop):
+            following[self.differs] = current[self.differs]  # now equal to current outside `part`
+        fill(following[part], current[part])
         self.windows.data_win.Sync()
+        self.differs = part
         self.version += 1
         self.windows.write_words(self.shard_id, VERSION, [self.version])
         return self.version
@@ -72,11 +89,12 @@ class SeqlockReader:
         self.windows = windows
         self.retries = 0  # copies thrown away because the shard rewrote the buffer meanwhile
 
-    def read(self, shard_id: int, out: np.ndarray) -> int:
-        """out (L,) <- a consistent copy of shard `shard_id`'s parameters; returns its version."""
+    def read(self, shard_id: int, out: np.ndarray, offset: int = 0) -> int:
+        """out (n,) <- a consistent copy of shard `shard_id`'s parameters [offset, offset + n)
+        (by default n = L: all of them); returns their version."""
         while True:
             version = self.windows.read_word(shard_id, VERSION)
-            self.windows.get_params(shard_id, version, out)
+            self.windows.get_params(shard_id, version, out, offset)
             if self.windows.read_word(shard_id, WRITING) <= version + 1:
                 return version
             self.retries += 1

@@ -11,6 +11,7 @@ import numpy as np
 
 from ..comm.param_server import ReplicaEndpoint
 from ..comm.partition_exchange import MaxAgreement, MpiExchanger, split_replica_comm
+from ..layout import Piece
 from ..model.partition import split_model
 from ..model.partitioned import PartitionedNetwork
 
@@ -30,12 +31,20 @@ def partition_network(job, comm) -> PartitionedNetwork:
     return PartitionedNetwork(job.network, plans, job.role.partition_id, MpiExchanger(comm, job.network.dtype))
 
 
-def own_shards(job) -> tuple[list[int], list[tuple[int, int]]]:
-    """(shard ids, their ranges relative to this partition's block) for a replica rank."""
-    layout, partition = job.layout, max(job.role.partition_id, 0)
-    shard_ids = layout.shards_of_partition(partition)
-    base = layout.partition_offsets[partition] if layout.partition_offsets else 0
-    return shard_ids, [(layout.shard_ranges[s][0] - base, layout.shard_ranges[s][1] - base) for s in shard_ids]
+class OwnShards(list):
+    """The ids of the shards a partition talks to (a list[int], one per piece), with `pieces`:
+    layout.Piece(shard id, offset in the shard's slice, length, offset in the partition's block)."""
+
+    def __init__(self, pieces: list[Piece]):
+        super().__init__(piece.shard_id for piece in pieces)
+        self.pieces = list(pieces)
+
+
+def own_shards(job) -> tuple[OwnShards, list[tuple[int, int]]]:
+    """(the shards, with this rank's piece of each; the pieces' ranges in this partition's
+    block) for a replica rank. Pass the first to ShardSubset, the second as the shard ranges."""
+    pieces = job.layout.pieces_of_partition(max(job.role.partition_id, 0))
+    return OwnShards(pieces), [(p.block_offset, p.block_offset + p.length) for p in pieces]
 
 
 def stop_agreement(comm):
@@ -49,10 +58,16 @@ def stop_agreement(comm):
 
 
 class ShardSubset:
-    """A ReplicaEndpoint seen through local shard indices 0..k-1 (this partition's shards)."""
+    """A ReplicaEndpoint seen through local indices 0..k-1 of this partition's pieces: index i
+    fetches and pushes piece i, the part of its shard's slice that holds the partition's
+    elements (the whole slice unless the shard holds several partitions' blocks).
 
-    def __init__(self, endpoint: ReplicaEndpoint, shard_ids: list[int]):
-        self.inner, self.shard_ids = endpoint, list(shard_ids)
+    shards: own_shards' OwnShards, or plain shard ids (each piece then the whole slice)."""
+
+    def __init__(self, endpoint: ReplicaEndpoint, shards: OwnShards | list[int]):
+        self.inner, self.shard_ids = endpoint, list(shards)
+        pieces = shards.pieces if isinstance(shards, OwnShards) else None
+        self.offsets = [p.shard_offset for p in pieces] if pieces else [0] * len(self.shard_ids)
 
     @property
     def replica_id(self) -> int:
@@ -63,13 +78,15 @@ class ShardSubset:
         return self.inner.fetch_retries
 
     def fetch(self, index: int, out: np.ndarray) -> int:
-        return self.inner.fetch(self.shard_ids[index], out)
+        """out (piece length,) <- piece `index`; returns its shard's version."""
+        return self.inner.fetch(self.shard_ids[index], out, self.offsets[index])
 
     def slot_free(self, index: int) -> bool:
         return self.inner.slot_free(self.shard_ids[index])
 
     def try_push(self, index: int, grad, base_version: int, steps: int) -> bool:
-        return self.inner.try_push(self.shard_ids[index], grad, base_version, steps)
+        """Post grad (piece length,) as piece `index`'s gradient, if a slot is free."""
+        return self.inner.try_push(self.shard_ids[index], grad, base_version, steps, self.offsets[index])
 
     def push(self, index: int, grad, base_version: int, steps: int) -> None:
-        self.inner.push(self.shard_ids[index], grad, base_version, steps)
+        self.inner.push(self.shard_ids[index], grad, base_version, steps, self.offsets[index])

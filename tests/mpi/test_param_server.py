@@ -69,3 +69,42 @@ def test_bounded_staleness_applies_nothing_staler_than_the_bound(tmp_path):
     assert sum(shard["too_stale"]) > 0
     assert sum(shard["applied"]) + sum(shard["too_stale"]) == 2 * 30
     assert np.all(np.array(shard["params"]) == -sum(shard["applied"]))  # each applied push: all ones
+
+
+@pytest.mark.parametrize("n_shards, landing_slots", [(1, 1), (2, 2)])
+def test_replicas_outnumbering_the_slots_lose_and_double_nothing(tmp_path, n_shards, landing_slots):
+    """K < R = 3 replicas: refused pushes keep accruing and go later; every step lands once."""
+    n_ranks = n_shards + 3
+    run = run_mpi(n_ranks, ["program", "ps_few_slots", str(n_shards), str(landing_slots)], tmp_path, timeout=120)
+    assert_all_ranks(run, n_ranks)
+    shards = sorted(records(run, "shard"), key=lambda s: s["shard_id"])
+    replicas = records(run, "replica")
+    assert [s["landing_slots"] for s in shards] == [landing_slots] * n_shards
+    final = np.concatenate([np.array(s["params"]) for s in shards])
+    accrued = np.sum([r["accrued_sum"] for r in replicas], axis=0)
+    np.testing.assert_array_equal(final, np.arange(len(final)) - accrued)
+    steps_taken = sum(r["steps"] for r in replicas)
+    assert [s["steps_pushed"] for s in shards] == [steps_taken] * n_shards
+    for shard in shards:  # each push applied on its own (one version each), counted for its replica
+        pushed = [r["pushes"][shard["shard_id"]] for r in sorted(replicas, key=lambda r: r["replica_id"])]
+        assert shard["applied"] == pushed and shard["version"] == sum(pushed)
+    print("pushes deferred (no free slot or own push not yet taken):", [r["deferred"] for r in replicas])
+
+
+@pytest.mark.parametrize("n_shards, replicas, parts", [(1, 1, 2), (2, 1, 3), (1, 2, 2)])
+def test_fewer_shards_than_partitions_apply_sub_range_pushes(tmp_path, n_shards, replicas, parts):
+    n_ranks = n_shards + replicas * parts
+    run = run_mpi(n_ranks, ["program", "ps_subrange", str(n_shards), str(replicas), str(parts)], tmp_path)
+    assert_all_ranks(run, n_ranks)
+    shards, partitions = records(run, "shard"), records(run, "replica")
+    n_params = max(s["range"][1] for s in shards)
+    final = np.zeros(n_params)
+    for shard in shards:
+        final[slice(*shard["range"])] = shard["params"]
+    pushed = np.zeros(n_params)
+    for partition in partitions:
+        pushed[slice(*partition["block"])] += partition["pushed_sum"]
+    np.testing.assert_array_equal(final, np.arange(n_params) - pushed)
+    assert sum(s["version"] for s in shards) == sum(p["pushes"] for p in partitions)
+    if replicas == 1:  # its block's only pusher: a fetch after its pushes are taken sees exactly them
+        assert all(p["fetch_error"] == 0 for p in partitions), partitions

@@ -3,9 +3,11 @@
 Every `fetch_every` steps it fetches fresh parameters from every shard; after each
 minibatch it applies the gradient to its working copy (params -= alpha * grad) and adds it
 to an accrued-gradient buffer; every `push_every` steps it pushes each shard's part of the
-accrued gradient into its landing slot there and resets that part. A push to a shard whose
-slot still holds the previous push is not waited for: the gradient keeps accruing and goes
-with the next push, so a replica never stalls on a busy shard mid-run.
+accrued gradient into a landing slot there and resets that part. A push the shard refuses (our
+previous push there not yet taken, or all its slots busy with other replicas' pushes) is not
+waited for: the gradient keeps accruing and goes with the next push, so a replica never stalls
+on a busy shard mid-run. With fewer shards than partitions a shard's part is this partition's
+block within the shard's slice (roles/partitioned_replica.ShardSubset maps it).
 
 With optimizer.overlap_comm the transfers run in a background thread
 (roles/downpour/comm_worker.py) and overlap with the next minibatches; without it they run inline.

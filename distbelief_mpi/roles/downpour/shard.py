@@ -1,12 +1,14 @@
 """A parameter-server shard: owns one slice of the parameters and applies every push.
 
-It never posts a receive for gradient bytes: replicas Put gradients into their own landing
-slots in this rank's window (comm/param_server.py). The serve loop polls the control words,
-applies each posted push with the server rule (Adagrad or fixed-rate SGD), rejects and
-counts non-finite pushes, records staleness, and sleeps with backoff when idle.
+It never posts a receive for gradient bytes: replicas Put gradients into landing slots they
+claim in this rank's window (comm/param_server.py). The serve loop polls the control words,
+applies each posted push with the server rule (Adagrad or fixed-rate SGD) to the part of the
+slice it covers (all of it, or one partition's block when this shard holds several), rejects
+and counts non-finite pushes, records staleness, and sleeps with backoff when idle.
 """
 
 import logging
+from collections import Counter
 
 import numpy as np
 
@@ -71,10 +73,19 @@ class ShardStats:
 
 class Shard:
     """Shard `shard_id`'s state: the published parameters (a seqlock), the landing slots, the
-    Adagrad accumulators (private to this rank) and the statistics."""
+    Adagrad accumulators (private to this rank) and the statistics. pushers_per_replica: the
+    ranks of each replica that push here (its partitions whose blocks this shard holds); a
+    replica is done when all of them have said so."""
 
-    def __init__(self, windows: ParamServerWindows, shard_id: int, optimizer: Optimizer, initial: np.ndarray):
-        self.shard_id, self.opt = shard_id, optimizer
+    def __init__(
+        self,
+        windows: ParamServerWindows,
+        shard_id: int,
+        optimizer: Optimizer,
+        initial: np.ndarray,
+        pushers_per_replica: int = 1,
+    ):
+        self.shard_id, self.opt, self.pushers_per_replica = shard_id, optimizer, pushers_per_replica
         self.length, self.n_replicas = len(initial), windows.n_replicas
         self.published = SeqlockWriter(windows, shard_id, initial)
         self.slots = LandingSlots(windows, shard_id, self.length)
@@ -127,14 +138,21 @@ class Shard:
         if self.opt.max_staleness and staleness > self.opt.max_staleness:
             self.stats.too_stale[replica_id] += 1
             return
-        self.published.update(lambda following, current: self._rule(following, current, grad))
+        part = push.part
+        self.published.update_part(part, lambda following, current: self._rule(following, current, grad, part))
         self.stats.record(replica_id, staleness, push.steps)
 
-    def _rule(self, following: np.ndarray, current: np.ndarray, grad: np.ndarray) -> None:
-        """following (L,) <- current (L,) updated with grad (L,) by the server rule."""
+    def _rule(self, following: np.ndarray, current: np.ndarray, grad: np.ndarray, part: slice) -> None:
+        """following (n,) <- current (n,) updated with grad (n,) by the server rule: the
+        elements `part` of the slice (all L of them unless one partition's block)."""
         if self.opt.server_rule == "adagrad":
             adagrad_apply_(
-                following, current, grad, self.accumulator, self.opt.server_learning_rate, self.opt.adagrad_epsilon
+                following,
+                current,
+                grad,
+                self.accumulator[part],
+                self.opt.server_learning_rate,
+                self.opt.adagrad_epsilon,
             )
         else:
             sgd_apply_(following, current, grad, self.opt.server_learning_rate)
@@ -147,6 +165,7 @@ class Shard:
         watch (liveness.ReplicaWatch) judges silent replicas: a hung one ends the job, one that
         has left ends it too unless replica_loss is "continue"."""
         self.watch, finished, backoff = watch, set(), Backoff(limit=2e-3)
+        dones: Counter[int] = Counter()  # ReplicaDone received, per replica (one per pushing partition)
         while True:
             watchdog.beat()
             for request, _ in messenger.receive_all(CHECKPOINT):  # promptly, even when busy
@@ -156,7 +175,8 @@ class Shard:
                 continue
             if len(finished) == self.n_replicas:
                 return
-            finished.update(done.replica_id for done, _ in messenger.receive_all(DONE))
+            dones.update(done.replica_id for done, _ in messenger.receive_all(DONE))
+            finished.update(r for r, count in dones.items() if count >= self.pushers_per_replica)
             if watch is not None:
                 self._judge_silent(finished, replica_loss)
             if len(finished) < self.n_replicas:
@@ -184,6 +204,8 @@ class Shard:
                     "faults.replica_loss = abort ends the job (resume from the last checkpoint)"
                 )
             log.warning("replica %d (rank %d) has left the job; training goes on without it", replica_id, rank)
+            if self.slots.reclaim(replica_id):  # it died between claiming a slot and posting into it
+                log.warning("freed the landing slot replica %d had claimed", replica_id)
             self.stats.lost.append(replica_id)
             finished.add(replica_id)
 
@@ -192,7 +214,8 @@ def serve_shard(job: Job, windows: ParamServerWindows, messenger: Messenger, pee
     """The shard rank's whole life: publish the initial (or resumed) slice, serve, report."""
     shard_id = job.role.shard_id
     start, stop = job.layout.shard_ranges[shard_id]
-    shard = Shard(windows, shard_id, job.spec.optimizer, initial_params(job)[start:stop])
+    pushers = len(job.layout.shard_partitions[shard_id]) if job.layout.shard_partitions else 1
+    shard = Shard(windows, shard_id, job.spec.optimizer, initial_params(job, start, stop), pushers)
     resumed_from = None
     if job.resume:
         path = job.resume.directory / shard_file_name(shard_id)
@@ -220,6 +243,7 @@ def serve_shard(job: Job, windows: ParamServerWindows, messenger: Messenger, pee
 
 
 def _pushers(job: Job, shard_id: int) -> list[int]:
-    """World ranks that push to this shard: each replica's partition that owns its block."""
-    owner = job.layout.shard_partitions[shard_id] if job.layout.shard_partitions else 0
-    return [job.layout.rank_of(replica_id, owner) for replica_id in range(job.spec.topology.replicas)]
+    """The world rank watched for each replica: its first partition whose block this shard holds
+    (a partitioned replica's ranks step together, and replica_loss = continue needs P = 1)."""
+    first = job.layout.shard_partitions[shard_id][0] if job.layout.shard_partitions else 0
+    return [job.layout.rank_of(replica_id, first) for replica_id in range(job.spec.topology.replicas)]

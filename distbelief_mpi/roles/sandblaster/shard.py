@@ -11,7 +11,7 @@ SHARD_REPLY, in order):
     VectorCommand(cmd)           a vector command; reply: its partial scalars
     PublishPoint(name)           name := float32(name); publish it for fetching; total := 0
     CollectGradient(name, pushes, n_examples, point, l2)
-                                 wait until pushes[r] pushes of replica r are summed;
+                                 wait until pushes[r] pushes of replica r (all their pieces) are summed;
                                  name := total / n + l2 * point; reply: the partial l2 / 2 * |point|^2
     GatherVector(name, start, stop)
                                  reply: elements [start, stop) of the slice of `name` as float32
@@ -49,14 +49,17 @@ from .checkpoints import shard_save_reply
 
 class GradientSink:
     """Landing slots whose pushes are summed (not applied): the batch gradient in the making,
-    and the point replicas evaluate, published with the same seqlock Downpour uses."""
+    and the point replicas evaluate, published with the same seqlock Downpour uses. A push
+    covers the whole slice, or one partition's block in it (a shard holding several blocks)."""
 
     def __init__(self, windows: ParamServerWindows, shard_id: int, initial: np.ndarray):
-        self.shard_id, n_replicas = shard_id, windows.n_replicas
+        self.shard_id, n_replicas, self.length = shard_id, windows.n_replicas, len(initial)
         self.published = SeqlockWriter(windows, shard_id, initial)
         self.slots = LandingSlots(windows, shard_id, len(initial))
         self.total = np.zeros(len(initial), np.float64)  # (L,) sum of pushed gradient sums
-        self.summed = np.zeros(n_replicas, np.int64)  # pushes summed since the last publish
+        # Elements summed since the last publish, per replica: one whole push is L of them,
+        # however many partitions' pieces it came in (CollectGradient below).
+        self.summed = np.zeros(n_replicas, np.int64)
         self.pushes_summed, self.non_finite = 0, 0
 
     def warm_up(self) -> None:
@@ -69,8 +72,8 @@ class GradientSink:
             grad = self.slots.gradient(push)
             if not all_finite(grad):  # summed all the same: the coordinator sees a non-finite loss and backtracks
                 self.non_finite += 1
-            self.total += grad
-            self.summed[push.replica_id] += 1
+            self.total[push.part] += grad
+            self.summed[push.replica_id] += push.length
             self.pushes_summed += 1
             self.slots.release(push)
         return len(pushes)
@@ -118,7 +121,7 @@ def _run(command, sink: GradientSink, vectors: ShardVectors, shard_range: tuple[
             vectors.execute(("round32", name))
             return sink.publish(vectors[name])
         case CollectGradient(name, pushes, n_examples, point, l2):
-            _wait_for_pushes(sink, np.asarray(pushes, np.int64))
+            _wait_for_pushes(sink, np.asarray(pushes, np.int64) * sink.length)
             vectors.load(name, sink.total / n_examples)
             if not l2:
                 return 0.0
@@ -146,7 +149,13 @@ def _next_command(messenger: Messenger, coordinator: int, sink: GradientSink, si
 
 
 def _wait_for_pushes(sink: GradientSink, expected: np.ndarray) -> None:
-    """Every replica has posted its pushes before the coordinator asks; some may not be summed yet."""
+    """Every replica has posted its pushes before the coordinator asks; some may not be summed
+    yet. expected[r]: the elements of replica r's pushes, pushes[r] x L. Counting elements, not
+    pushes, is exact for any layout: pushes[r] counts the pushes of r's partition 0, every
+    partition of r pushes on the same relayed records (as often), and the pieces the partitions
+    holding blocks here push tile this shard's slice once per push (one piece, the whole slice,
+    when S >= P; one per block when the shard holds several). Counting pushes instead would need
+    the number of partitions whose blocks this shard holds, which the shard is not told."""
     backoff = Backoff(limit=1e-3)
     while np.any(sink.summed < expected):
         if sink.apply_pending():

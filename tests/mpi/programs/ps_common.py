@@ -7,7 +7,7 @@ import numpy as np
 
 from distbelief_mpi.comm.control import barrier_sleeping
 from distbelief_mpi.comm.messages import DONE, Messenger, ReplicaDone
-from distbelief_mpi.comm.param_server import ParamServerWindows, ReplicaEndpoint
+from distbelief_mpi.comm.param_server import DEFAULT_LANDING_SLOTS, ParamServerWindows, ReplicaEndpoint
 from distbelief_mpi.config import Optimizer
 from distbelief_mpi.layout import shard_ranges
 from distbelief_mpi.roles.downpour.shard import Shard
@@ -19,27 +19,23 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run_ps(world_comm, n_shards: int, initial: np.ndarray, optimizer: Optimizer, replica_body):
+def run_ps(
+    world_comm,
+    n_shards: int,
+    initial: np.ndarray,
+    optimizer: Optimizer,
+    replica_body,
+    landing_slots: int = DEFAULT_LANDING_SLOTS,
+):
     """Shards serve until every replica is done; replica_body(endpoint, replica_id, ranges)
     returns the replica's record. Returns this rank's record (shards: stats and final slice)."""
     rank, size = world_comm.Get_rank(), world_comm.Get_size()
     ranges = shard_ranges(len(initial), n_shards)
     shard_id = rank if rank < n_shards else -1
-    windows = ParamServerWindows(world_comm, list(range(n_shards)), ranges, size - n_shards, shard_id)
+    windows = ParamServerWindows(world_comm, list(range(n_shards)), ranges, size - n_shards, shard_id, landing_slots)
     if shard_id >= 0:
         start, stop = ranges[shard_id]
-        shard = Shard(windows, shard_id, optimizer, initial[start:stop])
-        shard.warm_up()
-        barrier_sleeping(world_comm)
-        cpu, wall = cpu_seconds(), time.perf_counter()
-        shard.serve(Messenger(world_comm))
-        record = {
-            "role": "shard",
-            "version": shard.version,
-            "params": shard.params.tolist(),
-            "serve_cpu_fraction": (cpu_seconds() - cpu) / (time.perf_counter() - wall),
-            **shard.stats.as_dict(),
-        }
+        record = serve(world_comm, Shard(windows, shard_id, optimizer, initial[start:stop]))
     else:
         replica_id = rank - n_shards
         barrier_sleeping(world_comm)
@@ -48,3 +44,20 @@ def run_ps(world_comm, n_shards: int, initial: np.ndarray, optimizer: Optimizer,
     barrier_sleeping(world_comm)
     windows.close()
     return record
+
+
+def serve(world_comm, shard: Shard) -> dict:
+    """A shard's side of a test program: serve until every replica is done, then its record."""
+    shard.warm_up()
+    barrier_sleeping(world_comm)
+    cpu, wall = cpu_seconds(), time.perf_counter()
+    shard.serve(Messenger(world_comm))
+    return {
+        "role": "shard",
+        "shard_id": shard.shard_id,
+        "version": shard.version,
+        "params": shard.params.tolist(),
+        "serve_cpu_fraction": (cpu_seconds() - cpu) / (time.perf_counter() - wall),
+        "landing_slots": shard.slots.n_slots,
+        **shard.stats.as_dict(),
+    }
