@@ -317,7 +317,22 @@ def format_memory(rows: list[RankMemory]) -> str:
             lines.append(f"      {term.name:<{name_width}} {shown:>10}  {term.formula}")
     if not all(row.complete for row in rows):
         lines.append("  + : a lower bound; '?' terms need the dataset (its split sizes)")
+    lines += [
+        "  on one node, MPI maps the shards' windows into the replicas' memory: a replica rank's RSS",
+        "  then also counts the window pages it reads and writes, up to (2 + K) x B x 4 B",
+        "  (shared_window_bytes; the node holds them once; none across nodes)",
+    ]
     return "\n".join(lines)
+
+
+def shared_window_bytes(spec, network, layout, rank: int) -> int:
+    """What a replica rank's RSS counts of its shards' windows when they share its node: the two
+    published buffers and up to K landing slots over its block B (MPICH maps a window into
+    every rank of the node; reading or writing its pages makes them resident there too)."""
+    role = layout.role_of(rank)
+    if role.role != "replica" or spec.optimizer.algorithm == "sgd":
+        return 0
+    return (2 + landing_slots(spec)) * _block(network, layout, role.partition_id) * F32
 
 
 def _rank_list(ranks: tuple[int, ...]) -> str:

@@ -33,6 +33,7 @@ from .model.network import build_network
 from .model.partition import partition_offsets
 from .runtime import preempt
 from .runtime.logs import setup_logging
+from .runtime.peak_memory import peak_rss_bytes, resident_now
 from .runtime.progress import wanted as progress_wanted
 from .runtime.rundir import default_run_dir, prepare_run_dir, write_summary
 from .runtime.spec_agreement import mismatch_message, spec_digest
@@ -165,6 +166,8 @@ def _run_role(job: Job, world_comm, world_rank: int, world_size: int, verbose: b
         if job.spec.faults.replica_loss == "continue":
             preempt.survive_process_failures()
         result = _run_algorithm(job, world_comm, world_rank, world_size)
+        # every rank's own figure (summary.json has the maximum per role)
+        log.info("peak RSS %d bytes (now %s)", peak_rss_bytes(), resident_now())
         lead = job.layout.lead_rank
         code = None
         if result.summary is not None:

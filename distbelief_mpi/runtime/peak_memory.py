@@ -17,6 +17,18 @@ def peak_rss_bytes() -> int:
     return int(peak if sys.platform == "darwin" else peak * 1024)
 
 
+def resident_now() -> str:
+    """This process's resident memory now by kind, from /proc/self/status (Linux; '' elsewhere):
+    anonymous (private) pages and shared-memory pages (on one node, MPI windows of other ranks
+    this rank has read or written count here too)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            fields = dict(line.split(":", 1) for line in status if line.startswith(("RssAnon", "RssShmem")))
+    except OSError:
+        return ""
+    return ", ".join(f"{key} {value.strip()}" for key, value in fields.items())
+
+
 def peaks_by_role(records: list[dict]) -> dict[str, int]:
     """{role: the largest 'peak_rss_bytes' among the records of that role}; records without
     one (an older rank's report) are skipped."""

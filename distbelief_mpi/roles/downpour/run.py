@@ -15,21 +15,20 @@ it forever. A watchdog (runtime/watchdog.py) runs on every rank while it trains 
 import logging
 from functools import partial
 
-import numpy as np
-
 from ...comm.messages import REPORT, TEARDOWN, FinalReport, Messenger, Teardown
 from ...comm.param_server import ParamServerWindows
 from ...comm.world import abort_job
 from ...data.hdf5 import read_split
 from ...job import Job, RoleResult
 from ...runtime.limits import RunClock
-from ...runtime.peak_memory import peak_rss_bytes, with_own_peak
+from ...runtime.peak_memory import peak_rss_bytes, resident_now, with_own_peak
 from ...runtime.rundir import MetricsLog
 from ...runtime.watchdog import Watchdog
 from ..liveness import Peers, collect_reports, recv_watched
-from ..loop import log_eval
+from ..loop import record_eval
 from ..partitioned_replica import replica_comm
-from .replica import fetch_final, train_replica
+from .final import final_evaluation, write_final_params
+from .replica import train_replica
 from .shard import serve_shard
 from .summary import downpour_summary
 
@@ -37,8 +36,9 @@ log = logging.getLogger(__name__)
 
 
 def run_downpour(job: Job, world_comm, world_rank: int) -> RoleResult:
-    """On the lead replica the result holds the summary and final parameters; on every rank
-    it names the world ranks that left mid-run (faults.replica_loss = continue)."""
+    """On the lead replica the result holds the summary (params.h5 is written here, streamed
+    from the shards); on every rank it names the world ranks that left mid-run
+    (faults.replica_loss = continue)."""
     layout, role = job.layout, job.role
     peers, messenger = Peers.gather(world_comm), Messenger(world_comm)
     partners_comm = replica_comm(world_comm, role, job.spec.topology.partitions_per_replica)
@@ -52,8 +52,9 @@ def run_downpour(job: Job, world_comm, world_rank: int) -> RoleResult:
     # No try/finally around this: closing the windows is collective, so after an error on
     # one rank it would wait forever; the error aborts the whole job instead (train.py).
     is_lead = world_rank == layout.lead_rank
-    # The lead evaluates during training and at the end: one read of the test split serves both.
-    test_set = read_split(job.info.path, "test") if is_lead else None
+    # Replica 0 evaluates during training and at the end (all its partitions together): one
+    # read of the test split serves both.
+    test_set = read_split(job.info.path, "test") if role.role == "replica" and role.replica_id == 0 else None
     watchdog = Watchdog(
         job.spec.faults.watchdog_seconds, f"rank {world_rank} ({role.label})", partial(abort_job, world_comm)
     )
@@ -62,19 +63,34 @@ def run_downpour(job: Job, world_comm, world_rank: int) -> RoleResult:
     else:
         own_report = train_replica(job, windows, messenger, partners_comm, test_set, watchdog)
     own_report = {**own_report, "peak_rss_bytes": peak_rss_bytes()}  # its work is done: the peak is known
+    log.info("role done: peak RSS %d bytes (now %s)", own_report["peak_rss_bytes"], resident_now())
     with watchdog:
         if not is_lead:
             lost_ranks = _await_teardown(job, messenger, peers, own_report)
+            if test_set is not None:  # a partition of replica 0: the final evaluation, with the lead
+                final_evaluation(job, windows, partners_comm, test_set)
             return _close(windows, RoleResult(lost_ranks=lost_ranks))
         reports, lost = collect_reports(
             messenger, own_report, layout.ranks_of("shard"), layout.ranks_of("replica"), peers
         )
-        final = fetch_final(job, windows)  # every push is applied; shards are idle
-        lost_ranks = tuple(lost)
-        everyone_else = sorted(set(range(layout.world_size)) - set(lost_ranks) - {world_rank})
+        lost_ranks, partners = tuple(lost), _lead_partners(job)
+        messenger.send_to_all(TEARDOWN, Teardown(lost_ranks), partners)  # they evaluate with us now
+        test_loss, test_accuracy = final_evaluation(job, windows, partners_comm, test_set)
+        steps = _replica0(reports)["steps"]
+        write_final_params(job, windows, steps)  # every push is applied; shards are idle
+        everyone_else = sorted(set(range(layout.world_size)) - set(lost_ranks) - set(partners) - {world_rank})
         messenger.send_to_all(TEARDOWN, Teardown(lost_ranks), everyone_else)
     _close(windows, RoleResult(lost_ranks=lost_ranks))
-    return RoleResult(_report(job, reports, final, test_set), final, lost_ranks)
+    return RoleResult(_report(job, reports, test_loss, test_accuracy), None, lost_ranks)
+
+
+def _lead_partners(job: Job) -> list[int]:
+    """World ranks of replica 0's other partitions."""
+    return [job.layout.rank_of(0, p) for p in range(1, job.spec.topology.partitions_per_replica)]
+
+
+def _replica0(reports: list[dict]) -> dict:
+    return next(r for r in reports if r["role"] == "replica" and r["replica_id"] == 0 and r["partition_id"] == 0)
 
 
 def _await_teardown(job: Job, messenger: Messenger, peers: Peers, own_report: dict) -> tuple[int, ...]:
@@ -90,11 +106,10 @@ def _close(windows: ParamServerWindows, result: RoleResult) -> RoleResult:
     return result
 
 
-def _report(job: Job, reports: list[dict], final: np.ndarray, test_set) -> dict:
-    x_test, y_test = test_set
+def _report(job: Job, reports: list[dict], test_loss: float, test_accuracy: float) -> dict:
+    replica0 = _replica0(reports)
+    clock = RunClock(steps=replica0["steps"], epochs=replica0["epochs"], seconds=replica0["loop_s"])
     with MetricsLog(job.run_dir) as metrics:
-        replica0 = next(r for r in reports if r["role"] == "replica" and r["replica_id"] == 0)
-        clock = RunClock(steps=replica0["steps"], epochs=replica0["epochs"], seconds=replica0["loop_s"])
-        test_loss, test_accuracy = log_eval(metrics, job.network, final, x_test, y_test, clock)
+        record_eval(metrics, test_loss, test_accuracy, job.info.n_test, clock)
     summary = downpour_summary(job, reports, test_loss, test_accuracy)
     return {**summary, "peak_rss_bytes": with_own_peak(summary["peak_rss_bytes"], "replica")}
