@@ -35,7 +35,7 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 
 # Free bytes a new HDF5 file's metadata may need before its data space is reserved.
-METADATA_MARGIN = 1 << 20
+METADATA_MARGIN = 64 << 10  # a few datasets and attributes take a few kB
 
 
 @dataclass(frozen=True)

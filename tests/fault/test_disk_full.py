@@ -59,3 +59,24 @@ def test_a_full_disk_while_checkpointing_is_clear_and_keeps_the_previous_checkpo
     load_params(newest / "params.h5")
     assert not [p for p in (run_dir / "checkpoints").rglob("*") if ".tmp" in p.name], "a temporary file was left"
     os.remove(small_disk / "filler")
+
+
+@pytest.mark.parametrize("leave_free", [20_000, 300_000], ids=["below the metadata margin", "data space short"])
+def test_streamed_hdf5_on_a_full_disk_is_a_plain_error_and_leaves_nothing(small_disk, leave_free):
+    """runtime/files.hdf5_stream: with too little room for the metadata (refused first) or for
+    the data (posix_fallocate refuses before any data is written), the writer gets ENOSPC as an
+    OSError and goes on living (HDF5 failing its own writes crashes the process), and no
+    temporary file is left. Run in a child process: a crash must not take pytest with it."""
+    fill_disk(small_disk, leave_free)
+    program = (
+        "import errno, numpy as np, sys\n"
+        "from distbelief_mpi.runtime.files import write_hdf5_arrays\n"
+        "try:\n"
+        f"    write_hdf5_arrays({str(small_disk / 'x.h5')!r}, {{'params': np.ones(200_000, np.float32)}}, {{}})\n"
+        "except OSError as exc:\n"
+        "    sys.exit(0 if exc.errno == errno.ENOSPC else 3)\n"
+        "sys.exit(4)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert done.returncode == 0, (done.returncode, done.stderr)
+    assert sorted(p.name for p in small_disk.iterdir()) == ["filler"]

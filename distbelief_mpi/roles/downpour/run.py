@@ -48,6 +48,7 @@ def run_downpour(job: Job, world_comm, world_rank: int) -> RoleResult:
         layout.shard_ranges,
         job.spec.topology.replicas,
         role.shard_id if role.role == "shard" else -1,
+        landing_slots=job.spec.optimizer.landing_slots,
     )
     # No try/finally around this: closing the windows is collective, so after an error on
     # one rank it would wait forever; the error aborts the whole job instead (train.py).

@@ -60,6 +60,7 @@ def run_sandblaster(job, world_comm, world_rank: int):
         layout.shard_ranges,
         job.spec.topology.replicas,
         role.shard_id if role.role == "shard" else -1,
+        landing_slots=job.spec.optimizer.landing_slots,
     )
     guard = Watchdog(
         job.spec.faults.watchdog_seconds, f"rank {world_rank} ({role.label})", partial(abort_job, world_comm)
