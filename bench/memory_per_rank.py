@@ -12,6 +12,7 @@ at P = 4, S = 4: <= 6; before it: 30).
 
 import argparse
 import datetime
+import os
 import re
 import subprocess
 import sys
@@ -34,18 +35,19 @@ def job_text(hidden: int, shards: int, parts: int, steps: int, data: Path) -> st
     )
 
 
-def run(hidden: int, shards: int, parts: int, steps: int, data: Path, work: Path) -> tuple[dict, int]:
-    """({rank: (label, peak bytes)}, n_params) of one training run."""
+def run(hidden: int, shards: int, parts: int, steps: int, data: Path, work: Path, repo: Path) -> tuple[dict, int]:
+    """({rank: (role, peak bytes)}, n_params) of one training run of the code in `repo`."""
     tag = f"h{hidden}-s{shards}-p{parts}"
-    job, run_dir = work / f"{tag}.toml", work / tag
+    job, run_dir, rss_dir = work / f"{tag}.toml", work / tag, work / f"{tag}-rss"
     job.write_text(job_text(hidden, shards, parts, steps, data))
-    command = [*mpiexec_command(shards + parts), sys.executable, "-m", "distbelief_mpi", "train", str(job)]
-    subprocess.run([*command, "--run-dir", str(run_dir), "--no-progress"], check=True, cwd=REPO, timeout=1800)
+    wrapper = [sys.executable, str(Path(__file__).with_name("rss_of_rank.py")), str(rss_dir)]
+    command = [*mpiexec_command(shards + parts), *wrapper, "train", str(job), "--run-dir", str(run_dir)]
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    subprocess.run([*command, "--no-progress"], check=True, cwd=repo, timeout=1800, env=env)
     peaks = {}
-    for log in (run_dir / "logs").glob("rank-*.log"):
-        for line in log.read_text().splitlines():
-            if match := re.search(r"\[rank (\d+) ([^\]]+)\].*distbelief_mpi\.train: peak RSS (\d+) bytes", line):
-                peaks[int(match.group(1))] = (match.group(2), int(match.group(3)))
+    for path in rss_dir.glob("rank-*.rss"):
+        rank = int(path.stem.split("-")[1])
+        peaks[rank] = ("shard" if rank < shards else "replica", int(path.read_text()))
     n_params = int(re.search(r'"n_params": (\d+)', (run_dir / "summary.json").read_text()).group(1))
     return peaks, n_params
 
@@ -55,6 +57,7 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=8192)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--out-dir", default=str(REPO / "bench" / "results"))
+    parser.add_argument("--repo", default=str(REPO), help="the checkout whose code to measure (default: this one)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="memory_per_rank-"))
     data = work / "digits.h5"
@@ -63,16 +66,17 @@ def main() -> None:
         "## Memory per rank",
         "",
         f"Downpour on digits, dense {args.hidden} + dense {args.hidden}, 1 replica, {args.steps} steps; "
-        f"every rank's peak RSS (ru_maxrss, from its log); {usable_cores()} cores ({cpu_model()}), "
-        f"{datetime.date.today()}. Command: `python bench/memory_per_rank.py --hidden {args.hidden}`",
+        f"every rank's peak RSS (ru_maxrss at its end); {usable_cores()} cores ({cpu_model()}), "
+        f"{datetime.date.today()}, code in {args.repo}. "
+        f"Command: `python bench/memory_per_rank.py --hidden {args.hidden}`",
         "",
         "| shards | partitions | ranks | largest peak | tiny-model baseline | (largest - baseline) / N |",
         "|---|---|---|---|---|---|",
     ]
     results = {}
     for shards, parts in TOPOLOGIES:
-        big, n_params = run(args.hidden, shards, parts, args.steps, data, work)
-        tiny, _ = run(64, shards, parts, 2, data, work)
+        big, n_params = run(args.hidden, shards, parts, args.steps, data, work, Path(args.repo))
+        tiny, _ = run(64, shards, parts, 2, data, work, Path(args.repo))
         largest_rank = max(big, key=lambda r: big[r][1] - tiny[r][1])
         over = big[largest_rank][1] - tiny[largest_rank][1]
         results[f"{shards}x{parts}"] = {"big": big, "tiny": tiny, "n_params": n_params}

@@ -10,13 +10,13 @@ import math
 from dataclasses import dataclass
 
 from .data.batches import replica_slice
+from .model.network import evaluation_batch, forward_bytes
 from .model.partition import split_model
 from .optim.portions import default_portion_size
 from .optim.vector_ops import WORK_NAMES
 
 F32, F64, I32, I64 = 4, 8, 4, 8
 DEFAULT_LANDING_SLOTS = 4  # optimizer.landing_slots' default (for a spec made before that key existed)
-EVAL_BATCH = 1000  # model/network.Network.evaluate's batch
 PARAMS_CHUNK = 1 << 22  # floats of params.h5 the lead fetches from a shard at a time (roles/downpour/final.py)
 PORTION_BYTES = 128  # the coordinator's bookkeeping per portion of a batch (Python tuples and counters)
 MAX_PARTITION_ROWS = 4  # more partitions than this: plan shows the largest one only
@@ -247,10 +247,10 @@ def _evaluator_extra(spec, network, layout, data: DataSize) -> RankMemory:
     roles/sandblaster/replica.py)."""
     parts = spec.topology.partitions_per_replica
     ranks = tuple(r.world_rank for r in layout.roles if r.role == "replica" and r.replica_id == 0)
-    eval_batch = EVAL_BATCH if data.n_test is None else min(EVAL_BATCH, data.n_test)
-    forward = max(
-        forward_bytes(_partition_layers(network, parts, p), network.n_classes, parts > 1) for p in range(parts)
-    )
+    layers_of = [_partition_layers(network, parts, p) for p in range(parts)]
+    forward = max(forward_bytes(layers, network.n_classes, parts > 1) for layers in layers_of)
+    batch = min(evaluation_batch(layers, network.n_classes, parts > 1) for layers in layers_of)
+    eval_batch = batch if data.n_test is None else min(batch, data.n_test)
     terms = [
         Term("evaluation buffers", f"batch {eval_batch:,} x {forward:,} B (forward only)", eval_batch * forward),
         _test_split(network, data),
@@ -278,19 +278,6 @@ def _test_split(network, data: DataSize) -> Term:
     row = F32 * _elements(network.input_shape) + I32
     shown = "?" if data.n_test is None else f"{data.n_test:,}"
     return Term("test split", f"n_test ({shown}) x {row:,} B", None if data.n_test is None else data.n_test * row)
-
-
-def forward_bytes(layers, n_classes: int, partitioned: bool) -> int:
-    """Bytes per example an evaluation keeps: each layer's output (max pooling's argmax and LCN's
-    divisor too), a partition's assembled inputs and gathered logits, and the dlogits."""
-    total = F32 * n_classes * (2 if partitioned else 1)
-    for layer in layers:
-        total += F32 * _elements(layer.out_shape) + (F32 * _elements(layer.in_shape) if partitioned else 0)
-        if layer.kind == "maxpool":
-            total += I64 * _elements(layer.out_shape)
-        if layer.kind == "lcn":
-            total += F32 * _elements(layer.in_shape[1:])
-    return total
 
 
 # -- printing --------------------------------------------------------------------------------

@@ -7,6 +7,7 @@
 Not thread-safe: layers reuse their work buffers between calls.
 """
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -18,6 +19,27 @@ from .layers import Dense, Layer, SoftmaxOutput
 from .spec import LAYER_KEYS, LayerSpec, _check_values
 
 IMAGE_LAYERS = ("local", "maxpool", "l2pool", "lcn")
+EVAL_BUDGET_BYTES = 256 << 20  # activations an evaluation batch may hold (a big model's rank stays small)
+MAX_EVAL_BATCH = 1000
+
+
+def forward_bytes(layers, n_classes: int, partitioned: bool) -> int:
+    """Bytes per example an evaluation keeps: each layer's output (max pooling's argmax and LCN's
+    divisor too), a partition's assembled inputs and gathered logits, and the dlogits."""
+    total = 4 * n_classes * (2 if partitioned else 1)
+    for layer in layers:
+        total += 4 * math.prod(layer.out_shape) + (4 * math.prod(layer.in_shape) if partitioned else 0)
+        if layer.kind == "maxpool":
+            total += 8 * math.prod(layer.out_shape)
+        if layer.kind == "lcn":
+            total += 4 * math.prod(layer.in_shape[1:])
+    return total
+
+
+def evaluation_batch(layers, n_classes: int, partitioned: bool = False) -> int:
+    """Examples per evaluation batch: MAX_EVAL_BATCH, fewer when their activations would pass
+    EVAL_BUDGET_BYTES (the paper's image model keeps 1.8 MB per example and partition)."""
+    return max(1, min(MAX_EVAL_BATCH, EVAL_BUDGET_BYTES // max(1, forward_bytes(layers, n_classes, partitioned))))
 
 
 def _geometry_problem(spec: LayerSpec, shape: tuple, where: str) -> str | None:
@@ -170,8 +192,10 @@ class Network:
         x, _ = self._check(params, x)
         return self._forward(params, x)[0].copy()
 
-    def evaluate(self, params, x, y, batch_size: int = 1000) -> tuple[float, float]:
-        """(mean loss, accuracy in [0, 1]) over all of x, in batches; (nan, nan) when x is empty."""
+    def evaluate(self, params, x, y, batch_size: int | None = None) -> tuple[float, float]:
+        """(mean loss, accuracy in [0, 1]) over all of x, in batches (default: evaluation_batch);
+        (nan, nan) when x is empty."""
+        batch_size = batch_size or evaluation_batch(self.layers, self.n_classes)
         total, correct, n = 0.0, 0, len(x)
         for start in range(0, n, batch_size):
             xb, yb = self._check(params, x[start : start + batch_size], y[start : start + batch_size])

@@ -18,6 +18,7 @@ import numpy as np
 
 from ..kernels import softmax_xent
 from .image_layers import LCN
+from .network import evaluation_batch
 from .partition import LayerSplit
 
 
@@ -61,10 +62,11 @@ class PartitionedNetwork:
                 dy = self._return_gradient(plan, dx)
         return (loss_sum / len(x) if len(x) else 0.0), int(n_correct)
 
-    def evaluate(self, params, x, y, batch_size: int = 1000) -> tuple[float, float]:
+    def evaluate(self, params, x, y, batch_size: int | None = None) -> tuple[float, float]:
         """(mean loss, accuracy) over all of x, model-parallel: every partition of the replica
         calls it with the same x, y and its own block; all get the same figures. (nan, nan) on
-        an empty x, like Network.evaluate."""
+        an empty x, like Network.evaluate. Default batch: the smallest any partition needs."""
+        batch_size = batch_size or self._evaluation_batch()
         total, correct, n = 0.0, 0, len(x)
         for start in range(0, n, batch_size):
             xb = np.ascontiguousarray(x[start : start + batch_size], dtype=self.dtype)
@@ -76,6 +78,13 @@ class PartitionedNetwork:
         if n == 0:
             return float("nan"), float("nan")
         return total / n, correct / n
+
+    def _evaluation_batch(self) -> int:
+        """The same on every partition (they exchange batch by batch): the smallest of theirs."""
+        return min(
+            evaluation_batch([plan.sublayers[p] for plan in self.plans], self.network.n_classes, True)
+            for p in range(self.parts)
+        )
 
     def _forward_logits(self, params, x: np.ndarray) -> np.ndarray:
         """(B, n_classes) logits, gathered on every partition (forward only, no caches kept)."""
