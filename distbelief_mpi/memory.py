@@ -96,7 +96,7 @@ def _shard(spec, layout, shard_id: int, rank: int) -> RankMemory:
             Term("gradient sum", "L x 8 B", length * F64),
             Term("L-BFGS history", f"2 x (m + 1) x L x 8 B, m = {memory}", 2 * (memory + 1) * length * F64),
         ]
-    elif spec.optimizer.server_rule == "adagrad":
+    else:  # allocated whatever the server rule (checkpoints carry it)
         terms.append(Term("Adagrad accumulator", "L x 4 B", length * F32))
     return RankMemory("shard", (rank,), tuple(terms))
 

@@ -44,7 +44,7 @@ def write_errors_named(directory: Path):
     message; the files already committed are untouched (every write goes to a temporary name)."""
     try:
         yield
-    except OSError as exc:  # HDF5 files are built in memory (runtime/files.write_hdf5_atomic): plain OSErrors here
+    except OSError as exc:  # HDF5 files are streamed (runtime/files.hdf5_stream): plain OSErrors
         newest = newest_complete(Path(directory).parent)
         kept = f"the newest complete checkpoint, {newest[0].name}, is intact" if newest else "no checkpoint exists yet"
         raise CheckpointWriteError(

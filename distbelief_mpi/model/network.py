@@ -192,12 +192,15 @@ class Network:
         x, _ = self._check(params, x)
         return self._forward(params, x)[0].copy()
 
-    def evaluate(self, params, x, y, batch_size: int | None = None) -> tuple[float, float]:
+    def evaluate(self, params, x, y, batch_size: int | None = None, on_batch=None) -> tuple[float, float]:
         """(mean loss, accuracy in [0, 1]) over all of x, in batches (default: evaluation_batch);
-        (nan, nan) when x is empty."""
+        (nan, nan) when x is empty. on_batch(): called before each batch (a watchdog's beat: a
+        big model's evaluation may take longer than the watchdog allows one silent stretch)."""
         batch_size = batch_size or evaluation_batch(self.layers, self.n_classes)
         total, correct, n = 0.0, 0, len(x)
         for start in range(0, n, batch_size):
+            if on_batch is not None:
+                on_batch()
             xb, yb = self._check(params, x[start : start + batch_size], y[start : start + batch_size])
             logits, _ = self._forward(params, xb)
             loss_sum, n_correct = softmax_xent(logits, yb, self._dlogits_buffer(len(xb)), 0.0)

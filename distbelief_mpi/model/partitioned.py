@@ -62,13 +62,16 @@ class PartitionedNetwork:
                 dy = self._return_gradient(plan, dx)
         return (loss_sum / len(x) if len(x) else 0.0), int(n_correct)
 
-    def evaluate(self, params, x, y, batch_size: int | None = None) -> tuple[float, float]:
+    def evaluate(self, params, x, y, batch_size: int | None = None, on_batch=None) -> tuple[float, float]:
         """(mean loss, accuracy) over all of x, model-parallel: every partition of the replica
         calls it with the same x, y and its own block; all get the same figures. (nan, nan) on
-        an empty x, like Network.evaluate. Default batch: the smallest any partition needs."""
+        an empty x, like Network.evaluate. Default batch: the smallest any partition needs.
+        on_batch(): called before each batch (a watchdog's beat)."""
         batch_size = batch_size or self._evaluation_batch()
         total, correct, n = 0.0, 0, len(x)
         for start in range(0, n, batch_size):
+            if on_batch is not None:
+                on_batch()
             xb = np.ascontiguousarray(x[start : start + batch_size], dtype=self.dtype)
             logits = self._forward_logits(params, xb)
             loss_sum, n_correct = softmax_xent(

@@ -147,7 +147,10 @@ def _periodic_eval(spec: JobSpec, report: Reporting, network: Network, params: n
     x_test, y_test = report.test_set
     eval_n = spec.data.eval_examples or len(y_test)
     x, y = x_test[:eval_n], y_test[:eval_n]
-    loss, accuracy = report.evaluate(x, y) if report.evaluate else network.evaluate(params, x, y)
+    if report.evaluate:
+        loss, accuracy = report.evaluate(x, y)
+    else:
+        loss, accuracy = network.evaluate(params, x, y, on_batch=watchdog.beat)
     if report.metrics is not None:
         record_eval(report.metrics, loss, accuracy, len(y), clock)
 

@@ -14,6 +14,7 @@ import numpy as np
 from ...checkpoint.params_file import params_stream
 from ...comm.param_server import ParamServerWindows, ReplicaEndpoint
 from ...job import Job
+from ...runtime import watchdog
 from ..partitioned_replica import ShardSubset, own_shards, partition_network
 from ..shard_order import parameter_order
 
@@ -31,7 +32,7 @@ class BlockEvaluator:
     def __call__(self, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
         for index, (start, stop) in enumerate(self.ranges):
             self.endpoint.fetch(index, self.params[start:stop])
-        return self.network.evaluate(self.params, x, y)
+        return self.network.evaluate(self.params, x, y, on_batch=watchdog.beat)
 
 
 def final_evaluation(job: Job, windows: ParamServerWindows, partners_comm, test_set) -> tuple[float, float]:
@@ -57,6 +58,7 @@ def write_final_params(job: Job, windows: ParamServerWindows, step: int) -> None
                 piece = chunk[: min(len(chunk), stop - lo)]
                 endpoint.fetch(shard_id, piece, lo - start)
                 _write_piece(write, order, lo, piece)
+                watchdog.beat()  # a big model's file takes a while; this rank is not hung
 
 
 def _write_piece(write, order, lo: int, piece: np.ndarray) -> None:

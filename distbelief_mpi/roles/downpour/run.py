@@ -15,6 +15,7 @@ it forever. A watchdog (runtime/watchdog.py) runs on every rank while it trains 
 import logging
 from functools import partial
 
+from ...comm.control import barrier_sleeping
 from ...comm.messages import REPORT, TEARDOWN, FinalReport, Messenger, Teardown
 from ...comm.param_server import ParamServerWindows
 from ...comm.world import abort_job
@@ -65,12 +66,13 @@ def run_downpour(job: Job, world_comm, world_rank: int) -> RoleResult:
         own_report = train_replica(job, windows, messenger, partners_comm, test_set, watchdog)
     own_report = {**own_report, "peak_rss_bytes": peak_rss_bytes()}  # its work is done: the peak is known
     log.info("role done: peak RSS %d bytes (now %s)", own_report["peak_rss_bytes"], resident_now())
-    with watchdog:
-        if not is_lead:
+    if not is_lead:
+        with watchdog:
             lost_ranks = _await_teardown(job, messenger, peers, own_report)
             if test_set is not None:  # a partition of replica 0: the final evaluation, with the lead
                 final_evaluation(job, windows, partners_comm, test_set)
-            return _close(windows, RoleResult(lost_ranks=lost_ranks))
+        return _close(messenger, windows, RoleResult(lost_ranks=lost_ranks))
+    with watchdog:
         reports, lost = collect_reports(
             messenger, own_report, layout.ranks_of("shard"), layout.ranks_of("replica"), peers
         )
@@ -81,7 +83,7 @@ def run_downpour(job: Job, world_comm, world_rank: int) -> RoleResult:
         write_final_params(job, windows, steps)  # every push is applied; shards are idle
         everyone_else = sorted(set(range(layout.world_size)) - set(lost_ranks) - set(partners) - {world_rank})
         messenger.send_to_all(TEARDOWN, Teardown(lost_ranks), everyone_else)
-    _close(windows, RoleResult(lost_ranks=lost_ranks))
+    _close(messenger, windows, RoleResult(lost_ranks=lost_ranks))
     return RoleResult(_report(job, reports, test_loss, test_accuracy), None, lost_ranks)
 
 
@@ -101,9 +103,13 @@ def _await_teardown(job: Job, messenger: Messenger, peers: Peers, own_report: di
     return recv_watched(messenger, TEARDOWN, lead, peers, "the lead replica").lost_ranks
 
 
-def _close(windows: ParamServerWindows, result: RoleResult) -> RoleResult:
+def _close(messenger: Messenger, windows: ParamServerWindows, result: RoleResult) -> RoleResult:
+    """Free the windows: collective, so only when every rank is still there (train.py ends the
+    others). A sleeping barrier first: replica 0's partitions get here while the lead still
+    writes params.h5, and MPI's own wait in Win_free would spin a core all that time."""
     if not result.lost_ranks:
-        windows.close()  # collective: only when every rank is still there (train.py ends the others)
+        barrier_sleeping(messenger.comm)
+        windows.close()
     return result
 
 

@@ -2,7 +2,7 @@
 
 Taken between L-BFGS iterations (or between batches), where the whole optimiser state is
   - on each shard, its slice of x and g and the (s, y) history pairs: `shard-S.h5`, written
-    by the shard itself (datasets `x`, `g` (L,), `s`, `y` (k, L) float64 with fletcher32;
+    by the shard itself (datasets `x`, `g` (L,), `s`, `y` (k, L) float64, checkpoint/sandblaster_shard.py;
     attributes `pids`, `shard_id`, `start`, `stop`);
   - on the coordinator, scalars only: L-BFGS's loss, dot-product cache and counters
     (optim/lbfgs.LbfgsRun.snapshot) and the batch loop's counters, in the manifest under
@@ -49,7 +49,7 @@ class CoordinatorCheckpoints:
         errors = [reply["error"] for reply in replies if "error" in reply]
         if errors:
             raise CheckpointWriteError(errors[0])
-        self.cluster.keep_alive(everyone=True)  # committing hashes every kept checkpoint's files
+        self.cluster.keep_alive(everyone=True)  # committing writes and fsyncs the manifest
         spec = self.job.spec
         meta = {
             "examples_seen": self.cluster.state.examples_evaluated,

@@ -133,11 +133,20 @@ class ShardsAndReplicas:
         self.messenger.send(channel, record, rank)
         self.last_sent[rank] = time.monotonic()
 
-    def receive(self, channel: Channel, rank: int, who: str, alive: dict[int, str] | None = None):
+    def receive(
+        self,
+        channel: Channel,
+        rank: int,
+        who: str,
+        alive: dict[int, str] | None = None,
+        hung_after: float | None = None,
+    ):
         """The next record from `rank` on `channel`, sleeping; RankLost / RankHung naming `who`
-        when it has left or hangs; alive: {rank: who} that must not leave meanwhile (the other
-        partitions of a replica, which compute with it). Others hear from us meanwhile (keep_alive)."""
-        silence = Silence(self.peers, rank, who, self.hung_after)
+        when it has left or hangs (after hung_after seconds, default the watchdog time; 0: only
+        when it has left); alive: {rank: who} that must not leave meanwhile (the other partitions
+        of a replica, which compute with it). Others hear from us meanwhile (keep_alive)."""
+        limit = self.hung_after if hung_after is None else hung_after
+        silence = Silence(self.peers, rank, who, limit)
         companions = [Silence(self.peers, other, name, 0.0) for other, name in (alive or {}).items()]
 
         def on_wait() -> None:
@@ -183,7 +192,9 @@ class ShardsAndReplicas:
         evaluator = self.replica_ranks[0]
         self.post(WORK, EvaluateTest(n_examples), evaluator)
         partitions = {rank: f"replica 0/partition {p}" for p, rank in enumerate(self.partner_ranks.get(0, []), 1)}
-        return self.receive(TEST_RESULT, evaluator, "replica 0", alive=partitions)
+        # A whole test split may take longer than the watchdog time: replica 0's own watchdog
+        # (beating once per evaluation batch) bounds it; here only its leaving ends the wait.
+        return self.receive(TEST_RESULT, evaluator, "replica 0", alive=partitions, hung_after=0.0)
 
     def _run_pass(self) -> None:
         """Feed results and push notes to the state until the pass is finished (step 2 above)."""

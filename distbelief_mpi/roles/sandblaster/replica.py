@@ -41,6 +41,7 @@ from ...comm.messages import (
     Work,
 )
 from ...comm.param_server import ReplicaEndpoint
+from ...runtime import watchdog
 from ...runtime.fault_injection import FaultInjector
 from ..liveness import Silence
 
@@ -155,7 +156,7 @@ class PortionWorker:
         n = min(n_examples or len(y_test), len(y_test))
         self._fetch_published()
         self.fetched = False
-        loss, accuracy = self.network.evaluate(self.params, x_test[:n], y_test[:n])
+        loss, accuracy = self.network.evaluate(self.params, x_test[:n], y_test[:n], on_batch=watchdog.beat)
         if self.talks_to_coordinator:
             self.messenger.send(TEST_RESULT, TestFigures(float(loss), float(accuracy), n), self.coordinator)
 

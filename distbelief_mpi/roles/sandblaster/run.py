@@ -103,6 +103,7 @@ def _serve(job, windows, world_comm, guard, silence: Silence) -> None:
         log.info("resumed from %s (%d history pairs)", path, len(vectors.history))
     else:
         vectors.load("x", initial)
+    del initial  # published (and copied into x): a slice-sized array not to keep for the whole run
     barrier_sleeping(world_comm)
     with guard:
         silence.heard_now()  # the wait starts now, not at start-up
