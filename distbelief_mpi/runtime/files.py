@@ -80,7 +80,7 @@ def hdf5_stream(path: Path, plans: list[DatasetPlan], attrs: dict) -> Iterator[H
     fd = None
     try:
         _require_free(path.parent, METADATA_MARGIN)
-        offsets = _create_layout(tmp, plans, attrs)
+        offsets = _metadata_written(tmp, plans, attrs)
         fd = os.open(tmp, os.O_RDWR)
         _reserve(fd, _data_end(offsets, plans))
         yield Hdf5Writer(fd, offsets, {plan.name: plan for plan in plans})
@@ -100,6 +100,18 @@ def write_hdf5_arrays(path: Path, arrays: dict[str, np.ndarray], attrs: dict) ->
     with hdf5_stream(path, plans, attrs) as out:
         for name, array in arrays.items():
             out.write(name, 0, array)
+
+
+def _metadata_written(tmp: Path, plans: list[DatasetPlan], attrs: dict) -> dict[str, int | None]:
+    """_create_layout, with a full disk reported as the OSError(ENOSPC) it is: another writer
+    (a second shard on the same file system) may take the space between the free-space check
+    and HDF5's metadata writes, and h5py reports that from close() as a RuntimeError."""
+    try:
+        return _create_layout(tmp, plans, attrs)
+    except (RuntimeError, OSError) as exc:
+        if getattr(exc, "errno", None) == errno.ENOSPC or "No space left on device" in str(exc):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp)) from None
+        raise
 
 
 def _create_layout(tmp: Path, plans: list[DatasetPlan], attrs: dict) -> dict[str, int | None]:
