@@ -95,6 +95,13 @@ def test_preempted_job_checkpoints_requeues_and_resumes(slurm_cluster, slurm_dig
     while slurm_cluster.job_record(job_id).get("JobState") != "PENDING":
         assert time.monotonic() < deadline, explain(slurm_cluster, slurm_cluster.job_record(job_id), log)
         time.sleep(0.5)
+    # Released while the node still cleans up the first run, the job is killed at once ("Job
+    # credential revoked", seen under load): wait until the node is idle again.
+    deadline = time.monotonic() + 30
+    while "idle" not in slurm_cluster.client("sinfo", "-h", "-o", "%t").stdout:
+        assert time.monotonic() < deadline, explain(slurm_cluster, slurm_cluster.job_record(job_id), log)
+        time.sleep(0.5)
+    time.sleep(1.0)  # the revoked credential of the killed run expires with its clean-up
     slurm_cluster.client("scontrol", "update", f"JobId={job_id}", "StartTime=now")
     result = slurm_cluster.wait_job(job_id, timeout=JOB_TIMEOUT_S)
     assert (result.state, result.exit_code) == ("COMPLETED", "0:0"), explain(slurm_cluster, result, log)
