@@ -84,13 +84,12 @@ def plan_memory(job: Path, ranks: int) -> str:
     return subprocess.run(command, check=True, capture_output=True, text=True, cwd=REPO).stdout
 
 
-def predicted_by_rank(job: Path, ranks: int) -> dict[int, int]:
-    """{world rank: predicted bytes}: the sum of distbelief_mpi.memory's rows naming the rank
-    (its role's, plus replica 0's and the lead's extras where they apply)."""
+def predicted_for_job(job: Path, ranks: int) -> dict[int, int]:
+    """{world rank: predicted bytes} for the job file on `ranks` ranks of one node (memory.predicted_by_rank)."""
     from distbelief_mpi.config import load_job
     from distbelief_mpi.data.hdf5 import read_info
     from distbelief_mpi.layout import plan_layout
-    from distbelief_mpi.memory import DataSize, predict_memory, shared_window_bytes
+    from distbelief_mpi.memory import DataSize, predicted_by_rank
     from distbelief_mpi.model.network import build_network
     from distbelief_mpi.model.partition import partition_offsets
 
@@ -98,13 +97,8 @@ def predicted_by_rank(job: Path, ranks: int) -> dict[int, int]:
     info = read_info(spec.data.path)
     network = build_network(spec.model.layers, info.input_shape, info.n_classes)
     layout = plan_layout(ranks, spec, network.n_params, partition_offsets(network, spec))
-    rows = predict_memory(spec, network, layout, DataSize(info.n_train, info.n_test))
-    predicted: dict[int, int] = {}
-    for row in rows:
-        for rank in row.ranks:
-            predicted[rank] = predicted.get(rank, 0) + row.total
     # one node: a replica's RSS also counts the shards' window pages it touches (shared memory)
-    return {rank: value + shared_window_bytes(spec, network, layout, rank) for rank, value in predicted.items()}
+    return predicted_by_rank(spec, network, layout, DataSize(info.n_train, info.n_test), one_node=True)
 
 
 def train(job: Path, ranks: int, run_dir: Path, timeout: float) -> float:
@@ -192,7 +186,7 @@ def main() -> None:
     wall_s = train(job, ranks, run_dir, timeout=3600)
     summary = json.loads((run_dir / "summary.json").read_text())
     curve = args.curve = losses(run_dir)
-    predicted, peaks = predicted_by_rank(job, ranks), rank_peaks(run_dir)
+    predicted, peaks = predicted_for_job(job, ranks), rank_peaks(run_dir)
     text = report(args, summary["n_params"], summary, predicted, peaks, baseline, wall_s)
     print(text)
     data = {"summary": summary, "losses": curve, "predicted": predicted, "peaks": peaks, "baseline": baseline}

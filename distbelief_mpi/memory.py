@@ -9,6 +9,7 @@ Nothing here allocates: a 1.7-billion-parameter model is planned on a laptop.
 import math
 from dataclasses import dataclass
 
+from .checkpoint.params_file import PARAMS_CHUNK
 from .data.batches import replica_slice
 from .model.network import evaluation_batch, forward_bytes
 from .model.partition import split_model
@@ -17,7 +18,6 @@ from .optim.vector_ops import WORK_NAMES
 
 F32, F64, I32, I64 = 4, 8, 4, 8
 DEFAULT_LANDING_SLOTS = 4  # optimizer.landing_slots' default (for a spec made before that key existed)
-PARAMS_CHUNK = 1 << 22  # floats of params.h5 the lead fetches from a shard at a time (roles/downpour/final.py)
 PORTION_BYTES = 128  # the coordinator's bookkeeping per portion of a batch (Python tuples and counters)
 MAX_PARTITION_ROWS = 4  # more partitions than this: plan shows the largest one only
 DOT_BYTES = 100  # one cached dot product on the coordinator (a Python float in a dict)
@@ -310,6 +310,21 @@ def format_memory(rows: list[RankMemory]) -> str:
         "  (shared_window_bytes; the node holds them once; none across nodes)",
     ]
     return "\n".join(lines)
+
+
+def predicted_by_rank(spec, network, layout, data: DataSize, one_node: bool) -> dict[int, int]:
+    """{world rank: predicted bytes}: the rows of predict_memory naming the rank (its role's, and
+    replica 0's and the lead's extras where they apply), plus, when every rank shares one node,
+    the shards' window pages a replica's RSS also counts (shared_window_bytes)."""
+    predicted: dict[int, int] = {}
+    for row in predict_memory(spec, network, layout, data):
+        for rank in row.ranks:
+            predicted[rank] = predicted.get(rank, 0) + row.total
+    if one_node:
+        predicted = {
+            rank: value + shared_window_bytes(spec, network, layout, rank) for rank, value in predicted.items()
+        }
+    return predicted
 
 
 def shared_window_bytes(spec, network, layout, rank: int) -> int:

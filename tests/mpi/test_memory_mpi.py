@@ -14,7 +14,7 @@ import pytest
 from distbelief_mpi.config import load_job
 from distbelief_mpi.data.hdf5 import read_info
 from distbelief_mpi.layout import plan_layout
-from distbelief_mpi.memory import DataSize, predict_memory, shared_window_bytes
+from distbelief_mpi.memory import DataSize, predicted_by_rank
 from distbelief_mpi.model.network import build_network
 from distbelief_mpi.model.partition import partition_offsets
 from tests.mpi.runner import assert_all_ranks, run_mpi
@@ -43,11 +43,7 @@ def predicted_per_rank(job: Path, ranks: int) -> dict[int, int]:
     info = read_info(spec.data.path)
     network = build_network(spec.model.layers, info.input_shape, info.n_classes)
     layout = plan_layout(ranks, spec, network.n_params, partition_offsets(network, spec))
-    predicted: dict[int, int] = {}
-    for row in predict_memory(spec, network, layout, DataSize(info.n_train, info.n_test)):
-        for rank in row.ranks:
-            predicted[rank] = predicted.get(rank, 0) + row.total
-    return {rank: value + shared_window_bytes(spec, network, layout, rank) for rank, value in predicted.items()}
+    return predicted_by_rank(spec, network, layout, DataSize(info.n_train, info.n_test), one_node=True)
 
 
 def measured_per_rank(run_dir: Path) -> dict[int, int]:

@@ -11,14 +11,12 @@ belongs in the canonical order (model/partition.ParamOrder.segments).
 
 import numpy as np
 
-from ...checkpoint.params_file import params_stream
+from ...checkpoint.params_file import PARAMS_CHUNK, params_stream
 from ...comm.param_server import ParamServerWindows, ReplicaEndpoint
 from ...job import Job
 from ...runtime import watchdog
 from ..partitioned_replica import ShardSubset, own_shards, partition_network
 from ..shard_order import parameter_order
-
-CHUNK = 1 << 22  # floats read from a shard at a time for params.h5 (16 MB)
 
 
 class BlockEvaluator:
@@ -48,23 +46,14 @@ def final_evaluation(job: Job, windows: ParamServerWindows, partners_comm, test_
 
 
 def write_final_params(job: Job, windows: ParamServerWindows, step: int) -> None:
-    """RUN_DIR/params.h5 from the shards' slices, CHUNK floats at a time (the lead only)."""
-    order = parameter_order(job)
+    """RUN_DIR/params.h5 from the shards' slices, PARAMS_CHUNK floats at a time (the lead only)."""
     endpoint = ReplicaEndpoint(windows, job.role.replica_id)
-    chunk = np.empty(min(CHUNK, max((b - a for a, b in job.layout.shard_ranges), default=0)), np.float32)
-    with params_stream(job.run_dir / "params.h5", job.network.n_params, {"step": step}) as write:
+    chunk = np.empty(min(PARAMS_CHUNK, max((b - a for a, b in job.layout.shard_ranges), default=0)), np.float32)
+    path, n_params = job.run_dir / "params.h5", job.network.n_params
+    with params_stream(path, n_params, {"step": step}, parameter_order(job)) as write:
         for shard_id, (start, stop) in enumerate(job.layout.shard_ranges):
             for lo in range(start, stop, len(chunk)):
                 piece = chunk[: min(len(chunk), stop - lo)]
                 endpoint.fetch(shard_id, piece, lo - start)
-                _write_piece(write, order, lo, piece)
+                write(lo, piece)
                 watchdog.beat()  # a big model's file takes a while; this rank is not hung
-
-
-def _write_piece(write, order, lo: int, piece: np.ndarray) -> None:
-    """piece holds shard-order elements [lo, lo + len(piece)): write each where it belongs."""
-    if order is None:
-        write(lo, piece)
-        return
-    for position, canonical_start, length in order.segments(lo, lo + len(piece)):
-        write(canonical_start, piece[position - lo : position - lo + length])

@@ -20,7 +20,7 @@ from functools import partial
 
 import numpy as np
 
-from ...checkpoint.params_file import params_stream
+from ...checkpoint.params_file import PARAMS_CHUNK, params_stream
 from ...checkpoint.sandblaster_shard import load_vectors
 from ...checkpoint.shard_files import shard_file_name
 from ...comm.control import barrier_sleeping
@@ -44,8 +44,6 @@ from .replica import PortionWorker
 from .shard import GradientSink, serve_commands
 
 log = logging.getLogger(__name__)
-
-PARAMS_CHUNK = 1 << 22  # floats the coordinator asks a shard for at a time when writing params.h5 (16 MB)
 
 
 def run_sandblaster(job, world_comm, world_rank: int):
@@ -169,14 +167,10 @@ def _coordinate(job, world_comm, shard_ranks, replica_ranks, guard, peers):
 def _write_params(job, cluster: ShardsAndReplicas, steps: int) -> None:
     """RUN_DIR/params.h5 (canonical order) from the shards' x, PARAMS_CHUNK floats at a time:
     the coordinator never holds more than one chunk."""
-    order = parameter_order(job)  # None: the shards hold the canonical order
-    with params_stream(job.run_dir / "params.h5", job.network.n_params, {"step": steps}) as write:
+    path, n_params = job.run_dir / "params.h5", job.network.n_params
+    with params_stream(path, n_params, {"step": steps}, parameter_order(job)) as write:
         for lo, piece in cluster.vector_chunks("x", job.layout.shard_ranges, PARAMS_CHUNK):
-            if order is None:
-                write(lo, piece)
-                continue
-            for position, canonical_start, length in order.segments(lo, lo + len(piece)):
-                write(canonical_start, piece[position - lo : position - lo + length])
+            write(lo, piece)
         cluster.keep_alive(everyone=True)  # the fsync and rename at the end of the block wait on nobody
 
 
