@@ -41,15 +41,16 @@ def test_downpour_with_one_landing_slot_counts_every_step(tmp_path, digits_h5):
     """2 shards, 3 replicas, optimizer.landing_slots = 1: every step a replica took reaches every
     shard exactly once, in pushes that got a slot at once or went later, accrued."""
     run_dir = tmp_path / "run"
-    sets = [f"data.path={digits_h5}", "optimizer.landing_slots=1", "run.epochs=3", "optimizer.warmstart_steps=0"]
+    sets = [f"data.path={digits_h5}", "optimizer.landing_slots=1", "run.epochs=10", "optimizer.warmstart_steps=0"]
     run = run_mpi(5, train_target("digits_downpour.toml", run_dir, sets), tmp_path, timeout=300)
     assert_all_ranks(run, 5)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["steps_pushed_per_shard"] == [summary["steps"]] * 2, summary
     assert sum(summary["shard_versions"]) == summary["pushes_applied"], summary
     # It learns (chance: 0.1). One slot shared by three replicas defers most pushes, and Adagrad
-    # takes the accrued sums in few large steps: 0.52 to 0.9 measured after 3 epochs.
-    assert summary["test_accuracy"] >= 0.4, summary
+    # takes the accrued sums in few large steps: after 3 epochs 0.30 to 0.9 was measured, after
+    # 10 epochs 0.905 to 0.939 (4 runs), so 10 epochs and the 0.7 bound.
+    assert summary["test_accuracy"] >= 0.7, summary
 
 
 def test_sandblaster_with_one_shard_for_two_partitions_follows_the_unpartitioned_run(tmp_path, digits_h5):
