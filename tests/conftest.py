@@ -8,7 +8,14 @@ from tests.mpi.runner import REPO
 
 # Every test is marked by its folder, so `pytest -m unit` is the quick loop (no MPI, no daemons)
 # and `pytest -m "not slurm"` leaves out the private Slurm cluster.
-FOLDER_MARKERS = {"unit": "unit", "mpi": "mpi", "fault": "fault", "slurm": "slurm", "bench": "bench"}
+FOLDER_MARKERS = {
+    "unit": "unit",
+    "mpi": "mpi",
+    "fault": "fault",
+    "slurm": "slurm",
+    "bench": "bench",
+    "multihost": "multihost",
+}
 
 
 def pytest_collection_modifyitems(config, items):

@@ -7,6 +7,7 @@ Targets: `distbelief ARGS...` (the CLI, in-process) or `program NAME ARGS...` (t
 import importlib
 import json
 import os
+import socket
 import sys
 import traceback
 from pathlib import Path
@@ -38,7 +39,9 @@ def main() -> None:
     except Exception:  # noqa: BLE001 - recorded as this rank's failure
         code, data = 1, {"traceback": traceback.format_exc()}
         print(data["traceback"], file=sys.stderr)
-    (result_dir / f"rank-{rank}.json").write_text(json.dumps({"rank": rank, "exit_code": code, "data": data}))
+    (result_dir / f"rank-{rank}.json").write_text(
+        json.dumps({"rank": rank, "exit_code": code, "data": data, "hostname": socket.gethostname()})
+    )
     sys.stdout.flush()
     sys.exit(code)  # so mpiexec's own exit status reflects the ranks', as it would without this wrapper
 

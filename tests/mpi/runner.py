@@ -60,10 +60,17 @@ class Started:
 
 
 def start_mpi(
-    n: int, target: list[str], tmp_path: Path, timeout: float = 120, env: dict | None = None, cwd: Path = REPO
+    n: int,
+    target: list[str],
+    tmp_path: Path,
+    timeout: float = 120,
+    env: dict | None = None,
+    cwd: Path = REPO,
+    launch: list[str] | None = None,
 ) -> Started:
     """Launch without waiting (e.g. to signal mpiexec mid-run); finish_mpi collects the results.
-    `process.pid` is `timeout`'s, which passes SIGTERM on to mpiexec."""
+    `process.pid` is `timeout`'s, which passes SIGTERM on to mpiexec. launch: the launcher's
+    argv up to the program, for n ranks (default `mpiexec -n N`; emulated hosts give theirs)."""
     result_dir = Path(tmp_path) / f"mpi-results-{os.getpid()}-{n}-{abs(hash(tuple(target)))}"
     result_dir.mkdir(parents=True, exist_ok=True)
     mpiexec = mpiexec_path()
@@ -72,10 +79,7 @@ def start_mpi(
         "-k",
         "10",
         str(int(timeout)),
-        mpiexec,
-        *launcher_flags(mpiexec),
-        "-n",
-        str(n),
+        *(launch or [mpiexec, *launcher_flags(mpiexec), "-n", str(n)]),
         sys.executable,
         "-m",
         "tests.mpi.rank_main",
