@@ -60,6 +60,13 @@ def test_process_alive_tells_running_from_exited_and_zombie():
 class FakePeers:
     def __init__(self, gone: dict[int, bool | None]):
         self.gone = gone.get  # world rank -> exited (True), running (False), unknowable (None)
+        self.watched: list[int] = []
+
+    def watch(self, ranks) -> None:
+        self.watched += ranks
+
+    def name(self, rank: int) -> str:
+        return f"rank {rank} on h2"
 
 
 class FakeClock:
@@ -93,6 +100,14 @@ def test_a_silent_live_replica_is_hung_only_after_the_timeout_and_its_first_push
     clock.now += 3.0
     left, hung = watch.verdicts(set())
     assert left == [] and [replica for replica, _ in hung] == [1, 2]  # replica 0 never pushed: may be warming up
+    assert watch.who(1) == "replica 1 (rank 1 on h2)"
+    assert watch.state(1) == "its process has not exited"
+    assert watch.state(2) == "its process cannot be checked from here"  # another host that does not answer
+
+
+def test_a_replica_watch_verifies_the_replicas_at_once(monkeypatch):
+    watch, _ = _watch({0: False, 1: False, 2: False}, 5, monkeypatch)
+    assert watch.peers.watched == [0, 1, 2]
 
 
 def test_slow_injection_stretches_only_the_chosen_replica(monkeypatch):

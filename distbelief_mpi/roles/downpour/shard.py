@@ -186,24 +186,23 @@ class Shard:
         left, hung = self.watch.verdicts(finished)
         for replica_id, silent in hung:
             raise RankHung(
-                f"replica {replica_id} (rank {self.watch.replica_ranks[replica_id]}) has sent shard "
-                f"{self.shard_id} no push for {silent:.0f} s and its process has not exited: it is hung "
-                f"(faults.watchdog_seconds = {self.watch.timeout:g})"
+                f"{self.watch.who(replica_id)} has sent shard {self.shard_id} no push for {silent:.0f} s and "
+                f"{self.watch.state(replica_id)}: it is hung (faults.watchdog_seconds = {self.watch.timeout:g})"
             )
         for replica_id in left:
-            rank = self.watch.replica_ranks[replica_id]
+            who = self.watch.who(replica_id)
             if replica_id == 0:
                 raise RankLost(
-                    f"replica 0 (rank {rank}), the lead, has left the job (its process exited): it "
+                    f"{who}, the lead, has left the job (its process exited): it "
                     "coordinates checkpoints and writes the summary, so the job ends (resume from the "
                     "last checkpoint)"
                 )
             if replica_loss != "continue":
                 raise RankLost(
-                    f"replica {replica_id} (rank {rank}) has left the job (its process exited); "
+                    f"{who} has left the job (its process exited); "
                     "faults.replica_loss = abort ends the job (resume from the last checkpoint)"
                 )
-            log.warning("replica %d (rank %d) has left the job; training goes on without it", replica_id, rank)
+            log.warning("%s has left the job; training goes on without it", who)
             if self.slots.reclaim(replica_id):  # it died between claiming a slot and posting into it
                 log.warning("freed the landing slot replica %d had claimed", replica_id)
             self.stats.lost.append(replica_id)

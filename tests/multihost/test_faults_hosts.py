@@ -1,0 +1,104 @@
+"""Faults across emulated hosts: liveness must not rest on one host's process ids.
+
+Digits Downpour, 5 ranks on 2 hosts: h1 holds the shards (ranks 0-1) and the lead replica
+(replica 0, rank 2), h2 replicas 1 and 2 (ranks 3-4). The shards on h1 judge the replicas on
+h2 through their liveness ports (runtime/liveness_port.py): a replica that exits there has
+left (refused at its verified address); one that is frozen there still has its port (accepted,
+no answer) and is hung."""
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from distbelief_mpi.emulation import mpiexec_argv
+from distbelief_mpi.runtime.watchdog import EXIT_HUNG
+from tests.fault.launch import Ended, hydra, leftover_processes
+from tests.mpi.runner import REPO, mpiexec_path
+
+JOB = str(REPO / "jobs" / "digits_downpour.toml")
+PLACEMENT = [3, 2]  # h1: ranks 0, 1, 2 (shards, lead replica); h2: ranks 3, 4 (replicas 1, 2)
+WATCHDOG_S = 5
+
+needs_hydra = pytest.mark.skipif(not hydra(), reason="-disable-auto-cleanup is MPICH's (hydra) launcher flag")
+
+
+def train_across(hosts, run_dir, sets: list[str], flags: tuple[str, ...] = (), timeout: float = 90) -> Ended:
+    """`distbelief train` straight under mpiexec across the hosts (not through tests/mpi/rank_main:
+    survivors of a rank that left end with os._exit), launcher flags after the placement."""
+    overrides = [item for key_value in sets for item in ("--set", key_value)]
+    command = [
+        *("timeout", "-k", "10", str(int(timeout))),
+        *mpiexec_argv(hosts, PLACEMENT, mpiexec_path()),
+        *flags,
+        *(sys.executable, "-m", "distbelief_mpi", "train", JOB, "--run-dir", str(run_dir), "--no-progress"),
+        *overrides,
+    ]
+    start = time.monotonic()
+    done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=timeout + 30)
+    return Ended(done.returncode, done.stdout, done.stderr, time.monotonic() - start)
+
+
+def test_each_emulated_host_finds_its_own_address(emulated_hosts):
+    program = "from distbelief_mpi.runtime.liveness_port import host_addresses; print(*host_addresses())"
+    with emulated_hosts(2) as hosts:
+        for host in hosts.names:
+            found = subprocess.run(
+                hosts.command_on(host, [sys.executable, "-c", program]), capture_output=True, text=True, cwd=REPO
+            )
+            assert found.stdout.split() == [hosts.address(host)], (host, found.stdout, found.stderr)
+
+
+@needs_hydra
+def test_a_replica_that_leaves_on_another_host_is_lost_and_training_goes_on(tmp_path, digits_h5, emulated_hosts):
+    run_dir = tmp_path / "left"
+    sets = [
+        f"data.path={digits_h5}",
+        "run.epochs=30",
+        'faults.replica_loss="continue"',
+        'faults.inject="leave"',
+        "faults.inject_replica=2",
+        "faults.inject_after_steps=60",
+        f"faults.watchdog_seconds={WATCHDOG_S}",  # were it judged hung (not gone), the job would end
+        "checkpoint.grace_seconds=2",
+    ]
+    with emulated_hosts(2) as hosts:
+        survived = train_across(hosts, run_dir, sets, flags=("-disable-auto-cleanup",))
+    summary_path = run_dir / "summary.json"
+    assert summary_path.exists(), survived.explain()
+    summary = json.loads(summary_path.read_text())
+    assert summary["replicas_lost"] == [2], summary
+    assert summary["replica_steps"][2] is None and min(summary["replica_steps"][:2]) > 0, summary
+    assert "left the job mid-run" in survived.stderr, survived.explain()
+    shard_logs = "".join(path.read_text() for path in sorted((run_dir / "logs").glob("rank-[01].log")))
+    assert "replica 2 (rank 4 on h2) has left the job" in shard_logs, shard_logs[-3000:]
+    assert survived.returncode == 1, survived.explain()  # mpiexec passes the leaver's exit code on
+    assert leftover_processes(run_dir) == []
+
+
+def test_a_frozen_replica_on_another_host_is_hung_and_named_with_its_host(tmp_path, digits_h5, emulated_hosts):
+    run_dir = tmp_path / "run"
+    sets = [
+        f"data.path={digits_h5}",
+        "run.epochs=100000",
+        "optimizer.warmstart_steps=0",
+        f"faults.watchdog_seconds={WATCHDOG_S}",
+        "checkpoint.grace_seconds=2",
+        'faults.inject="freeze"',
+        "faults.inject_replica=1",
+        "faults.inject_after_steps=30",
+    ]
+    with emulated_hosts(2) as hosts:
+        ended = train_across(hosts, run_dir, sets)
+    # MPI_Abort(3); Hydra reports 9 instead when it had to SIGKILL a stopped (frozen) rank.
+    assert ended.returncode in (EXIT_HUNG, 9), ended.explain()
+    # its port still accepts (the kernel answers for a stopped process): alive and silent, so hung
+    assert "replica 1 (rank 3 on h2) has sent shard" in ended.stderr, ended.explain()
+    assert "its process has not exited: it is hung" in ended.stderr, ended.explain()
+    logs = sorted((run_dir / "logs").glob("rank-3*"))
+    assert logs and "injected fault" in logs[0].read_text(), ended.explain()
+    assert time.time() - logs[0].stat().st_mtime < WATCHDOG_S + 25, ended.explain()  # detection + abort
+    assert not (run_dir / "summary.json").exists()
+    assert leftover_processes(run_dir) == [], leftover_processes(run_dir)
