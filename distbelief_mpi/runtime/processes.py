@@ -1,7 +1,8 @@
 """Operating-system probes: is a process alive, and where does a pid mean the same process.
 
 MPI cannot tell a survivor that a peer has exited (docs/reliability.md); on one host the
-operating system can. roles/liveness.py decides what a silent rank means from these.
+operating system can. A process on another host is asked through its liveness port
+(liveness_port.py). roles/liveness.py decides what a silent rank means from these.
 """
 
 import os
