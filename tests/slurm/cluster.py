@@ -1,7 +1,8 @@
-"""A private single-node Slurm cluster for the tests: munged, slurmctld and slurmd from Debian's
-packages (apt-get install slurm-wlm munge), started as our own child processes on localhost with
-a configuration, munge key, ports and state directories of their own under one temporary
-directory. Nothing under /etc is read or written; the clients (sbatch, squeue, scontrol, srun
+"""A private Slurm cluster for the tests: munged, slurmctld and slurmd from Debian's packages
+(apt-get install slurm-wlm munge), started as our own child processes on localhost with a
+configuration, munge key, ports and state directories of their own under one temporary
+directory. One node (this machine) by default; tests/slurm/multinode.py runs one slurmd per
+emulated host. Nothing under /etc is read or written; the clients (sbatch, squeue, scontrol, srun
 inside the jobs) find the cluster through SLURM_CONF.
 
 The node declares more CPUs than the machine has (CPUS), and slurmd is told to believe the
@@ -65,12 +66,25 @@ class JobResult:
 
 
 class SlurmCluster:
-    def __init__(self, base: Path | None = None, cpus: int = CPUS):
+    """nodes: {node name: address}, one slurmd each (default: this machine on 127.0.0.1);
+    controller_address: where slurmctld, on this machine, is reached (tests/slurm/multinode.py
+    puts the nodes on emulated hosts and the controller on their bridge)."""
+
+    def __init__(
+        self,
+        base: Path | None = None,
+        cpus: int = CPUS,
+        nodes: dict[str, str] | None = None,
+        controller_address: str = "127.0.0.1",
+    ):
         self.base = Path(base or tempfile.mkdtemp(prefix="distbelief-slurm-"))
         # munged wants every directory above its socket searchable by all.
         os.chmod(self.base, 0o755)
         self.cpus = cpus
-        self.node = socket.gethostname().split(".")[0]
+        # slurmctld only runs on the host SlurmctldHost names: this machine.
+        self.controller = socket.gethostname().split(".")[0]
+        self.controller_address = controller_address
+        self.nodes = nodes or {self.controller: "127.0.0.1"}
         self.conf = self.base / "slurm.conf"
         self.munge_socket = self.base / "munge" / "munge.socket"
         self.logs = self.base / "log"
@@ -80,17 +94,22 @@ class SlurmCluster:
     # -- start and stop ------------------------------------------------------------------------
 
     def write_config(self) -> None:
-        for sub in ("munge", "state", "spool", "log"):
-            (self.base / sub).mkdir(exist_ok=True)
+        for sub in ("munge", "state", "log", *(f"spool/{node}" for node in self.nodes)):
+            (self.base / sub).mkdir(parents=True, exist_ok=True)
         os.chmod(self.base / "munge", 0o755)
         key = self.base / "munge" / "munge.key"
         key.write_bytes(os.urandom(1024))
         os.chmod(key, 0o600)
         b = self.base
+        node_lines = "\n".join(
+            f"NodeName={node} NodeAddr={address} CPUs={self.cpus} RealMemory=1000 State=UNKNOWN"
+            for node, address in self.nodes.items()
+        )
+        # %n: each slurmd's own node name, so that several slurmds share one configuration.
         self.conf.write_text(f"""\
-# Written by tests/slurm/cluster.py: a private single-node cluster, see docs/slurm.md.
+# Written by tests/slurm/cluster.py: a private Slurm cluster for the tests, see docs/slurm.md.
 ClusterName=distbelief-test
-SlurmctldHost={self.node}(127.0.0.1)
+SlurmctldHost={self.controller}({self.controller_address})
 SlurmctldPort={_free_port()}
 SlurmdPort={_free_port()}
 AuthType=auth/munge
@@ -99,11 +118,11 @@ AuthInfo=socket={self.munge_socket}
 SlurmUser=root
 SlurmdUser=root
 StateSaveLocation={b}/state
-SlurmdSpoolDir={b}/spool
+SlurmdSpoolDir={b}/spool/%n
 SlurmctldPidFile={b}/slurmctld.pid
-SlurmdPidFile={b}/slurmd.pid
+SlurmdPidFile={b}/slurmd-%n.pid
 SlurmctldLogFile={self.logs}/slurmctld.log
-SlurmdLogFile={self.logs}/slurmd.log
+SlurmdLogFile={self.logs}/slurmd-%n.log
 SlurmdParameters=config_overrides
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
@@ -118,8 +137,8 @@ JobCompType=jobcomp/none
 ReturnToService=2
 MinJobAge=600
 KillWait=5
-NodeName={self.node} NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory=1000 State=UNKNOWN
-PartitionName=debug Nodes={self.node} Default=YES MaxTime=INFINITE State=UP
+{node_lines}
+PartitionName=debug Nodes={",".join(self.nodes)} Default=YES MaxTime=INFINITE State=UP
 """)
 
     def _spawn(self, name: str, argv: list[str]) -> None:
@@ -146,8 +165,13 @@ PartitionName=debug Nodes={self.node} Default=YES MaxTime=INFINITE State=UP
         )
         self._wait_for(lambda: self.munge_socket.exists(), timeout, "munged's socket")
         self._spawn("slurmctld", [_which("slurmctld"), "-D", "-f", str(self.conf)])
-        self._spawn("slurmd", [_which("slurmd"), "-D", "-f", str(self.conf), "-N", self.node])
-        self._wait_for(lambda: self.node_state() == "idle", timeout, f"node {self.node} idle in sinfo")
+        for node in self.nodes:
+            self._spawn(f"slurmd-{node}", self.slurmd_argv(node))
+        self._wait_for(self.all_idle, timeout, f"nodes {', '.join(self.nodes)} idle in sinfo")
+
+    def slurmd_argv(self, node: str) -> list[str]:
+        """The command line of node's slurmd (run on this machine here; on its host in multinode.py)."""
+        return [_which("slurmd"), "-D", "-f", str(self.conf), "-N", node]
 
     def _wait_for(self, condition, timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
@@ -170,7 +194,8 @@ PartitionName=debug Nodes={self.node} Default=YES MaxTime=INFINITE State=UP
                 deadline = time.monotonic() + 20
                 while time.monotonic() < deadline and self.client("squeue", "-h", check=False).stdout.strip():
                     time.sleep(0.3)
-        for name in ("slurmd", "slurmctld", "munged"):
+        slurmds = [name for name in self.processes if name.startswith("slurmd-")]
+        for name in (*slurmds, "slurmctld", "munged"):
             process = self.processes.get(name)
             if process is None or process.poll() is not None:
                 continue
@@ -219,9 +244,16 @@ PartitionName=debug Nodes={self.node} Default=YES MaxTime=INFINITE State=UP
             raise RuntimeError(f"{' '.join(command)}: exit {done.returncode}\n{done.stdout}{done.stderr}")
         return done
 
-    def node_state(self) -> str:
-        done = self.client("sinfo", "-h", "-n", self.node, "-o", "%t", check=False, timeout=10)
-        return done.stdout.strip() if done.returncode == 0 else ""
+    def node_states(self) -> dict[str, str]:
+        """{node: its state as sinfo prints it (idle, alloc, mix, down*, ...)}; {} if sinfo fails."""
+        done = self.client("sinfo", "-h", "-N", "-o", "%N %t", check=False, timeout=10)
+        if done.returncode != 0:
+            return {}
+        return dict(line.split() for line in done.stdout.splitlines() if len(line.split()) == 2)
+
+    def all_idle(self) -> bool:
+        states = self.node_states()
+        return all(states.get(node) == "idle" for node in self.nodes)
 
     def sbatch(self, script: Path, *options: str, cwd: Path, env: dict | None = None) -> str:
         done = self.client("sbatch", "--parsable", *options, str(script), cwd=cwd, env=env)
@@ -249,6 +281,15 @@ PartitionName=debug Nodes={self.node} Default=YES MaxTime=INFINITE State=UP
             f"job {job_id} still not finished after {timeout} s: "
             f"{self.job_record(job_id)['_line']}\n{self.diagnostics()}"
         )
+
+    def release_requeued(self, job_id: str, timeout: float = 30) -> None:
+        """Let a job that requeued itself start now: Slurm holds it back for two minutes (BeginTime)."""
+        self._wait_for(lambda: self.job_record(job_id).get("JobState") == "PENDING", timeout, f"job {job_id} pending")
+        # Released while a node still cleans up the first run, the job is killed at once ("Job
+        # credential revoked", seen under load): wait until every node is idle again.
+        self._wait_for(self.all_idle, timeout, "every node idle after the requeue")
+        time.sleep(1.0)  # the revoked credential of the killed run expires with its clean-up
+        self.client("scontrol", "update", f"JobId={job_id}", "StartTime=now")
 
     def diagnostics(self, lines: int = 25) -> str:
         parts = []

@@ -4,12 +4,12 @@ state and exit code, and its run directory."""
 
 import json
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.slurm.conftest import REPO
+from tests.slurm.jobs import wait_for_output, wait_until_training
 
 SCRIPT = REPO / "jobs" / "slurm" / "digits_downpour.sbatch"
 JOB_TIMEOUT_S = 90
@@ -64,16 +64,6 @@ def test_a_failing_script_fails_the_job(slurm_cluster, tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
-def wait_until_training(run_dir: Path, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        metrics = run_dir / "metrics.jsonl"
-        if metrics.exists() and '"kind": "train"' in metrics.read_text():
-            return
-        time.sleep(0.2)
-    raise TimeoutError(f"{run_dir}: no training line within {timeout} s")
-
-
 def test_preempted_job_checkpoints_requeues_and_resumes(slurm_cluster, slurm_digits_h5, tmp_path):
     """Slurm's warning signal mid-run: the job commits a checkpoint, exits 75 and requeues itself;
     the requeued job continues from that checkpoint (--resume auto) and completes."""
@@ -86,23 +76,8 @@ def test_preempted_job_checkpoints_requeues_and_resumes(slurm_cluster, slurm_dig
     run_dir = tmp_path / "runs" / job_id
     wait_until_training(run_dir)
     slurm_cluster.client("scancel", "--signal=TERM", job_id)  # what --signal=TERM@120 sends
-    deadline = time.monotonic() + 60
-    while "requeueing job" not in (log.read_text() if log.exists() else ""):
-        assert time.monotonic() < deadline, explain(slurm_cluster, slurm_cluster.job_record(job_id), log)
-        time.sleep(0.5)
-    # Slurm holds a requeued job back for two minutes (BeginTime); release it now.
-    deadline = time.monotonic() + 30
-    while slurm_cluster.job_record(job_id).get("JobState") != "PENDING":
-        assert time.monotonic() < deadline, explain(slurm_cluster, slurm_cluster.job_record(job_id), log)
-        time.sleep(0.5)
-    # Released while the node still cleans up the first run, the job is killed at once ("Job
-    # credential revoked", seen under load): wait until the node is idle again.
-    deadline = time.monotonic() + 30
-    while "idle" not in slurm_cluster.client("sinfo", "-h", "-o", "%t").stdout:
-        assert time.monotonic() < deadline, explain(slurm_cluster, slurm_cluster.job_record(job_id), log)
-        time.sleep(0.5)
-    time.sleep(1.0)  # the revoked credential of the killed run expires with its clean-up
-    slurm_cluster.client("scontrol", "update", f"JobId={job_id}", "StartTime=now")
+    wait_for_output(log, "requeueing job", 60, lambda: explain(slurm_cluster, slurm_cluster.job_record(job_id), log))
+    slurm_cluster.release_requeued(job_id)
     result = slurm_cluster.wait_job(job_id, timeout=JOB_TIMEOUT_S)
     assert (result.state, result.exit_code) == ("COMPLETED", "0:0"), explain(slurm_cluster, result, log)
     output = log.read_text()
