@@ -59,8 +59,11 @@ class EmulatedHosts:
     def __init__(self, n_hosts: int, rate: str | None = None, name: str = DEFAULT_NAME, subnet: str = DEFAULT_SUBNET):
         if not 1 <= n_hosts <= 200:
             raise ValueError(f"n_hosts must be in [1, 200], not {n_hosts}")
-        if len(name) > 8 or not name.isalnum():
+        if len(name) > 8 or not (name.isascii() and name.isalnum()):
             raise ValueError(f"name {name!r}: at most 8 letters or digits (it prefixes interface names)")
+        octets = subnet.split(".")
+        if len(octets) != 3 or not all(o.isdigit() and int(o) <= 255 for o in octets):
+            raise ValueError(f"subnet {subnet!r}: the first three octets of a /24, e.g. {DEFAULT_SUBNET!r}")
         self.n_hosts, self.rate, self.name, self.subnet = n_hosts, rate, name, subnet
         self.names = [f"h{i + 1}" for i in range(n_hosts)]
         self.bridge = f"{name}br"
