@@ -127,7 +127,7 @@ def shard_main(world, windows, shard_id, ranges, rule, seed):
 def replica_main(world, windows, n_shards, ranges, n_params, repeats):
     from distbelief_mpi.comm.control import Backoff, barrier_sleeping
     from distbelief_mpi.comm.messages import DONE, Messenger, ReplicaDone
-    from distbelief_mpi.comm.param_server import ReplicaEndpoint
+    from distbelief_mpi.comm.replica_endpoint import ReplicaEndpoint
 
     endpoint = ReplicaEndpoint(windows, 0)
     rng = np.random.default_rng(1234)

@@ -36,7 +36,8 @@ def worker(pushes: int) -> None:
 
     from distbelief_mpi.comm.control import barrier_sleeping
     from distbelief_mpi.comm.messages import DONE, Messenger, ReplicaDone
-    from distbelief_mpi.comm.param_server import ParamServerWindows, ReplicaEndpoint
+    from distbelief_mpi.comm.param_server import ParamServerWindows
+    from distbelief_mpi.comm.replica_endpoint import ReplicaEndpoint
     from distbelief_mpi.config import Optimizer
     from distbelief_mpi.roles.downpour.shard import Shard
 

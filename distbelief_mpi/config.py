@@ -18,6 +18,7 @@ from .model.spec import LayerSpec, parse_layer
 ALGORITHMS = ("sgd", "downpour", "sandblaster")
 SERVER_RULES = ("adagrad", "sgd")
 REPLICA_LOSS = ("abort", "continue")
+TRANSFERS = ("auto", "inline", "pipelined")
 INJECTED_FAULTS = ("none", "hang", "freeze", "leave", "slow", "duplicate")
 
 
@@ -59,6 +60,8 @@ class Optimizer:
     landing_slots: int = 4  # downpour, sandblaster: slots per shard that pushes land in, shared by the replicas
     overlap_comm: bool = False  # downpour: fetch and push in a background thread, overlapping compute
     # (docs/downpour.md)
+    transfers: str = "auto"  # downpour: inline (each step's push and fetch complete within it), pipelined
+    # (one phase a step, overlapping compute), auto (pipelined for a replica with a shard on another node)
     lbfgs_memory: int = 10  # sandblaster: (s, y) pairs of L-BFGS history, kept on the shards
     sandblaster_batch: int = 0  # sandblaster: examples per L-BFGS batch (0: the whole training split, one batch)
     lbfgs_iterations_per_batch: int = 20  # sandblaster: L-BFGS iterations on one batch before the next (history
@@ -246,6 +249,7 @@ def check_values(spec: JobSpec) -> list[str]:
         (o.learning_rate > 0, "optimizer.learning_rate", "must be > 0"),
         (o.batch_size >= 1, "optimizer.batch_size", "must be >= 1"),
         (o.server_rule in SERVER_RULES, "optimizer.server_rule", f"must be one of {list(SERVER_RULES)}"),
+        (o.transfers in TRANSFERS, "optimizer.transfers", f"must be one of {list(TRANSFERS)}"),
         (o.server_learning_rate > 0, "optimizer.server_learning_rate", "must be > 0"),
         (o.adagrad_initial_accumulator >= 0, "optimizer.adagrad_initial_accumulator", "must be >= 0"),
         (o.adagrad_epsilon >= 0, "optimizer.adagrad_epsilon", "must be >= 0"),

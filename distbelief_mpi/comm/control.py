@@ -6,9 +6,8 @@ the warmstart, ranks waiting at the end) tests a non-blocking request and sleeps
 tests, with exponential backoff up to a few milliseconds.
 """
 
-import time
-
 from ..runtime import watchdog
+from .network_wait import wait_for_network
 
 # Tags of control messages: see the channels in messages.py (partition_exchange.py uses 120).
 
@@ -22,7 +21,7 @@ class Backoff:
     def sleep(self) -> None:
         """Waiting for others is progress for this rank's watchdog: the others are watched themselves."""
         watchdog.beat()
-        time.sleep(self.delay)
+        wait_for_network(self.delay)  # a request from another host wakes us at once
         self.delay = min(self.limit, self.delay * 2)
 
     def reset(self) -> None:

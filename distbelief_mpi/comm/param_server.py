@@ -36,16 +36,12 @@ not taken for long means the shard is hung, ReplicaEndpoint). Every rank holds a
 progress from the target. The parameter buffers are a seqlock (seqlock.py).
 """
 
-import time
 from typing import NamedTuple
 
 import numpy as np
 from mpi4py import MPI
 
 from ..config import Optimizer
-from ..errors import RankHung
-from .control import Backoff
-from .seqlock import SeqlockReader
 
 HEADER = 2  # words before the slots' ones: VERSION and WRITING (seqlock.py)
 BASE, STEPS, OFFSET, LENGTH, SLOT_HEADER = 0, 1, 2, 3, 4  # a slot's header words, in order
@@ -124,6 +120,11 @@ class ParamServerWindows:
         self.data_win.Lock_all()
         self.ctrl_win.Lock_all()
         self._one = np.zeros(1, np.int64)
+        self.my_node = _ranks_on_my_node(world_comm)
+
+    def on_my_node(self, shard_id: int) -> bool:
+        """The shard shares this rank's node (its window is reached through shared memory)."""
+        return self.shard_ranks[shard_id] in self.my_node
 
     def close(self) -> None:
         """Collective: release the windows (every rank, after all traffic has ended)."""
@@ -132,61 +133,91 @@ class ParamServerWindows:
         self.data_win.Free()
         self.ctrl_win.Free()
 
-    # -- atomic control words ------------------------------------------------------------
+    # -- operations issued now and completed together by complete() --------------------------
+    # Between hosts every RMA operation is a network round trip that also waits for the target
+    # to progress MPI; issuing several shards' operations before one completion overlaps them.
+    # The buffers passed stay untouched (and alive) until complete() returns.
+    def issue_read_word(self, shard_id: int, index: int, out: np.ndarray) -> None:
+        """out (1,) int64 <- word `index`, read atomically."""
+        rank = self.shard_ranks[shard_id]
+        self.ctrl_win.Fetch_and_op([self._one, MPI.INT64_T], [out, MPI.INT64_T], rank, index, MPI.NO_OP)
+
+    def issue_read_words(self, shard_id: int, first: int, out: np.ndarray) -> None:
+        """out (count,) int64 <- words [first, first + count), each read atomically."""
+        count, rank = len(out), self.shard_ranks[shard_id]
+        zeros = np.zeros(count, np.int64)
+        self.ctrl_win.Get_accumulate(
+            [zeros, MPI.INT64_T], [out, MPI.INT64_T], rank, (first, count, MPI.INT64_T), MPI.NO_OP
+        )
+
+    def issue_write_words(self, shard_id: int, first: int, values: np.ndarray) -> None:
+        """Words [first, first + n) <- values (n,) int64, each atomically (Accumulate REPLACE)."""
+        rank = self.shard_ranks[shard_id]
+        self.ctrl_win.Accumulate([values, MPI.INT64_T], rank, (first, len(values), MPI.INT64_T), MPI.REPLACE)
+
+    def issue_compare_and_swap(self, shard_id: int, index: int, new_expected: np.ndarray, out: np.ndarray) -> None:
+        """Word `index` := new_expected[0] if it equals new_expected[1]; out (1,) <- the word as it was."""
+        rank = self.shard_ranks[shard_id]
+        self.ctrl_win.Compare_and_swap(
+            [new_expected[0:1], MPI.INT64_T], [new_expected[1:2], MPI.INT64_T], [out, MPI.INT64_T], rank, index
+        )
+
+    def issue_get_params(self, shard_id: int, version: int, out: np.ndarray, offset: int = 0) -> None:
+        """out (n,) float32 <- elements [offset, offset + n) of parameter buffer version % 2."""
+        rank, length = self.shard_ranks[shard_id], self.lengths[shard_id]
+        self._check_part(shard_id, offset, len(out))
+        self.data_win.Get(out, rank, ((version % 2) * length + offset, len(out), MPI.FLOAT))
+
+    def issue_put_slot(self, shard_id: int, slot: int, grad: np.ndarray, offset: int = 0) -> None:
+        """Landing slot `slot`'s elements [offset, offset + n) <- grad (n,)."""
+        rank, length = self.shard_ranks[shard_id], self.lengths[shard_id]
+        self._check_part(shard_id, offset, len(grad))
+        self.data_win.Put(grad, rank, ((2 + slot) * length + offset, len(grad), MPI.FLOAT))
+
+    def complete(self, shard_ids, data: bool = False, ctrl: bool = False) -> None:
+        """Complete (at origin and target) what was issued to these shards on the windows named."""
+        for rank in dict.fromkeys(self.shard_ranks[s] for s in shard_ids):
+            if data:
+                self.data_win.Flush(rank)
+            if ctrl:
+                self.ctrl_win.Flush(rank)
+
+    def progress(self) -> None:
+        """Let MPI move what was issued (a transport may hold operations until it progresses)."""
+        self.comm.Iprobe(MPI.ANY_SOURCE, MPI.ANY_TAG)
+
+    # -- the same, one operation completed at once ---------------------------------------------
     def read_word(self, shard_id: int, index: int) -> int:
         result = np.zeros(1, np.int64)
-        rank = self.shard_ranks[shard_id]
-        self.ctrl_win.Fetch_and_op([self._one, MPI.INT64_T], [result, MPI.INT64_T], rank, index, MPI.NO_OP)
-        self.ctrl_win.Flush(rank)
+        self.issue_read_word(shard_id, index, result)
+        self.complete([shard_id], ctrl=True)
         return int(result[0])
 
     def read_words(self, shard_id: int, first: int, count: int) -> np.ndarray:
         """(count,) int64, each word read atomically (not the block as a whole)."""
         result = np.zeros(count, np.int64)
-        rank = self.shard_ranks[shard_id]
-        self.ctrl_win.Get_accumulate(
-            [np.zeros(count, np.int64), MPI.INT64_T],
-            [result, MPI.INT64_T],
-            rank,
-            (first, count, MPI.INT64_T),
-            MPI.NO_OP,
-        )
-        self.ctrl_win.Flush(rank)
+        self.issue_read_words(shard_id, first, result)
+        self.complete([shard_id], ctrl=True)
         return result
 
     def write_words(self, shard_id: int, first: int, values) -> None:
-        values = np.ascontiguousarray(values, np.int64)
-        rank = self.shard_ranks[shard_id]
-        self.ctrl_win.Accumulate([values, MPI.INT64_T], rank, (first, len(values), MPI.INT64_T), MPI.REPLACE)
-        self.ctrl_win.Flush(rank)
+        self.issue_write_words(shard_id, first, np.ascontiguousarray(values, np.int64))
+        self.complete([shard_id], ctrl=True)
 
     def compare_and_swap(self, shard_id: int, index: int, expected: int, new: int) -> int:
         """Word `index` := new if it equals expected, atomically; returns the word as it was."""
-        rank, result = self.shard_ranks[shard_id], np.zeros(1, np.int64)
-        self.ctrl_win.Compare_and_swap(
-            [np.array([new], np.int64), MPI.INT64_T],
-            [np.array([expected], np.int64), MPI.INT64_T],
-            [result, MPI.INT64_T],
-            rank,
-            index,
-        )
-        self.ctrl_win.Flush(rank)
+        result = np.zeros(1, np.int64)
+        self.issue_compare_and_swap(shard_id, index, np.array([new, expected], np.int64), result)
+        self.complete([shard_id], ctrl=True)
         return int(result[0])
 
-    # -- data ----------------------------------------------------------------------------
     def get_params(self, shard_id: int, version: int, out: np.ndarray, offset: int = 0) -> None:
-        """out (n,) float32 <- elements [offset, offset + n) of parameter buffer version % 2."""
-        rank, length = self.shard_ranks[shard_id], self.lengths[shard_id]
-        self._check_part(shard_id, offset, len(out))
-        self.data_win.Get(out, rank, ((version % 2) * length + offset, len(out), MPI.FLOAT))
-        self.data_win.Flush(rank)
+        self.issue_get_params(shard_id, version, out, offset)
+        self.complete([shard_id], data=True)
 
     def put_slot(self, shard_id: int, slot: int, grad: np.ndarray, offset: int = 0) -> None:
-        """Landing slot `slot`'s elements [offset, offset + n) <- grad (n,), flushed."""
-        rank, length = self.shard_ranks[shard_id], self.lengths[shard_id]
-        self._check_part(shard_id, offset, len(grad))
-        self.data_win.Put(grad, rank, ((2 + slot) * length + offset, len(grad), MPI.FLOAT))
-        self.data_win.Flush(rank)
+        self.issue_put_slot(shard_id, slot, grad, offset)
+        self.complete([shard_id], data=True)
 
     def _check_part(self, shard_id: int, offset: int, length: int) -> None:
         """A part outside the slice would silently read or write the neighbouring buffer."""
@@ -194,6 +225,16 @@ class ParamServerWindows:
             raise ValueError(
                 f"[{offset}, {offset + length}) is not within shard {shard_id}'s {self.lengths[shard_id]} parameters"
             )
+
+
+def _ranks_on_my_node(world_comm) -> frozenset[int]:
+    """World ranks that share memory with this one (collective; O(ranks on the node))."""
+    node = world_comm.Split_type(MPI.COMM_TYPE_SHARED)
+    try:
+        ranks = MPI.Group.Translate_ranks(node.Get_group(), list(range(node.Get_size())), world_comm.Get_group())
+    finally:
+        node.Free()
+    return frozenset(ranks)
 
 
 class Push(NamedTuple):
@@ -263,100 +304,3 @@ class LandingSlots:
         seen = self.windows.compare_and_swap(self.shard_id, state_word(slot), state, new)
         if seen != state:  # only this shard moves a posted slot on: anything else is a bug
             raise RuntimeError(f"landing slot {slot} of shard {self.shard_id}: state {seen:#x}, expected {state:#x}")
-
-
-class ReplicaEndpoint:
-    """A replica's side: fetch consistent parameter slices (or parts of them), post pushes.
-
-    At most one push of this endpoint is in flight per shard. try_push refuses (returns False,
-    nothing sent) while the previous one has not been taken, or when every slot is busy. A shard
-    that takes nothing for `hung_after` seconds (0: never judged) while we wait is hung: try_push
-    raises RankHung naming it rather than deferring forever."""
-
-    def __init__(self, windows: ParamServerWindows, replica_id: int, hung_after: float = 0.0):
-        self.windows, self.replica_id, self.hung_after = windows, replica_id, hung_after
-        n_shards = len(windows.shard_ranks)
-        self.pushed = [0] * n_shards  # pushes posted, per shard
-        self.in_flight: list[tuple[int, int] | None] = [None] * n_shards  # (slot, its POSTED state)
-        self.busy_since: list[float | None] = [None] * n_shards
-        self.busy_seen: list[object] = [None] * n_shards  # what refused us: unchanged means no progress
-        self.reader = SeqlockReader(windows)
-
-    @property
-    def fetch_retries(self) -> int:
-        return self.reader.retries
-
-    def fetch(self, shard_id: int, out: np.ndarray, offset: int = 0) -> int:
-        """out (n,) <- a consistent copy of the shard's parameters [offset, offset + n); returns
-        their version."""
-        return self.reader.read(shard_id, out, offset)
-
-    def slot_free(self, shard_id: int) -> bool:
-        """Our last push to the shard has been taken (applied or rejected), or there was none."""
-        if self.in_flight[shard_id] is None:
-            return True
-        slot, posted = self.in_flight[shard_id]
-        return self.windows.read_word(shard_id, state_word(slot)) != posted
-
-    def try_push(self, shard_id: int, grad: np.ndarray, base_version: int, steps: int, offset: int = 0) -> bool:
-        """Post grad (n,) as the shard's elements [offset, offset + n) if our previous push has
-        been taken and a slot is free; False (nothing sent) otherwise."""
-        slot, claimed, refusal = self._claim(shard_id)
-        if slot is None:
-            self._check_busy(shard_id, refusal)
-            return False
-        self.busy_since[shard_id] = self.busy_seen[shard_id] = None
-        windows, n_slots = self.windows, self.windows.n_slots
-        windows.put_slot(shard_id, slot, grad, offset)
-        windows.write_words(shard_id, header_word(n_slots, slot), [base_version, steps, offset, len(grad)])
-        windows.compare_and_swap(shard_id, state_word(slot), claimed, claimed + (POSTED - CLAIMED))
-        self.in_flight[shard_id] = (slot, claimed + (POSTED - CLAIMED))
-        self.pushed[shard_id] += 1
-        return True
-
-    def _claim(self, shard_id: int) -> tuple[int | None, int, object]:
-        """(slot, its CLAIMED state, None) for a slot now ours, or (None, 0, what refused us)."""
-        if self.in_flight[shard_id] is not None:
-            slot, posted = self.in_flight[shard_id]
-            # The usual case: our last push was taken and nobody has claimed its slot since.
-            seen = self._try_claim(shard_id, slot, freed(posted))
-            if seen == posted:
-                return None, 0, ("own push", slot, posted)
-            self.in_flight[shard_id] = None
-            if seen == freed(posted):
-                return slot, self._claimed(freed(posted)), None
-        states = self.windows.read_words(shard_id, state_word(0), self.windows.n_slots)
-        n_slots = len(states)
-        for k in range(n_slots):
-            slot = (self.replica_id + k) % n_slots  # replicas start at different slots: fewer collisions
-            state = int(states[slot])
-            if phase_of(state) == FREE and self._try_claim(shard_id, slot, state) == state:
-                return slot, self._claimed(state), None
-        return None, 0, tuple(states.tolist())
-
-    def _claimed(self, free_state: int) -> int:
-        return free_state | slot_state(0, CLAIMED, self.replica_id)
-
-    def _try_claim(self, shard_id: int, slot: int, free_state: int) -> int:
-        """CAS the slot from free_state to claimed by us; returns its state as it was."""
-        return self.windows.compare_and_swap(shard_id, state_word(slot), free_state, self._claimed(free_state))
-
-    def _check_busy(self, shard_id: int, refusal: object) -> None:
-        """RankHung once the same refusal (our push still there, or the same busy slot states)
-        has lasted hung_after seconds: the shard has taken no push meanwhile."""
-        now = time.monotonic()
-        since = self.busy_since[shard_id]
-        if since is None or self.busy_seen[shard_id] != refusal:
-            self.busy_since[shard_id], self.busy_seen[shard_id] = now, refusal
-        elif self.hung_after and now - since > self.hung_after:
-            raise RankHung(
-                f"shard {shard_id} (rank {self.windows.shard_ranks[shard_id]}) has not taken a push "
-                f"(replica {self.replica_id} waiting) for {now - since:.0f} s: it is hung "
-                f"(faults.watchdog_seconds = {self.hung_after:g})"
-            )
-
-    def push(self, shard_id: int, grad: np.ndarray, base_version: int, steps: int, offset: int = 0) -> None:
-        """Post grad, waiting (sleeping, never spinning) until our slot is taken and one is free."""
-        wait = Backoff()
-        while not self.try_push(shard_id, grad, base_version, steps, offset):
-            wait.sleep()

@@ -9,8 +9,8 @@ signal may reach them a step apart, and one partition alone would wait for the o
 
 import numpy as np
 
-from ..comm.param_server import ReplicaEndpoint
 from ..comm.partition_exchange import MaxAgreement, MpiExchanger, split_replica_comm
+from ..comm.replica_endpoint import FetchItem, PushItem, ReplicaEndpoint
 from ..layout import Piece
 from ..model.partition import split_model
 from ..model.partitioned import PartitionedNetwork
@@ -90,3 +90,25 @@ class ShardSubset:
 
     def push(self, index: int, grad, base_version: int, steps: int) -> None:
         self.inner.push(self.shard_ids[index], grad, base_version, steps, self.offsets[index])
+
+    def pieces(self, ranges: list[slice]) -> list[tuple[int, int, int, int]]:
+        """(shard id, offset in its slice, start in our vector, length) per local piece; ranges:
+        where each piece lies in our vector."""
+        return [
+            (self.shard_ids[i], self.offsets[i], part.start, part.stop - part.start) for i, part in enumerate(ranges)
+        ]
+
+    def exchange(self, pushes: list[PushItem], fetches: list[FetchItem]) -> tuple[list[bool], list[int]]:
+        """ReplicaEndpoint.exchange with items naming local pieces (their offset is the piece's)."""
+        return self.inner.exchange([self._push(p) for p in pushes], [self._fetch(f) for f in fetches])
+
+    def push_all(self, pushes: list[PushItem]) -> None:
+        self.inner.push_all([self._push(p) for p in pushes])
+
+    def _push(self, item: PushItem) -> PushItem:
+        index = item.shard_id
+        return item._replace(shard_id=self.shard_ids[index], offset=self.offsets[index])
+
+    def _fetch(self, item: FetchItem) -> FetchItem:
+        index = item.shard_id
+        return item._replace(shard_id=self.shard_ids[index], offset=self.offsets[index])

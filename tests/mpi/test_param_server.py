@@ -108,3 +108,20 @@ def test_fewer_shards_than_partitions_apply_sub_range_pushes(tmp_path, n_shards,
     assert sum(s["version"] for s in shards) == sum(p["pushes"] for p in partitions)
     if replicas == 1:  # its block's only pusher: a fetch after its pushes are taken sees exactly them
         assert all(p["fetch_error"] == 0 for p in partitions), partitions
+
+
+@pytest.mark.parametrize("n_shards, n_replicas", [(1, 1), (2, 3)])
+def test_pipelined_transfers_lose_and_double_nothing(tmp_path, n_shards, n_replicas):
+    """comm/pipelined.py: pushes and fetches spread over steps, against real shards."""
+    n_ranks, n_params = n_shards + n_replicas, 1000
+    run = run_mpi(n_ranks, ["program", "ps_pipelined", str(n_shards), str(n_params)], tmp_path)
+    assert_all_ranks(run, n_ranks)
+    check_pipelined(records(run, "shard"), records(run, "replica"), n_params)
+
+
+def check_pipelined(shards: list[dict], replicas: list[dict], n_params: int) -> None:
+    final = np.concatenate([s["params"] for s in sorted(shards, key=lambda s: s["shard_id"])])
+    total = np.sum([r["total"] for r in replicas], axis=0)
+    np.testing.assert_array_equal(final, np.arange(n_params) - total)
+    assert sum(s["steps_pushed"] for s in shards) == len(shards) * sum(r["steps"] for r in replicas)
+    assert all(r["pipelined_pushes"] > 0 and r["takes"] > 0 for r in replicas), replicas

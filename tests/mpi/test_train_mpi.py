@@ -196,6 +196,24 @@ def test_digits_downpour_2_shards_3_replicas_reaches_95_percent(tmp_path, digits
     assert all(peak > 20e6 for peak in summary["peak_rss_bytes"].values()), summary["peak_rss_bytes"]
 
 
+def test_downpour_with_pipelined_transfers_reaches_95_percent(tmp_path, digits_h5):
+    """optimizer.transfers = pipelined on one host (auto picks it only across nodes)."""
+    target = [
+        "distbelief",
+        "train",
+        DOWNPOUR_JOB,
+        "--set",
+        f"data.path={digits_h5}",
+        "--run-dir",
+        str(tmp_path / "run"),
+    ]
+    run = run_mpi(5, [*target, "--set", "optimizer.transfers=pipelined"], tmp_path, timeout=300)
+    assert_all_ranks(run, 5)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["test_accuracy"] >= 0.95, summary
+    assert summary["pushes_applied"] > 0 and sum(summary["shard_versions"]) == summary["pushes_applied"]
+
+
 def test_downpour_with_background_transfers_trains(tmp_path, digits_h5):
     run = run_mpi(
         4,

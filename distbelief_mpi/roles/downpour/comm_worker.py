@@ -20,7 +20,7 @@ import threading
 
 import numpy as np
 
-from ...comm.param_server import ReplicaEndpoint
+from ...comm.replica_endpoint import FetchItem, PushItem, ReplicaEndpoint
 from ...errors import DistbeliefError
 from ...runtime import watchdog
 
@@ -102,15 +102,17 @@ class CommWorker:
                 return
 
     def _push(self, grad: np.ndarray, steps: list[int], base_versions: list[int]) -> None:
-        for shard_id, part in enumerate(self.ranges):
-            if steps[shard_id]:
-                self.endpoint.push(shard_id, grad[part], base_versions[shard_id], steps[shard_id])
-                self.pushes += 1
+        pushes = [
+            PushItem(shard_id, grad[part], base_versions[shard_id], steps[shard_id])
+            for shard_id, part in enumerate(self.ranges)
+            if steps[shard_id]
+        ]
+        self.endpoint.push_all(pushes)  # every shard at once, waiting for the busy ones
+        self.pushes += len(pushes)
         grad[:] = 0  # zeroed before it is handed back as the next accrual buffer
         self.push_idle.set()
 
     def _fetch(self) -> None:
-        self.staged_versions = [
-            self.endpoint.fetch(shard_id, self.staging[part]) for shard_id, part in enumerate(self.ranges)
-        ]
+        fetches = [FetchItem(shard_id, self.staging[part]) for shard_id, part in enumerate(self.ranges)]
+        self.staged_versions = self.endpoint.exchange([], fetches)[1]
         self.fetch_ready.set()

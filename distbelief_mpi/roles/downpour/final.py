@@ -12,7 +12,8 @@ belongs in the canonical order (model/partition.ParamOrder.segments).
 import numpy as np
 
 from ...checkpoint.params_file import PARAMS_CHUNK, params_stream
-from ...comm.param_server import ParamServerWindows, ReplicaEndpoint
+from ...comm.param_server import ParamServerWindows
+from ...comm.replica_endpoint import ReplicaEndpoint
 from ...job import Job
 from ...runtime import watchdog
 from ..partitioned_replica import ShardSubset, own_shards, partition_network

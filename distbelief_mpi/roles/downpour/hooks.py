@@ -10,7 +10,10 @@ on a busy shard mid-run. With fewer shards than partitions a shard's part is thi
 block within the shard's slice (roles/partitioned_replica.ShardSubset maps it).
 
 With optimizer.overlap_comm the transfers run in a background thread
-(roles/downpour/comm_worker.py) and overlap with the next minibatches; without it they run inline.
+(roles/downpour/comm_worker.py) and overlap with the next minibatches. Otherwise, with a shard
+on another node (optimizer.transfers = "auto") or when asked ("pipelined"), they advance one
+phase per step (comm/pipelined.py), overlapping compute without a thread; else they run inline,
+the step's push and the next step's fetch in the same three round trips.
 """
 
 import time
@@ -19,7 +22,8 @@ import numpy as np
 
 from ...comm.control import barrier_sleeping
 from ...comm.messages import DONE, PREEMPT, WARMSTART, Messenger, PreemptNotice, ReplicaDone, WarmstartOver
-from ...comm.param_server import ReplicaEndpoint
+from ...comm.pipelined import PipelinedTransfers
+from ...comm.replica_endpoint import FetchItem, PushItem, ReplicaEndpoint
 from ...config import JobSpec
 from ...kernels import sgd_update_
 from ...runtime import preempt
@@ -51,25 +55,31 @@ class DownpourHooks(StepHooks):
         self.base_versions = [0] * len(self.ranges)  # shard version of our last fetch
         self.accrued_base = [0] * len(self.ranges)  # version the oldest accrued step started from
         self.fetched = False  # no fetch yet in this run (new or resumed)
+        self.fetched_for: int | None = None  # the step whose fetch went with the last push
         self.alpha = np.float32(spec.optimizer.learning_rate)
         self.pushes, self.deferred_pushes = 0, 0
         self.worker = CommWorker(endpoint, shard_ranges, len(params)) if spec.optimizer.overlap_comm else None
+        self.pipeline = pipelined_transfers(spec, endpoint, self.ranges, len(params)) if not self.worker else None
         self.messenger, self.other_replicas = messenger, other_replicas  # world ranks of the other replicas
         self.preemption_shared = False
         self.final_checkpoint_step: int | None = None
 
     def fetch_all(self) -> None:
         """A synchronous fetch of every shard (the first one, and every one without overlap)."""
-        for shard_id, part in enumerate(self.ranges):
-            self.base_versions[shard_id] = self.endpoint.fetch(shard_id, self.params[part])
+        self.exchange(fetch=True, pushes=[])
 
     def before_step(self, step):
         if not self.fetched:  # the run's first step, also after a resume: fetch, inline
             self.fetch_all()
             self.fetched = True
         elif step % self.spec.optimizer.fetch_every == 0:
+            if self.pipeline is not None:  # a copy that arrived since the last fetch point
+                versions = self.pipeline.take_fetch(self.params)
+                self.base_versions = versions if versions is not None else self.base_versions
+                return
             if self.worker is None:
-                self.fetch_all()
+                if self.fetched_for != step:  # not already fetched with the last push
+                    self.fetch_all()
                 return
             versions = self.worker.take_fetch(self.params)
             self.base_versions = versions if versions is not None else self.base_versions
@@ -81,8 +91,15 @@ class DownpourHooks(StepHooks):
             if not self.accrued_steps[shard_id]:  # staleness counts from the oldest accrued step
                 self.accrued_base[shard_id] = self.base_versions[shard_id]
             self.accrued_steps[shard_id] += 1
-        if (step + 1) % self.spec.optimizer.push_every == 0:
-            self.push_in_background() if self.worker else self.push_all(wait=False)
+        if self.pipeline is not None:
+            self.advance_pipeline(step)
+        elif (step + 1) % self.spec.optimizer.push_every == 0:
+            if self.worker:
+                self.push_in_background()
+            else:  # the next step's fetch, if due, goes in the same round trips
+                fetch = self.fetched and (step + 1) % self.spec.optimizer.fetch_every == 0
+                self.exchange(fetch, self.due_pushes())
+                self.fetched_for = step + 1 if fetch else None
         if step + 1 >= self.spec.optimizer.warmstart_steps:
             self.release_warmstart()
         if self.checkpoints:
@@ -121,6 +138,28 @@ class DownpourHooks(StepHooks):
             self.on_warmstart_done()
             self.on_warmstart_done = None
 
+    def advance_pipeline(self, step: int) -> None:
+        """One phase of every transfer (comm/pipelined.py): a push may start at push points,
+        and copies that arrived go into params when the next step is a fetch point."""
+        opt = self.spec.optimizer
+        fetch_point = self.fetched and (step + 1) % opt.fetch_every == 0
+        versions = self.pipeline.advance(
+            self.accrued,
+            self.accrued_steps,
+            self.accrued_base,
+            claim=(step + 1) % opt.push_every == 0,
+            params=self.params if fetch_point else None,
+        )
+        self.base_versions = versions if versions is not None else self.base_versions
+
+    def stop_pipeline(self) -> None:
+        """Finish the pushes under way; afterwards transfers are synchronous."""
+        if self.pipeline is not None:
+            self.pipeline.drain(self.accrued, self.accrued_steps, self.accrued_base)
+            self.pushes += self.pipeline.pushes
+            self.deferred_pushes += self.pipeline.deferred
+            self.pipeline = None
+
     def push_in_background(self) -> None:
         fresh = self.worker.try_push(self.accrued, self.accrued_steps, self.accrued_base)
         if fresh is None:
@@ -135,20 +174,53 @@ class DownpourHooks(StepHooks):
             self.pushes += self.worker.pushes
             self.worker = None
 
+    def due_pushes(self) -> list[PushItem]:
+        """Each shard's accrued part with at least one step in it (shard ids: local indices)."""
+        return [
+            PushItem(shard_id, self.accrued[part], self.accrued_base[shard_id], self.accrued_steps[shard_id])
+            for shard_id, part in enumerate(self.ranges)
+            if self.accrued_steps[shard_id]
+        ]
+
+    def exchange(self, fetch: bool, pushes: list[PushItem]) -> None:
+        """Post the pushes the shards accept (the others keep accruing) and, if `fetch`, fetch
+        every shard's parameters: all in the same three round trips (comm/replica_endpoint.py)."""
+        fetches = [FetchItem(shard_id, self.params[part]) for shard_id, part in enumerate(self.ranges)] if fetch else []
+        posted, versions = self.endpoint.exchange(pushes, fetches)
+        for push, done in zip(pushes, posted):
+            if done:
+                self._pushed(push.shard_id)
+            else:
+                self.deferred_pushes += 1
+        if fetch:
+            self.base_versions = versions
+
     def push_all(self, wait: bool) -> None:
         """Push each shard's accrued part; with wait=False skip (keep accruing) busy shards."""
-        for shard_id, part in enumerate(self.ranges):
-            if not self.accrued_steps[shard_id]:
-                continue
-            args = (shard_id, self.accrued[part], self.accrued_base[shard_id], self.accrued_steps[shard_id])
-            if wait:
-                self.endpoint.push(*args)
-            elif not self.endpoint.try_push(*args):
-                self.deferred_pushes += 1
-                continue
-            self.pushes += 1
-            self.accrued[part] = 0
-            self.accrued_steps[shard_id] = 0
+        if wait:
+            pushes = self.due_pushes()
+            self.endpoint.push_all(pushes)
+            for push in pushes:
+                self._pushed(push.shard_id)
+        else:
+            self.exchange(False, self.due_pushes())
+
+    def _pushed(self, shard_id: int) -> None:
+        self.pushes += 1
+        self.accrued[self.ranges[shard_id]] = 0
+        self.accrued_steps[shard_id] = 0
+
+
+def pipelined_transfers(spec: JobSpec, endpoint, ranges: list[slice], n_params: int) -> PipelinedTransfers | None:
+    """Split-phase transfers where optimizer.transfers asks for them ("auto": when one of our
+    shards is on another node, where each synchronous round trip costs a network latency plus
+    the shard's wake-up)."""
+    mode = spec.optimizer.transfers
+    pieces = endpoint.pieces(ranges)  # (shard id, offset, start, length)
+    remote = any(not endpoint.inner.windows.on_my_node(shard_id) for shard_id, *_ in pieces)
+    if mode == "inline" or (mode == "auto" and not remote):
+        return None
+    return PipelinedTransfers(endpoint.inner, pieces, n_params)
 
 
 def finish_replica(messenger: Messenger, hooks: DownpourHooks, shard_ranks, partners_comm=None) -> None:
@@ -162,6 +234,7 @@ def finish_replica(messenger: Messenger, hooks: DownpourHooks, shard_ranks, part
     if partners_comm is not None:
         barrier_sleeping(partners_comm)
     hooks.stop_worker()
+    hooks.stop_pipeline()
     hooks.push_all(wait=True)
     messenger.send_to_all(DONE, ReplicaDone(hooks.endpoint.replica_id), shard_ranks)
 

@@ -12,7 +12,8 @@ import numpy as np
 
 from ...comm.control import barrier_sleeping
 from ...comm.messages import Messenger
-from ...comm.param_server import ParamServerWindows, ReplicaEndpoint
+from ...comm.param_server import ParamServerWindows
+from ...comm.replica_endpoint import ReplicaEndpoint
 from ...data.batches import BatchStream, open_replica_stream
 from ...job import Job
 from ...model.warm_up import warm_up_kernels

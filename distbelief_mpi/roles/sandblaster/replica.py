@@ -40,7 +40,7 @@ from ...comm.messages import (
     TestFigures,
     Work,
 )
-from ...comm.param_server import ReplicaEndpoint
+from ...comm.replica_endpoint import ReplicaEndpoint
 from ...runtime import watchdog
 from ...runtime.fault_injection import FaultInjector
 from ..liveness import Silence

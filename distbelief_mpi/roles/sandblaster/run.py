@@ -25,7 +25,8 @@ from ...checkpoint.sandblaster_shard import load_vectors
 from ...checkpoint.shard_files import shard_file_name
 from ...comm.control import barrier_sleeping
 from ...comm.messages import Messenger
-from ...comm.param_server import ParamServerWindows, ReplicaEndpoint
+from ...comm.param_server import ParamServerWindows
+from ...comm.replica_endpoint import ReplicaEndpoint
 from ...comm.world import abort_job, max_to_root
 from ...data.hdf5 import read_split
 from ...model.warm_up import warm_up_kernels

@@ -7,7 +7,8 @@ import numpy as np
 
 from distbelief_mpi.comm.control import barrier_sleeping
 from distbelief_mpi.comm.messages import DONE, Messenger, ReplicaDone
-from distbelief_mpi.comm.param_server import DEFAULT_LANDING_SLOTS, ParamServerWindows, ReplicaEndpoint
+from distbelief_mpi.comm.param_server import DEFAULT_LANDING_SLOTS, ParamServerWindows
+from distbelief_mpi.comm.replica_endpoint import ReplicaEndpoint
 from distbelief_mpi.config import Optimizer
 from distbelief_mpi.layout import shard_ranges
 from distbelief_mpi.roles.downpour.shard import Shard

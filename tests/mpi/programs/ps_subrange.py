@@ -13,7 +13,8 @@ import numpy as np
 
 from distbelief_mpi.comm.control import Backoff, barrier_sleeping
 from distbelief_mpi.comm.messages import DONE, Messenger, ReplicaDone
-from distbelief_mpi.comm.param_server import ParamServerWindows, ReplicaEndpoint
+from distbelief_mpi.comm.param_server import ParamServerWindows
+from distbelief_mpi.comm.replica_endpoint import ReplicaEndpoint
 from distbelief_mpi.config import Optimizer, parse_job
 from distbelief_mpi.layout import Layout, assign_roles, partition_shard_ranges
 from distbelief_mpi.roles.downpour.shard import Shard
