@@ -430,6 +430,318 @@ def driver(args) -> int:
     return 1 if failed else 0
 
 
+# ---------------------------------------------------------------- between hosts (--hosts)
+# Shard (rank 0) on emulated host h1, replica (rank 1) on h2; rounds interleave an MPI ping-pong
+# between the two ranks with the parameter-server transfers, so each ratio compares figures
+# measured moments apart on the same link.
+HOSTS_PREFIX = "PS_HOSTS_JSON "
+# UCX's TCP segments (UCX_TCP_TX_SEG_SIZE / RX_SEG_SIZE, 8 KiB by default): an MPI_Get is served
+# by the target in segments, each a separate send from its progress loop; measured on emulated
+# hosts, 256k segments take an unshaped 167 MB fetch from ~0.4x to ~0.9x the ping-pong rate, but
+# at 1 Gbit/s they raise the small-message round trip from ~20 us to ~2 ms: UCX's default is kept.
+UCX_SEG = "default"
+HOSTS_TARGET_BW = 0.8  # push and fetch >= 0.8x the ping-pong's bandwidth
+HOSTS_TARGET_LAT = 3.0  # small push until applied <= 3 x MPI round trip + the shard's apply time
+PINGPONG_SMALL = 8  # bytes: the round-trip message (one float64 word, like the control words)
+PINGPONG_LARGE = 16 << 20  # bytes: the bandwidth message (many TCP windows, beyond the shaper's burst)
+SMALL_PUSH = 64  # float32: the small push (a 64-parameter shard of its own, as ps_latency.py)
+
+
+def link_pingpong(comm, peer: int, sizes: dict[str, tuple[int, int]]) -> dict[str, list[float]]:
+    """Blocking Send/Recv round trips with `peer`: {label: [seconds per round trip, ...]} for
+    every (bytes, round trips) in sizes, after one untimed round trip each."""
+    first = comm.Get_rank() < peer
+    out = {}
+    for label, (n, count) in sizes.items():
+        buf, times = np.zeros(n, np.uint8), []
+        for i in range(count + 1):
+            tick = time.perf_counter()
+            if first:
+                comm.Send(buf, peer, tag=7)
+                comm.Recv(buf, peer, tag=7)
+            else:
+                comm.Recv(buf, peer, tag=7)
+                comm.Send(buf, peer, tag=7)
+            if i:
+                times.append(time.perf_counter() - tick)
+        out[label] = times
+    comm.Barrier()
+    return out
+
+
+def hosts_worker(args) -> int:
+    """World rank 0: the shard (a big one of args.params, then a small one of SMALL_PUSH, both
+    the real serve loop); rank 1: the replica, which times every figure."""
+    from mpi4py import MPI
+
+    import distbelief_mpi.roles.downpour.shard as shard_mod
+    from distbelief_mpi.comm.control import Backoff, barrier_sleeping
+    from distbelief_mpi.comm.messages import DONE, Messenger, ReplicaDone
+    from distbelief_mpi.comm.param_server import ParamServerWindows
+    from distbelief_mpi.comm.replica_endpoint import ReplicaEndpoint
+    from distbelief_mpi.config import Optimizer
+
+    world = MPI.COMM_WORLD
+    rank, n = world.Get_rank(), args.params
+    if world.Get_size() != 2:
+        raise SystemExit("--hosts-worker needs exactly 2 ranks (shard on h1, replica on h2)")
+    messenger = Messenger(world)
+    big = ParamServerWindows(world, [0], [(0, n)], 1, 0 if rank == 0 else -1)
+    small = ParamServerWindows(world, [0], [(0, SMALL_PUSH)], 1, 0 if rank == 0 else -1)
+    sizes = {"small": (PINGPONG_SMALL, args.round_trips), "large": (PINGPONG_LARGE, args.large_round_trips)}
+    rounds = 1 + args.repeats  # round 0 is a warm-up
+
+    if rank == 0:
+        times: dict[str, list[tuple[float, float]]] = {"big": [], "small": []}  # (noticed, released)
+
+        class TimedShard(shard_mod.Shard):
+            def __init__(self, *a, key, **kw):
+                super().__init__(*a, **kw)
+                self.key = key
+
+            def apply_pending(self):
+                pushes = self.slots.posted()
+                for push in pushes:
+                    start = time.perf_counter()
+                    self._apply_one(push)
+                    self.slots.release(push)
+                    times[self.key].append((start, time.perf_counter()))
+                return len(pushes)
+
+        rule = Optimizer(algorithm="downpour", server_rule=args.rule)
+        rng = np.random.default_rng(0)
+        shards = {
+            "big": TimedShard(big, 0, rule, rng.standard_normal(n).astype(np.float32), key="big"),
+            "small": TimedShard(small, 0, rule, np.zeros(SMALL_PUSH, np.float32), key="small"),
+        }
+        shards["big"].warm_up()
+        barrier_sleeping(world)
+        for _ in range(rounds):
+            link_pingpong(world, 1, sizes)
+            shards["big"].serve(messenger)  # until the replica says done
+            shards["small"].serve(messenger)
+        world.send(times, dest=1, tag=TAG_SHARD_TIMES)
+        result = None
+    else:
+        big_ep, small_ep = ReplicaEndpoint(big, 0), ReplicaEndpoint(small, 0)
+        rng = np.random.default_rng(1234)
+        grad = (rng.standard_normal(n) * 1e-3).astype(np.float32)
+        fetched = np.zeros(n, np.float32)
+        small_grad, small_out = np.full(SMALL_PUSH, 1e-3, np.float32), np.zeros(SMALL_PUSH, np.float32)
+        barrier_sleeping(world)
+        rows = []
+        for r in range(rounds):
+            link = link_pingpong(world, 0, sizes)
+            time.sleep(5e-3)  # the shard back in its sleeping wait, as between real pushes
+            t0 = time.perf_counter()
+            big_ep.fetch(0, fetched)
+            t_fetch = time.perf_counter() - t0
+            time.sleep(5e-3)
+            t0 = time.perf_counter()
+            if not big_ep.try_push(0, grad, 0, 1):
+                raise RuntimeError("the big shard's slot is busy at the start of a push")
+            t1 = time.perf_counter()
+            wait = Backoff(first=5e-6, limit=100e-6)
+            while not big_ep.slot_free(0):
+                wait.sleep()
+            t2 = time.perf_counter()
+            messenger.send(DONE, ReplicaDone(0), 0)
+            small_push, small_start = [], []
+            for _ in range(args.small_pushes):
+                time.sleep(1e-3)  # the shard asleep in its wait when the push comes, as in a real job
+                tick = time.perf_counter()
+                small_ep.push(0, small_grad, 0, 1)
+                while not small_ep.slot_free(0):  # applied (polled back to back: each is a round trip)
+                    pass
+                small_push.append(time.perf_counter() - tick)
+                small_start.append(tick)
+            small_ep.fetch(0, small_out)
+            messenger.send(DONE, ReplicaDone(0), 0)
+            if r:
+                rows.append(
+                    {
+                        "pingpong_rtt": statistics.median(link["small"]),
+                        "pingpong_large": statistics.median(link["large"]),
+                        "fetch": t_fetch,
+                        "push": t1 - t0,
+                        "applied": t2 - t0,
+                        "push_start": t0,
+                        "small_push": small_push,
+                        "small_start": small_start,
+                    }
+                )
+        times = world.recv(source=0, tag=TAG_SHARD_TIMES)
+        if not (np.isfinite(fetched).all() and np.isfinite(small_out).all()):
+            raise RuntimeError("fetched parameters are not finite")
+        result = hosts_summary(rows, times, args, big_ep.fetch_retries)
+    barrier_sleeping(world)
+    small.close()
+    big.close()
+    if result is not None:
+        print(HOSTS_PREFIX + json.dumps(result), flush=True)
+    return 0
+
+
+def hosts_summary(rows, times, args, fetch_retries) -> dict:
+    med = statistics.median
+    n_bytes = 4 * args.params
+    big_times = times["big"][1:]  # the warm-up round's push first
+    small_times = times["small"][args.small_pushes :]
+    apply_big = [end - start for start, end in big_times]
+    notice_big = [start - row["push_start"] for (start, _), row in zip(big_times, rows)]
+    small_lat = [x for row in rows for x in row["small_push"]]
+    small_apply = [end - start for start, end in small_times]
+    starts = [x for row in rows for x in row["small_start"]]
+    # The clocks of the two hosts are one machine's CLOCK_MONOTONIC (namespaces share it).
+    small_notice = [start - tick for (start, _), tick in zip(small_times, starts)]
+    link_s = med([row["pingpong_large"] for row in rows]) / 2  # one way
+    rtt = med([row["pingpong_rtt"] for row in rows])
+    link_bps = PINGPONG_LARGE / max(link_s - rtt / 2, 1e-9)
+    t = {k: med([row[k] for row in rows]) for k in ("fetch", "push", "applied")}
+    gbps_ = {k: gbps(n_bytes, v) for k, v in t.items()}
+    ratio = {k: gbps_[k] * 1e9 / link_bps for k in gbps_}
+    # Each round's ratio against that round's own ping-pong: the spread of the side-by-side figure.
+    per_round = [
+        {
+            k: (n_bytes / row[k]) / (PINGPONG_LARGE / max(row["pingpong_large"] / 2 - row["pingpong_rtt"] / 2, 1e-9))
+            for k in ("fetch", "push", "applied")
+        }
+        for row in rows
+    ]
+    small = {
+        "median_s": med(small_lat),
+        "p90_s": statistics.quantiles(small_lat, n=10)[-1] if len(small_lat) > 1 else small_lat[0],
+        "apply_s": med(small_apply),
+        "notice_s": med(small_notice),
+        "pushes": len(small_lat),
+    }
+    bound = HOSTS_TARGET_LAT * rtt + small["apply_s"]
+    return {
+        "params": args.params,
+        "bytes": n_bytes,
+        "rule": args.rule,
+        "repeats": args.repeats,
+        "pingpong": {
+            "rtt_s": rtt,
+            "small_bytes": PINGPONG_SMALL,
+            "large_bytes": PINGPONG_LARGE,
+            "large_one_way_s": link_s,
+            "bandwidth_bytes_per_s": link_bps,
+        },
+        "seconds": t,
+        "gbps": gbps_,
+        "ratio_to_pingpong": ratio,
+        "ratio_per_round": per_round,
+        "apply_big_s": med(apply_big),
+        "notice_big_s": med(notice_big),
+        "small_push": small,
+        "small_push_bound_s": bound,
+        "small_push_in_rtts": small["median_s"] / rtt,
+        "fetch_retries": fetch_retries,
+        "meets_bandwidth": ratio["fetch"] >= HOSTS_TARGET_BW and ratio["applied"] >= HOSTS_TARGET_BW,
+        "meets_latency": small["median_s"] <= bound,
+        "raw": [{k: v for k, v in row.items() if k not in ("small_start",)} for row in rows],
+    }
+
+
+def format_hosts(res: dict, rate: str) -> list[str]:
+    p, t, r, s = res["pingpong"], res["seconds"], res["ratio_to_pingpong"], res["small_push"]
+    link = p["bandwidth_bytes_per_s"]
+    return [
+        f"| {rate} | {link / 1e9:.3f} GB/s, RTT {p['rtt_s'] * 1e6:.0f} us "
+        f"| {t['fetch'] * 1e3:.0f} ms, **{r['fetch']:.2f}x** "
+        f"| {t['push'] * 1e3:.0f} ms, {r['push']:.2f}x "
+        f"| {t['applied'] * 1e3:.0f} ms, **{r['applied']:.2f}x** (apply {res['apply_big_s'] * 1e3:.0f} ms) "
+        f"| {s['median_s'] * 1e6:.0f} us (p90 {s['p90_s'] * 1e6:.0f}) = {res['small_push_in_rtts']:.1f} RTT "
+        f"| {res['small_push_bound_s'] * 1e6:.0f} us (apply {s['apply_s'] * 1e6:.0f} us) "
+        f"| {'met' if res['meets_bandwidth'] else 'MISSED'} / {'met' if res['meets_latency'] else 'MISSED'} |"
+    ]
+
+
+def hosts_driver(args) -> int:
+    import mpi4py
+
+    mpi4py.rc.initialize = False
+    from machine import write_results
+
+    from distbelief_mpi.emulation import EmulatedHosts, mpiexec_argv, unavailable_reason
+
+    reason = unavailable_reason()
+    if reason:
+        print(f"emulated hosts unavailable: {reason}", file=sys.stderr)
+        return 2
+    params = args.params or (QUICK_PARAMS if args.quick else SPEECH_PARAMS)
+    repeats = args.repeats or (2 if args.quick else 5)
+    small_pushes = 10 if args.quick else 30
+    rates = args.rates or (["none"] if args.quick else ["none", "1gbit"])
+    worker_args = [
+        "--hosts-worker", "--params", str(params), "--repeats", str(repeats), "--rule", args.rule,
+        "--small-pushes", str(small_pushes),
+        "--round-trips", "20", "--large-round-trips", "2" if args.quick else "3",
+    ]  # fmt: skip
+    command = " ".join(["python bench/ps_bandwidth.py"] + sys.argv[1:])
+    lines = header_lines(command)
+    print("\n".join(lines), flush=True)
+    results = {}
+    segs = args.ucx_seg or [UCX_SEG]
+    for rate, seg in [(rate, seg) for rate in rates for seg in segs]:
+        shaped = None if rate == "none" else rate
+        label = (rate if shaped else "unshaped") + ("" if len(segs) == 1 else f", UCX segments {seg}")
+        seg_env = {} if seg == "default" else {"UCX_TCP_TX_SEG_SIZE": seg, "UCX_TCP_RX_SEG_SIZE": seg}
+        with EmulatedHosts(2, rate=shaped, name=args.name, subnet=args.subnet) as hosts:
+            launch = mpiexec_argv(hosts, [1, 1], mpiexec_path())
+            if args.nice:
+                launch = ["nice", "-n", str(args.nice), *launch]
+            argv = ["timeout", "-k", "10", str(args.timeout), *launch, sys.executable, os.path.abspath(__file__)]
+            env = {**os.environ, "PYTHONPATH": os.path.abspath(REPO), **seg_env}
+            started = time.perf_counter()
+            done = subprocess.run(argv + worker_args, capture_output=True, text=True, cwd=REPO, env=env)
+        found = [line for line in done.stdout.splitlines() if line.startswith(HOSTS_PREFIX)]
+        if done.returncode != 0 or not found:
+            print(f"FAILED at {label} (exit {done.returncode})\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}")
+            return 1
+        res = json.loads(found[-1][len(HOSTS_PREFIX) :])
+        res["wall_seconds"], res["rate"], res["ucx_seg"] = time.perf_counter() - started, label, seg
+        results[label] = res
+        print(f"{label}: " + json.dumps({k: res[k] for k in ("pingpong", "seconds", "ratio_to_pingpong")}))
+        print(f"  small push {res['small_push']}, bound {res['small_push_bound_s'] * 1e6:.0f} us", flush=True)
+    mb = 4 * params / 1e6
+    text = [
+        "## Parameter-server bandwidth and latency between hosts",
+        "",
+        f"{cpu_model()}, {usable_cores()} usable cores, {datetime.date.today()}, {mpi_library_line()}, "
+        f"UCX over TCP between 2 emulated hosts (network namespaces behind a bridge; `--rates` shapes "
+        f"both directions with tbf). Command: `{command}`"
+        + (f" (ranks under `nice -n {args.nice}`)" if args.nice else "")
+        + ".",
+        "",
+        f"Shard (rank 0) on h1, replica (rank 1) on h2. Medians of {repeats} rounds (+1 warm-up); each round "
+        f"runs an MPI ping-pong between the two ranks ({PINGPONG_LARGE >> 20} MiB messages: the link rate; "
+        f"{PINGPONG_SMALL}-byte ones: the round trip, RTT), then a fetch and a push of {params:,} float32 "
+        f"({mb:.1f} MB), then {small_pushes} pushes of {SMALL_PUSH} float32 to a shard of their own, each "
+        f"timed until the shard has applied it (the replica sees its slot released). Targets: push (until "
+        f"applied) and fetch >= {HOSTS_TARGET_BW}x the ping-pong's rate; small push <= {HOSTS_TARGET_LAT:g} x "
+        f"RTT + the shard's apply time (timed on the shard: rule, seqlock publish, release). UCX: "
+        f"`UCX_TLS=tcp,self`, TCP segments {' / '.join(segs)} (`UCX_TCP_TX_SEG_SIZE`, `UCX_TCP_RX_SEG_SIZE`; "
+        f"default = UCX's 8 KiB).",
+        "",
+        "| link | ping-pong | fetch | push, transfer | push until applied | small push until applied "
+        "| 3 RTT + apply | targets (bw / latency) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for label, res in results.items():
+        text += format_hosts(res, label)
+    text.append("")
+    text.append(
+        "Push, transfer: until the push is posted (claim, Put, header, post); push until applied adds the "
+        "shard's server rule on the whole slice, which the replica waits out."
+    )
+    print("\n".join(text))
+    if args.out_dir:
+        write_results(args.out_dir, "ps_bandwidth_hosts", "\n".join(text), {"header": lines, "results": results})
+    return 0 if all(r["meets_bandwidth"] and r["meets_latency"] for r in results.values()) or args.quick else 1
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shards", type=int, help="worker mode (under mpiexec -n SHARDS+1)")
@@ -441,7 +753,25 @@ def main(argv=None) -> int:
     ap.add_argument("--timeout", type=int, default=150, help="driver: seconds per mpiexec run")
     ap.add_argument("--out", help="also write the results as JSON to this file")
     ap.add_argument("--quiet", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--hosts", action="store_true", help="driver: shard and replica on 2 emulated hosts")
+    ap.add_argument("--rates", nargs="+", help="--hosts: links, tc rates or none (default: none 1gbit)")
+    ap.add_argument("--name", default="bw", help="--hosts: emulated hosts' name")
+    ap.add_argument("--subnet", default="10.236.0", help="--hosts: their /24")
+    ap.add_argument("--nice", type=int, default=0, help="--hosts: run the ranks under nice -n NICE")
+    ap.add_argument(
+        "--ucx-seg", nargs="+", help=f"--hosts: UCX TCP segment sizes to run, or default (default: {UCX_SEG})"
+    )
+    ap.add_argument("--out-dir", help="--hosts: write ps_bandwidth_hosts.{md,json} here")
+    ap.add_argument("--hosts-worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--small-pushes", type=int, default=30, help=argparse.SUPPRESS)
+    ap.add_argument("--round-trips", type=int, default=20, help=argparse.SUPPRESS)
+    ap.add_argument("--large-round-trips", type=int, default=3, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.hosts:
+        args.timeout = max(args.timeout, 300)
+        return hosts_driver(args)
+    if args.hosts_worker:
+        return hosts_worker(args)
     if args.all:
         return driver(args)
     if args.shards is None or args.shards < 1:
