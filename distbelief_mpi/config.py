@@ -61,7 +61,8 @@ class Optimizer:
     overlap_comm: bool = False  # downpour: fetch and push in a background thread, overlapping compute
     # (docs/downpour.md)
     transfers: str = "auto"  # downpour: inline (each step's push and fetch complete within it), pipelined
-    # (one phase a step, overlapping compute), auto (pipelined for a replica with a shard on another node)
+    # (one phase a step, overlapping compute), auto (pipelined for an unpartitioned replica with a shard on
+    # another node)
     lbfgs_memory: int = 10  # sandblaster: (s, y) pairs of L-BFGS history, kept on the shards
     sandblaster_batch: int = 0  # sandblaster: examples per L-BFGS batch (0: the whole training split, one batch)
     lbfgs_iterations_per_batch: int = 20  # sandblaster: L-BFGS iterations on one batch before the next (history
