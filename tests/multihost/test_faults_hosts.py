@@ -74,7 +74,9 @@ def test_a_replica_that_leaves_on_another_host_is_lost_and_training_goes_on(tmp_
     assert "left the job mid-run" in survived.stderr, survived.explain()
     shard_logs = "".join(path.read_text() for path in sorted((run_dir / "logs").glob("rank-[01].log")))
     assert "replica 2 (rank 4 on h2) has left the job" in shard_logs, shard_logs[-3000:]
-    assert survived.returncode == 1, survived.explain()  # mpiexec passes the leaver's exit code on
+    # mpiexec passes the leaver's exit code on; across the ssh stand-in it was once killed by
+    # SIGPIPE (-13) writing to the leaver's closed proxy connection, after everything above was done
+    assert survived.returncode in (1, -13), survived.explain()
     assert leftover_processes(run_dir) == []
 
 
@@ -96,8 +98,12 @@ def test_a_hung_replica_on_another_host_ends_the_job_naming_it_and_its_host(tmp_
     ]
     with emulated_hosts(2) as hosts:
         ended = train_across(hosts, run_dir, sets)
-    # MPI_Abort(3); Hydra reports 9 instead when it had to SIGKILL a stopped (frozen) rank.
-    assert ended.returncode in (EXIT_HUNG, 9), ended.explain()
+    # MPI_Abort(3); Hydra reports 9 instead when it had to SIGKILL a stopped (frozen) rank. When
+    # both shards abort at once, Hydra's mpiexec may find one proxy's socket closed while passing
+    # the kill on ("unable to send signal downstream") and then wait until our timeout kills it
+    # (seen once in CI, docs/multihost.md): the ranks have ended, the launcher has not.
+    hydra_stuck = ended.returncode == 124 and "unable to send signal downstream" in ended.stderr
+    assert ended.returncode in (EXIT_HUNG, 9) or hydra_stuck, ended.explain()
     by_shard = "replica 1 (rank 3 on h2) has sent shard" in ended.stderr
     assert by_shard or kind == "hang", ended.explain()
     if by_shard:  # its liveness port answered: alive, so hung (not "cannot be checked")
