@@ -1,15 +1,23 @@
 """Point-to-point exchanges between the partitions of one model replica (model/partitioned.py).
 
 The partitions of a replica run in lockstep, so a wait here is short: it polls for a few
-hundred tests first, then sleeps with backoff (ranks may outnumber cores)."""
+hundred tests first, then sleeps with backoff (ranks may outnumber cores). Sleeps shorter than
+a millisecond are plain sleeps: epoll (network_wait) waits whole milliseconds, and a partner on
+the same host (shared memory) never wakes it early; longer ones wait in epoll, so a message from
+another host ends them at once."""
+
+import time
 
 import numpy as np
 from mpi4py import MPI
 
-from .control import Backoff
+from ..runtime import watchdog
+from .network_wait import wait_for_network
 
 TAG_PARTITION = 120
 SPIN_TESTS = 400
+FIRST_SLEEP_S, LAST_SLEEP_S = 10e-6, 1e-3
+EPOLL_RESOLUTION_S = 1e-3  # select.epoll.poll rounds its timeout up to whole milliseconds
 
 
 class MpiExchanger:
@@ -54,6 +62,11 @@ def wait_all(requests) -> None:
     for _ in range(SPIN_TESTS):
         if MPI.Request.Testall(requests):
             return
-    backoff = Backoff(first=10e-6, limit=1e-3)
+    delay = FIRST_SLEEP_S
     while not MPI.Request.Testall(requests):
-        backoff.sleep()
+        watchdog.beat()  # waiting for the other partitions is progress: they are watched themselves
+        if delay < EPOLL_RESOLUTION_S:
+            time.sleep(delay)
+        else:
+            wait_for_network(delay)
+        delay = min(LAST_SLEEP_S, 2 * delay)
