@@ -19,6 +19,7 @@ import threading
 import time
 
 RESCAN_S = 0.05
+EPOLL_RESOLUTION_S = 1e-3  # select.epoll.poll waits whole milliseconds (rounded up)
 
 
 class SocketWaiter:
@@ -68,8 +69,11 @@ _AVAILABLE = hasattr(select, "epoll") and os.path.isdir("/proc/self/fd")
 
 
 def wait_for_network(seconds: float) -> None:
-    """Return after `seconds`, or sooner when one of this process's sockets receives data."""
-    if not _AVAILABLE:
+    """Return after `seconds`, or sooner when one of this process's sockets receives data. A
+    wait under EPOLL_RESOLUTION_S is a plain sleep: epoll rounds its timeout up to whole
+    milliseconds, so it would stretch a 20 us nap into 1 ms for partners on this host (shared
+    memory, no socket to wake us); the longer waits, where an idle rank spends its time, wake."""
+    if not _AVAILABLE or seconds < EPOLL_RESOLUTION_S:
         time.sleep(seconds)
         return
     waiter = getattr(_local, "waiter", None)
