@@ -15,6 +15,10 @@ Per step (the partitions run layer by layer in lockstep, so every layer waits fo
   F_l    (P, P) bytes p sends q before layer l: halo rows (image) or own piece to all (dense);
          the backward returns the input gradients along F_l^T; L = the logits gather
   X(F) = max_p [ max(sent_p, received_p) / bandwidth + max(#sends_p, #receives_p) * latency ]
+         partitions on hosts (Machine.hosts): X = max_p max(sum_q t(F[p,q]), sum_q t(F[q,p])), a
+         message's time t(n) = latency + n / bandwidth of its link (within a host, or between
+         hosts: net_), or that link's measured ping-pong curve at n bytes; and X >= every host's
+         network link time t_net(max(bytes out, bytes in)) (one full-duplex link per host)
   t_loss softmax + cross-entropy on the whole (B, n_classes) logits (every partition does it)
 """
 
@@ -22,10 +26,8 @@ import argparse
 import datetime
 import json
 import os
-import statistics
 import subprocess
 import sys
-import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -46,6 +48,29 @@ class Machine:
     compute_scale: float = 1.0  # seconds there per one-thread second measured here
     parallel_efficiency: float = 1.0  # each extra core of a partition adds this much of a core
     partition_per_machine: bool = True  # False: partitions are 1-thread ranks on one machine
+    # Partitions on hosts: hosts[p] is partition p's host; bandwidth and latency above are then the
+    # link within a host (shared memory), these the network between hosts; () = one link kind.
+    hosts: tuple[int, ...] = ()
+    net_bandwidth_bytes_per_s: float = float("inf")
+    net_latency_s: float = 0.0
+    # Measured one-way times ((bytes, seconds), ...) of a link's messages (bench/machine.py's
+    # pingpong curve); when given, a message costs the curve at its size instead of
+    # latency + bytes / bandwidth (a shaper's burst, protocol switches). Hosts only.
+    curve: tuple[tuple[float, float], ...] = ()
+    net_curve: tuple[tuple[float, float], ...] = ()
+
+
+def message_seconds(nbytes: float, latency: float, bandwidth: float, curve=()) -> float:
+    """One message of `nbytes` over a link: latency + bytes / bandwidth, or the measured curve
+    interpolated linearly between its sizes (below the smallest: its time; beyond the largest:
+    the last segment's slope, the large-message bandwidth)."""
+    if not curve:
+        return latency + nbytes / bandwidth
+    sizes, times = np.array(curve, float).T
+    if nbytes >= sizes[-1] and len(sizes) > 1:
+        slope = (times[-1] - times[-2]) / (sizes[-1] - sizes[-2])
+        return float(times[-1] + (nbytes - sizes[-1]) * max(slope, 0.0))
+    return float(np.interp(nbytes, sizes, times))
 
 
 @dataclass(frozen=True)
@@ -111,12 +136,36 @@ def bytes_per_partition(network, parts: int, batch: int) -> np.ndarray:
 
 
 def exchange_seconds(sent: np.ndarray, machine: Machine) -> float:
-    """X(F): the slowest partition's transfer (full duplex) plus one latency per message."""
+    """X(F): the slowest partition's transfer (full duplex) plus one latency per message; with
+    partitions on hosts, see hosts_exchange_seconds."""
     if not sent.any():
         return 0.0
+    if machine.hosts:
+        return hosts_exchange_seconds(sent, machine)
     volume = np.maximum(sent.sum(axis=1), sent.sum(axis=0)) / machine.bandwidth_bytes_per_s
     messages = np.maximum((sent > 0).sum(axis=1), (sent > 0).sum(axis=0)) * machine.latency_s
     return float((volume + messages).max())
+
+
+def hosts_exchange_seconds(sent: np.ndarray, machine: Machine) -> float:
+    """X(F) with partitions on hosts: a partition's messages go one after another over their
+    links (within its host: latency, bandwidth, curve; to another: the net_ ones), sends and
+    receives at once (full duplex): max_p max(sum_q t(F[p, q]), sum_q t(F[q, p])). Every host has
+    one network link its partitions share: X is at least t_net(max(bytes out, bytes in))."""
+    hosts = np.array(machine.hosts)
+    if len(hosts) != len(sent):
+        raise ValueError(f"{len(sent)} partitions, but hosts for {len(hosts)}")
+    local = (machine.latency_s, machine.bandwidth_bytes_per_s, machine.curve)
+    net = (machine.net_latency_s, machine.net_bandwidth_bytes_per_s, machine.net_curve)
+    seconds = np.zeros_like(sent, dtype=float)
+    for p, q in zip(*np.nonzero(sent)):
+        seconds[p, q] = message_seconds(sent[p, q], *(local if hosts[p] == hosts[q] else net))
+    worst = float(np.maximum(seconds.sum(axis=1), seconds.sum(axis=0)).max())
+    for h in np.unique(hosts):
+        volume = max(sent[np.ix_(hosts == h, hosts != h)].sum(), sent[np.ix_(hosts != h, hosts == h)].sum())
+        if volume:
+            worst = max(worst, message_seconds(volume, *net))
+    return worst
 
 
 # ---------------------------------------------------------------- compute
@@ -140,12 +189,18 @@ def _median_seconds(fn, repeats: int) -> float:
     return median_seconds(fn, repeats)
 
 
-def layer_costs(network, batch: int, repeats: int = 3) -> list[LayerCost]:
-    """Each layer's forward + backward at `batch` with the current thread count (the CLI sets 1),
-    on random data; the first layer computes no input gradient, as in the network's step."""
+def layer_steps(network, batch: int, params=None, layers=None, slices=None) -> list:
+    """One callable per layer: its forward + backward at `batch` on random data (the first layer
+    computes no input gradient, as in the network's step); then one for the loss (softmax +
+    cross-entropy on the (batch, n_classes) logits). layers, slices, params: a partition's
+    sub-layers, their blocks and its parameters (PartitionedNetwork.subs, .slices) instead."""
+    from distbelief_mpi.kernels import softmax_xent
+
     rng = np.random.default_rng(0)
-    params, costs = network.init_params(0), []
-    for i, (layer, block) in enumerate(zip(network.layers, network.param_slices)):
+    params, steps = network.init_params(0) if params is None else params, []
+    layers = network.layers if layers is None else layers
+    slices = network.param_slices if slices is None else slices
+    for i, (layer, block) in enumerate(zip(layers, slices)):
         x = rng.standard_normal((batch,) + layer.in_shape).astype(network.dtype)
         dy0 = rng.standard_normal((batch,) + layer.out_shape).astype(network.dtype)
         grad = np.empty(layer.n_params, network.dtype)
@@ -154,8 +209,20 @@ def layer_costs(network, batch: int, repeats: int = 3) -> list[LayerCost]:
             _, cache = layer.forward(params[block], x)
             layer.backward(params[block], cache, dy0.copy(), grad, need_dx=i > 0)
 
-        costs.append(LayerCost(layer.kind, _median_seconds(step, repeats), layer_flops(layer, batch, i > 0)))
-    return costs
+        steps.append(step)
+    logits = rng.standard_normal((batch, network.n_classes)).astype(network.dtype)
+    labels, dlogits = np.zeros(batch, np.int64), np.empty_like(logits)
+    return steps + [lambda: softmax_xent(logits, labels, dlogits, 1.0 / batch)]
+
+
+def layer_costs(network, batch: int, repeats: int = 3) -> list[LayerCost]:
+    """Each layer's forward + backward at `batch` with the current thread count (the CLI sets 1),
+    on random data; the first layer computes no input gradient, as in the network's step."""
+    steps = layer_steps(network, batch)[:-1]
+    return [
+        LayerCost(layer.kind, _median_seconds(step, repeats), layer_flops(layer, batch, i > 0))
+        for i, (layer, step) in enumerate(zip(network.layers, steps))
+    ]
 
 
 def loss_seconds(network, batch: int, repeats: int = 3) -> float:
@@ -202,28 +269,12 @@ def partition_step(network, parts: int, batch: int, layer_seconds, machine: Mach
 
 # ---------------------------------------------------------------- this node's MPI: a ping-pong
 def pingpong_worker(repeats: int = 20) -> None:
+    from machine import pingpong  # bench/machine.py
     from mpi4py import MPI
 
-    comm, medians = MPI.COMM_WORLD, {}
-    rank = comm.Get_rank()
-    for n in (1024, 8 << 20):
-        buf, times = np.zeros(n, np.uint8), []
-        for _ in range(repeats + 2):
-            comm.Barrier()
-            tick = time.perf_counter()
-            for sender in (0, 1):  # 0 -> 1, then back
-                if rank == sender:
-                    comm.Send(buf, 1 - rank)
-                else:
-                    comm.Recv(buf, 1 - rank)
-            times.append((time.perf_counter() - tick) / 2)
-        medians[n] = statistics.median(times[2:])
-    if rank == 0:
-        latency = medians[1024]
-        print(
-            PINGPONG_PREFIX
-            + json.dumps({"latency_s": latency, "bandwidth_bytes_per_s": (8 << 20) / (medians[8 << 20] - latency)})
-        )
+    link = pingpong(MPI.COMM_WORLD, 0, 1, repeats=repeats, sizes=(1024, 8 << 20))
+    if MPI.COMM_WORLD.Get_rank() == 0:
+        print(PINGPONG_PREFIX + json.dumps({k: link[k] for k in ("latency_s", "bandwidth_bytes_per_s")}))
 
 
 def measure_pingpong() -> dict:
@@ -261,7 +312,13 @@ def validate(measured: list[dict], node: Machine, repeats: int) -> list[dict]:
                 [c.seconds for c in layer_costs(net, r["batch"], repeats)],
                 loss_seconds(net, r["batch"], repeats),
             )
-        predicted = partition_step(net, r["parts"], r["batch"], costs[key][0], node, costs[key][1])
+        link = r.get("link")  # measured in the model_parallel run itself, between its ranks 0 and 1
+        machine = (
+            node
+            if link is None
+            else replace(node, bandwidth_bytes_per_s=link["bandwidth_bytes_per_s"], latency_s=link["latency_s"])
+        )
+        predicted = partition_step(net, r["parts"], r["batch"], costs[key][0], machine, costs[key][1])
         rows.append(
             {
                 "model": r["model"],
@@ -272,6 +329,7 @@ def validate(measured: list[dict], node: Machine, repeats: int) -> list[dict]:
                 "error": predicted / r["step_s"] - 1,
                 "bytes_measured": r.get("bytes_sent", []),
                 "bytes_predicted": bytes_per_partition(net, r["parts"], r["batch"]).tolist(),
+                "link": "this run" if link else "node ping-pong",
             }
         )
     return rows
@@ -486,6 +544,9 @@ def report(
 def validation_section(rows: list[dict]) -> list[str]:
     lines = [
         "### Validation on this node (partitions = 1-thread MPI ranks; flag: |error| > 25%)",
+        "",
+        "Latency and bandwidth: where a model_parallel result carries the ping-pong measured in its own run "
+        "(between its ranks 0 and 1, bench/machine.py's `pingpong`), that one; else the node's above.",
         "",
         "| model | batch | P | measured ms | predicted ms | error | MB sent per partition, measured / predicted | |",
         "|---|---|---|---|---|---|---|---|",

@@ -28,6 +28,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.append(str(REPO / "bench"))  # machine.py (when run as a worker from elsewhere)
 RESULT_PREFIX = "MODEL_PARALLEL_JSON "
 TARGETS = {"local": 1.6, "speech": 1.3}  # at P = 2 on a 2-core machine (the issue)
 
@@ -51,10 +52,10 @@ def models():
     return {"local": local, "speech": speech}
 
 
-def worker(name: str, repeats: int, quick: bool) -> None:
-    """Under mpiexec -n P: time the partitioned step on every rank; rank 0 prints the result."""
+def setup(comm, name: str, quick: bool, exchanger=None):
+    """This rank's partition of model `name` over comm's ranks (P = 1: the whole network):
+    (network, model, params, x, y, batch). exchanger: an MpiExchanger (or subclass) over comm."""
     import numpy as np
-    from mpi4py import MPI
 
     from distbelief_mpi.comm.partition_exchange import MpiExchanger
     from distbelief_mpi.kernels.thread_pool import set_compute_threads
@@ -63,7 +64,7 @@ def worker(name: str, repeats: int, quick: bool) -> None:
     from distbelief_mpi.model.partitioned import PartitionedNetwork
 
     set_compute_threads(1)
-    comm, (shape, classes, batch, layers) = MPI.COMM_WORLD, models()[name]
+    shape, classes, batch, layers = models()[name]
     if quick:
         batch = max(4, batch // 8)
     network = build_network(layers, shape, classes)
@@ -75,35 +76,54 @@ def worker(name: str, repeats: int, quick: bool) -> None:
         model, params = network, network.init_params(0)
     else:
         plans, order = split_model(network, parts)
-        model = PartitionedNetwork(network, plans, part, MpiExchanger(comm, network.dtype))
+        model = PartitionedNetwork(network, plans, part, exchanger or MpiExchanger(comm, network.dtype))
         params = order.from_canonical(network.init_params(0))[order.offsets[part] : order.offsets[part + 1]]
-    grad = np.empty_like(params)
+    return network, model, params, x, y, batch
+
+
+def time_steps(comm, model, params, x, y, steps: int, between=None, grad=None) -> tuple[list[float], list[int]]:
+    """`steps` timed steps (each: barrier, loss_and_grad, the slowest rank's seconds): (seconds,
+    bytes this rank sent) per step. between(step) runs before each step, outside the timing.
+    grad: the gradient buffer, reused across calls (a fresh one costs its first-touch page
+    faults inside the first timed step: 50-70 ms for a speech partition's 84 MB)."""
+    import numpy as np
+    from mpi4py import MPI
+
+    grad = np.empty_like(params) if grad is None else grad
     times, sent = [], []
-    for step in range(repeats + 2):
+    for step in range(steps):
+        if between is not None:
+            between(step)
         comm.Barrier()
         before = getattr(model, "bytes_sent", 0)
         tick = time.perf_counter()
         model.loss_and_grad(params, x, y, grad)
-        seconds = comm.allreduce(time.perf_counter() - tick, op=MPI.MAX)  # the step ends with its slowest part
-        if step >= 2:
-            times.append(seconds)
-            sent.append(getattr(model, "bytes_sent", 0) - before)
-    all_sent = comm.gather(statistics.median(sent), root=0)
-    if part == 0:
-        print(
-            RESULT_PREFIX
-            + json.dumps(
-                {
-                    "model": name,
-                    "parts": parts,
-                    "batch": batch,
-                    "n_params": network.n_params,
-                    "step_s": statistics.median(times),
-                    "bytes_sent": all_sent,
-                }
-            ),
-            flush=True,
-        )
+        times.append(comm.allreduce(time.perf_counter() - tick, op=MPI.MAX))  # a step ends with its slowest part
+        sent.append(getattr(model, "bytes_sent", 0) - before)
+    return times, sent
+
+
+def worker(name: str, repeats: int, quick: bool) -> None:
+    """Under mpiexec -n P: time the partitioned step on every rank; rank 0 prints the result."""
+    from machine import pingpong  # bench/machine.py
+    from mpi4py import MPI
+
+    comm = MPI.COMM_WORLD
+    network, model, params, x, y, batch = setup(comm, name, quick)
+    times, sent = time_steps(comm, model, params, x, y, repeats + 2)
+    all_sent = comm.gather(statistics.median(sent[2:]), root=0)
+    # the link the exchanges used, in this run: the cost model's latency and bandwidth (cost_model.validate)
+    link = pingpong(comm, 0, 1, repeats=5 if quick else 10) if comm.Get_size() > 1 else None
+    if comm.Get_rank() == 0:
+        result = {
+            "model": name,
+            "parts": comm.Get_size(),
+            "batch": batch,
+            "n_params": network.n_params,
+            "step_s": statistics.median(times[2:]),
+            "bytes_sent": all_sent,
+        }
+        print(RESULT_PREFIX + json.dumps({**result, **({"link": link} if link else {})}), flush=True)
 
 
 def measure(name: str, parts: int, repeats: int, quick: bool) -> dict:

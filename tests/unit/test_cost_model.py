@@ -107,3 +107,32 @@ def test_measured_results_load_from_a_json_list_or_result_lines(tmp_path):
     (tmp_path / "list.json").write_text(f"[{json.dumps(result)}]")
     (tmp_path / "lines.txt").write_text(f"noise\nMODEL_PARALLEL_JSON {json.dumps(result)}\n")
     assert cm.load_measured(tmp_path / "list.json") == cm.load_measured(tmp_path / "lines.txt") == [result]
+
+
+def test_partitions_on_hosts_use_the_link_between_them_and_share_each_hosts_link():
+    sent = np.full((4, 4), 1e6)
+    np.fill_diagonal(sent, 0)
+    one_host = cm.Machine(2, 1e10, 1e-6, partition_per_machine=False)
+    assert cm.exchange_seconds(sent, cm.replace(one_host, hosts=(0, 0, 0, 0))) == cm.exchange_seconds(sent, one_host)
+    two = cm.replace(one_host, hosts=(0, 1), net_bandwidth_bytes_per_s=1e8, net_latency_s=1e-4)
+    assert cm.exchange_seconds(sent[:2, :2], two) == pytest.approx(1e6 / 1e8 + 1e-4)  # all over the network
+    # 2 + 2: a partition sends 1 MB within its host and 2 MB across; its host's link carries 4 MB each way
+    four = cm.replace(two, hosts=(0, 0, 1, 1))
+    assert cm.exchange_seconds(sent, four) == pytest.approx(1e-4 + 4e6 / 1e8)
+    slow_latency = cm.replace(four, net_latency_s=0.1)
+    assert cm.exchange_seconds(sent, slow_latency) == pytest.approx(1e6 / 1e10 + 1e-6 + 2e6 / 1e8 + 2 * 0.1)
+    with pytest.raises(ValueError):
+        cm.exchange_seconds(sent, two)
+
+
+def test_a_measured_curve_prices_each_message_at_its_size():
+    curve = ((1024, 20e-6), (256 << 10, 200e-6), (1 << 20, 6.3e-3), (4 << 20, 31.5e-3))  # a 256 KB burst
+    assert cm.message_seconds(10, 1.0, 1.0, curve) == pytest.approx(20e-6)
+    assert cm.message_seconds(128 << 10, 1.0, 1.0, curve) == pytest.approx(20e-6 + 180e-6 * (127 / 255))
+    assert cm.message_seconds(8 << 20, 1.0, 1.0, curve) == pytest.approx(31.5e-3 + 4 * 25.2e-3 / 3)
+    assert cm.message_seconds(1e6, 1e-5, 1e8) == pytest.approx(1e-5 + 1e-2)
+    sent = np.array([[0, 128 << 10], [128 << 10, 0]], float)
+    shaped = cm.Machine(2, 1e10, 1e-6, hosts=(0, 1), net_bandwidth_bytes_per_s=1.25e8, net_latency_s=20e-6)
+    assert cm.exchange_seconds(sent, shaped) == pytest.approx(20e-6 + (128 << 10) / 1.25e8)
+    burst = cm.replace(shaped, net_curve=curve)
+    assert cm.exchange_seconds(sent, burst) == pytest.approx(cm.message_seconds(128 << 10, 0, 1, curve))
