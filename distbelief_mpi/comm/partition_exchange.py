@@ -5,9 +5,8 @@ to SPIN_S first, yielding the core between tests (sched_yield: a rank sharing th
 idle core just polls), then sleeps with backoff. Polling matters between hosts: a transfer over
 TCP advances only inside MPI calls, so a sleeping rank stalls it (measured on emulated hosts, the
 speech shape's step: 280 ms sleeping after 0.3 ms of polls, 251 ms polling up to 20 ms, 247 ms
-with a busy MPI_Waitall). Sleeps shorter than a millisecond are plain sleeps: epoll
-(network_wait) waits whole milliseconds, and a partner on the same host (shared memory) never
-wakes it early; longer ones wait in epoll, so a message from another host ends them at once."""
+with a busy MPI_Waitall). The sleeps are control.Backoff's: plain below a millisecond, in
+epoll from there on, so a message from another host ends them at once (network_wait)."""
 
 import os
 import time
@@ -15,13 +14,10 @@ import time
 import numpy as np
 from mpi4py import MPI
 
-from ..runtime import watchdog
-from .network_wait import wait_for_network
+from .control import Backoff
 
 TAG_PARTITION = 120
 SPIN_S = 20e-3  # a 2 MB message at 1 Gbit/s takes ~17 ms
-FIRST_SLEEP_S, LAST_SLEEP_S = 10e-6, 1e-3
-EPOLL_RESOLUTION_S = 1e-3  # select.epoll.poll rounds its timeout up to whole milliseconds
 
 
 class MpiExchanger:
@@ -74,11 +70,6 @@ def wait_all(requests) -> None:
 
 
 def _sleep_until_done(requests) -> None:
-    delay = FIRST_SLEEP_S
+    backoff = Backoff(first=10e-6, limit=1e-3)
     while not MPI.Request.Testall(requests):
-        watchdog.beat()  # waiting for the other partitions is progress: they are watched themselves
-        if delay < EPOLL_RESOLUTION_S:
-            time.sleep(delay)
-        else:
-            wait_for_network(delay)
-        delay = min(LAST_SLEEP_S, 2 * delay)
+        backoff.sleep()
