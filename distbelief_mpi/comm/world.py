@@ -3,7 +3,13 @@
 mpi4py is imported here, lazily, so `distbelief plan` and the pure modules never load MPI.
 """
 
+import faulthandler
 import sys
+
+# MPI_Abort hands the job to the launcher. Across hosts Hydra's proxies have been seen to take
+# 30 s (CI: a second rank's abort while the launcher was already ending the job for the first);
+# a rank still alive this long after calling it exits on its own, the launcher ends the rest.
+ABORT_DEADLINE_S = 10.0
 
 
 def init_world():
@@ -19,6 +25,8 @@ def abort_job(world_comm, code: int) -> None:
     """End every rank of the job (used after an unexpected error on one rank, so others never hang)."""
     sys.stdout.flush()
     sys.stderr.flush()
+    # C-level timer: runs even if MPI_Abort blocks holding the GIL; replaces a watchdog's timer
+    faulthandler.dump_traceback_later(ABORT_DEADLINE_S, exit=True, file=sys.__stderr__)
     world_comm.Abort(code)
 
 
