@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from .checkpoint.params_file import PARAMS_CHUNK
 from .data.batches import replica_slice
 from .model.network import evaluation_batch, forward_bytes
-from .model.partition import split_model
+from .model.partition import job_split
 from .optim.portions import default_portion_size
 from .optim.vector_ops import WORK_NAMES
 
@@ -96,6 +96,8 @@ def _shard(spec, layout, shard_id: int, rank: int) -> RankMemory:
             Term("gradient sum", "L x 8 B", length * F64),
             Term("L-BFGS history", f"2 x (m + 1) x L x 8 B, m = {memory}", 2 * (memory + 1) * length * F64),
         ]
+    elif spec.optimizer.server_rule == "adagrad":  # written out of place, like the parameters
+        terms.append(Term("Adagrad accumulator", "2 x L x 4 B (this version's and the next's)", 2 * length * F32))
     else:  # allocated whatever the server rule (checkpoints carry it)
         terms.append(Term("Adagrad accumulator", "L x 4 B", length * F32))
     return RankMemory("shard", (rank,), tuple(terms))
@@ -155,9 +157,12 @@ def _block(network, layout, partition: int) -> int:
     return offsets[partition + 1] - offsets[partition] if offsets else network.n_params
 
 
-def _partition_layers(network, parts: int, partition: int) -> list:
-    """The layers a partition runs (its sub-layers), or the network's own."""
-    return network.layers if parts == 1 else [plan.sublayers[partition] for plan in split_model(network, parts)[0]]
+def _partition_layers(network, topology, partition: int) -> list:
+    """The layers a partition runs (its sub-layers: whole rows or blocks of rows x columns, as
+    topology.partition_grid says), or the network's own."""
+    if topology.partitions_per_replica == 1:
+        return network.layers
+    return [plan.sublayers[partition] for plan in job_split(network, topology)[0]]
 
 
 def _replica_terms(spec, network, layout, partition: int, data: DataSize) -> tuple[Term, ...]:
@@ -175,7 +180,7 @@ def _replica_terms(spec, network, layout, partition: int, data: DataSize) -> tup
     if batch is None:
         terms.append(Term("activations", "batch unknown (needs the training split's size)", None))
     else:
-        terms.append(_activation_term(network, spec.topology.partitions_per_replica, partition, batch))
+        terms.append(_activation_term(network, spec.topology, partition, batch))
     terms.append(_training_data(spec, network, data))
     return tuple(terms)
 
@@ -209,9 +214,9 @@ def _largest_part(spec, n_train: int) -> int:
     return stop_minus_start[1] - stop_minus_start[0]
 
 
-def _activation_term(network, parts: int, partition: int, batch: int) -> Term:
-    layers = _partition_layers(network, parts, partition)
-    per_example = activation_bytes(layers, network.input_shape, network.n_classes, parts > 1)
+def _activation_term(network, topology, partition: int, batch: int) -> Term:
+    layers = _partition_layers(network, topology, partition)
+    per_example = activation_bytes(layers, network.input_shape, network.n_classes, topology.partitions_per_replica > 1)
     formula = f"batch {batch:,} x {per_example:,} B: layer outputs, kept backward buffers, the minibatch"
     return Term("activations", formula, batch * per_example)
 
@@ -247,7 +252,7 @@ def _evaluator_extra(spec, network, layout, data: DataSize) -> RankMemory:
     roles/sandblaster/replica.py)."""
     parts = spec.topology.partitions_per_replica
     ranks = tuple(r.world_rank for r in layout.roles if r.role == "replica" and r.replica_id == 0)
-    layers_of = [_partition_layers(network, parts, p) for p in range(parts)]
+    layers_of = [_partition_layers(network, spec.topology, p) for p in range(parts)]
     forward = max(forward_bytes(layers, network.n_classes, parts > 1) for layers in layers_of)
     batch = min(evaluation_batch(layers, network.n_classes, parts > 1) for layers in layers_of)
     eval_batch = batch if data.n_test is None else min(batch, data.n_test)

@@ -16,10 +16,12 @@ shard (each published point).
 A version may change a part of the slice only (a push of one partition's block, when a shard
 holds several): step 2 then writes that part, after copying into the buffer the part the
 previous version changed (the two buffers differ nowhere else), so whole-slice updates copy
-nothing extra.
+nothing extra. A version can also be begun, written over a while (a push applied chunk by chunk
+as it lands) and committed, or abandoned (a push found non-finite): nothing is published then,
+and the part written joins the part where the buffers may differ.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -32,15 +34,29 @@ VERSION, WRITING = 0, 1
 
 
 class SeqlockWriter:
-    """The shard's side: owns the two buffers (views into the window) and the version."""
+    """The shard's side: owns the two buffers (views into the window) and the version.
 
-    def __init__(self, windows: "ParamServerWindows", shard_id: int, initial: np.ndarray):
+    shadows: pairs of private (L,) arrays that alternate with the buffers, e.g. Adagrad's
+    accumulators: a version's shadows are written out of place in the same update as its
+    parameters, so an abandoned update (a push found non-finite half-way) leaves both the
+    published parameters and the current shadows untouched. shadows[i][0] holds the initial
+    values (version 0)."""
+
+    def __init__(
+        self,
+        windows: "ParamServerWindows",
+        shard_id: int,
+        initial: np.ndarray,
+        shadows: Sequence[tuple[np.ndarray, np.ndarray]] = (),
+    ):
         self.windows, self.shard_id, self.length = windows, shard_id, len(initial)
         data = windows.local_data
         self.buffers = (data[: self.length], data[self.length : 2 * self.length])
+        self.shadows = [tuple(pair) for pair in shadows]
         self.version = 0
         self.buffers[0][:] = initial
         self.differs = slice(0, self.length)  # where the two buffers may differ: the last version's part
+        self.open: slice | None = None  # the part of the version begun and not yet committed
         windows.data_win.Sync()
 
     @property
@@ -48,10 +64,21 @@ class SeqlockWriter:
         """The published parameters (L,), a view; never written while published."""
         return self.buffers[self.version % 2]
 
-    def restore(self, version: int, values: np.ndarray) -> None:
-        """Publish values (L,) as `version` (a resumed run), before anyone reads."""
+    @property
+    def following(self) -> np.ndarray:
+        """The buffer the next version is written into (L,), a view."""
+        return self.buffers[(self.version + 1) % 2]
+
+    def shadow(self, i: int, following: bool = False) -> np.ndarray:
+        """Shadow i (L,) of the current version (or of the next one, being written)."""
+        return self.shadows[i][(self.version + following) % 2]
+
+    def restore(self, version: int, values: np.ndarray, shadows: Sequence[np.ndarray] = ()) -> None:
+        """Publish values (L,) as `version` (a resumed run), with its shadows, before anyone reads."""
         self.version = version
         self.current[:] = values
+        for i, shadow in enumerate(shadows):
+            self.shadow(i)[:] = shadow
         self.differs = slice(0, self.length)
         self.windows.data_win.Sync()
         self.windows.write_words(self.shard_id, VERSION, [version, version])  # VERSION, WRITING
@@ -65,17 +92,39 @@ class SeqlockWriter:
         """Publish the next version, equal to the current one outside `part` (a slice of the
         L elements): fill(following, current) writes the new values of the part into
         `following` reading `current` (both (part length,) views). Returns the new version."""
-        following, current = self.buffers[(self.version + 1) % 2], self.current
+        self.begin(part)
+        fill(self.following[part], self.current[part])
+        return self.commit()
+
+    def begin(self, part: slice) -> None:
+        """Start the next version, equal to the current one outside `part`: the caller then
+        writes the part of `following` (and of each following shadow), as long as it takes,
+        and commit()s or abandon()s. Readers meanwhile read the current version undisturbed."""
+        if self.open is not None:
+            raise RuntimeError(f"a version of part {self.open} is already begun")
         self.windows.write_words(self.shard_id, WRITING, [self.version + 1])
         self.windows.data_win.Sync()  # WRITING is raised before any store into the buffer
         if not (part.start <= self.differs.start and self.differs.stop <= part.stop):
-            following[self.differs] = current[self.differs]  # now equal to current outside `part`
-        fill(following[part], current[part])
+            now, then = self.version % 2, (self.version + 1) % 2
+            for pair in (self.buffers, *self.shadows):  # now equal to current outside `part`
+                pair[then][self.differs] = pair[now][self.differs]
+        self.open = part
+
+    def commit(self) -> int:
+        """Publish the version begun; returns it."""
+        assert self.open is not None, "commit without begin"
         self.windows.data_win.Sync()
-        self.differs = part
+        self.differs, self.open = self.open, None
         self.version += 1
         self.windows.write_words(self.shard_id, VERSION, [self.version])
         return self.version
+
+    def abandon(self) -> None:
+        """Drop the version begun: nothing is published, the current version stays (WRITING
+        stays at version + 1, which readers accept). The part written may now differ too."""
+        assert self.open is not None, "abandon without begin"
+        part, self.open = self.open, None
+        self.differs = slice(min(part.start, self.differs.start), max(part.stop, self.differs.stop))
 
     def publish(self, values: np.ndarray) -> int:
         """Publish values (L,) as the next version; returns it."""

@@ -1,8 +1,10 @@
+import numba
 import numpy as np
 import pytest
 
 from distbelief_mpi.kernels import reference as ref
-from distbelief_mpi.kernels.server_rules import adagrad_apply_, all_finite, sgd_apply_
+from distbelief_mpi.kernels import server_rules
+from distbelief_mpi.kernels.server_rules import adagrad_apply_, adagrad_step, all_finite, sgd_apply_, sgd_step
 
 SIZES = [0, 1, 7, 1001]
 
@@ -54,3 +56,66 @@ def test_all_finite_finds_any_bad_value(bad):
 def test_all_finite_accepts_the_largest_finite_values():
     assert all_finite(np.full(1001, np.finfo(np.float32).max, np.float32))
     assert all_finite(np.full(7, -np.finfo(np.float64).max))
+
+
+# -- the shard's fused kernels: finite check + rule, out of place ----------------------------
+FUSED_SIZES = [0, 1, 7, 1001, server_rules.PARALLEL_MIN + 3 * server_rules.BLOCK + 5]  # the last: threaded
+
+
+@pytest.fixture(params=[1, 2, 3], ids=lambda n: f"{n}-threads")
+def threads(request):
+    """Numba threads for the test (the threaded kernels run from PARALLEL_MIN elements)."""
+    n = min(request.param, numba.config.NUMBA_NUM_THREADS)
+    before = numba.get_num_threads()
+    numba.set_num_threads(n)
+    yield n
+    numba.set_num_threads(before)
+
+
+@pytest.mark.parametrize("n", FUSED_SIZES)
+@pytest.mark.parametrize("dtype, tol", [(np.float32, 1e-6), (np.float64, 1e-14)])
+def test_adagrad_step_matches_reference_and_writes_out_of_place(n, dtype, tol, threads):
+    rng = np.random.default_rng(n + 2)
+    p, acc = rng.normal(size=n).astype(dtype), rng.uniform(0.1, 2.0, n).astype(dtype)
+    g = rng.normal(size=n).astype(dtype)
+    p_in, acc_in = p.copy(), acc.copy()
+    p_out, acc_out = np.empty_like(p), np.empty_like(acc)
+    assert adagrad_step(p_out, p, g, acc_out, acc, 0.05, 1e-8) is True
+    p_ref, acc_ref = ref.adagrad_apply(p_in, g, acc_in, 0.05, 1e-8)
+    np.testing.assert_allclose(p_out, p_ref, rtol=tol, atol=tol)
+    np.testing.assert_allclose(acc_out, acc_ref, rtol=tol, atol=tol)
+    np.testing.assert_array_equal(p, p_in)  # the inputs are never written
+    np.testing.assert_array_equal(acc, acc_in)
+
+
+@pytest.mark.parametrize("n", FUSED_SIZES)
+@pytest.mark.parametrize("dtype, tol", [(np.float32, 1e-6), (np.float64, 1e-14)])
+def test_sgd_step_matches_reference(n, dtype, tol, threads):
+    rng = np.random.default_rng(n + 3)
+    p, g = rng.normal(size=n).astype(dtype), rng.normal(size=n).astype(dtype)
+    out = np.empty_like(p)
+    assert sgd_step(out, p, g, 0.3) is True
+    np.testing.assert_allclose(out, ref.sgd_apply(p, g, 0.3), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("where", ["first", "middle", "last"])
+def test_fused_steps_reject_any_bad_value_leaving_their_inputs_untouched(bad, where, threads):
+    n = FUSED_SIZES[-1]
+    at = {"first": 0, "middle": n // 2 + 11, "last": n - 1}[where]
+    rng = np.random.default_rng(at)
+    p, acc, g = rng.normal(size=n).astype(np.float32), np.full(n, 0.1, np.float32), np.ones(n, np.float32)
+    g[at] = bad
+    p_in, acc_in = p.copy(), acc.copy()
+    assert adagrad_step(np.empty_like(p), p, g, np.empty_like(acc), acc, 0.05, 1e-8) is False
+    assert sgd_step(np.empty_like(p), p, g, 0.3) is False
+    assert sgd_step(np.empty_like(p[:at]), p[:at], g[:at], 0.3) is True  # everything before it is fine
+    np.testing.assert_array_equal(p, p_in)
+    np.testing.assert_array_equal(acc, acc_in)
+
+
+def test_fused_steps_accept_the_largest_finite_values(threads):
+    big = np.full(FUSED_SIZES[-1], np.finfo(np.float32).max, np.float32)
+    out = np.empty_like(big)
+    assert sgd_step(out, big, big, 0.0) is True
+    assert adagrad_step(out, big, big, np.empty_like(big), np.ones_like(big), 0.0, 1.0) is True

@@ -5,6 +5,11 @@ claim in this rank's window (comm/param_server.py). The serve loop polls the con
 applies each posted push with the server rule (Adagrad or fixed-rate SGD) to the part of the
 slice it covers (all of it, or one partition's block when this shard holds several), rejects
 and counts non-finite pushes, records staleness, and sleeps with backoff when idle.
+
+The finite check and the rule are one pass (kernels/server_rules.py) writing out of place: the
+parameters into the seqlock's next buffer, Adagrad's accumulators into the next of their two
+(seqlock shadows). A push found non-finite abandons that version: the published parameters and
+the current accumulators are untouched, as if it never came.
 """
 
 import logging
@@ -20,7 +25,8 @@ from ...comm.seqlock import SeqlockWriter
 from ...config import Optimizer
 from ...errors import RankHung, RankLost
 from ...job import Job
-from ...kernels.server_rules import adagrad_apply_, all_finite, sgd_apply_
+from ...kernels import server_rules
+from ...kernels.server_rules import adagrad_step, sgd_step
 from ...runtime import watchdog
 from ...runtime.watchdog import Watchdog
 from ..liveness import Peers, ReplicaWatch
@@ -73,9 +79,10 @@ class ShardStats:
 
 class Shard:
     """Shard `shard_id`'s state: the published parameters (a seqlock), the landing slots, the
-    Adagrad accumulators (private to this rank) and the statistics. pushers_per_replica: the
-    ranks of each replica that push here (its partitions whose blocks this shard holds); a
-    replica is done when all of them have said so."""
+    Adagrad accumulators (private to this rank: two (L,) buffers alternating with the
+    parameters' under Adagrad, one, unused but checkpointed, under SGD) and the statistics.
+    pushers_per_replica: the ranks of each replica that push here (its partitions whose blocks
+    this shard holds); a replica is done when all of them have said so."""
 
     def __init__(
         self,
@@ -87,25 +94,34 @@ class Shard:
     ):
         self.shard_id, self.opt, self.pushers_per_replica = shard_id, optimizer, pushers_per_replica
         self.length, self.n_replicas = len(initial), windows.n_replicas
-        self.published = SeqlockWriter(windows, shard_id, initial)
+        self.adagrad = optimizer.server_rule == "adagrad"
+        accumulators = [np.full(self.length, optimizer.adagrad_initial_accumulator, np.float32)]
+        if self.adagrad:
+            accumulators.append(accumulators[0].copy())
+        self.published = SeqlockWriter(windows, shard_id, initial, [tuple(accumulators)] if self.adagrad else ())
+        self._accumulator = accumulators[0]  # under SGD: the checkpointed one, never changed
         self.slots = LandingSlots(windows, shard_id, self.length)
-        self.accumulator = np.full(self.length, optimizer.adagrad_initial_accumulator, np.float32)
         self.stats = ShardStats(self.n_replicas)
         self.watch: ReplicaWatch | None = None
 
     def restore(self, state: dict) -> None:
         """Start from a checkpoint (checkpoint/shard_files.load_shard's dict), before serving."""
-        self.accumulator[:] = state["accumulator"]
         self.stats.restore(state["stats"])
-        self.published.restore(state["version"], state["params"])
+        if self.adagrad:
+            self.published.restore(state["version"], state["params"], [state["accumulator"]])
+        else:
+            self._accumulator[:] = state["accumulator"]
+            self.published.restore(state["version"], state["params"])
 
     def warm_up(self) -> None:
         """Load (or compile) the update kernels now, before replicas start pushing: the first
         call of a Numba kernel can take a second, long enough to stall a short run."""
-        tiny = np.zeros(1, np.float32)
-        all_finite(tiny)
-        adagrad_apply_(tiny.copy(), tiny, tiny, np.ones(1, np.float32), 0.0, 1.0)
-        sgd_apply_(tiny.copy(), tiny, tiny, 0.0)
+        server_rules.warm_up()
+
+    @property
+    def accumulator(self) -> np.ndarray:
+        """Adagrad's accumulators of the current version (L,), a view."""
+        return self.published.shadow(0) if self.adagrad else self._accumulator
 
     @property
     def version(self) -> int:
@@ -127,35 +143,35 @@ class Shard:
         return len(pushes)
 
     def _apply_one(self, push: Push) -> None:
-        grad, replica_id = self.slots.gradient(push), push.replica_id
-        if not all_finite(grad):
-            self.stats.rejected[replica_id] += 1
-            count = int(self.stats.rejected[replica_id])
-            if count <= 3 or count % 100 == 0:  # a replica that keeps sending them must not flood the log
-                log.warning("rejected a non-finite push from replica %d (%d so far)", replica_id, count)
-            return
-        staleness = self.version - push.base_version
+        replica_id, staleness = push.replica_id, self.version - push.base_version
         if self.opt.max_staleness and staleness > self.opt.max_staleness:
-            self.stats.too_stale[replica_id] += 1
+            self.stats.too_stale[replica_id] += 1  # dropped unread
             return
-        part = push.part
-        self.published.update_part(part, lambda following, current: self._rule(following, current, grad, part))
-        self.stats.record(replica_id, staleness, push.steps)
-
-    def _rule(self, following: np.ndarray, current: np.ndarray, grad: np.ndarray, part: slice) -> None:
-        """following (n,) <- current (n,) updated with grad (n,) by the server rule: the
-        elements `part` of the slice (all L of them unless one partition's block)."""
-        if self.opt.server_rule == "adagrad":
-            adagrad_apply_(
-                following,
-                current,
-                grad,
-                self.accumulator[part],
-                self.opt.server_learning_rate,
-                self.opt.adagrad_epsilon,
-            )
+        self.published.begin(push.part)
+        if self._rule(push.part, self.slots.gradient(push)):
+            self.published.commit()
+            self.stats.record(replica_id, staleness, push.steps)
         else:
-            sgd_apply_(following, current, grad, self.opt.server_learning_rate)
+            self.published.abandon()
+            self._count_rejected(replica_id)
+
+    def _rule(self, part: slice, grad: np.ndarray) -> bool:
+        """The next version's elements `part` (all L unless one partition's block) <- the
+        current ones updated with grad (part length,) by the server rule, in one pass with the
+        finite check; False (nothing to publish) when grad holds a NaN or Inf."""
+        following, current = self.published.following[part], self.published.current[part]
+        if self.adagrad:
+            acc_next, acc = self.published.shadow(0, following=True)[part], self.published.shadow(0)[part]
+            return adagrad_step(
+                following, current, grad, acc_next, acc, self.opt.server_learning_rate, self.opt.adagrad_epsilon
+            )
+        return sgd_step(following, current, grad, self.opt.server_learning_rate)
+
+    def _count_rejected(self, replica_id: int) -> None:
+        self.stats.rejected[replica_id] += 1
+        count = int(self.stats.rejected[replica_id])
+        if count <= 3 or count % 100 == 0:  # a replica that keeps sending them must not flood the log
+            log.warning("rejected a non-finite push from replica %d (%d so far)", replica_id, count)
 
     def serve(
         self, messenger: Messenger, on_checkpoint=None, watch: ReplicaWatch | None = None, replica_loss: str = "abort"
