@@ -34,6 +34,7 @@ from .model.partition import partition_offsets
 from .runtime import preempt
 from .runtime.logs import setup_logging
 from .runtime.peak_memory import peak_rss_bytes, resident_now
+from .runtime.processes import rank_label
 from .runtime.progress import wanted as progress_wanted
 from .runtime.rundir import default_run_dir, prepare_run_dir, write_summary
 from .runtime.spec_agreement import mismatch_message, spec_digest
@@ -179,7 +180,7 @@ def _run_role(job: Job, world_comm, world_rank: int, world_size: int, verbose: b
     except Exception as exc:  # noqa: BLE001 - any failure must end the whole job, loudly
         code = exc.exit_code if isinstance(exc, DistbeliefError) else 1
         detail = str(exc) if isinstance(exc, DistbeliefError) else traceback.format_exc()
-        print(f"error on rank {world_rank} ({job.role.label}): {detail}", file=sys.stderr)
+        print(f"error on {rank_label(world_rank, job.role.label)}: {detail}", file=sys.stderr)
         if world_size > 1:
             abort_job(world_comm, code)
         return code

@@ -20,6 +20,7 @@ from ..errors import CheckpointError
 from ..kernels import sgd_update_
 from ..runtime.fault_injection import FaultInjector
 from ..runtime.peak_memory import peak_rss_bytes
+from ..runtime.processes import rank_label
 from ..runtime.progress import Progress
 from ..runtime.rundir import MetricsLog
 from ..runtime.watchdog import Watchdog
@@ -73,7 +74,7 @@ def train_sgd(job, world_size: int) -> tuple[dict, np.ndarray]:
         log.info("training %d parameters on %d examples from step %d", network.n_params, stream.n_examples, first_step)
         report = Reporting(metrics, (x_test, y_test), Progress(spec.run.progress_seconds if job.progress else 0))
         hooks = LocalSgd(job, params, stream)
-        with Watchdog(spec.faults.watchdog_seconds, f"rank 0 ({job.role.label})", abort_world):
+        with Watchdog(spec.faults.watchdog_seconds, rank_label(0, job.role.label), abort_world):
             result = run_loop(spec, network, params, stream, hooks, report, first_step, FaultInjector(spec.faults, 0))
         test_loss, test_accuracy = log_eval(metrics, network, params, x_test, y_test, result.clock)
     log.info("stopped on %s after %d steps; test accuracy %.4f", result.stopped_on, result.clock.steps, test_accuracy)

@@ -9,6 +9,12 @@ import os
 import socket
 
 
+def rank_label(world_rank: int, role: str) -> str:
+    """How messages name a rank: 'rank 3 on node17 (replica 1/partition 0)'; across hosts the
+    host says where to look for its log and its stacks."""
+    return f"rank {world_rank} on {socket.gethostname()} ({role})"
+
+
 def process_space() -> str:
     """Where a pid means the same process: the host, its boot and the pid namespace (containers
     sharing a host name, or nodes all called "localhost", must not compare pids)."""

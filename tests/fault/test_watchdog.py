@@ -9,6 +9,7 @@ replicas it no longer talks to (it pings them while it has nothing to say)."""
 
 import os
 import signal
+import socket
 import time
 
 import pytest
@@ -67,7 +68,9 @@ def test_a_hung_single_replica_run_ends_on_its_watchdog(tmp_path, digits_h5):
         ],
     )
     assert ended.returncode == EXIT_HUNG, ended.explain()
-    assert "rank 0 (replica 0/partition 0): watchdog: no progress" in ended.stderr, ended.explain()
+    assert f"rank 0 on {socket.gethostname()} (replica 0/partition 0): watchdog: no progress" in ended.stderr, (
+        ended.explain()
+    )
     assert "Stacks of this rank" in ended.stderr and "fault_injection.py" in ended.stderr, ended.explain()
     assert leftover_processes(run_dir) == []
 

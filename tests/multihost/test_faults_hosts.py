@@ -109,7 +109,7 @@ def test_a_hung_replica_on_another_host_ends_the_job_naming_it_and_its_host(tmp_
     if by_shard:  # its liveness port answered: alive, so hung (not "cannot be checked")
         assert "its process has not exited: it is hung" in ended.stderr, ended.explain()
     else:
-        assert "rank 3 (replica 1/partition 0): watchdog: no progress" in ended.stderr, ended.explain()
+        assert "rank 3 on h2 (replica 1/partition 0): watchdog: no progress" in ended.stderr, ended.explain()
     logs = sorted((run_dir / "logs").glob("rank-3*"))
     assert logs and "injected fault" in logs[0].read_text(), ended.explain()
     assert time.time() - logs[0].stat().st_mtime < WATCHDOG_S + 25, ended.explain()  # detection + abort

@@ -23,6 +23,7 @@ from ...data.hdf5 import read_split
 from ...job import Job, RoleResult
 from ...runtime.limits import RunClock
 from ...runtime.peak_memory import peak_rss_bytes, resident_now, with_own_peak
+from ...runtime.processes import rank_label
 from ...runtime.rundir import MetricsLog
 from ...runtime.watchdog import Watchdog
 from ..liveness import Peers, collect_reports, recv_watched
@@ -58,7 +59,7 @@ def run_downpour(job: Job, world_comm, world_rank: int) -> RoleResult:
     # read of the test split serves both.
     test_set = read_split(job.info.path, "test") if role.role == "replica" and role.replica_id == 0 else None
     watchdog = Watchdog(
-        job.spec.faults.watchdog_seconds, f"rank {world_rank} ({role.label})", partial(abort_job, world_comm)
+        job.spec.faults.watchdog_seconds, rank_label(world_rank, role.label), partial(abort_job, world_comm)
     )
     if role.role == "shard":
         own_report = serve_shard(job, windows, messenger, peers, watchdog)

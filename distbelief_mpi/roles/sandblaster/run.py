@@ -33,6 +33,7 @@ from ...model.warm_up import warm_up_kernels
 from ...optim.vector_ops import ShardVectors
 from ...runtime.limits import RunClock
 from ...runtime.peak_memory import peaks_from_vector, role_vector
+from ...runtime.processes import rank_label
 from ...runtime.rundir import MetricsLog
 from ...runtime.watchdog import Watchdog
 from ..liveness import Peers, Silence
@@ -62,7 +63,7 @@ def run_sandblaster(job, world_comm, world_rank: int):
         landing_slots=job.spec.optimizer.landing_slots,
     )
     guard = Watchdog(
-        job.spec.faults.watchdog_seconds, f"rank {world_rank} ({role.label})", partial(abort_job, world_comm)
+        job.spec.faults.watchdog_seconds, rank_label(world_rank, role.label), partial(abort_job, world_comm)
     )
     outcome = (None, None)
     if role.role == "shard":
