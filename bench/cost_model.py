@@ -81,42 +81,72 @@ class LayerCost:
 
 
 # ---------------------------------------------------------------- geometry (no parameters allocated)
-def plan_geometry(network, parts: int) -> list[dict]:
-    """plan_partitions' bounds without its sub-layers and index arrays (so 1.7B-parameter networks
-    fit; the tests check both agree): per layer {layer, in_split ("full", None) / ("rows" | "units",
-    bounds), out (P, 2) output rows or units, need (P, 2) input rows (image layers; else empty)}."""
-    from distbelief_mpi.model.partition import _input_rows, even_bounds
+def plan_geometry(network, parts: int, grid: tuple[int, int] | None = None) -> list[dict]:
+    """plan_partitions' blocks (model/partition_geometry.py, the planner's own functions) without
+    its sub-layers and index arrays (so 1.7B-parameter networks fit; the tests check both agree):
+    per layer {layer, in_split (as plan_partitions': "full" / "rows" / "blocks" / "units"), out
+    (P, 2) output rows or units, need (P, 2) input rows (image layers; else empty), and for image
+    layers out_rect, need_rect (P, 4): rows x columns}. grid (A, B): image layers in A x B blocks
+    (None: (parts, 1), whole rows)."""
+    from distbelief_mpi.model.partition_geometry import even_bounds, grid_problems, grid_rects, input_rect
 
+    grid = grid or (parts, 1)
+    problems = grid_problems(network, grid, f"{parts} partitions in a {grid[0]}x{grid[1]} grid")
+    if problems or grid[0] * grid[1] != parts:
+        raise ValueError("; ".join(problems) or f"grid {grid} is not {parts} partitions")
     plans, split = [], ("full", None)
     for layer in network.layers:
-        image = len(layer.out_shape) == 3
-        n = layer.out_shape[1] if image else layer.units
-        if n < parts:
-            raise ValueError(f"layer {layer.kind} has {n} output rows or units: fewer than {parts} partitions")
-        out = np.array(even_bounds(n, parts))
-        need = np.array([_input_rows(layer, r0, r1, layer.in_shape[1]) for r0, r1 in out]) if image else out[:0]
-        plans.append({"layer": layer, "in_split": split, "out": out, "need": need})
-        split = ("rows" if image else "units", tuple(map(tuple, out)))
+        if len(layer.out_shape) == 3:
+            rects = np.array(grid_rects(layer.out_shape[1], layer.out_shape[2], grid))
+            need = np.array([input_rect(layer, tuple(r)) for r in rects])
+            plans.append(
+                {
+                    "layer": layer,
+                    "in_split": split,
+                    "out": rects[:, :2],
+                    "need": need[:, :2],
+                    "out_rect": rects,
+                    "need_rect": need,
+                }
+            )
+            blocks = tuple(map(tuple, rects))
+            split = ("rows", tuple(r[:2] for r in blocks)) if grid[1] == 1 else ("blocks", blocks)
+        else:
+            out = np.array(even_bounds(layer.units, parts))
+            plans.append({"layer": layer, "in_split": split, "out": out, "need": out[:0]})
+            split = ("units", tuple(map(tuple, out)))
     return plans
+
+
+def _owned(split: tuple, shape: tuple) -> np.ndarray:
+    """(P, 4) blocks (rows x columns) of an image activation of shape (C, H, W) split by rows or blocks."""
+    kind, bounds = split
+    bounds = np.array(bounds)
+    return (
+        bounds if kind == "blocks" else np.column_stack([bounds, np.zeros(len(bounds)), np.full(len(bounds), shape[2])])
+    )
 
 
 def forward_bytes(plan: dict, batch: int, itemsize: int) -> np.ndarray:
     """F (P, P): bytes partition p sends q before this layer (the backward sends F.T back)."""
+    from distbelief_mpi.model.partition_geometry import overlap_areas
+
     kind, bounds = plan["in_split"]
     parts = len(plan["out"])
     if kind == "full":
         return np.zeros((parts, parts))
-    bounds = np.array(bounds)  # (P, 2) of the previous layer
     in_shape = plan["layer"].in_shape
-    per_row = in_shape[0] * in_shape[2] if kind == "rows" else 1  # elements per row or unit
-    if len(plan["need"]):  # image: halo rows
-        need = plan["need"]
-        rows = np.minimum(bounds[:, None, 1], need[None, :, 1]) - np.maximum(bounds[:, None, 0], need[None, :, 0])
-        sent = np.clip(rows, 0, None).astype(float)
+    if kind == "units":  # elements of each partition's piece
+        own = (np.array(bounds)[:, 1] - np.array(bounds)[:, 0]).astype(float)
+    else:
+        owned = _owned(plan["in_split"], in_shape)
+        own = ((owned[:, 1] - owned[:, 0]) * (owned[:, 3] - owned[:, 2]) * in_shape[0]).astype(float)
+    if len(plan["need"]):  # image: the halo, each owned pixel its readers need, once per reader
+        sent = overlap_areas(owned, plan["need_rect"]).astype(float) * in_shape[0]
     else:  # dense: own piece to everyone
-        sent = np.repeat((bounds[:, 1] - bounds[:, 0])[:, None], parts, axis=1).astype(float)
+        sent = np.repeat(own[:, None], parts, axis=1)
     np.fill_diagonal(sent, 0)
-    return sent * per_row * batch * itemsize
+    return sent * batch * itemsize
 
 
 def exchanges(network, plans: list[dict], batch: int) -> list[np.ndarray]:
@@ -130,9 +160,9 @@ def exchanges(network, plans: list[dict], batch: int) -> list[np.ndarray]:
     return out + [forward_bytes(logits, batch, size)]
 
 
-def bytes_per_partition(network, parts: int, batch: int) -> np.ndarray:
+def bytes_per_partition(network, parts: int, batch: int, grid: tuple[int, int] | None = None) -> np.ndarray:
     """(P,) bytes each partition sends per step: PartitionedNetwork.bytes_sent after one step."""
-    return sum(m.sum(axis=1) for m in exchanges(network, plan_geometry(network, parts), batch))
+    return sum(m.sum(axis=1) for m in exchanges(network, plan_geometry(network, parts, grid), batch))
 
 
 def exchange_seconds(sent: np.ndarray, machine: Machine) -> float:
@@ -234,23 +264,29 @@ def loss_seconds(network, batch: int, repeats: int = 3) -> float:
 
 
 def shares(plan: dict) -> np.ndarray:
-    """(P,) fraction of the layer's work each partition does."""
+    """(P,) fraction of the layer's work each partition does: dense its units; local its output
+    block; pools and LCN their input block (own + halo)."""
     layer, out, need = plan["layer"], plan["out"], plan["need"]
     if not len(need):
         return (out[:, 1] - out[:, 0]) / layer.units
     if layer.kind == "local":
-        return (out[:, 1] - out[:, 0]) / layer.out_shape[1]
-    return (need[:, 1] - need[:, 0]) / layer.in_shape[1]
+        rects, whole = plan["out_rect"], layer.out_shape[1] * layer.out_shape[2]
+    else:
+        rects, whole = plan["need_rect"], layer.in_shape[1] * layer.in_shape[2]
+    return (rects[:, 1] - rects[:, 0]) * (rects[:, 3] - rects[:, 2]) / whole
 
 
-def step_parts(network, parts: int, batch: int, layer_seconds, machine: Machine, loss_s: float = 0.0) -> dict:
+def step_parts(
+    network, parts: int, batch: int, layer_seconds, machine: Machine, loss_s: float = 0.0, grid=None
+) -> dict:
     """Predicted seconds per step of one replica over `parts` partitions (the equation above), as
-    {compute, halo (image layers' row exchanges), gather (dense layers' inputs and the logits)}."""
+    {compute, halo (image layers' exchanges), gather (dense layers' inputs and the logits)};
+    grid (A, B): image layers in A x B blocks (None: whole rows)."""
     if machine.partition_per_machine:
         speed = 1 + (machine.cores_per_machine - 1) * machine.parallel_efficiency
     else:
         speed = 1 / max(1.0, parts / machine.cores_per_machine)
-    plans = plan_geometry(network, parts)
+    plans = plan_geometry(network, parts, grid)
     compute = sum(shares(plan).max() * t for plan, t in zip(plans, layer_seconds)) + loss_s
     out = {"compute": compute * machine.compute_scale / speed, "halo": 0.0, "gather": 0.0}
     matrices = exchanges(network, plans, batch)
@@ -262,9 +298,11 @@ def step_parts(network, parts: int, batch: int, layer_seconds, machine: Machine,
     return out
 
 
-def partition_step(network, parts: int, batch: int, layer_seconds, machine: Machine, loss_s: float = 0.0) -> float:
-    """Predicted seconds per step of one replica over `parts` partitions."""
-    return sum(step_parts(network, parts, batch, layer_seconds, machine, loss_s).values())
+def partition_step(
+    network, parts: int, batch: int, layer_seconds, machine: Machine, loss_s: float = 0.0, grid=None
+) -> float:
+    """Predicted seconds per step of one replica over `parts` partitions (grid: see step_parts)."""
+    return sum(step_parts(network, parts, batch, layer_seconds, machine, loss_s, grid).values())
 
 
 # ---------------------------------------------------------------- this node's MPI: a ping-pong

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ConfigError
-from .model.spec import LayerSpec, parse_layer
+from .model.spec import GRID_WORDS, LayerSpec, parse_grid, parse_layer
 
 ALGORITHMS = ("sgd", "downpour", "sandblaster")
 SERVER_RULES = ("adagrad", "sgd")
@@ -29,6 +29,9 @@ class Topology:
     shards: int = 0  # parameter-server shard ranks (0: the replica keeps the parameters)
     replicas: int = 1  # model replicas training in parallel
     partitions_per_replica: int = 1  # ranks one replica is split over (model parallelism)
+    partition_grid: str = "rows"  # how image layers are cut into the partitions: "rows" (P blocks of whole
+    # rows), "AxB" (A x B blocks of rows x columns, A x B = partitions_per_replica) or "auto" (the grid whose
+    # busiest partition receives the fewest halo bytes; docs/model_parallel.md)
     coordinator: bool = False  # a coordinator rank (Sandblaster)
     threads_per_rank: int = 0  # compute threads per rank; 0: $SLURM_CPUS_PER_TASK or 1
 
@@ -245,6 +248,11 @@ def check_values(spec: JobSpec) -> list[str]:
         (t.shards >= 0, "topology.shards", "must be >= 0"),
         (t.replicas >= 1, "topology.replicas", "must be >= 1"),
         (t.partitions_per_replica >= 1, "topology.partitions_per_replica", "must be >= 1"),
+        (
+            _grid_fits(t),
+            "topology.partition_grid",
+            f'must be "rows", "auto" or "AxB" with A x B = partitions_per_replica = {t.partitions_per_replica}',
+        ),
         (t.threads_per_rank >= 0, "topology.threads_per_rank", "must be >= 0 (0: $SLURM_CPUS_PER_TASK or 1)"),
         (o.algorithm in ALGORITHMS, "optimizer.algorithm", f"must be one of {list(ALGORITHMS)}"),
         (o.learning_rate > 0, "optimizer.learning_rate", "must be > 0"),
@@ -313,6 +321,11 @@ def check_values(spec: JobSpec) -> list[str]:
         (f.slow_factor >= 1, "faults.slow_factor", "must be >= 1"),
     ]
     return [f"{key}: {message}, got {_value_of(spec, key)}" for ok, key, message in rules if not ok]
+
+
+def _grid_fits(t: Topology) -> bool:
+    grid = parse_grid(t.partition_grid)
+    return t.partition_grid in GRID_WORDS if grid is None else grid[0] * grid[1] == t.partitions_per_replica
 
 
 def _value_of(spec: JobSpec, key: str) -> str:

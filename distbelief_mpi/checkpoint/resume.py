@@ -37,8 +37,18 @@ def layout_signature(spec, layout) -> dict:
             if spec.topology.partitions_per_replica > 1
             else {}
         ),
+        **_grid_signature(spec.topology),
         **(_lbfgs_signature(spec) if spec.optimizer.algorithm == "sandblaster" else {}),
     }
+
+
+def _grid_signature(topology) -> dict:
+    """Blocks of rows x columns order the parameters differently from whole rows (and "auto" may
+    choose either): such a checkpoint resumes only with the same topology.partition_grid. Whole
+    rows ("rows" or "Px1") add nothing, so their checkpoints are as before."""
+    grid = topology.partition_grid
+    whole_rows = grid == "rows" or grid == f"{topology.partitions_per_replica}x1"
+    return {} if whole_rows or topology.partitions_per_replica == 1 else {"partition_grid": grid}
 
 
 def _lbfgs_signature(spec) -> dict:

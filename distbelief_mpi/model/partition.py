@@ -1,18 +1,22 @@
 """PURE: how one model replica is split over P partitions within its layers (the paper's Fig. 1),
 and the parameter order that makes each partition's parameters one contiguous block.
 
-Image layers (local, maxpool, l2pool, lcn) split their OUTPUT map into P blocks of rows (all
-channels and columns); partition p computes rows [r0, r1) and needs input rows [a, b): its own
-rows plus a halo owned by its neighbours. Dense layers (and the softmax output) split their
-output units into P slices; each needs the whole input. Activations are therefore held as
+Image layers (local, maxpool, l2pool, lcn) split their OUTPUT map into the blocks of a grid
+A x B = P (model/partition_geometry.py): A bands of rows times B bands of columns, all channels;
+(P, 1), the default, is blocks of whole rows. Partition p computes its block and needs the input
+block its windows reach: its own block plus a halo owned by its neighbours (corners included).
+Dense layers (and the softmax output) split their output units into P slices; each needs the
+whole input. Activations are therefore held as
 
-    ("rows", bounds)   image (B, C, H, W): partition p holds rows bounds[p] of H
+    ("rows", bounds)   image (B, C, H, W): partition p holds rows bounds[p] of H (all columns)
+    ("blocks", rects)  image: partition p holds rows rects[p][0:2] x columns rects[p][2:4]
     ("units", bounds)  vector (B, D): partition p holds units bounds[p]
     ("full", None)     every partition holds all of it (the input batch; the logits)
 
 Parameters: a layer's block for partition p is, in the canonical (P = 1) layout,
   dense  W (D, U) row-major then b (U,): columns [u0, u1) of W and b[u0:u1];
-  local  W (positions, K, F) then b (positions, F): the positions of output rows [r0, r1),
+  local  W (positions, K, F) then b (positions, F), positions row-major over (OH, OW): the
+         positions of its output block (one run per block row; one run in all for whole rows),
 and is stored in the partition's own layer layout (W_p (D, U_p) then b_p; W_p (pos_p, K, F) then
 b_p), so the partition's sub-layers are ordinary layers. The partitioned flat vector is
 partition-major (partition 0's blocks of every layer, then partition 1's, ...). Which canonical
@@ -30,12 +34,8 @@ import numpy as np
 from ..errors import LayoutError
 from .image_layers import LCN, L2Pool2D, LocallyConnected2D, MaxPool2D
 from .layers import Dense
-
-
-def even_bounds(n: int, parts: int) -> tuple[tuple[int, int], ...]:
-    """[start, stop) of `parts` near-equal contiguous pieces of range(n) (larger ones last)."""
-    cuts = [n * p // parts for p in range(parts + 1)]
-    return tuple((cuts[p], cuts[p + 1]) for p in range(parts))
+from .partition_geometry import Rect, choose_grid, even_bounds, grid_problems, grid_rects, input_rect
+from .spec import parse_grid
 
 
 @dataclass(frozen=True)
@@ -84,55 +84,62 @@ class LayerSplit:
     need: tuple[tuple[int, int], ...]  # image: input rows [a, b) each partition needs; dense: ()
     sublayers: tuple  # per partition: an ordinary layer over its part
     param_runs: tuple[tuple[Runs, ...], ...]  # per partition: its elements of the layer's block, in order
+    need_cols: tuple[tuple[int, int], ...] = ()  # image: input columns [c, d) each partition needs; dense: ()
+
+    def need_rect(self, part: int) -> Rect:
+        """The input block (rows x columns) partition `part` of an image layer reads."""
+        return self.need[part] + self.need_cols[part]
 
 
-def plan_partitions(network, parts: int) -> list[LayerSplit]:
-    """The split of every layer of `network` (model/network.Network) over `parts` partitions.
-    Raises LayoutError when a layer has fewer output rows or units than partitions."""
-    problems, plans = [], []
-    split = ("full", None)
-    for index, layer in enumerate(network.layers):
-        rows_or_units = layer.out_shape[1] if len(layer.out_shape) == 3 else layer.out_shape[0]
-        if rows_or_units < parts:
-            what = "rows" if len(layer.out_shape) == 3 else "units"
-            problems.append(
-                f"model layer {index} ({layer.kind}) has {rows_or_units} output {what}: too few to "
-                f"split over topology.partitions_per_replica = {parts}"
-            )
-            continue
-        plan = (
-            _plan_image(index, layer, split, parts)
-            if len(layer.out_shape) == 3
-            else _plan_dense(index, layer, split, parts)
-        )
-        plans.append(plan)
-        split = plan.out_split
+def block_rect(split: tuple, part: int, width: int) -> Rect:
+    """Partition `part`'s block of an image activation split ("rows" or "blocks") of `width` columns."""
+    kind, bounds = split
+    return bounds[part] if kind == "blocks" else bounds[part] + (0, width)
+
+
+def plan_partitions(network, parts: int, grid: tuple[int, int] | None = None) -> list[LayerSplit]:
+    """The split of every layer of `network` (model/network.Network) over `parts` partitions, image
+    layers in the blocks of `grid` (A, B), A x B = parts (None: (parts, 1), whole rows).
+    Raises LayoutError when a layer has fewer output rows, columns or units than the grid needs."""
+    grid = grid or (parts, 1)
+    if grid[0] * grid[1] != parts:
+        raise ValueError(f"grid {grid[0]}x{grid[1]} is not {parts} partitions")
+    key = (
+        f"topology.partitions_per_replica = {parts}"
+        if grid[1] == 1
+        else f"topology.partition_grid = {grid[0]}x{grid[1]}"
+    )
+    problems = grid_problems(network, grid, key)
     if problems:
         raise LayoutError(problems)
+    plans, split = [], ("full", None)
+    for index, layer in enumerate(network.layers):
+        image = len(layer.out_shape) == 3
+        plan = _plan_image(index, layer, split, grid) if image else _plan_dense(index, layer, split, parts)
+        plans.append(plan)
+        split = plan.out_split
     return plans
 
 
-def _plan_image(index, layer, in_split, parts) -> LayerSplit:
-    out_bounds = even_bounds(layer.out_shape[1], parts)
-    c, h, w = layer.in_shape
+def _plan_image(index, layer, in_split, grid) -> LayerSplit:
+    rects = grid_rects(layer.out_shape[1], layer.out_shape[2], grid)
     need, subs, params = [], [], []
-    for r0, r1 in out_bounds:
-        a, b = _input_rows(layer, r0, r1, h)
-        need.append((a, b))
-        subs.append(_image_sublayer(layer, (c, b - a, w)))
-        params.append(_local_param_runs(layer, r0, r1) if isinstance(layer, LocallyConnected2D) else ())
-    return LayerSplit(index, "image", in_split, ("rows", out_bounds), tuple(need), tuple(subs), tuple(params))
-
-
-def _input_rows(layer, r0: int, r1: int, h: int) -> tuple[int, int]:
-    """Input rows output rows [r0, r1) depend on. LCN: 2 * (size // 2) beyond them on each side
-    (its mean and its variance each look size // 2 rows away), cropped to the image."""
-    if isinstance(layer, LCN):
-        halo = 2 * (layer.size // 2)
-        return max(0, r0 - halo), min(h, r1 + halo)
-    stride = layer.stride
-    window = layer.patch if isinstance(layer, LocallyConnected2D) else layer.size
-    return r0 * stride, (r1 - 1) * stride + window
+    for rect in rects:
+        a, b, c, d = input_rect(layer, rect)
+        need.append((a, b, c, d))
+        subs.append(_image_sublayer(layer, (layer.in_shape[0], b - a, d - c)))
+        params.append(_local_param_runs(layer, rect) if isinstance(layer, LocallyConnected2D) else ())
+    out_split = ("rows", tuple(r[:2] for r in rects)) if grid[1] == 1 else ("blocks", rects)
+    return LayerSplit(
+        index,
+        "image",
+        in_split,
+        out_split,
+        tuple(n[:2] for n in need),
+        tuple(subs),
+        tuple(params),
+        tuple(n[2:] for n in need),
+    )
 
 
 def _image_sublayer(layer, in_shape):
@@ -145,12 +152,18 @@ def _image_sublayer(layer, in_shape):
     return LCN(in_shape, layer.size, layer.dtype)
 
 
-def _local_param_runs(layer, r0: int, r1: int) -> tuple[Runs, ...]:
-    """The positions of output rows [r0, r1): their W rows (pos, K, F), then their b rows (pos, F)."""
+def _local_param_runs(layer, rect: Rect) -> tuple[Runs, ...]:
+    """The positions of output block rect (rows [r0, r1) x columns [c0, c1)): their W rows
+    (pos, K, F), then their b rows (pos, F); one run per block row, or one in all for whole rows
+    (consecutive positions)."""
+    r0, r1, c0, c1 = rect
     ow = layer.out_shape[2]
-    p0, p1 = r0 * ow, r1 * ow
     n_w, per_w, f = layer.n_pos * layer.k * layer.filters, layer.k * layer.filters, layer.filters
-    return (Runs(p0 * per_w, (p1 - p0) * per_w, 0, 1), Runs(n_w + p0 * f, (p1 - p0) * f, 0, 1))
+    if (c0, c1) == (0, ow):
+        p0, p1 = r0 * ow, r1 * ow
+        return (Runs(p0 * per_w, (p1 - p0) * per_w, 0, 1), Runs(n_w + p0 * f, (p1 - p0) * f, 0, 1))
+    first, width, rows = r0 * ow + c0, c1 - c0, r1 - r0
+    return (Runs(first * per_w, width * per_w, ow * per_w, rows), Runs(n_w + first * f, width * f, ow * f, rows))
 
 
 def _plan_dense(index, layer, in_split, parts) -> LayerSplit:
@@ -212,30 +225,51 @@ def param_order(network, plans: list[LayerSplit]) -> ParamOrder:
     return ParamOrder(tuple(runs), tuple(offsets))
 
 
+def split_model(network, parts: int, grid: tuple[int, int] | None = None) -> tuple[list[LayerSplit], ParamOrder]:
+    """The plans and the parameter order for `parts` partitions in `grid` (None: whole rows),
+    computed once per network and grid (every rank needs the offsets at start-up; replicas need
+    the plans, shards the order)."""
+    return _split_model(network, parts, grid or (parts, 1))
+
+
 @cache
-def split_model(network, parts: int) -> tuple[list[LayerSplit], ParamOrder]:
-    """The plans and the parameter order for `parts` partitions, computed once per network
-    (every rank needs the offsets at start-up; replicas need the plans, shards the order)."""
-    plans = plan_partitions(network, parts)
+def _split_model(network, parts: int, grid: tuple[int, int]) -> tuple[list[LayerSplit], ParamOrder]:
+    plans = plan_partitions(network, parts, grid)
     return plans, param_order(network, plans)
 
 
-def initial_slice(network, parts: int, seed: int, start: int, stop: int) -> np.ndarray:
+def job_grid(network, topology) -> tuple[int, int]:
+    """The grid (A, B) of topology.partition_grid: "rows" -> (P, 1), "AxB" -> (A, B), "auto" ->
+    partition_geometry.choose_grid (the least halo for the busiest partition)."""
+    parts = topology.partitions_per_replica
+    if topology.partition_grid == "auto":
+        return choose_grid(network, parts)
+    return parse_grid(topology.partition_grid) or (parts, 1)
+
+
+def job_split(network, topology) -> tuple[list[LayerSplit], ParamOrder]:
+    """split_model for a job's topology (partitions_per_replica and partition_grid)."""
+    return split_model(network, topology.partitions_per_replica, job_grid(network, topology))
+
+
+def initial_slice(
+    network, parts: int, seed: int, start: int, stop: int, grid: tuple[int, int] | None = None
+) -> np.ndarray:
     """Elements [start, stop) of the initial parameters in the order shards hold them
-    (partition-major for parts > 1), drawn alone: the same values whatever parts and the
-    shard ranges are (model/init.py), and nothing of whole-model size is built."""
+    (partition-major for parts > 1, blocks of `grid`), drawn alone: the same values whatever
+    parts and the shard ranges are (model/init.py), and nothing of whole-model size is built."""
     out = np.empty(stop - start, network.dtype)
     if parts == 1:
         network.init_range(seed, start, stop, out)
         return out
-    for position, canonical_start, length in split_model(network, parts)[1].segments(start, stop):
+    for position, canonical_start, length in split_model(network, parts, grid)[1].segments(start, stop):
         network.init_range(seed, canonical_start, canonical_start + length, out[position - start :][:length])
     return out
 
 
 def partition_offsets(network, spec) -> tuple[int, ...]:
-    """The partitions' block offsets for the job's partitions_per_replica (() when it is 1)."""
-    parts = spec.topology.partitions_per_replica
-    if parts == 1:
+    """The partitions' block offsets for the job's partitions_per_replica and partition_grid
+    (() when it is 1)."""
+    if spec.topology.partitions_per_replica == 1:
         return ()
-    return split_model(network, parts)[1].offsets
+    return job_split(network, spec.topology)[1].offsets

@@ -5,9 +5,10 @@
 
 params_p / grad_p are partition p's block of the partition-major vector (model/partition.py).
 Forward: before each layer a partition gets the input it needs that others hold (image
-layers: the halo rows; dense layers: everything), each boundary unit sent once per partition
-that needs it. Backward: the gradient with respect to those inputs goes back the same way and
-is added up by the owner. The logits (B, n_classes) are gathered on every partition and the
+layers: the halo, the parts of its input block (rows x columns) that its neighbours own, corners
+included; dense layers: everything), each boundary unit sent once per partition that needs it.
+Backward: the gradient with respect to those inputs goes back the same way and is added up by
+the owner. The logits (B, n_classes) are gathered on every partition and the
 softmax loss is computed on each (identically); each keeps its classes' slice of the gradient.
 
 `exchanger.exchange(sends, recv_shapes)` moves arrays between partitions: sends {dest: array},
@@ -19,11 +20,8 @@ import numpy as np
 from ..kernels import softmax_xent
 from .image_layers import LCN
 from .network import evaluation_batch
-from .partition import LayerSplit
-
-
-def _overlap(x: tuple[int, int], y: tuple[int, int]) -> tuple[int, int]:
-    return max(x[0], y[0]), min(x[1], y[1])
+from .partition import LayerSplit, block_rect
+from .partition_geometry import Rect, area, overlap
 
 
 class PartitionedNetwork:
@@ -108,101 +106,93 @@ class PartitionedNetwork:
         kind, bounds = plan.in_split
         if kind == "full":
             if plan.kind == "image":
-                a, b = plan.need[self.part]
-                return np.ascontiguousarray(act[:, :, a:b, :])
+                return np.ascontiguousarray(_within(act, plan.need_rect(self.part), (0, 0, 0, 0)))
             return act
         if plan.kind == "dense":  # everything, from everyone
             full_shape = (len(act),) + self.network.layers[plan.index - 1].out_shape
             return self._gather(plan.in_split, act, full_shape)
-        return self._halo_rows(plan, act)
+        return self._halo(plan, act)
 
     def _gather(self, split: tuple, own: np.ndarray, full_shape: tuple) -> np.ndarray:
-        """Every partition's piece of a rows- or units-split activation, assembled: (B, ...) full."""
-        kind, bounds = split
-        axis = 2 if kind == "rows" else 1
-        mine = bounds[self.part]
+        """Every partition's piece of a rows-, blocks- or units-split activation, assembled: (B, ...) full."""
         own = np.ascontiguousarray(own)
-        sends = {q: own for q in range(self.parts) if q != self.part}
-        shapes = {q: _with_axis(full_shape, axis, bounds[q]) for q in range(self.parts) if q != self.part}
+        others = [q for q in range(self.parts) if q != self.part]
+        sends = {q: own for q in others}
+        shapes = {q: _piece_shape(full_shape, _region(split, q, full_shape)) for q in others}
         got = self._exchange(sends, shapes)
         full = np.empty(full_shape, self.dtype)
-        _put(full, axis, mine, own)
+        full[_region(split, self.part, full_shape)] = own
         for q, piece in got.items():
-            _put(full, axis, bounds[q], piece)
+            full[_region(split, q, full_shape)] = piece
         return full
 
-    def _halo_rows(self, plan: LayerSplit, act: np.ndarray) -> np.ndarray:
-        """Input rows need[p] of an image layer, from own rows and neighbours' rows."""
-        bounds = plan.in_split[1]
-        mine, (a, b) = bounds[self.part], plan.need[self.part]
-        sends = {}
+    def _rects(self, plan: LayerSplit, width: int) -> list[Rect]:
+        """Every partition's block of this image layer's input (the previous layer's output blocks)."""
+        return [block_rect(plan.in_split, q, width) for q in range(self.parts)]
+
+    def _halo(self, plan: LayerSplit, act: np.ndarray) -> np.ndarray:
+        """The input block need_rect(p) of an image layer, from own block and neighbours' blocks:
+        q sends p the overlap of its block and need(p), once, corners included. act: (B, C, own rows, own columns)."""
+        rects, need = self._rects(plan, self.network.layers[plan.index].in_shape[2]), plan.need_rect(self.part)
+        mine = rects[self.part]
+        sends, shapes = {}, {}
         for q in range(self.parts):
-            lo, hi = _overlap(mine, plan.need[q])
-            if q != self.part and hi > lo:
-                sends[q] = np.ascontiguousarray(act[:, :, lo - mine[0] : hi - mine[0], :])
-        shapes = {}
-        for q in range(self.parts):
-            lo, hi = _overlap(bounds[q], (a, b))
-            if q != self.part and hi > lo:
-                shapes[q] = act.shape[:2] + (hi - lo, act.shape[3])
+            give, take = overlap(mine, plan.need_rect(q)), overlap(rects[q], need)
+            if q != self.part and area(give):
+                sends[q] = np.ascontiguousarray(_within(act, give, mine))
+            if q != self.part and area(take):
+                shapes[q] = act.shape[:2] + _extent(take)
         got = self._exchange(sends, shapes)
-        local = np.empty(act.shape[:2] + (b - a, act.shape[3]), self.dtype)
-        lo, hi = _overlap(mine, (a, b))
-        if hi > lo:
-            local[:, :, lo - a : hi - a, :] = act[:, :, lo - mine[0] : hi - mine[0], :]
+        local = np.empty(act.shape[:2] + _extent(need), self.dtype)
+        _within(local, overlap(mine, need), need)[...] = _within(act, overlap(mine, need), mine)
         for q, piece in got.items():
-            lo, hi = _overlap(bounds[q], (a, b))
-            local[:, :, lo - a : hi - a, :] = piece
+            _within(local, overlap(rects[q], need), need)[...] = piece
         return local
 
     def _own_rows(self, plan: LayerSplit, out: np.ndarray) -> np.ndarray:
-        """LCN computes its whole input block (own rows + halo): keep own rows."""
+        """LCN computes its whole input block (own block + halo): keep own block."""
         if not isinstance(self.subs[plan.index], LCN):
             return out
-        (r0, r1), (a, _) = plan.out_split[1][self.part], plan.need[self.part]
-        return np.ascontiguousarray(out[:, :, r0 - a : r1 - a, :])
+        width = self.network.layers[plan.index].out_shape[2]
+        own = block_rect(plan.out_split, self.part, width)
+        return np.ascontiguousarray(_within(out, own, plan.need_rect(self.part)))
 
     # -- backward exchanges -----------------------------------------------------------------
     def _expand_rows(self, plan: LayerSplit, sub, dy: np.ndarray) -> np.ndarray:
-        """LCN's backward takes dy for its whole block: zero on the halo rows (others own them)."""
+        """LCN's backward takes dy for its whole block: zero on the halo (others own it)."""
         if not isinstance(sub, LCN):
             return dy
-        (r0, r1), (a, b) = plan.out_split[1][self.part], plan.need[self.part]
-        full = np.zeros(dy.shape[:2] + (b - a, dy.shape[3]), self.dtype)
-        full[:, :, r0 - a : r1 - a, :] = dy
+        need = plan.need_rect(self.part)
+        own = block_rect(plan.out_split, self.part, self.network.layers[plan.index].out_shape[2])
+        full = np.zeros(dy.shape[:2] + _extent(need), self.dtype)
+        _within(full, own, need)[...] = dy
         return full
 
     def _return_gradient(self, plan: LayerSplit, dx: np.ndarray) -> np.ndarray:
         """d loss / d (own part of the previous activation): own share plus what others send back."""
-        kind, bounds = plan.in_split
-        mine = bounds[self.part]
         if plan.kind == "dense":  # dx (B, D): everyone's partial for everything
             full = dx.reshape((len(dx),) + self.network.layers[plan.index - 1].out_shape)
-            axis = 2 if kind == "rows" else 1
-            sends = {q: np.ascontiguousarray(_take(full, axis, bounds[q])) for q in range(self.parts) if q != self.part}
-            shapes = {q: _with_axis(full.shape, axis, mine) for q in range(self.parts) if q != self.part}
-            total = np.array(_take(full, axis, mine))
+            split, others = plan.in_split, [q for q in range(self.parts) if q != self.part]
+            sends = {q: np.ascontiguousarray(full[_region(split, q, full.shape)]) for q in others}
+            own = _region(split, self.part, full.shape)
+            shapes = {q: _piece_shape(full.shape, own) for q in others}
+            total = np.array(full[own])
             for piece in self._exchange(sends, shapes).values():
                 total += piece
             return total
-        a, b = plan.need[self.part]
-        sends = {}
+        rects, need = self._rects(plan, self.network.layers[plan.index].in_shape[2]), plan.need_rect(self.part)
+        mine = rects[self.part]
+        sends, shapes = {}, {}
         for q in range(self.parts):
-            lo, hi = _overlap(bounds[q], (a, b))
-            if q != self.part and hi > lo:
-                sends[q] = np.ascontiguousarray(dx[:, :, lo - a : hi - a, :])
-        shapes = {}
-        for q in range(self.parts):
-            lo, hi = _overlap(mine, plan.need[q])
-            if q != self.part and hi > lo:
-                shapes[q] = dx.shape[:2] + (hi - lo, dx.shape[3])
-        total = np.zeros(dx.shape[:2] + (mine[1] - mine[0], dx.shape[3]), self.dtype)
-        lo, hi = _overlap(mine, (a, b))
-        if hi > lo:
-            total[:, :, lo - mine[0] : hi - mine[0], :] += dx[:, :, lo - a : hi - a, :]
+            give, take = overlap(rects[q], need), overlap(mine, plan.need_rect(q))
+            if q != self.part and area(give):
+                sends[q] = np.ascontiguousarray(_within(dx, give, need))
+            if q != self.part and area(take):
+                shapes[q] = dx.shape[:2] + _extent(take)
+        total = np.zeros(dx.shape[:2] + _extent(mine), self.dtype)
+        _within(total, overlap(mine, need), mine)[...] += _within(dx, overlap(mine, need), need)
         for q, piece in self._exchange(sends, shapes).items():
-            lo, hi = _overlap(mine, plan.need[q])
-            total[:, :, lo - mine[0] : hi - mine[0], :] += piece
+            _within(total, overlap(mine, plan.need_rect(q)), mine)[...] += piece
         return total
 
     def _exchange(self, sends: dict, shapes: dict) -> dict:
@@ -212,15 +202,26 @@ class PartitionedNetwork:
         return self.ex.exchange(sends, shapes)
 
 
-def _with_axis(shape: tuple, axis: int, bounds: tuple[int, int]) -> tuple:
-    return shape[:axis] + (bounds[1] - bounds[0],) + shape[axis + 1 :]
+def _extent(rect: Rect) -> tuple[int, int]:
+    return rect[1] - rect[0], rect[3] - rect[2]
 
 
-def _take(array: np.ndarray, axis: int, bounds: tuple[int, int]) -> np.ndarray:
-    index = [slice(None)] * array.ndim
-    index[axis] = slice(*bounds)
-    return array[tuple(index)]
+def _within(array: np.ndarray, rect: Rect, origin: Rect) -> np.ndarray:
+    """The view of (B, C, H', W') `array`, whose [0, 0] is map position origin[0], origin[2],
+    onto map rows rect[0:2] x columns rect[2:4]."""
+    r0, c0 = rect[0] - origin[0], rect[2] - origin[2]
+    return array[:, :, r0 : r0 + rect[1] - rect[0], c0 : c0 + rect[3] - rect[2]]
 
 
-def _put(array: np.ndarray, axis: int, bounds: tuple[int, int], piece: np.ndarray) -> None:
-    _take(array, axis, bounds)[...] = piece
+def _region(split: tuple, part: int, full_shape: tuple) -> tuple[slice, ...]:
+    """Index of partition `part`'s piece in a whole (B, ...) activation: its units (B, D) or its
+    rows / block (B, C, H, W)."""
+    kind, bounds = split
+    if kind == "units":
+        return (slice(None), slice(*bounds[part]))
+    r0, r1, c0, c1 = block_rect(split, part, full_shape[3])
+    return (slice(None), slice(None), slice(r0, r1), slice(c0, c1))
+
+
+def _piece_shape(full_shape: tuple, region: tuple[slice, ...]) -> tuple:
+    return tuple(len(range(*s.indices(n))) for s, n in zip(region, full_shape)) + tuple(full_shape[len(region) :])

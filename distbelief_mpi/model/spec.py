@@ -27,6 +27,18 @@ LAYER_HELP = {
 }
 
 
+GRID_WORDS = ("rows", "auto")  # topology.partition_grid besides "AxB"
+
+
+def parse_grid(text: str) -> tuple[int, int] | None:
+    """topology.partition_grid "AxB" -> (A, B) (A blocks of rows x B of columns); None for
+    "rows", "auto" or anything else (config.py reports what is malformed)."""
+    a, sep, b = text.partition("x")
+    if not sep or not (a.isdigit() and b.isdigit()) or int(a) < 1 or int(b) < 1:
+        return None
+    return int(a), int(b)
+
+
 @dataclass(frozen=True)
 class LayerSpec:
     """One hidden layer. Keys that do not apply to `type` keep their zero defaults."""

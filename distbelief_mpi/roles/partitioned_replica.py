@@ -1,6 +1,7 @@
 """Downpour with partitioned replicas (topology.partitions_per_replica = P > 1): the glue.
 
-Every replica is P ranks, one per partition, joined by a per-replica communicator. A partition
+Every replica is P ranks, one per partition (image layers in blocks of whole rows, or of rows x
+columns with topology.partition_grid), joined by a per-replica communicator. A partition
 trains its own block of the partition-major parameter vector (model/partition.py) and talks
 only to the shards holding that block (layout.shards_of_partition). Its partitions stop on
 the same step: the stop reason is agreed every step (limits of wall time or a preemption
@@ -12,7 +13,7 @@ import numpy as np
 from ..comm.partition_exchange import MaxAgreement, MpiExchanger, split_replica_comm
 from ..comm.replica_endpoint import FetchItem, PushItem, ReplicaEndpoint
 from ..layout import Piece
-from ..model.partition import split_model
+from ..model.partition import job_split
 from ..model.partitioned import PartitionedNetwork
 
 STOP_REASONS = (None, "steps", "epochs", "seconds", "preempted")
@@ -27,7 +28,7 @@ def replica_comm(world_comm, role, parts: int):
 
 
 def partition_network(job, comm) -> PartitionedNetwork:
-    plans, _ = split_model(job.network, job.spec.topology.partitions_per_replica)
+    plans, _ = job_split(job.network, job.spec.topology)  # blocks of the job's partition_grid
     return PartitionedNetwork(job.network, plans, job.role.partition_id, MpiExchanger(comm, job.network.dtype))
 
 

@@ -136,3 +136,43 @@ def test_a_measured_curve_prices_each_message_at_its_size():
     assert cm.exchange_seconds(sent, shaped) == pytest.approx(20e-6 + (128 << 10) / 1.25e8)
     burst = cm.replace(shaped, net_curve=curve)
     assert cm.exchange_seconds(sent, burst) == pytest.approx(cm.message_seconds(128 << 10, 0, 1, curve))
+
+
+GRIDS = [(1, 2), (2, 2), (3, 2), (2, 3)]
+
+
+@pytest.mark.parametrize("grid", GRIDS, ids=lambda g: f"{g[0]}x{g[1]}")
+def test_block_bytes_and_geometry_equal_the_planners(grid):
+    """With image layers in A x B blocks: the planner's blocks, and the bytes PartitionedNetwork sends."""
+    from tests.unit.test_partition_grid import NETS as GRID_NETS
+    from tests.unit.test_partition_grid import run_grid
+
+    parts = grid[0] * grid[1]
+    for layers, shape in GRID_NETS:
+        network = build_network(layers, shape, n_classes=6, dtype=np.float64)
+        for mine, theirs in zip(cm.plan_geometry(network, parts, grid), plan_partitions(network, parts, grid)):
+            assert mine["in_split"] == theirs.in_split
+            assert [tuple(n) for n in mine["need"]] == list(theirs.need)
+            if theirs.kind == "image":
+                assert [tuple(r) for r in mine["need_rect"]] == [theirs.need_rect(p) for p in range(parts)]
+        rng = np.random.default_rng(0)
+        x, y = rng.standard_normal((4,) + shape), rng.integers(0, 6, 4)
+        results, _ = run_grid(network, grid, network.init_params(0), x, y)
+        assert cm.bytes_per_partition(network, parts, 4, grid).tolist() == [results[p][2] for p in range(parts)]
+
+
+def test_the_paper_image_model_in_9x9_blocks_balances_and_sends_less_than_81_bands_of_rows():
+    """169-191 output rows of the local layers over 81 partitions: bands of 2 or 3 rows (the
+    busiest does 1.27-1.44x the mean); 9 x 9 blocks of 18-22 rows x columns are within 10% of the
+    mean, and their halo is a block's perimeter instead of whole rows of 167-200 columns."""
+    _, image, _ = cm.paper_networks()
+    rows, blocks = cm.plan_geometry(image, 81), cm.plan_geometry(image, 81, (9, 9))
+    local = [i for i, plan in enumerate(rows) if plan["layer"].kind == "local"]
+    for i in local:
+        mean = 1 / 81
+        assert cm.shares(rows[i]).max() > 1.25 * mean and cm.shares(blocks[i]).max() < 1.1 * mean
+    assert cm.bytes_per_partition(image, 81, 32, (9, 9)).max() < cm.bytes_per_partition(image, 81, 32).max()
+    seconds, free = [1.0] * len(image.layers), cm.Machine(1, float("inf"), 0.0)
+    assert cm.partition_step(image, 81, 32, seconds, free, grid=(9, 9)) < cm.partition_step(
+        image, 81, 32, seconds, free
+    )

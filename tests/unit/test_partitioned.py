@@ -62,8 +62,10 @@ STRIDED = (
 )
 
 
-def run_partitioned(network, parts, params, x, y):
-    plans = plan_partitions(network, parts)
+def run_partitioned(network, parts, params, x, y, plans=None):
+    """One step of P partitions in threads: ({p: (loss, correct, bytes sent)}, the canonical
+    gradient). plans: plan_partitions' (default: whole rows)."""
+    plans = plans or plan_partitions(network, parts)
     order = param_order(network, plans)
     flat = order.from_canonical(params)
     grad_flat = np.zeros_like(flat)
