@@ -10,7 +10,7 @@ from .errors import CheckpointError, DatasetError, UserInputError
 from .layout import format_layout, layout_problems, plan_layout
 from .memory import DataSize, format_memory, predict_memory
 from .model.network import build_network
-from .model.partition import partition_offsets
+from .model.partition import job_grid, partition_offsets
 
 
 def run_plan(
@@ -32,6 +32,7 @@ def run_plan(
         network = build_network(spec.model.layers, shape, classes, source=spec.source)
         n_params = network.n_params
         offsets = partition_offsets(network, spec)
+        notes += _grid_note(network, spec.topology)
         notes += [f"model ({n_params:,} parameters, input {shape}, {classes} classes):"]
         notes += [f"  {line}" for line in network.describe()]
     except DatasetError as exc:
@@ -51,6 +52,17 @@ def run_plan(
             )
         print(format_memory(predict_memory(spec, network, layout, data)))
     return 0
+
+
+def _grid_note(network, topology) -> list[str]:
+    """What topology.partition_grid resolved to ("auto" chooses by the geometry)."""
+    if topology.partitions_per_replica == 1:
+        return []
+    rows, cols = job_grid(network, topology)
+    what = "blocks of whole rows" if cols == 1 else "blocks of rows x columns"
+    return [
+        f"partition grid: {rows}x{cols} (image layers in {what}; topology.partition_grid = {topology.partition_grid!r})"
+    ]
 
 
 def _model_input(spec, input_shape: str | None, n_classes: int | None):

@@ -31,7 +31,7 @@ class Topology:
     partitions_per_replica: int = 1  # ranks one replica is split over (model parallelism)
     partition_grid: str = "rows"  # how image layers are cut into the partitions: "rows" (P blocks of whole
     # rows), "AxB" (A x B blocks of rows x columns, A x B = partitions_per_replica) or "auto" (the grid whose
-    # busiest partition receives the fewest halo bytes; docs/model_parallel.md)
+    # busiest partition receives the fewest halo bytes, then the most even blocks; docs/model_parallel.md)
     coordinator: bool = False  # a coordinator rank (Sandblaster)
     threads_per_rank: int = 0  # compute threads per rank; 0: $SLURM_CPUS_PER_TASK or 1
 

@@ -108,10 +108,21 @@ def halo_received(network, grid: tuple[int, int]) -> int:
     return int(received.max())
 
 
+def largest_blocks(network, grid: tuple[int, int]) -> int:
+    """Output elements (per example) of the busiest partition's image-layer blocks: how evenly the
+    grid shares the image layers' work."""
+    total = 0
+    for layer in network.layers:
+        if len(layer.out_shape) == 3:
+            total += max(area(r) for r in grid_rects(layer.out_shape[1], layer.out_shape[2], grid)) * layer.out_shape[0]
+    return total
+
+
 def choose_grid(network, parts: int) -> tuple[int, int]:
     """ "auto": of the grids every layer fits, the one whose busiest partition receives the fewest
-    halo elements; ties go to fewer columns (rows-only first). LayoutError when none fits."""
+    halo elements, then the one with the smallest largest blocks; remaining ties go to fewer
+    columns (rows-only first). LayoutError when none fits."""
     fitting = [g for g in grids(parts) if not grid_problems(network, g, "")]
     if not fitting:
         raise LayoutError(grid_problems(network, (parts, 1), f"topology.partitions_per_replica = {parts}"))
-    return min(fitting, key=lambda g: (halo_received(network, g), g[1]))
+    return min(fitting, key=lambda g: (halo_received(network, g), largest_blocks(network, g), g[1]))

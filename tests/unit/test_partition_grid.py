@@ -239,6 +239,12 @@ def test_the_jobs_grid_rows_auto_and_explicit():
     assert job_grid(square, spec_with("auto", 2).topology) == (2, 1)  # a tie: rows-only
     mlp = build_network((LayerSpec("dense", units=8, activation="relu"),), (6,), n_classes=4)
     assert choose_grid(mlp, 4) == (4, 1)
+    # no halo at all (one image layer, reading the input itself): the most even blocks, 3 x 3 each
+    # rather than 1 or 2 whole rows of 6
+    one_local = build_network(
+        (LayerSpec("local", filters=2, patch=3, stride=1, activation="relu"),), (1, 8, 8), n_classes=4
+    )
+    assert choose_grid(one_local, 4) == (2, 2) and choose_grid(one_local, 2) == (2, 1)
     # rows-only through the job spec is exactly the default plan
     assert partition_offsets(square, spec_with("rows")) == split_model(square, 4)[1].offsets
 

@@ -1,6 +1,8 @@
 """Under mpiexec -n P: one replica split over P real ranks (MPI exchanges). Every rank checks
 that its partition's loss and gradient block equal the whole network's (float64) and reports
-the bytes it sent, for the test to compare with the layer geometry."""
+the bytes it sent, for the test to compare with the layer geometry.
+
+    args: MODEL [AxB]   (AxB: image layers in A x B blocks of rows x columns; default whole rows)"""
 
 import numpy as np
 
@@ -8,7 +10,7 @@ from distbelief_mpi.comm.partition_exchange import MpiExchanger
 from distbelief_mpi.model.network import build_network
 from distbelief_mpi.model.partition import param_order, plan_partitions
 from distbelief_mpi.model.partitioned import PartitionedNetwork
-from distbelief_mpi.model.spec import LayerSpec
+from distbelief_mpi.model.spec import LayerSpec, parse_grid
 
 MODELS = {
     "mlp": ((30,), (LayerSpec("dense", units=11, activation="tanh"), LayerSpec("dense", units=7, activation="relu"))),
@@ -34,7 +36,8 @@ def main(world_comm, args):
     params = network.init_params(2)
     whole_grad = np.empty_like(params)
     whole_loss, whole_correct = network.loss_and_grad(params, x, y, whole_grad)
-    plans = plan_partitions(network, parts)
+    grid = parse_grid(args[1]) if len(args) > 1 else None
+    plans = plan_partitions(network, parts, grid)
     order = param_order(network, plans)
     block = slice(order.offsets[part], order.offsets[part + 1])
     mine = PartitionedNetwork(network, plans, part, MpiExchanger(world_comm, np.float64))

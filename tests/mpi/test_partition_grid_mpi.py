@@ -1,0 +1,66 @@
+"""2-D partitions (topology.partition_grid) under real mpiexec: a 2 x 2 grid of ranks computes
+the whole network's step with halos (corners included) over MPI and sends the geometry's bytes,
+and a Downpour job with each replica in 2 x 2 blocks trains to the partitioned job's accuracy."""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from distbelief_mpi.checkpoint.params_file import load_params
+from distbelief_mpi.model.network import build_network
+from tests.mpi.programs.partitioned_step import MODELS
+from tests.mpi.runner import REPO, assert_all_ranks, run_mpi
+from tests.mpi.test_model_parallel_mpi import assert_canonical
+
+sys.path.append(str(Path(__file__).resolve().parents[2] / "bench"))
+import cost_model as cm  # noqa: E402
+
+
+def test_a_2x2_grid_over_mpi_equals_the_whole_network(tmp_path):
+    """The local model (2x16x12 -> local -> maxpool -> LCN -> local -> dense) in 2 x 2 blocks on
+    4 ranks, float64, batch 9: each partition's loss and gradient block equal the whole network's,
+    and the bytes each sent equal the cost model's count from the planner's blocks."""
+    run = run_mpi(4, ["program", "partitioned_step", "local", "2x2"], tmp_path, timeout=180)
+    assert_all_ranks(run, 4)
+    shape, layers = MODELS["local"]
+    network = build_network(layers, shape, n_classes=6, dtype=np.float64)
+    assert sum(run.ranks[p]["data"]["n_params"] for p in range(4)) == network.n_params
+    expected = cm.bytes_per_partition(network, 4, 9, (2, 2)).tolist()
+    for p in range(4):
+        data = run.ranks[p]["data"]
+        assert data["loss_error"] < 1e-12 and data["correct_equal"] and data["grad_error"] < 1e-12, (p, data)
+        assert data["bytes_sent"] == expected[p], (p, data["bytes_sent"], expected)
+
+
+def test_downpour_with_replicas_in_2x2_blocks_trains(tmp_path, digits_h5):
+    """2 shards + 1 replica in 2 x 2 blocks (6 ranks), jobs/digits_lc_partitioned.toml's network:
+    its local layer's 6 x 6 output in 3 x 3 blocks. Reaches the partitioned job's accuracy band
+    (>= 0.9, as tests/mpi/test_model_parallel_mpi.py asks of 2 replicas x 2 row partitions), and
+    params.h5 holds the canonical order (the whole network evaluates it to the run's figures)."""
+    run_dir = tmp_path / "run"
+    sets = [
+        f"data.path={digits_h5}",
+        "topology.replicas=1",
+        "topology.partitions_per_replica=4",
+        'topology.partition_grid="2x2"',
+        "run.epochs=25",
+        "checkpoint.every_steps=100",
+    ]
+    target = [
+        "distbelief",
+        "train",
+        str(REPO / "jobs" / "digits_lc_partitioned.toml"),
+        "--run-dir",
+        str(run_dir),
+        "--no-progress",
+        *[item for kv in sets for item in ("--set", kv)],
+    ]
+    run = run_mpi(6, target, tmp_path, timeout=300)
+    assert_all_ranks(run, 6)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["partitions_per_replica"] == 4 and summary["replica_steps"][0] > 0
+    assert summary["test_accuracy"] >= 0.9, summary
+    assert 'partition_grid = "2x2"' in (run_dir / "job.toml").read_text()
+    assert_canonical(run_dir, load_params(run_dir / "params.h5")[0], digits_h5)
