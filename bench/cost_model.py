@@ -38,6 +38,9 @@ sys.path.insert(0, str(REPO))
 sys.path.append(str(REPO / "bench"))  # machine.py, model_parallel.py
 PINGPONG_PREFIX = "COST_MODEL_PINGPONG "
 PAPER_POINTS = {"speech": (8, 2.2), "image": (81, 12.0)}  # (machines, speed-up), paper section 3
+# The image model again, its image layers in the A x B blocks partition_grid = "auto" chooses at each
+# P (model/partition_geometry.choose_grid: 9 x 9 at 81), instead of whole rows.
+BLOCKS = "image 2-D"
 
 
 @dataclass(frozen=True)
@@ -340,6 +343,7 @@ def validate(measured: list[dict], node: Machine, repeats: int) -> list[dict]:
     from model_parallel import models
 
     from distbelief_mpi.model.network import build_network
+    from distbelief_mpi.model.spec import parse_grid
 
     rows, costs = [], {}
     for r in measured:
@@ -356,17 +360,18 @@ def validate(measured: list[dict], node: Machine, repeats: int) -> list[dict]:
             if link is None
             else replace(node, bandwidth_bytes_per_s=link["bandwidth_bytes_per_s"], latency_s=link["latency_s"])
         )
-        predicted = partition_step(net, r["parts"], r["batch"], costs[key][0], machine, costs[key][1])
+        grid = parse_grid(r.get("grid", "rows"))  # image layers in A x B blocks, or whole rows
+        predicted = partition_step(net, r["parts"], r["batch"], costs[key][0], machine, costs[key][1], grid)
         rows.append(
             {
-                "model": r["model"],
+                "model": r["model"] + (f", {r['grid']} blocks" if grid else ""),
                 "parts": r["parts"],
                 "batch": r["batch"],
                 "measured_s": r["step_s"],
                 "predicted_s": predicted,
                 "error": predicted / r["step_s"] - 1,
                 "bytes_measured": r.get("bytes_sent", []),
-                "bytes_predicted": bytes_per_partition(net, r["parts"], r["batch"]).tolist(),
+                "bytes_predicted": bytes_per_partition(net, r["parts"], r["batch"], grid).tolist(),
                 "link": "this run" if link else "node ping-pong",
             }
         )
@@ -416,12 +421,21 @@ def analytic_seconds(network, batch: int, calibration: list[tuple]) -> list[floa
     ]
 
 
+def model_grid(name: str, network, parts: int):
+    """The grid a model's curve uses at `parts`: BLOCKS' the planner's "auto" choice, else whole rows."""
+    from distbelief_mpi.model.partition_geometry import choose_grid
+
+    return choose_grid(network, parts) if name == BLOCKS else None
+
+
 def curves(models: dict, cluster: Machine, machines) -> dict:
     """{name: [speed-up T(1)/T(P) for P in machines]}; models: {name: (network, batch, seconds, loss)}."""
     out = {}
     for name, (net, batch, seconds, loss) in models.items():
         base = partition_step(net, 1, batch, seconds, cluster, loss)
-        out[name] = [base / partition_step(net, p, batch, seconds, cluster, loss) for p in machines]
+        out[name] = [
+            base / partition_step(net, p, batch, seconds, cluster, loss, model_grid(name, net, p)) for p in machines
+        ]
     return out
 
 
@@ -433,9 +447,11 @@ def paper_comparison(quick: bool, core_gflops: float, efficiency: float) -> dict
     seconds = analytic_seconds(
         image, 32, [(calib.layers, layer_costs(calib, 32, repeats)), (speech.layers, speech_costs)]
     )
+    image_model = (image, 32, seconds, loss_seconds(image, 32, repeats))
     models = {
         "speech": (speech, 128, [c.seconds for c in speech_costs], loss_seconds(speech, 128, repeats)),
-        "image": (image, 32, seconds, loss_seconds(image, 32, repeats)),
+        "image": image_model,
+        BLOCKS: image_model,
     }
     cluster = Machine(8, 125e6, 100e-6, here_gflops / core_gflops, efficiency)
     machines = list(range(1, 129))
@@ -446,13 +462,19 @@ def paper_comparison(quick: bool, core_gflops: float, efficiency: float) -> dict
         "10 Gbit/s": replace(cluster, bandwidth_bytes_per_s=1.25e9),
         "no latency": replace(cluster, latency_s=0.0),
     }
+    at = {**{n: v[0] for n, v in PAPER_POINTS.items()}, BLOCKS: PAPER_POINTS["image"][0]}
     return {
         "cluster": asdict(cluster),
         "here_dense_gflops": here_gflops,
         "machines": machines,
         "n_params": {"speech": speech.n_params, "image": image.n_params},
+        "grids": {p: list(model_grid(BLOCKS, image, p)) for p in TABLE_P},
+        "bytes_at_81": {  # per partition per step, the busiest: (P,) maxima
+            "rows": float(bytes_per_partition(image, 81, 32).max()),
+            "blocks": float(bytes_per_partition(image, 81, 32, model_grid(BLOCKS, image, 81)).max()),
+        },
         "parts_s": {
-            n: {p: step_parts(m[0], p, m[1], m[2], cluster, m[3]) for p in (1, PAPER_POINTS[n][0])}
+            n: {p: step_parts(m[0], p, m[1], m[2], cluster, m[3], model_grid(n, m[0], p)) for p in (1, at[n])}
             for n, m in models.items()
         },
         "curves": curves(models, cluster, machines),
@@ -599,7 +621,7 @@ def validation_section(rows: list[dict]) -> list[str]:
     return lines + [""]
 
 
-def paper_section(paper: dict) -> list[str]:
+def paper_section(paper: dict, figure: str = "cost_model.png") -> list[str]:
     c, curves_ = paper["cluster"], paper["curves"]
     lines = [
         f"### The paper's models on a 2012-like cluster: one partition per machine, {c['cores_per_machine']} cores "
@@ -617,22 +639,27 @@ def paper_section(paper: dict) -> list[str]:
         "| speed-up at machines | " + " | ".join(map(str, TABLE_P)) + " | paper |",
         "|---" * (len(TABLE_P) + 2) + "|",
     ]
-    for name, (at, value) in PAPER_POINTS.items():
+    for name in [*PAPER_POINTS, BLOCKS]:
+        at, value = PAPER_POINTS["image" if name == BLOCKS else name]
         lines.append(
             f"| {name} | "
             + " | ".join(f"{curves_[name][p - 1]:.2f}" for p in TABLE_P)
-            + f" | {'>' if name == 'image' else ''}{value:g}x at {at} |"
+            + f" | {'>' if name != 'speech' else ''}{value:g}x at {at} |"
         )
-    peaks = {n: int(np.argmax(curves_[n])) + 1 for n in PAPER_POINTS}
+    peaks = {n: int(np.argmax(curves_[n])) + 1 for n in [*PAPER_POINTS, BLOCKS]}
+    grids = paper["grids"]
     lines += [
         "",
         "Peaks: "
         + ", ".join(f"{n} {curves_[n][p - 1]:.2f}x at {p} machines" for n, p in peaks.items())
-        + ". Rows and units are split whole, so the slowest partition has ceil(n / P) of n rows: the image curve "
-        "is jagged (167 rows over 81 partitions: 3 rows vs a mean of 2.06). The paper's 81 = 9 x 9 suggests "
-        "2-D blocks, which would balance better; model/partition.py splits rows only.",
+        + ". `image` splits rows and units whole, so the slowest partition has ceil(n / P) of n rows: its curve "
+        "is jagged (167 rows over 81 partitions: 3 rows vs a mean of 2.06). `image 2-D` cuts the image layers "
+        'in the A x B blocks partition_grid = "auto" chooses ('
+        + ", ".join(f"{p}: {g[0]}x{g[1]}" for p, g in grids.items() if p > 1)
+        + f"); at 81 = 9 x 9 the busiest partition sends {paper['bytes_at_81']['blocks'] / 1e6:.1f} MB a step "
+        f"against {paper['bytes_at_81']['rows'] / 1e6:.1f} MB in bands of rows.",
         "",
-        "![predicted speed-up vs machines](cost_model.png)",
+        f"![predicted speed-up vs machines]({figure})",
         "",
         "| predicted seconds per step | machines | compute | halo exchanges | dense-input + logits gathers | total |",
         "|---|---|---|---|---|---|",
@@ -644,8 +671,11 @@ def paper_section(paper: dict) -> list[str]:
     ]
     return (
         lines
-        + ["", "| sensitivity: speed-up | speech at 8 | image at 81 |", "|---|---|---|"]
-        + [f"| {k} | {v['speech'][0]:.2f} | {v['image'][1]:.2f} |" for k, v in paper["variants"].items()]
+        + ["", "| sensitivity: speed-up | speech at 8 | image at 81 | image 2-D at 81 (9 x 9) |", "|---|---|---|---|"]
+        + [
+            f"| {k} | {v['speech'][0]:.2f} | {v['image'][1]:.2f} | {v[BLOCKS][1]:.2f} |"
+            for k, v in paper["variants"].items()
+        ]
     )
 
 
@@ -656,8 +686,10 @@ def plot(paper: dict, path: Path) -> None:
     fig = Figure(figsize=(6, 4))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    for (name, curve), color in zip(paper["curves"].items(), ("C0", "C1")):
+    for (name, curve), color in zip(paper["curves"].items(), ("C0", "C1", "C2")):
         ax.plot(paper["machines"], curve, color=color, label=f"{name}, predicted")
+        if name not in PAPER_POINTS:
+            continue
         at, value = PAPER_POINTS[name]
         ax.plot(
             [at],
@@ -694,6 +726,11 @@ def main() -> None:
     parser.add_argument("--out-dir", help="write cost_model.md, cost_model.png, cost_model.json here")
     parser.add_argument("--core-gflops-2012", type=float, default=10.0)
     parser.add_argument("--efficiency", type=float, default=0.8, help="parallel efficiency of a machine's cores")
+    parser.add_argument(
+        "--paper-only",
+        action="store_true",
+        help="only the paper's models on the 2012-like cluster (no validation runs): cost_model_paper.*",
+    )
     args = parser.parse_args()
     if args.pingpong:
         return pingpong_worker()
@@ -702,6 +739,8 @@ def main() -> None:
     from distbelief_mpi.kernels import set_compute_threads
 
     set_compute_threads(1)
+    if args.paper_only:
+        return paper_only(args)
     load_start = os.getloadavg()[0]
     measured = (
         load_measured(args.measured)
@@ -728,6 +767,30 @@ def main() -> None:
         (out / "cost_model.json").write_text(
             json.dumps({"node": asdict(node), "validation": rows, "paper": paper, "downpour": downpour})
         )
+
+
+def paper_only(args) -> None:
+    """The paper section alone: layer times measured now, on one thread."""
+    from machine import cpu_model  # bench/machine.py
+
+    load_start = os.getloadavg()[0]
+    paper = paper_comparison(args.quick, args.core_gflops_2012, args.efficiency)
+    head = [
+        "## Cost model: the paper's models",
+        "",
+        f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}; machine: {cpu_model()}",
+        f"- command: `{' '.join(['python'] + sys.argv)}`",
+        f"- load average (1 min) at start / end: {load_start:.1f} / {os.getloadavg()[0]:.1f}",
+        "",
+    ]
+    text = "\n".join(head + paper_section(paper, "cost_model_paper.png"))
+    print(text)
+    if args.out_dir:
+        out = Path(args.out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "cost_model_paper.md").write_text(text + "\n")
+        plot(paper, out / "cost_model_paper.png")
+        (out / "cost_model_paper.json").write_text(json.dumps({"paper": paper}))
 
 
 if __name__ == "__main__":

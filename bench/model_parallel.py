@@ -2,7 +2,8 @@
 as speed-up T(1) / T(P), and the bytes each partition sends per step: the paper's Fig. 3.
 
     python bench/model_parallel.py [--parts 1 2] [--repeats 7] [--quick] [--out-dir DIR]
-    mpiexec -n P python bench/model_parallel.py --worker MODEL     # one measurement (internal)
+    python bench/model_parallel.py --models local --parts 4 --grids rows 2x2 --rounds 3   # 2-D vs rows
+    mpiexec -n P python bench/model_parallel.py --worker MODEL [--grid AxB]   # one measurement (internal)
 
 Models:
   local   a locally connected image network: 1x64x64 -> local 7x7 16 filters -> maxpool 2 ->
@@ -15,6 +16,11 @@ partitioned forward + backward (model/partitioned.py) with its exchanges over MP
 of `repeats` steps after 2 warm-up steps; every P runs in its own mpiexec, one after another,
 in one invocation. With more partitions than cores the ranks time-share the cores: the table
 says so, and those points measure oversubscription, not model parallelism.
+
+--grids: image layers in whole rows ("rows") and/or A x B blocks of rows x columns ("AxB",
+topology.partition_grid) at every P > 1 they fit; each result carries the bytes the geometry
+says (bench/cost_model.bytes_per_partition) next to those sent. --rounds N runs the whole list
+of configurations N times, in order, and reports medians over rounds (every round in the JSON).
 """
 
 import argparse
@@ -52,9 +58,10 @@ def models():
     return {"local": local, "speech": speech}
 
 
-def setup(comm, name: str, quick: bool, exchanger=None):
+def setup(comm, name: str, quick: bool, exchanger=None, grid=None):
     """This rank's partition of model `name` over comm's ranks (P = 1: the whole network):
-    (network, model, params, x, y, batch). exchanger: an MpiExchanger (or subclass) over comm."""
+    (network, model, params, x, y, batch). exchanger: an MpiExchanger (or subclass) over comm;
+    grid (A, B): image layers in A x B blocks (None: whole rows)."""
     import numpy as np
 
     from distbelief_mpi.comm.partition_exchange import MpiExchanger
@@ -75,7 +82,7 @@ def setup(comm, name: str, quick: bool, exchanger=None):
     if parts == 1:
         model, params = network, network.init_params(0)
     else:
-        plans, order = split_model(network, parts)
+        plans, order = split_model(network, parts, grid)
         model = PartitionedNetwork(network, plans, part, exchanger or MpiExchanger(comm, network.dtype))
         params = order.from_canonical(network.init_params(0))[order.offsets[part] : order.offsets[part + 1]]
     return network, model, params, x, y, batch
@@ -103,13 +110,17 @@ def time_steps(comm, model, params, x, y, steps: int, between=None, grad=None) -
     return times, sent
 
 
-def worker(name: str, repeats: int, quick: bool) -> None:
+def worker(name: str, repeats: int, quick: bool, grid_text: str = "rows") -> None:
     """Under mpiexec -n P: time the partitioned step on every rank; rank 0 prints the result."""
+    from cost_model import bytes_per_partition  # bench/cost_model.py
     from machine import pingpong  # bench/machine.py
     from mpi4py import MPI
 
+    from distbelief_mpi.model.spec import parse_grid
+
     comm = MPI.COMM_WORLD
-    network, model, params, x, y, batch = setup(comm, name, quick)
+    grid = parse_grid(grid_text) if comm.Get_size() > 1 else None
+    network, model, params, x, y, batch = setup(comm, name, quick, grid=grid)
     times, sent = time_steps(comm, model, params, x, y, repeats + 2)
     all_sent = comm.gather(statistics.median(sent[2:]), root=0)
     # the link the exchanges used, in this run: the cost model's latency and bandwidth (cost_model.validate)
@@ -122,11 +133,15 @@ def worker(name: str, repeats: int, quick: bool) -> None:
             "n_params": network.n_params,
             "step_s": statistics.median(times[2:]),
             "bytes_sent": all_sent,
+            "grid": f"{grid[0]}x{grid[1]}" if grid else ("rows" if comm.Get_size() > 1 else "-"),
+            "bytes_geometry": bytes_per_partition(network, comm.Get_size(), batch, grid).tolist()
+            if comm.Get_size() > 1
+            else [0.0],
         }
         print(RESULT_PREFIX + json.dumps({**result, **({"link": link} if link else {})}), flush=True)
 
 
-def measure(name: str, parts: int, repeats: int, quick: bool) -> dict:
+def measure(name: str, parts: int, repeats: int, quick: bool, grid: str = "rows") -> dict:
     from machine import mpi_result  # bench/machine.py
 
     env = {
@@ -139,7 +154,7 @@ def measure(name: str, parts: int, repeats: int, quick: bool) -> dict:
     return mpi_result(
         parts,
         __file__,
-        ["--worker", name, "--repeats", str(repeats)] + (["--quick"] if quick else []),
+        ["--worker", name, "--repeats", str(repeats), "--grid", grid] + (["--quick"] if quick else []),
         RESULT_PREFIX,
         timeout=1800,
         env=env,
@@ -154,19 +169,51 @@ def report(results: list[dict], cores: int) -> str:
         "",
         f"One replica over P partitions, 1 thread per rank; {cores} cores ({cpu_model()}), {datetime.date.today()}",
         "",
-        "| model | P | step (ms) | speed-up T(1)/T(P) | bytes sent per step, per partition | target at P = 2 |",
-        "|---|---|---|---|---|---|",
+        "| model | P | image layers in | step (ms) | speed-up T(1)/T(P) | bytes sent per step, per partition "
+        "(geometry) | target at P = 2 |",
+        "|---|---|---|---|---|---|---|",
     ]
     base = {r["model"]: r["step_s"] for r in results if r["parts"] == 1}
     for r in results:
         note = " (more ranks than cores)" if r["parts"] > cores else ""
         target = f">= {TARGETS[r['model']]}x" if r["parts"] == 2 else ""
-        sent = ", ".join(f"{b / 1e6:.2f} MB" for b in r["bytes_sent"])
+        sent = ", ".join(f"{b / 1e6:.3f} MB" for b in r["bytes_sent"])
+        geometry = r.get("bytes_geometry", r["bytes_sent"])
+        same = (
+            "as the geometry"
+            if geometry == r["bytes_sent"]
+            else "geometry: " + ", ".join(f"{b / 1e6:.3f}" for b in geometry)
+        )
+        rounds = f" (median of {len(r['rounds'])} rounds)" if len(r.get("rounds", ())) > 1 else ""
         lines.append(
-            f"| {r['model']} ({r['n_params'] / 1e6:.1f}M, batch {r['batch']}) | {r['parts']} | "
-            f"{r['step_s'] * 1000:.1f} | {base[r['model']] / r['step_s']:.2f}x{note} | {sent} | {target} |"
+            f"| {r['model']} ({r['n_params'] / 1e6:.1f}M, batch {r['batch']}) | {r['parts']} | {r.get('grid', '-')} | "
+            f"{r['step_s'] * 1000:.1f}{rounds} | {base[r['model']] / r['step_s']:.2f}x{note} | {sent} ({same}) | "
+            f"{target} |"
         )
     return "\n".join(lines)
+
+
+def configurations(models: list[str], parts: list[int], grids: list[str]) -> list[tuple[str, int, str]]:
+    """(model, P, grid) to measure: P = 1 once, every P > 1 in each grid whose A x B = P ("rows" fits all)."""
+    from distbelief_mpi.model.spec import parse_grid
+
+    def fits(grid: str, p: int) -> bool:
+        a, b = parse_grid(grid) or (p, 1 if grid == "rows" else 0)
+        return a * b == p
+
+    out = []
+    for name in models:
+        for p in sorted(set([1] + parts)):
+            out += [(name, p, "rows")] if p == 1 else [(name, p, g) for g in grids if fits(g, p)]
+    return out
+
+
+def median_of_rounds(rounds: list[list[dict]]) -> list[dict]:
+    """Per configuration: its first round's result with step_s the median over rounds, all rounds kept."""
+    return [
+        {**runs[0], "step_s": statistics.median(r["step_s"] for r in runs), "rounds": [r["step_s"] for r in runs]}
+        for runs in zip(*rounds)
+    ]
 
 
 def plot(results: list[dict], path: Path) -> None:
@@ -178,7 +225,7 @@ def plot(results: list[dict], path: Path) -> None:
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     for name in dict.fromkeys(r["model"] for r in results):
-        rows = [r for r in results if r["model"] == name]
+        rows = [r for r in results if r["model"] == name and r.get("grid", "rows") in ("rows", "-")]
         base = next(r["step_s"] for r in rows if r["parts"] == 1)
         ax.plot([r["parts"] for r in rows], [base / r["step_s"] for r in rows], marker="o", label=name)
     top = max(r["parts"] for r in results)
@@ -198,17 +245,26 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["local", "speech"], choices=["local", "speech"])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--quick", action="store_true", help="batch / 8 and 3 repeats: a smoke run")
-    parser.add_argument("--out-dir", help="write model_parallel.md and model_parallel.png here")
+    parser.add_argument(
+        "--grids", nargs="+", default=["rows"], help='image layers in "rows" and/or "AxB" blocks (A x B = P)'
+    )
+    parser.add_argument("--grid", default="rows", help=argparse.SUPPRESS)  # a worker's
+    parser.add_argument("--rounds", type=int, default=1, help="measure every configuration this many times, in turn")
+    parser.add_argument("--out-dir", help="write NAME.md, NAME.json and NAME.png here")
+    parser.add_argument("--name", default="model_parallel", help="the results' file stem (default model_parallel)")
     args = parser.parse_args()
     if args.worker:
-        worker(args.worker, args.repeats, args.quick)
+        worker(args.worker, args.repeats, args.quick, args.grid)
         return
     repeats = 3 if args.quick else args.repeats
-    results = []
-    for name in args.models:
-        for parts in sorted(set([1] + args.parts)):
-            results.append(measure(name, parts, repeats, args.quick))
-            print(f"{name} P={parts}: {results[-1]['step_s'] * 1000:.1f} ms", file=sys.stderr, flush=True)
+    rounds = []
+    for _ in range(args.rounds):
+        rounds.append([])
+        for name, parts, grid in configurations(args.models, args.parts, args.grids):
+            rounds[-1].append(measure(name, parts, repeats, args.quick, grid))
+            step_ms = rounds[-1][-1]["step_s"] * 1000
+            print(f"{name} P={parts} {grid}: {step_ms:.1f} ms", file=sys.stderr, flush=True)
+    results = median_of_rounds(rounds)
     from machine import usable_cores  # bench/machine.py
 
     text = report(results, usable_cores())
@@ -216,10 +272,9 @@ def main() -> None:
     if args.out_dir:  # the .json is what the cost model checks itself against
         from machine import write_results  # bench/machine.py
 
-        out = write_results(
-            args.out_dir, "model_parallel", text + "\n\n![speed-up vs partitions](model_parallel.png)", results
-        )
-        plot(results, out / "model_parallel.png")
+        stem = args.name
+        out = write_results(args.out_dir, stem, text + f"\n\n![speed-up vs partitions]({stem}.png)", results)
+        plot(results, out / f"{stem}.png")
 
 
 if __name__ == "__main__":

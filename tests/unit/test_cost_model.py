@@ -176,3 +176,15 @@ def test_the_paper_image_model_in_9x9_blocks_balances_and_sends_less_than_81_ban
     assert cm.partition_step(image, 81, 32, seconds, free, grid=(9, 9)) < cm.partition_step(
         image, 81, 32, seconds, free
     )
+
+
+def test_model_parallel_bench_measures_each_grid_that_fits_and_takes_medians_of_rounds():
+    import model_parallel as mp
+
+    assert mp.configurations(["local"], [4], ["rows", "2x2", "3x2"]) == [
+        ("local", 1, "rows"),
+        ("local", 4, "rows"),
+        ("local", 4, "2x2"),
+    ]
+    rounds = [[{"model": "local", "step_s": s}] for s in (0.3, 0.1, 0.2)]
+    assert mp.median_of_rounds(rounds) == [{"model": "local", "step_s": 0.2, "rounds": [0.3, 0.1, 0.2]}]
