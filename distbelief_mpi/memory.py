@@ -87,7 +87,7 @@ def _shard(spec, layout, shard_id: int, rank: int) -> RankMemory:
             f"(2 + K) x L x 4 B, K = min(landing_slots, R) = {slots}, L = {length:,}",
             (2 + slots) * length * F32,
         ),
-        Term("control window", "(2 + 5 x K) x 8 B", (2 + 5 * slots) * I64),
+        Term("control window", "(2 + 6 x K) x 8 B", (2 + 6 * slots) * I64),
     ]
     if spec.optimizer.algorithm == "sandblaster":
         memory, work = spec.optimizer.lbfgs_memory, len(WORK_NAMES) + 1

@@ -10,9 +10,10 @@ data window holds
                         of one (a partition's block when one shard holds several, layout.py)
 
 so a shard holds (2 + K) x L float32 whatever the number of replicas. The int64 control window
-holds VERSION, WRITING (the seqlock, seqlock.py), one STATE word per slot, then the slot
-headers: BASE (shard version the gradient was computed on), STEPS (minibatch steps accrued in
-it), OFFSET and LENGTH (the part of the slice it covers), four words per slot.
+holds VERSION, WRITING (the seqlock, seqlock.py), one STATE word per slot, one LANDED word per
+slot, then the slot headers: BASE (shard version the gradient was computed on), STEPS
+(minibatch steps accrued in it), OFFSET and LENGTH (the part of the slice it covers), four
+words per slot.
 
 A slot's STATE packs (generation, claimer, phase), `slot_state` below, and only ever grows:
 
@@ -23,10 +24,15 @@ A slot's STATE packs (generation, claimer, phase), `slot_state` below, and only 
    trying one slot exactly one wins; the others try another slot, or defer (keep accruing).
 2. Write: the winner Puts its gradient into the slot and flushes, then writes the header
    words and flushes. Nobody else writes a claimed slot, and the shard does not read it.
+   A push may instead land in chunks (a replica on the shard's node, a large push:
+   replica_endpoint.py): header words first (flushed), then per chunk its Put (flushed) and
+   LANDED := the elements landed so far, counted from the push's first (flushed). A shard that
+   sees LANDED = n > 0 in a CLAIMED slot may read the header and the first n elements.
 3. Post: the winner Compare_and_swaps CLAIMED to POSTED. The flushes before it mean a shard
    that sees POSTED sees the whole gradient and header (LandingSlots.gradient Syncs its view).
-4. Release: the shard applies the push, then Compare_and_swaps POSTED to FREE(g + 1); only
-   now may the slot be claimed and rewritten.
+4. Release: the shard applies the push (chunk by chunk as they land, or all at once once
+   posted), sets LANDED to 0 (flushed), then Compare_and_swaps POSTED to FREE(g + 1); only now
+   may the slot be claimed and rewritten, and a new claimer's LANDED starts from 0.
 
 Because STATE only grows, a replica whose push was posted as value v knows it was taken
 exactly when STATE != v: no ABA, however often the slot has been reused since. A replica keeps
@@ -69,15 +75,21 @@ def freed(state: int) -> int:
 
 
 def ctrl_words(n_slots: int) -> int:
-    return HEADER + (1 + SLOT_HEADER) * n_slots
+    """VERSION, WRITING, then K STATE words, K LANDED words and K headers of SLOT_HEADER words."""
+    return HEADER + (2 + SLOT_HEADER) * n_slots
 
 
 def state_word(slot: int) -> int:
     return HEADER + slot
 
 
+def landed_word(n_slots: int, slot: int) -> int:
+    """The slot's LANDED word, right after the STATE words: both read in one operation."""
+    return HEADER + n_slots + slot
+
+
 def header_word(n_slots: int, slot: int) -> int:
-    return HEADER + n_slots + SLOT_HEADER * slot
+    return HEADER + 2 * n_slots + SLOT_HEADER * slot
 
 
 class ParamServerWindows:
@@ -238,54 +250,78 @@ def _ranks_on_my_node(world_comm) -> frozenset[int]:
 
 
 class Push(NamedTuple):
-    """A push posted into landing slot `slot` of this shard."""
+    """A push in landing slot `slot` of this shard: posted, or claimed and partly landed."""
 
     slot: int
-    state: int  # the slot's STATE word (POSTED by replica_id); the release moves it on
+    state: int  # the slot's STATE word as read (POSTED or CLAIMED by replica_id)
     replica_id: int
     base_version: int  # the shard version the gradient was computed on
     steps: int  # minibatch steps accrued in it
     offset: int  # the part of the shard's slice it covers: [offset, offset + length)
     length: int
+    landed: int  # its first `landed` elements are in the slot (all `length` once posted)
 
     @property
     def part(self) -> slice:
         return slice(self.offset, self.offset + self.length)
 
+    @property
+    def posted(self) -> bool:
+        return phase_of(self.state) == POSTED
+
 
 class LandingSlots:
-    """The shard's side of the landing slots: which pushes are posted, and freeing each slot
-    once its push is consumed (any replica may then claim it)."""
+    """The shard's side of the landing slots: which pushes are posted or landing, and freeing
+    each slot once its push is consumed (any replica may then claim it)."""
 
     def __init__(self, windows: ParamServerWindows, shard_id: int, length: int):
         self.windows, self.shard_id, self.n_slots = windows, shard_id, windows.n_slots
         data = windows.local_data
         self.grads = [data[(2 + k) * length : (3 + k) * length] for k in range(self.n_slots)]  # (L,) each
+        self._zero = np.zeros(1, np.int64)
 
-    def posted(self) -> list[Push]:
-        """The pushes posted and not yet released, in slot order."""
-        states = self.windows.read_words(self.shard_id, state_word(0), self.n_slots)
-        ready = [slot for slot in range(self.n_slots) if phase_of(int(states[slot])) == POSTED]
+    def pending(self) -> list[Push]:
+        """The pushes posted, or claimed with some elements landed, and not yet released, in
+        slot order."""
+        words = self.windows.read_words(self.shard_id, state_word(0), 2 * self.n_slots)  # STATE, LANDED
+        states, landed = words[: self.n_slots], words[self.n_slots :]
+        ready = [
+            slot
+            for slot in range(self.n_slots)
+            if phase_of(int(states[slot])) == POSTED or (phase_of(int(states[slot])) == CLAIMED and landed[slot] > 0)
+        ]
         if not ready:
             return []
-        # Each header was written (and flushed) before its STATE became POSTED, and is not
-        # rewritten before we release the slot: reading all of them after the states is safe.
+        # Each header was written (and flushed) before its STATE became POSTED or its LANDED
+        # left 0, read above before the headers, and is not rewritten before we release the
+        # slot: reading all of them now is safe (a slot not ready may show a half-written one).
         headers = self.windows.read_words(self.shard_id, header_word(self.n_slots, 0), SLOT_HEADER * self.n_slots)
         pushes = []
         for slot in ready:
             state, words = int(states[slot]), headers[SLOT_HEADER * slot : SLOT_HEADER * (slot + 1)]
             base, steps, offset, length = (int(w) for w in words)
-            pushes.append(Push(slot, state, claimer_of(state), base, steps, offset, length))
+            done = length if phase_of(state) == POSTED else min(int(landed[slot]), length)
+            pushes.append(Push(slot, state, claimer_of(state), base, steps, offset, length, done))
         return pushes
 
-    def gradient(self, push: Push) -> np.ndarray:
-        """The pushed gradient (push.length,), a view of the slot; valid until release(push)."""
+    def posted(self) -> list[Push]:
+        """The pushes posted and not yet released, in slot order."""
+        return [push for push in self.pending() if push.posted]
+
+    def gradient(self, push: Push, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """The pushed gradient's elements [start, stop) (default: all), a view of the slot;
+        valid until release(push). Only landed elements may be read."""
+        stop = push.length if stop is None else stop
+        if stop > push.landed:
+            raise ValueError(f"elements [{start}, {stop}) of a push with {push.landed} landed")
         self.windows.data_win.Sync()  # make the replica's Put visible to our own loads
-        return self.grads[push.slot][push.part]
+        return self.grads[push.slot][push.offset + start : push.offset + stop]
 
     def release(self, push: Push) -> None:
         """The push is consumed: the slot is free for the next claim."""
-        self._swap(push.slot, push.state, freed(push.state))
+        if not push.posted:
+            raise RuntimeError(f"landing slot {push.slot} released before its push was posted")
+        self._free(push.slot, push.state)
 
     def reclaim(self, replica_id: int) -> int:
         """Free the slots a replica that has left claimed and never posted (it died between
@@ -297,10 +333,14 @@ class LandingSlots:
             if phase_of(int(state)) == CLAIMED and claimer_of(int(state)) == replica_id
         ]
         for slot, state in stranded:
-            self._swap(slot, state, freed(state))
+            self._free(slot, state)
         return len(stranded)
 
-    def _swap(self, slot: int, state: int, new: int) -> None:
-        seen = self.windows.compare_and_swap(self.shard_id, state_word(slot), state, new)
+    def _free(self, slot: int, state: int) -> None:
+        # LANDED back to 0 (completed) before the slot can be claimed again: a new claimer's
+        # slot then shows nothing landed until it writes LANDED itself.
+        self.windows.issue_write_words(self.shard_id, landed_word(self.n_slots, slot), self._zero)
+        self.windows.complete([self.shard_id], ctrl=True)
+        seen = self.windows.compare_and_swap(self.shard_id, state_word(slot), state, freed(state))
         if seen != state:  # only this shard moves a posted slot on: anything else is a bug
             raise RuntimeError(f"landing slot {slot} of shard {self.shard_id}: state {seen:#x}, expected {state:#x}")

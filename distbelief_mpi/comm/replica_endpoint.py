@@ -15,6 +15,14 @@ Phase 3's post comes after phase 2's completion, so a shard that sees POSTED see
 gradient and header; a fetch is consistent when WRITING <= VERSION + 1 (seqlock.py), and is
 retried on its own otherwise. The rare claims the fast path cannot make (the first push, or our
 old slot taken by another replica meanwhile) read the slot states and try each, in place.
+
+A large push to a shard on this node lands in chunks of `chunk_elements` (param_server.py,
+step 2): phase 2 writes its header only, then each chunk is Put and flushed and the slot's
+LANDED word raised, so the shard applies chunk k while chunk k + 1 is copied (measured:
+bench/ps_bandwidth.py). Within a node a flush is a few microseconds; between nodes each would be
+a network round trip, so pushes to other nodes (and the pipelined ones, pipelined.py) land
+whole. With chunked pushes a fetch's WRITING is read right after its Get, before the chunks,
+so that the shard's applying our push meanwhile cannot make the copy look torn.
 """
 
 import time
@@ -32,11 +40,16 @@ from .param_server import (
     ParamServerWindows,
     freed,
     header_word,
+    landed_word,
     phase_of,
     slot_state,
     state_word,
 )
 from .seqlock import VERSION, WRITING, SeqlockReader
+
+# Elements per chunk of a push landing in chunks (4 MiB of float32). Measured with
+# bench/ps_bandwidth.py (41.8M parameters, Adagrad, 1 shard): see docs/downpour.md.
+PUSH_CHUNK = 1 << 20
 
 
 class PushItem(NamedTuple):
@@ -63,8 +76,11 @@ class ReplicaEndpoint:
     slot is busy. A shard that takes nothing for `hung_after` seconds (0: never judged) while
     we wait is hung: the push raises RankHung naming it rather than deferring forever."""
 
-    def __init__(self, windows: ParamServerWindows, replica_id: int, hung_after: float = 0.0):
+    def __init__(
+        self, windows: ParamServerWindows, replica_id: int, hung_after: float = 0.0, chunk_elements: int = PUSH_CHUNK
+    ):
         self.windows, self.replica_id, self.hung_after = windows, replica_id, hung_after
+        self.chunk_elements = chunk_elements  # 0: every push lands whole
         n_shards = len(windows.shard_ranks)
         self.pushed = [0] * n_shards  # pushes posted, per shard
         self.in_flight: list[tuple[int, int] | None] = [None] * n_shards  # (slot, its POSTED state)
@@ -127,33 +143,63 @@ class ReplicaEndpoint:
         retried = [push.shard_id for push in pushes if self.in_flight[push.shard_id] is not None]
         windows.complete(retried + fetched, ctrl=True)  # only shards that had operations: a flush costs
         claims = [self.settle_claim(push.shard_id, int(seen[i])) for i, push in enumerate(pushes)]
-        claimed_on = [push.shard_id for push, claim in zip(pushes, claims) if claim is not None]
-        # 2. the gradients and their headers, the parameter buffers
-        headers = np.zeros((len(pushes), 4), np.int64)
-        for i, (push, claim) in enumerate(zip(pushes, claims)):
-            if claim is not None:
-                headers[i] = (push.base_version, push.steps, push.offset, len(push.grad))
-                windows.issue_put_slot(push.shard_id, claim[0], push.grad, push.offset)
-                windows.issue_write_words(push.shard_id, header_word(windows.n_slots, claim[0]), headers[i])
+        claimed = [(push, claim) for push, claim in zip(pushes, claims) if claim is not None]
+        chunked = [(push, claim[0]) for push, claim in claimed if self._in_chunks(push)]
+        # 2. the headers, the gradients that land whole, the parameter buffers
+        writing = np.zeros(len(fetches), np.int64)
+        headers = np.zeros((len(claimed), 4), np.int64)
+        for i, (push, (slot, _)) in enumerate(claimed):
+            headers[i] = (push.base_version, push.steps, push.offset, len(push.grad))
+            if not self._in_chunks(push):
+                windows.issue_put_slot(push.shard_id, slot, push.grad, push.offset)
+            windows.issue_write_words(push.shard_id, header_word(windows.n_slots, slot), headers[i])
         for j, fetch in enumerate(fetches):
             windows.issue_get_params(fetch.shard_id, int(versions[j]), fetch.out, fetch.offset)
+        claimed_on = [push.shard_id for push, _ in claimed]
         windows.complete(claimed_on + fetched, data=True)
-        windows.complete(claimed_on, ctrl=True)
-        # 3. post, read WRITING
-        writing, posted_seen = np.zeros(len(fetches), np.int64), np.zeros(len(pushes), np.int64)
-        for i, (push, claim) in enumerate(zip(pushes, claims)):
-            if claim is not None:
-                slot, claimed = claim
-                operands[i] = (claimed + (POSTED - CLAIMED), claimed)
-                windows.issue_compare_and_swap(push.shard_id, state_word(slot), operands[i], posted_seen[i : i + 1])
-        for j, fetch in enumerate(fetches):
-            windows.issue_read_word(fetch.shard_id, WRITING, writing[j : j + 1])
-        windows.complete(claimed_on + fetched, ctrl=True)
-        for push, claim in zip(pushes, claims):
-            if claim is not None:
-                self.in_flight[push.shard_id] = (claim[0], claim[1] + (POSTED - CLAIMED))
-                self.pushed[push.shard_id] += 1
+        if chunked:  # the copies are complete: check them now, not after the chunks (docstring)
+            self._issue_read_writing(fetches, writing)
+        windows.complete(claimed_on + (fetched if chunked else []), ctrl=True)
+        self._land_in_chunks(chunked)
+        # 3. post, read WRITING (unless read already)
+        posted_seen = np.zeros(len(claimed), np.int64)
+        for i, (push, (slot, state)) in enumerate(claimed):
+            operands[i] = (state + (POSTED - CLAIMED), state)
+            windows.issue_compare_and_swap(push.shard_id, state_word(slot), operands[i], posted_seen[i : i + 1])
+        if not chunked:
+            self._issue_read_writing(fetches, writing)
+        windows.complete(claimed_on + ([] if chunked else fetched), ctrl=True)
+        for push, (slot, state) in claimed:
+            self.in_flight[push.shard_id] = (slot, state + (POSTED - CLAIMED))
+            self.pushed[push.shard_id] += 1
         return [claim is not None for claim in claims], self._consistent(fetches, versions, writing)
+
+    def _in_chunks(self, push: PushItem) -> bool:
+        """Whether the push lands in chunks: a shard on this node, at least two chunks' worth."""
+        size = self.chunk_elements
+        return size > 0 and len(push.grad) >= 2 * size and self.windows.on_my_node(push.shard_id)
+
+    def _issue_read_writing(self, fetches: Sequence[FetchItem], out: np.ndarray) -> None:
+        for j, fetch in enumerate(fetches):
+            self.windows.issue_read_word(fetch.shard_id, WRITING, out[j : j + 1])
+
+    def _land_in_chunks(self, chunked: list[tuple[PushItem, int]]) -> None:
+        """Put each push chunk by chunk (every shard's chunk k before any chunk k + 1), each
+        chunk flushed before the slot's LANDED word says it is there."""
+        if not chunked:
+            return
+        windows, size = self.windows, self.chunk_elements
+        landed = np.zeros(len(chunked), np.int64)
+        for start in range(0, max(len(push.grad) for push, _ in chunked), size):
+            now = [(i, push, slot) for i, (push, slot) in enumerate(chunked) if start < len(push.grad)]
+            for _, push, slot in now:
+                windows.issue_put_slot(push.shard_id, slot, push.grad[start : start + size], push.offset + start)
+            shards = [push.shard_id for _, push, _ in now]
+            windows.complete(shards, data=True)
+            for i, push, slot in now:
+                landed[i] = min(start + size, len(push.grad))
+                windows.issue_write_words(push.shard_id, landed_word(windows.n_slots, slot), landed[i : i + 1])
+            windows.complete(shards, ctrl=True)
 
     def _consistent(self, fetches: Sequence[FetchItem], versions: np.ndarray, writing: np.ndarray) -> list[int]:
         """The fetched versions; a copy the shard began to overwrite meanwhile is read again."""

@@ -10,9 +10,10 @@ def records(run, role):
     return [r["data"] for r in run.ranks.values() if r["data"]["role"] == role]
 
 
-@pytest.mark.parametrize("n_ranks, n_shards", [(3, 1), (5, 2), (6, 3)])
-def test_final_parameters_are_initial_minus_the_sum_of_all_pushes(tmp_path, n_ranks, n_shards):
-    run = run_mpi(n_ranks, ["program", "push_sum", str(n_shards)], tmp_path, timeout=120)
+@pytest.mark.parametrize("n_ranks, n_shards, chunk", [(3, 1, 0), (5, 2, 0), (6, 3, 0), (4, 1, 37), (5, 2, 64)], ids=str)
+def test_final_parameters_are_initial_minus_the_sum_of_all_pushes(tmp_path, n_ranks, n_shards, chunk):
+    """chunk > 0: pushes land in chunks the shards apply as they come (3 replicas racing)."""
+    run = run_mpi(n_ranks, ["program", "push_sum", str(n_shards), str(chunk)], tmp_path, timeout=120)
     assert_all_ranks(run, n_ranks)
     shards, replicas = records(run, "shard"), records(run, "replica")
     final = np.concatenate([np.array(s["params"]) for s in sorted(shards, key=lambda s: run_rank(run, s))])
@@ -52,6 +53,19 @@ def test_non_finite_pushes_are_rejected_and_counted(tmp_path):
         np.testing.assert_array_equal(params, expected)
 
 
+@pytest.mark.parametrize("chunk", [100, 333])
+def test_a_push_found_non_finite_half_applied_leaves_parameters_and_accumulators_untouched(tmp_path, chunk):
+    """Bad values in the last, a middle and the first chunk of pushes landing in chunks: the
+    shard has applied chunks before it finds them, yet ends exactly where Adagrad over the finite
+    pushes alone ends (the same float32 operations in the same order)."""
+    run = run_mpi(2, ["program", "ps_chunked_reject", str(chunk)], tmp_path)
+    assert_all_ranks(run, 2)
+    (shard,), (replica,) = records(run, "shard"), records(run, "replica")
+    assert sum(shard["rejected"]) == 3 and sum(shard["applied"]) == 3 and shard["version"] == 3
+    np.testing.assert_array_equal(shard["params"], replica["expected_params"])
+    np.testing.assert_array_equal(shard["accumulator"], replica["expected_accumulator"])
+
+
 def test_an_idle_shard_sleeps(tmp_path):
     run = run_mpi(2, ["program", "idle_shard"], tmp_path)
     assert_all_ranks(run, 2)
@@ -71,11 +85,13 @@ def test_bounded_staleness_applies_nothing_staler_than_the_bound(tmp_path):
     assert np.all(np.array(shard["params"]) == -sum(shard["applied"]))  # each applied push: all ones
 
 
-@pytest.mark.parametrize("n_shards, landing_slots", [(1, 1), (2, 2)])
-def test_replicas_outnumbering_the_slots_lose_and_double_nothing(tmp_path, n_shards, landing_slots):
-    """K < R = 3 replicas: refused pushes keep accruing and go later; every step lands once."""
+@pytest.mark.parametrize("n_shards, landing_slots, chunk", [(1, 1, 0), (2, 2, 0), (1, 2, 50)], ids=str)
+def test_replicas_outnumbering_the_slots_lose_and_double_nothing(tmp_path, n_shards, landing_slots, chunk):
+    """K < R = 3 replicas: refused pushes keep accruing and go later; every step lands once
+    (chunk > 0: pushes land in chunks, one slot open while the other fills)."""
     n_ranks = n_shards + 3
-    run = run_mpi(n_ranks, ["program", "ps_few_slots", str(n_shards), str(landing_slots)], tmp_path, timeout=120)
+    args = ["program", "ps_few_slots", str(n_shards), str(landing_slots), str(chunk)]
+    run = run_mpi(n_ranks, args, tmp_path, timeout=120)
     assert_all_ranks(run, n_ranks)
     shards = sorted(records(run, "shard"), key=lambda s: s["shard_id"])
     replicas = records(run, "replica")
@@ -91,10 +107,13 @@ def test_replicas_outnumbering_the_slots_lose_and_double_nothing(tmp_path, n_sha
     print("pushes deferred (no free slot or own push not yet taken):", [r["deferred"] for r in replicas])
 
 
-@pytest.mark.parametrize("n_shards, replicas, parts", [(1, 1, 2), (2, 1, 3), (1, 2, 2)])
-def test_fewer_shards_than_partitions_apply_sub_range_pushes(tmp_path, n_shards, replicas, parts):
+@pytest.mark.parametrize(
+    "n_shards, replicas, parts, chunk", [(1, 1, 2, 0), (2, 1, 3, 0), (1, 2, 2, 0), (1, 2, 2, 29)], ids=str
+)
+def test_fewer_shards_than_partitions_apply_sub_range_pushes(tmp_path, n_shards, replicas, parts, chunk):
     n_ranks = n_shards + replicas * parts
-    run = run_mpi(n_ranks, ["program", "ps_subrange", str(n_shards), str(replicas), str(parts)], tmp_path)
+    args = ["program", "ps_subrange", str(n_shards), str(replicas), str(parts), str(chunk)]
+    run = run_mpi(n_ranks, args, tmp_path)
     assert_all_ranks(run, n_ranks)
     shards, partitions = records(run, "shard"), records(run, "replica")
     n_params = max(s["range"][1] for s in shards)

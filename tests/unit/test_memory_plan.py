@@ -40,10 +40,10 @@ def test_downpour_by_hand():
     # shard: L = 23, K = min(4 landing slots, 2 replicas) = 2
     assert terms(rows["shard"]) == {
         "parameter window": (2 + 2) * 23 * 4,
-        "control window": (2 + 5 * 2) * 8,
+        "control window": (2 + 6 * 2) * 8,  # VERSION, WRITING; per slot STATE, LANDED and 4 header words
         "Adagrad accumulator": 2 * 23 * 4,  # the current version's and the next's
     }
-    assert rows["shard"].ranks == (0,) and rows["shard"].total == 368 + 96 + 184
+    assert rows["shard"].ranks == (0,) and rows["shard"].total == 368 + 112 + 184
     # replica: per example 4 x (4 inputs + 2 dlogits) + 4 (label) + 3 x 4 (hidden out)
     # + 2 x 4 (logits) + 3 x 4 (the output layer's input gradient) = 60 B; data: 5 of 10 rows
     # x (16 B example + 4 B label + 8 B order index)
@@ -100,7 +100,7 @@ def test_sandblaster_by_hand():
     # float64 gradient sum and up to m + 1 = 4 history pairs
     assert terms(rows["shard"]) == {
         "parameter window": 4 * 23 * 4,
-        "control window": 12 * 8,
+        "control window": (2 + 6 * 2) * 8,
         "L-BFGS vectors": 6 * 23 * 8,
         "gradient sum": 23 * 8,
         "L-BFGS history": 2 * 4 * 23 * 8,

@@ -27,16 +27,21 @@ def run_ps(
     optimizer: Optimizer,
     replica_body,
     landing_slots: int = DEFAULT_LANDING_SLOTS,
+    shard_extra=None,
 ):
     """Shards serve until every replica is done; replica_body(endpoint, replica_id, ranges)
-    returns the replica's record. Returns this rank's record (shards: stats and final slice)."""
+    returns the replica's record. Returns this rank's record (shards: stats and final slice,
+    plus shard_extra(shard)'s dict if given)."""
     rank, size = world_comm.Get_rank(), world_comm.Get_size()
     ranges = shard_ranges(len(initial), n_shards)
     shard_id = rank if rank < n_shards else -1
     windows = ParamServerWindows(world_comm, list(range(n_shards)), ranges, size - n_shards, shard_id, landing_slots)
     if shard_id >= 0:
         start, stop = ranges[shard_id]
-        record = serve(world_comm, Shard(windows, shard_id, optimizer, initial[start:stop]))
+        shard = Shard(windows, shard_id, optimizer, initial[start:stop])
+        record = serve(world_comm, shard)
+        if shard_extra is not None:
+            record.update(shard_extra(shard))
     else:
         replica_id = rank - n_shards
         barrier_sleeping(world_comm)

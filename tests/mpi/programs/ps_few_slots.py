@@ -3,7 +3,8 @@ and pushes later. Each replica runs Downpour's push loop (accrue a known integer
 step, try to push each shard's part, defer when refused, push what is left at the end, waiting).
 With fixed-rate SGD at rate 1 the final parameters must be the initial ones minus everything
 every replica accrued, and each shard must count every step taken: nothing is lost or doubled,
-whatever the order in which the slots were won."""
+whatever the order in which the slots were won. args: shards slots [chunk] (chunk > 0: pushes
+land in chunks of that many elements, replica_endpoint.py)."""
 
 import time
 
@@ -17,9 +18,11 @@ N_PARAMS, STEPS = 1000, 60
 
 def main(world_comm, args):
     n_shards, landing_slots = int(args[0]), int(args[1])
+    chunk = int(args[2]) if len(args) > 2 else 0
     initial = np.arange(N_PARAMS, dtype=np.float32)
 
     def replica_body(endpoint, replica_id, ranges):
+        endpoint.chunk_elements = chunk
         rng = np.random.default_rng(replica_id)
         accrued = np.zeros(N_PARAMS, np.float32)  # (N,) not yet pushed
         accrued_steps = [0] * len(ranges)

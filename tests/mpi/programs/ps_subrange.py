@@ -5,7 +5,8 @@ Ranks: S shards, then R replicas x P partitions (replica-major), blocks of uneve
 partition pushes known integer gradients for its block (try_push, or push waiting) with
 fixed-rate SGD at rate 1 on the shards; it fetches its block through the same ShardSubset and,
 when it is its block's only pusher (R = 1), the fetch must equal the initial block minus its
-own pushes once they are taken. Shards report their final slices."""
+own pushes once they are taken. Shards report their final slices. args: shards replicas
+partitions [chunk] (chunk > 0: pushes land in chunks of that many elements)."""
 
 import time
 
@@ -44,7 +45,8 @@ def plan(n_shards: int, replicas: int, parts: int) -> Layout:
 
 
 def main(world_comm, args):
-    n_shards, replicas, parts = (int(a) for a in args)
+    n_shards, replicas, parts = (int(a) for a in args[:3])
+    chunk = int(args[3]) if len(args) > 3 else 0
     layout = plan(n_shards, replicas, parts)
     role = layout.role_of(world_comm.Get_rank())
     initial = np.arange(layout.n_params, dtype=np.float32)
@@ -59,7 +61,7 @@ def main(world_comm, args):
         record["range"] = [start, stop]
     else:
         barrier_sleeping(world_comm)
-        record = push_block(layout, windows, role, initial)
+        record = push_block(layout, windows, role, initial, chunk)
         shard_ranks = [layout.ranks_of("shard")[s] for s in layout.shards_of_partition(role.partition_id)]
         Messenger(world_comm).send_to_all(DONE, ReplicaDone(role.replica_id), shard_ranks)
     barrier_sleeping(world_comm)
@@ -67,9 +69,9 @@ def main(world_comm, args):
     return record
 
 
-def push_block(layout: Layout, windows, role, initial: np.ndarray) -> dict:
+def push_block(layout: Layout, windows, role, initial: np.ndarray, chunk: int) -> dict:
     pieces = layout.pieces_of_partition(role.partition_id)
-    endpoint = ShardSubset(ReplicaEndpoint(windows, role.replica_id), OwnShards(pieces))
+    endpoint = ShardSubset(ReplicaEndpoint(windows, role.replica_id, chunk_elements=chunk), OwnShards(pieces))
     start, stop = layout.block_of_partition(role.partition_id)
     rng = np.random.default_rng(100 * role.replica_id + role.partition_id)
     pushed = np.zeros(stop - start, np.float64)  # (block,) the sum of what was posted

@@ -1,7 +1,9 @@
 """Every replica pushes known integer-valued gradients at random moments, some with try_push
 (skipping a busy slot), the rest waiting. With fixed-rate SGD at rate 1 on the shards, the
 final parameters must equal the initial ones minus the exact sum of everything pushed, in
-whatever order the pushes arrived (integers are exact in float32, so order cannot matter)."""
+whatever order the pushes arrived (integers are exact in float32, so order cannot matter).
+args: shards [chunk]: with chunk > 0, pushes land in chunks of that many elements
+(replica_endpoint.py), the shards applying each as it lands."""
 
 import time
 
@@ -14,10 +16,11 @@ N_PARAMS, N_PUSHES = 1000, 40
 
 
 def main(world_comm, args):
-    n_shards = int(args[0])
+    n_shards, chunk = int(args[0]), int(args[1]) if len(args) > 1 else 0
     initial = np.arange(N_PARAMS, dtype=np.float32)
 
     def replica_body(endpoint, replica_id, ranges):
+        endpoint.chunk_elements = chunk
         rng = np.random.default_rng(replica_id)
         total = np.zeros(N_PARAMS, np.float64)
         for _ in range(N_PUSHES):
