@@ -7,12 +7,14 @@ from measured per-layer compute times and the exact bytes model/partitioned.py e
 Per step (the partitions run layer by layer in lockstep, so every layer waits for its slowest):
   T(P) = sum_l [ max_p share[l,p] * t_l * s / v  +  X(F_l) + X(F_l^T) ]  +  t_loss * s / v  +  X(L)
   t_l    one-thread forward + backward seconds of layer l, whole batch (layer_costs)
-  share  partition p's part of layer l: dense units u/U; local output rows r/OH; pools and LCN
-         rows of their extended input block (own rows + halo) / H
+  share  partition p's part of layer l: dense units u/U; local its output block (rows x columns,
+         the planner's: whole rows, or A x B blocks) / (OH x OW); pools and LCN their extended
+         input block (own block + halo) / (H x W)
   s, v   Machine.compute_scale (seconds there per second here); v = partition speed in cores:
          one partition per machine: 1 + (cores - 1) * parallel_efficiency; ranks on one
          machine's cores (1 thread each): 1 / max(1, P / cores) (time-sharing)
-  F_l    (P, P) bytes p sends q before layer l: halo rows (image) or own piece to all (dense);
+  F_l    (P, P) bytes p sends q before layer l: the halo, p's block within q's input block
+         (image), or own piece to all (dense);
          the backward returns the input gradients along F_l^T; L = the logits gather
   X(F) = max_p [ max(sent_p, received_p) / bandwidth + max(#sends_p, #receives_p) * latency ]
          partitions on hosts (Machine.hosts): X = max_p max(sum_q t(F[p,q]), sum_q t(F[q,p])), a

@@ -185,11 +185,19 @@ def report(results: list[dict], cores: int) -> str:
             else "geometry: " + ", ".join(f"{b / 1e6:.3f}" for b in geometry)
         )
         rounds = f" (median of {len(r['rounds'])} rounds)" if len(r.get("rounds", ())) > 1 else ""
+        if r.get("ratio_to_rows"):
+            rounds += f"; {r['ratio_to_rows']:.2f}x rows' step, median of per-round ratios"
         lines.append(
             f"| {r['model']} ({r['n_params'] / 1e6:.1f}M, batch {r['batch']}) | {r['parts']} | {r.get('grid', '-')} | "
             f"{r['step_s'] * 1000:.1f}{rounds} | {base[r['model']] / r['step_s']:.2f}x{note} | {sent} ({same}) | "
             f"{target} |"
         )
+    loads = [x for r in results for x in r.get("loads", ()) if x is not None]
+    if loads:
+        lines += [
+            "",
+            f"Load average (1 min) before each run: median {statistics.median(loads):.1f}, max {max(loads):.1f}.",
+        ]
     return "\n".join(lines)
 
 
@@ -209,11 +217,33 @@ def configurations(models: list[str], parts: list[int], grids: list[str]) -> lis
 
 
 def median_of_rounds(rounds: list[list[dict]]) -> list[dict]:
-    """Per configuration: its first round's result with step_s the median over rounds, all rounds kept."""
-    return [
-        {**runs[0], "step_s": statistics.median(r["step_s"] for r in runs), "rounds": [r["step_s"] for r in runs]}
-        for runs in zip(*rounds)
-    ]
+    """Per configuration: its first round's result with step_s the median over rounds, all rounds
+    kept, and ratio_to_rows: the median over rounds of its step / whole rows' step at the same P
+    in the same round (None for rows itself or when rows was not measured)."""
+    out = []
+    for index, runs in enumerate(zip(*rounds)):
+        first = runs[0]
+        rows = next(
+            (
+                i
+                for i, r in enumerate(rounds[0])
+                if (r["model"], r["parts"], r.get("grid")) == (first["model"], first["parts"], "rows")
+            ),
+            None,
+        )
+        ratios = None
+        if rows is not None and rows != index and first["parts"] > 1:
+            ratios = statistics.median(run[index]["step_s"] / run[rows]["step_s"] for run in rounds)
+        out.append(
+            {
+                **first,
+                "step_s": statistics.median(r["step_s"] for r in runs),
+                "rounds": [r["step_s"] for r in runs],
+                "loads": [r.get("load_before") for r in runs],
+                "ratio_to_rows": ratios,
+            }
+        )
+    return out
 
 
 def plot(results: list[dict], path: Path) -> None:
@@ -261,7 +291,8 @@ def main() -> None:
     for _ in range(args.rounds):
         rounds.append([])
         for name, parts, grid in configurations(args.models, args.parts, args.grids):
-            rounds[-1].append(measure(name, parts, repeats, args.quick, grid))
+            load = os.getloadavg()[0]  # other processes share these cores: kept with the result
+            rounds[-1].append({**measure(name, parts, repeats, args.quick, grid), "load_before": load})
             step_ms = rounds[-1][-1]["step_s"] * 1000
             print(f"{name} P={parts} {grid}: {step_ms:.1f} ms", file=sys.stderr, flush=True)
     results = median_of_rounds(rounds)

@@ -186,5 +186,13 @@ def test_model_parallel_bench_measures_each_grid_that_fits_and_takes_medians_of_
         ("local", 4, "rows"),
         ("local", 4, "2x2"),
     ]
-    rounds = [[{"model": "local", "step_s": s}] for s in (0.3, 0.1, 0.2)]
-    assert mp.median_of_rounds(rounds) == [{"model": "local", "step_s": 0.2, "rounds": [0.3, 0.1, 0.2]}]
+    rounds = [
+        [
+            {"model": "m", "parts": 4, "grid": "rows", "step_s": s},
+            {"model": "m", "parts": 4, "grid": "2x2", "step_s": t},
+        ]
+        for s, t in ((0.3, 0.15), (0.1, 0.2), (0.2, 0.3))
+    ]
+    rows, blocks = mp.median_of_rounds(rounds)
+    assert rows["step_s"] == 0.2 and rows["rounds"] == [0.3, 0.1, 0.2] and rows["ratio_to_rows"] is None
+    assert blocks["step_s"] == 0.2 and blocks["ratio_to_rows"] == pytest.approx(1.5)  # median of 0.5, 2, 1.5
