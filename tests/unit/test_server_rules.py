@@ -119,3 +119,41 @@ def test_fused_steps_accept_the_largest_finite_values(threads):
     out = np.empty_like(big)
     assert sgd_step(out, big, big, 0.0) is True
     assert adagrad_step(out, big, big, np.empty_like(big), np.ones_like(big), 0.0, 1.0) is True
+
+
+@pytest.mark.parametrize("out_shift", range(8))
+@pytest.mark.parametrize("in_shift", [0, 3])
+def test_streaming_stores_give_the_plain_loops_bits_at_every_alignment(out_shift, in_shift, threads):
+    """Outputs starting at every float32 offset within 32 bytes (heads, lane groups, tails),
+    inputs elsewhere: the streaming kernels (taken whenever the outputs are aligned alike) write
+    exactly what the plain loops write, and find a bad value in a head, a lane group or a tail."""
+    n = server_rules.PARALLEL_MIN + 2 * server_rules.BLOCK + 13
+
+    def at(shift, values):  # values (n,) copied to a float32 array starting `shift` elements past 64 bytes
+        out = server_rules.aligned_full(n + 8, 0.0)[shift : shift + n]
+        out[:] = values
+        return out
+
+    rng = np.random.default_rng(out_shift)
+    p, g = at(in_shift, rng.normal(size=n)), at(in_shift, rng.normal(size=n))
+    acc = at(in_shift, rng.uniform(0.1, 2.0, n))
+    p_out, acc_out = at(out_shift, np.nan), at(out_shift, np.nan)
+    assert server_rules._streaming((p_out, acc_out), (p, g, acc))
+    assert adagrad_step(p_out, p, g, acc_out, acc, 0.05, 1e-8)
+    plain_p, plain_acc = np.empty(n, np.float32), np.empty(n, np.float32)
+    assert server_rules._adagrad_serial(plain_p, p, g, plain_acc, acc, 0.05, 1e-8)
+    np.testing.assert_array_equal(p_out, plain_p)
+    np.testing.assert_array_equal(acc_out, plain_acc)
+    assert sgd_step(p_out, p, g, 0.3)
+    np.testing.assert_array_equal(p_out, ref.sgd_apply(p, g, 0.3))
+    for where in (0, 5, n // 2, n - 1):
+        bad = g.copy()
+        bad[where] = np.nan
+        assert not adagrad_step(p_out, p, bad, acc_out, acc, 0.05, 1e-8)
+        assert not sgd_step(p_out, p, bad, 0.3)
+
+
+def test_outputs_aligned_differently_take_the_plain_loops():
+    p = server_rules.aligned_full(100, 1.0)
+    assert not server_rules._streaming((p[:99], p[1:]), (p,))
+    assert not server_rules._streaming((p,), (p.astype(np.float64),))

@@ -27,7 +27,7 @@ from ...config import Optimizer
 from ...errors import RankHung, RankLost
 from ...job import Job
 from ...kernels import server_rules
-from ...kernels.server_rules import adagrad_step, sgd_step
+from ...kernels.server_rules import adagrad_step, aligned_full, sgd_step
 from ...runtime import watchdog
 from ...runtime.watchdog import Watchdog
 from ..liveness import Peers, ReplicaWatch
@@ -114,9 +114,10 @@ class Shard:
         self.shard_id, self.opt, self.pushers_per_replica = shard_id, optimizer, pushers_per_replica
         self.length, self.n_replicas = len(initial), windows.n_replicas
         self.adagrad = optimizer.server_rule == "adagrad"
-        accumulators = [np.full(self.length, optimizer.adagrad_initial_accumulator, np.float32)]
+        # on 64-byte lines, like the window's buffers: the rule's outputs stream (server_rules.py)
+        accumulators = [aligned_full(self.length, optimizer.adagrad_initial_accumulator)]
         if self.adagrad:
-            accumulators.append(accumulators[0].copy())
+            accumulators.append(aligned_full(self.length, optimizer.adagrad_initial_accumulator))
         self.published = SeqlockWriter(windows, shard_id, initial, [tuple(accumulators)] if self.adagrad else ())
         self._accumulator = accumulators[0]  # under SGD: the checkpointed one, never changed
         self.slots = LandingSlots(windows, shard_id, self.length)
