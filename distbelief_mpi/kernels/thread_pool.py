@@ -12,12 +12,21 @@ says which one loaded. `workqueue` must not be entered by two Python threads at 
 the process), which the partition tests do; `omp` (GNU libgomp) and `tbb` allow it.
 """
 
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import numba
 from threadpoolctl import ThreadpoolController, threadpool_limits
+
+# GNU OpenMP's idle threads spin after each parallel region (GOMP_SPINCOUNT: 300,000 rounds, some
+# milliseconds) before they sleep. Between our kernels a rank runs BLAS on the same cores, so a
+# spinning Numba thread takes a core from a BLAS thread: more busy threads than threads_per_rank.
+# Passive: idle threads sleep at once; waking them costs microseconds per kernel (docs/architecture.md,
+# "Threads in a rank", has the figures). libgomp reads this when Numba loads it, at the first
+# parallel launch, i.e. after this import; a value set by the user is kept.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 _blas_limit = None  # keep the limiter alive; threadpoolctl applies the limit until it is undone
 _blas_threads: int | None = None  # what set_compute_threads gave BLAS (None: never called)
@@ -47,11 +56,6 @@ def set_compute_threads(n: int) -> None:
         _blas_limit = threadpool_limits(limits=n, user_api="blas")
         _blas_threads = n
         _blas_libs = None  # libraries may have been loaded since: look again on the next pin
-
-
-def compute_threads() -> int:
-    """The Numba threads a kernel launched now would use."""
-    return int(numba.get_num_threads())
 
 
 def threading_layer() -> str:
@@ -96,7 +100,7 @@ def blas_single_threaded() -> Iterator[None]:
             _pin_depth -= 1
             if _pin_depth == 0:
                 for setter, threads in _pin_restore:
-                    setter(threads)
+                    setter(_blas_threads or threads)  # set_compute_threads may have run meanwhile
 
 
 def _thread_setter(lib):
