@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from distbelief_mpi.checkpoint.params_file import load_params
 from distbelief_mpi.model.network import build_network
@@ -64,3 +65,37 @@ def test_downpour_with_replicas_in_2x2_blocks_trains(tmp_path, digits_h5):
     assert summary["test_accuracy"] >= 0.9, summary
     assert 'partition_grid = "2x2"' in (run_dir / "job.toml").read_text()
     assert_canonical(run_dir, load_params(run_dir / "params.h5")[0], digits_h5)
+
+
+def test_sandblaster_with_a_replica_in_2x2_blocks_follows_the_unpartitioned_run(tmp_path, digits_h5):
+    """Coordinator + 2 shards + 1 replica, whole (4 ranks) and in 2 x 2 blocks (7 ranks): the
+    shards hold the blocks' partition-major order, the coordinator gathers x in the canonical one;
+    the same L-BFGS iterates, so the same batch losses up to float32 summation order."""
+    losses = {}
+    for parts, grid in ((1, "rows"), (4, "2x2")):
+        run_dir = tmp_path / grid
+        sets = [
+            f"data.path={digits_h5}",
+            "topology.replicas=1",
+            f"topology.partitions_per_replica={parts}",
+            f'topology.partition_grid="{grid}"',
+            'model.layers=[{type="local", filters=4, patch=3, activation="relu"}, '
+            '{type="dense", units=32, activation="relu"}]',
+            "run.steps=8",
+            "run.eval_every=0",
+        ]
+        target = [
+            "distbelief",
+            "train",
+            str(REPO / "jobs" / "digits_sandblaster.toml"),
+            "--run-dir",
+            str(run_dir),
+            "--no-progress",
+            *[item for kv in sets for item in ("--set", kv)],
+        ]
+        run = run_mpi(3 + parts, target, tmp_path / f"{grid}-results", timeout=300)
+        assert_all_ranks(run, 3 + parts)
+        lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        losses[grid] = [line["train_loss"] for line in lines if line["kind"] == "train"]
+    assert len(losses["2x2"]) == 8
+    assert losses["2x2"] == pytest.approx(losses["rows"], rel=1e-4)
