@@ -305,3 +305,17 @@ def test_checkpoints_of_blocks_resume_only_with_the_same_grid():
 
     assert "partition_grid" not in signature("rows") and signature("rows") == signature("4x1")  # as before
     assert signature("2x2")["partition_grid"] == "2x2" and signature("auto")["partition_grid"] == "auto"
+
+
+def test_plan_prints_the_grid_auto_chose(tmp_path, capsys):
+    job = tmp_path / "j.toml"
+    job.write_text(
+        f'[data]\npath = "{tmp_path / "none.h5"}"\n[run]\nsteps = 1\n[optimizer]\nalgorithm = "downpour"\n'
+        '[topology]\nshards = 1\npartitions_per_replica = 4\npartition_grid = "auto"\n'
+        '[model]\nlayers = [{type = "local", filters = 2, patch = 3}, {type = "maxpool", size = 2}]\n'
+    )
+    assert cli_main(["plan", str(job), "-n", "5", "--input-shape", "1,19,19", "--classes", "4"]) == 0
+    # local output 17 x 17, pooled 8 x 8: no halo in rows or blocks (the pool's windows meet the
+    # local layer's cuts), so the most even blocks win: 9 x 9 at most, against bands of 5 x 17
+    out = capsys.readouterr().out
+    assert "partition grid: 2x2 (image layers in blocks of rows x columns; topology.partition_grid = 'auto')" in out
