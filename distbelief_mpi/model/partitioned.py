@@ -132,7 +132,8 @@ class PartitionedNetwork:
 
     def _halo(self, plan: LayerSplit, act: np.ndarray) -> np.ndarray:
         """The input block need_rect(p) of an image layer, from own block and neighbours' blocks:
-        q sends p the overlap of its block and need(p), once, corners included. act: (B, C, own rows, own columns)."""
+        q sends p the overlap of its block and need(p), once, corners included.
+        act: (B, C, own rows, own columns) -> (B, C, need rows, need columns)."""
         rects, need = self._rects(plan, self.network.layers[plan.index].in_shape[2]), plan.need_rect(self.part)
         mine = rects[self.part]
         sends, shapes = {}, {}
@@ -144,7 +145,8 @@ class PartitionedNetwork:
                 shapes[q] = act.shape[:2] + _extent(take)
         got = self._exchange(sends, shapes)
         local = np.empty(act.shape[:2] + _extent(need), self.dtype)
-        _within(local, overlap(mine, need), need)[...] = _within(act, overlap(mine, need), mine)
+        if area(overlap(mine, need)):  # (a block's own part may lie outside its input block)
+            _within(local, overlap(mine, need), need)[...] = _within(act, overlap(mine, need), mine)
         for q, piece in got.items():
             _within(local, overlap(rects[q], need), need)[...] = piece
         return local
@@ -190,7 +192,8 @@ class PartitionedNetwork:
             if q != self.part and area(take):
                 shapes[q] = dx.shape[:2] + _extent(take)
         total = np.zeros(dx.shape[:2] + _extent(mine), self.dtype)
-        _within(total, overlap(mine, need), mine)[...] += _within(dx, overlap(mine, need), need)
+        if area(overlap(mine, need)):
+            _within(total, overlap(mine, need), mine)[...] += _within(dx, overlap(mine, need), need)
         for q, piece in self._exchange(sends, shapes).items():
             _within(total, overlap(mine, plan.need_rect(q)), mine)[...] += piece
         return total

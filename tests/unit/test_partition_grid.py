@@ -1,8 +1,9 @@
 """2-D partitions (topology.partition_grid = "AxB"), without MPI: partitions in threads
 (test_partitioned.ThreadExchanger). The partitioned step equals the whole network for blocks of
 rows x columns, the halo each partition sends is exactly the geometry's (checked against a
-brute-force count of the input pixels each output pixel's window touches, and by hand for a 2 x 2
-grid with its corners), and the parameter order stays a permutation."""
+brute-force count of the input pixels each output pixel's window touches, their bounding box per
+partition, and by hand for a 2 x 2 grid with its corners), and the parameter order stays a
+permutation."""
 
 import threading
 
@@ -101,6 +102,13 @@ def reach(layer, i: int, j: int) -> set[tuple[int, int]]:
     return {(i * s + a, j * s + b) for a in range(window) for b in range(window)}
 
 
+def bounding_box(pixels: set[tuple[int, int]]) -> set[tuple[int, int]]:
+    """Every pixel of the smallest rectangle holding `pixels`: a partition reads one block (with
+    pools of stride > size, the rows and columns between windows that no window reads come along)."""
+    rows, cols = [a for a, _ in pixels], [b for _, b in pixels]
+    return {(a, b) for a in range(min(rows), max(rows) + 1) for b in range(min(cols), max(cols) + 1)}
+
+
 def owner_map(height: int, width: int, grid) -> np.ndarray:
     """(height, width): the partition owning each pixel (its rows band x its columns band)."""
     rows = np.searchsorted(np.array([height * k // grid[0] for k in range(1, grid[0])]), np.arange(height), "right")
@@ -110,8 +118,9 @@ def owner_map(height: int, width: int, grid) -> np.ndarray:
 
 def expected_bytes(network, grid, batch: int, itemsize: int) -> list[int]:
     """Bytes each partition sends in one step, from pixel sets: per image layer after the first,
-    forward the pixels it owns that another partition's block reaches (once per destination) and
-    backward the gradient of the pixels it reaches that another owns; dense inputs gathered (own
+    forward the pixels it owns in another partition's input block (the bounding box of the pixels
+    its windows reach), once per destination, and backward the gradient of the pixels of its own
+    input block that another owns; dense inputs gathered (own
     piece to every other partition, the others' pieces' gradients back); its logits to every other."""
     parts, sent = grid[0] * grid[1], [0] * (grid[0] * grid[1])
     layers = network.layers
@@ -122,10 +131,11 @@ def expected_bytes(network, grid, batch: int, itemsize: int) -> list[int]:
         if layer.kind != "dense" and len(layer.out_shape) == 3:
             owner = owner_map(prev.out_shape[1], prev.out_shape[2], grid)
             out_owner = owner_map(layer.out_shape[1], layer.out_shape[2], grid)
-            needs = [set() for _ in range(parts)]
+            reached = [set() for _ in range(parts)]
             for i in range(layer.out_shape[1]):
                 for j in range(layer.out_shape[2]):
-                    needs[out_owner[i, j]] |= reach(layer, i, j)
+                    reached[out_owner[i, j]] |= reach(layer, i, j)
+            needs = [bounding_box(pixels) for pixels in reached]
             for p in range(parts):
                 for q in range(parts):
                     if q != p:
@@ -319,3 +329,25 @@ def test_plan_prints_the_grid_auto_chose(tmp_path, capsys):
     # local layer's cuts), so the most even blocks win: 9 x 9 at most, against bands of 5 x 17
     out = capsys.readouterr().out
     assert "partition grid: 2x2 (image layers in blocks of rows x columns; topology.partition_grid = 'auto')" in out
+
+
+@pytest.mark.parametrize("grid", [(4, 1), (2, 2), (1, 4)], ids=lambda g: f"{g[0]}x{g[1]}")
+def test_a_block_whose_input_lies_wholly_with_its_neighbours(grid):
+    """local 3x3 on 1x18x18 (16 x 16) then maxpool 2 / stride 3 (5 x 5): in 4 bands of rows,
+    partition 2 pools row 2, reading input rows 6-7, which partition 1 computed; its own rows
+    8-11 feed nobody's window but partition 3's. The step still equals the whole network's."""
+    layers = (
+        LayerSpec("local", filters=2, patch=3, stride=1, activation="tanh"),
+        LayerSpec("maxpool", size=2, stride=3),
+        LayerSpec("dense", units=5, activation="relu"),
+    )
+    network = build_network(layers, (1, 18, 18), n_classes=4, dtype=np.float64)
+    rng = np.random.default_rng(2)
+    params = network.init_params(1)
+    x, y = rng.standard_normal((3, 1, 18, 18)), rng.integers(0, 4, 3)
+    grad = np.empty_like(params)
+    loss, _ = network.loss_and_grad(params, x, y, grad)
+    results, grad_parts = run_grid(network, grid, params, x, y)
+    assert all(r[0] == pytest.approx(loss, rel=1e-12) for r in results.values())
+    np.testing.assert_allclose(grad_parts, grad, rtol=1e-10, atol=1e-12)
+    assert [results[p][2] for p in range(4)] == expected_bytes(network, grid, 3, 8)
