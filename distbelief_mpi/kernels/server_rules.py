@@ -289,11 +289,12 @@ def _adagrad_streaming_parallel(params_out, params_in, grad, acc_out, acc_in, ga
 
 
 # -- what the shard calls -----------------------------------------------------------------------
-def aligned_full(n: int, value: float) -> np.ndarray:
-    """(n,) float32 filled with value, starting on a 64-byte line (NumPy aligns to 16 only), so
-    that it streams alongside the window's parameter buffers (which start on pages)."""
+def aligned_full(n: int, value: float, like: np.ndarray | None = None) -> np.ndarray:
+    """(n,) float32 filled with value, starting at the same address modulo 64 bytes as `like`
+    (default: on a 64-byte line; NumPy aligns to 16 only), so that the two stream together."""
     buffer = np.empty(n + 16, np.float32)
-    skip = (-buffer.ctypes.data % 64) // 4
+    phase = like.ctypes.data % 64 if like is not None else 0
+    skip = ((phase - buffer.ctypes.data) % 64) // 4
     out = buffer[skip : skip + n]
     out[:] = value
     return out

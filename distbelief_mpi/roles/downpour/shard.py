@@ -114,10 +114,11 @@ class Shard:
         self.shard_id, self.opt, self.pushers_per_replica = shard_id, optimizer, pushers_per_replica
         self.length, self.n_replicas = len(initial), windows.n_replicas
         self.adagrad = optimizer.server_rule == "adagrad"
-        # on 64-byte lines, like the window's buffers: the rule's outputs stream (server_rules.py)
-        accumulators = [aligned_full(self.length, optimizer.adagrad_initial_accumulator)]
-        if self.adagrad:
-            accumulators.append(aligned_full(self.length, optimizer.adagrad_initial_accumulator))
+        # Accumulators k placed like parameter buffer k (window elements [kL, (k+1)L)) modulo
+        # 64 bytes: a version's two outputs then stream together (server_rules.py).
+        buffers = [windows.local_data[k * self.length : (k + 1) * self.length] for k in (0, 1)]
+        initial_acc = optimizer.adagrad_initial_accumulator
+        accumulators = [aligned_full(self.length, initial_acc, like=buffer) for buffer in buffers[: 1 + self.adagrad]]
         self.published = SeqlockWriter(windows, shard_id, initial, [tuple(accumulators)] if self.adagrad else ())
         self._accumulator = accumulators[0]  # under SGD: the checkpointed one, never changed
         self.slots = LandingSlots(windows, shard_id, self.length)
