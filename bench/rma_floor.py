@@ -4,17 +4,20 @@
     python bench/rma_floor.py --worker ...                      # internal, 2 ranks
 
 Rank 0 (the target, on emulated host h1) owns an 8 KiB window and does nothing but drive MPI's
-progress engine (MPI_Iprobe in a tight loop: the best case; a real shard cannot afford to spin
-on an oversubscribed node). Rank 1 (the origin, on h2) holds a passive-target `Lock_all` epoch,
-as comm/param_server.py does, and times, per operation, the call plus `Win_flush` (when the data
-is in place at the target or back at the origin), against an 8-byte Send/Recv round trip (RTT)
-measured in the same round:
+progress engine: MPI_Iprobe in a tight loop (the best case; a real shard cannot afford to spin
+on an oversubscribed node), or, in a second run, MPI_Iprobe after each wait of up to 2 ms in
+epoll on its sockets, as an idle shard waits (comm/network_wait.py). Rank 1 (the origin, on
+h2) holds a passive-target `Lock_all` epoch, as comm/param_server.py does, and times, per
+operation, the call plus `Win_flush` (when the data is in place at the target or back at the
+origin), against an 8-byte Send/Recv round trip (RTT) with the spinning target:
   put, get, accumulate, fetch_and_op, compare_and_swap: 8 bytes each;
   push until applied: the least any one-sided push protocol can do; the origin Puts 256 bytes
   of data and a sequence word and flushes, the target sees the word in its own memory and
-  answers by storing it in an "applied" word, which the origin polls with Get + flush.
-A parameter-server push through one-sided MPI costs at least the last figure; issue 13 asked
-for <= 3 RTT + the shard's apply time (docs/multihost.md, "speed across hosts").
+  answers by storing it in an "applied" word, which the origin polls with Get + flush;
+  push notified: the same, but the target Puts its answer into the origin's window.
+A parameter-server push through one-sided MPI costs at least the least of the two; issue 13
+asked for <= 3 RTT + the shard's apply time (docs/multihost.md, "The floor that one-sided MPI
+sets").
 """
 
 import argparse
@@ -43,13 +46,23 @@ BULK_OPS = ("pingpong_16MiB", "put_16MiB", "get_16MiB")
 BULK_COUNT = 10  # timed bulk transfers of each kind
 
 
-def serve(comm, win, memory) -> None:
-    """Target: drive progress until the origin's stop message; answer pushes (seq -> applied)."""
+def serve(comm, win, memory, sleeps: bool) -> None:
+    """Target: drive progress until the origin's stop message; answer pushes (seq -> applied).
+    sleeps: between polls, wait in epoll on the process's sockets for up to 2 ms as an idle
+    shard does (comm/network_wait.py) instead of spinning."""
     from mpi4py import MPI
+
+    from distbelief_mpi.comm.network_wait import wait_for_network
 
     status = MPI.Status()
     while True:
-        if comm.Iprobe(source=1, tag=MPI.ANY_TAG, status=status):
+        if sleeps:
+            wait_for_network(2e-3)
+        # twice: MPICH/UCX matches before it progresses, so the first call after a wake-up reads
+        # the message off the socket and reports nothing (alone, a ping-pong took the 2 ms wait)
+        if comm.Iprobe(source=1, tag=MPI.ANY_TAG, status=status) or comm.Iprobe(
+            source=1, tag=MPI.ANY_TAG, status=status
+        ):
             if status.Get_tag() == STOP_TAG:
                 comm.recv(source=1, tag=STOP_TAG)
                 return
@@ -165,7 +178,7 @@ def worker(args) -> int:
     comm.Barrier()
     if comm.Get_rank() == 0:
         win.Lock_all()
-        serve(comm, win, memory)
+        serve(comm, win, memory, args.sleeping_target)
         win.Unlock_all()
     else:
         win.Lock_all()
@@ -189,13 +202,13 @@ def worker(args) -> int:
     return 0
 
 
-def run_on_hosts(rate: str | None, args) -> dict:
+def run_on_hosts(rate: str | None, sleeps: bool, args) -> dict:
     from distbelief_mpi.emulation import EmulatedHosts, mpiexec_argv
 
     with EmulatedHosts(2, rate=rate, name=args.name, subnet=args.subnet) as hosts:
         launch = mpiexec_argv(hosts, [1, 1], mpiexec_path())
         argv = ["timeout", "-k", "10", "120", *launch, sys.executable, os.path.abspath(__file__)]
-        argv += ["--worker", "--ops", str(args.ops)]
+        argv += ["--worker", "--ops", str(args.ops)] + (["--sleeping-target"] if sleeps else [])
         env = {**os.environ, "PYTHONPATH": os.path.abspath(REPO), **args.ucx_env}
         done = subprocess.run(argv, capture_output=True, text=True, cwd=REPO, env=env)
     found = [line for line in done.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
@@ -205,10 +218,13 @@ def run_on_hosts(rate: str | None, args) -> dict:
 
 
 def table(results: dict[str, dict]) -> list[str]:
-    """One row per link: each op's median in us and in RTTs (the same round's ping-pong)."""
+    """One row per run: each op's median in us and in RTTs of the link's network round trip: the
+    ping-pong of the run whose target spins (against a sleeping target a ping-pong measures the
+    target's wake-up too)."""
     rows = ["| link | " + " | ".join(OPS) + " |", "|---" * (len(OPS) + 1) + "|"]
     for label, res in results.items():
-        rtt = res["median_us"]["pingpong"]
+        link = label.split(",")[0]
+        rtt = results.get(f"{link}, target spins", res)["median_us"]["pingpong"]
         cells = [f"{res['median_us'][op]:.0f} us ({res['median_us'][op] / rtt:.1f} RTT)" for op in OPS]
         rows.append(f"| {label} | " + " | ".join(cells) + " |")
     return rows
@@ -238,9 +254,9 @@ def driver(args) -> int:
         return 2
     command = " ".join(["python bench/rma_floor.py"] + sys.argv[1:])
     results = {}
-    for rate in args.rates:
-        label = "unshaped" if rate == "none" else rate
-        results[label] = run_on_hosts(None if rate == "none" else rate, args)
+    for rate, sleeps in [(rate, sleeps) for rate in args.rates for sleeps in (False, True)]:
+        label = ("unshaped" if rate == "none" else rate) + (", target sleeps" if sleeps else ", target spins")
+        results[label] = run_on_hosts(None if rate == "none" else rate, sleeps, args)
         print(f"{label}: {json.dumps(results[label]['median_us'])}", flush=True)
     text = [
         "## One-sided MPI across hosts: the floor under any push protocol",
@@ -249,7 +265,8 @@ def driver(args) -> int:
         f"UCX over TCP (`UCX_TLS=tcp,self`, segments {args.ucx_seg or 'default'}) between 2 emulated hosts. "
         f"Command: `{command}`.",
         "",
-        f"Target (rank 0, h1) spins in MPI_Iprobe; origin (rank 1, h2) in a `Lock_all` epoch. Medians of "
+        f"Target (rank 0, h1) spins in MPI_Iprobe, or sleeps: waits up to 2 ms in epoll on its sockets between "
+        f"polls, as an idle shard does (comm/network_wait.py); origin (rank 1, h2) in a `Lock_all` epoch. Medians of "
         f"{args.ops} operations each, every one including `Win_flush`; RTT = 8-byte Send/Recv round trip.",
         "",
         *table(results),
@@ -279,6 +296,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out-dir", help="write rma_floor.{md,json} here")
     ap.add_argument("--ucx-seg", help="UCX TCP segment size, e.g. 256k (default: UCX's 8 KiB)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--sleeping-target", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
         return worker(args)
