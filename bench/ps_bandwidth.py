@@ -1,8 +1,9 @@
 """Parameter-server bandwidth: push + fetch of the whole parameter vector vs a plain memory copy.
 
     mpiexec -n S+1 python bench/ps_bandwidth.py --shards S [--params 41_800_000] [--repeats 5]
-                                                [--rule adagrad|sgd] [--out FILE]
+                                                [--rule adagrad|sgd] [--threads T] [--chunk C] [--out FILE]
     python bench/ps_bandwidth.py --all [--quick] [--out FILE]     # runs S = 1, 2, 4 and prints one table
+    python bench/ps_bandwidth.py --kernels [--threads T]          # the shard's update kernels alone
 
 Ranks 0..S-1 run the real Shard serve loop (comm/param_server.py windows, roles/downpour/shard.py);
 rank S is one replica that, per repeat and interleaved so that all three see the same load:
@@ -447,11 +448,12 @@ def driver(args) -> int:
     if results:
         print(
             f"\nsummary: GB/s of the {4 * params / 1e6:.1f} MB vector (ratio to memcpy in the same run); "
-            f"'push' = transfer (Put + header), 'applied' = until every shard has applied it"
+            f"'push' = transfer (Put + header), 'applied' = until every shard has applied it (in chunks; "
+            f"'whole': the push landing whole, right after it)"
         )
         head = (
-            f"{'shards':>6} {'ranks/cores':>11} {'memcpy':>7} {'fetch':>14} {'push':>14} {'applied':>14} "
-            f"{'rule ms':>8} {'notice ms':>9} {'>=0.5x':>6}"
+            f"{'shards':>6} {'ranks/cores':>11} {'memcpy':>7} {'fetch':>14} {'push':>14} {'applied':>14} {'whole':>14} "
+            f"{'rule ms':>8} {'opened ms':>9} {'>=0.5x':>6}"
         )
         print(head)
         for res in results:
@@ -462,7 +464,8 @@ def driver(args) -> int:
 
             print(
                 f"{res['shards']:>6} {res['ranks']:>5}/{res['cores']:<5} {g['memcpy']:7.2f} {cell('fetch'):>14} "
-                f"{cell('push'):>14} {cell('applied'):>14} {t['rule'] * 1e3:8.2f} {t['notice_max'] * 1e3:9.2f} "
+                f"{cell('push'):>14} {cell('applied'):>14} {cell('applied_whole'):>14} "
+                f"{t['rule'] * 1e3:8.2f} {t['notice_max'] * 1e3:9.2f} "
                 f"{'yes' if res['meets_target'] else 'NO':>6}"
             )
         if any(res["ranks"] > res["cores"] for res in results):
@@ -787,6 +790,70 @@ def hosts_driver(args) -> int:
     return 0 if all(r["meets_bandwidth"] and r["meets_latency"] for r in results.values()) or args.quick else 1
 
 
+# ---------------------------------------------------------------- the shard's kernels alone (--kernels)
+def kernel_variants(n: int):
+    """{label: (call, arrays moved)}: the shard's update as before this change (check, then the
+    rule with its accumulator in place), fused with plain stores, fused with streaming stores
+    (what the shard runs), for Adagrad and SGD; all over n float32 on 64-byte lines."""
+    from distbelief_mpi.kernels import server_rules as sr
+
+    def array(k: int, value: float) -> np.ndarray:
+        # on 64-byte lines, k lines past a page: arrays at one offset within their pages would
+        # make loads and stores of one iteration alias (4K aliasing), as the shard's do not
+        return sr.aligned_full(n + 16 * k, value)[16 * k :]
+
+    rng = np.random.default_rng(0)
+    p_in, p_out, grad, acc, acc_out = array(0, 0.0), array(3, 0.0), array(6, 0.0), array(9, 0.1), array(12, 0.1)
+    p_in[:] = rng.standard_normal(n)
+    grad[:] = rng.standard_normal(n) * 1e-3
+    rate, eps = 1e-9, 1e-8  # tiny steps: repeats do not drift
+    return {
+        "adagrad: all_finite + adagrad_apply_ (before)": (
+            lambda: (sr.all_finite(grad), sr.adagrad_apply_(p_out, p_in, grad, acc, rate, eps)),
+            5,
+        ),
+        "adagrad: fused, plain stores": (lambda: sr._adagrad_serial(p_out, p_in, grad, acc_out, acc, rate, eps), 5),
+        "adagrad: adagrad_step (fused, streaming)": (
+            lambda: sr.adagrad_step(p_out, p_in, grad, acc_out, acc, rate, eps),
+            5,
+        ),
+        "sgd: all_finite + sgd_apply_ (before)": (
+            lambda: (sr.all_finite(grad), sr.sgd_apply_(p_out, p_in, grad, rate)),
+            3,
+        ),
+        "sgd: fused, plain stores": (lambda: sr._sgd_serial(p_out, p_in, grad, rate), 3),
+        "sgd: sgd_step (fused, streaming)": (lambda: sr.sgd_step(p_out, p_in, grad, rate), 3),
+    }
+
+
+def kernels_main(args) -> int:
+    """The update kernels in this process, interleaved with a memory copy, `--threads` threads."""
+    from distbelief_mpi.kernels import server_rules as sr
+    from distbelief_mpi.kernels.thread_pool import set_compute_threads
+
+    n, repeats = args.params or SPEECH_PARAMS, args.repeats or 11
+    set_compute_threads(args.threads)
+    sr.warm_up()
+    src, dst = np.random.default_rng(1).standard_normal(n).astype(np.float32), np.zeros(n, np.float32)
+    variants = {"memcpy (np.copyto)": (lambda: np.copyto(dst, src), 2), **kernel_variants(n)}
+    times: dict[str, list[float]] = {label: [] for label in variants}
+    for _ in range(repeats + 1):  # the first round untimed: page faults
+        for label, (call, _) in variants.items():
+            t0 = time.perf_counter()
+            call()
+            times[label].append(time.perf_counter() - t0)
+    print("\n".join(header_lines(" ".join(["python bench/ps_bandwidth.py"] + sys.argv[1:]))))
+    memcpy = statistics.median(times["memcpy (np.copyto)"][1:])
+    print(f"{n:,} float32, {args.threads} thread(s), median of {repeats}; bound = arrays / 2 x the memcpy's time")
+    for label, (_, arrays) in variants.items():
+        t = statistics.median(times[label][1:])
+        bound = arrays / 2 * memcpy
+        print(
+            f"  {label:<46}{t * 1e3:8.2f} ms  {t / memcpy:5.2f}x memcpy  {t / bound:5.2f}x its bound ({arrays} arrays)"
+        )
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shards", type=int, help="worker mode (under mpiexec -n SHARDS+1)")
@@ -803,6 +870,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", help="also write the results as JSON to this file")
     ap.add_argument("--quiet", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--hosts", action="store_true", help="driver: shard and replica on 2 emulated hosts")
+    ap.add_argument("--kernels", action="store_true", help="the shard's update kernels alone, in this process")
     ap.add_argument("--rates", nargs="+", help="--hosts: links, tc rates or none (default: none 1gbit)")
     ap.add_argument("--name", default="bw", help="--hosts: emulated hosts' name")
     ap.add_argument("--subnet", default="10.236.0", help="--hosts: their /24")
@@ -819,6 +887,8 @@ def main(argv=None) -> int:
     if args.hosts:
         args.timeout = max(args.timeout, 300)
         return hosts_driver(args)
+    if args.kernels:
+        return kernels_main(args)
     if args.hosts_worker:
         return hosts_worker(args)
     if args.all:
