@@ -336,9 +336,12 @@ def adagrad_step(params_out, params_in, grad, acc_out, acc_in, gamma, eps) -> bo
 
 
 def warm_up() -> None:
-    """Load (or compile) the float32 kernels a shard uses, serial and threaded."""
+    """Load (or compile) the float32 kernels a shard uses: the threaded ones only when it has
+    threads (calling one starts Numba's thread pool)."""
     tiny = np.zeros(1, np.float32)
-    for sgd in (_sgd_serial, _sgd_parallel, _sgd_streaming_serial, _sgd_streaming_parallel):
+    threaded = numba.get_num_threads() > 1
+    for sgd in [_sgd_serial, _sgd_streaming_serial] + ([_sgd_parallel, _sgd_streaming_parallel] if threaded else []):
         sgd(tiny.copy(), tiny, tiny, 0.0)
-    for adagrad in (_adagrad_serial, _adagrad_parallel, _adagrad_streaming_serial, _adagrad_streaming_parallel):
+    adagrads = [_adagrad_serial, _adagrad_streaming_serial]
+    for adagrad in adagrads + ([_adagrad_parallel, _adagrad_streaming_parallel] if threaded else []):
         adagrad(tiny.copy(), tiny, tiny, tiny.copy(), np.ones(1, np.float32), 0.0, 1.0)
