@@ -66,6 +66,23 @@ def test_a_push_found_non_finite_half_applied_leaves_parameters_and_accumulators
     np.testing.assert_array_equal(shard["accumulator"], replica["expected_accumulator"])
 
 
+def test_a_half_landed_push_of_a_replica_that_left_is_dropped_without_a_trace(tmp_path):
+    run = run_mpi(2, ["program", "ps_dropped_push"], tmp_path)
+    assert_all_ranks(run, 2)
+    (shard,), (replica,) = records(run, "shard"), records(run, "replica")
+    assert shard["after_drop"] == {
+        "opened_and_applied_landed": True,
+        "reclaimed": 1,
+        "version": 0,
+        "params_unchanged": True,
+        "accumulator_unchanged": True,
+        "landed_word": 0,
+    }
+    assert shard["version"] == 1 and sum(shard["applied"]) == 1  # the next push, applied once
+    np.testing.assert_array_equal(shard["params"], replica["expected_params"])
+    np.testing.assert_array_equal(shard["accumulator"], replica["expected_accumulator"])
+
+
 def test_an_idle_shard_sleeps(tmp_path):
     run = run_mpi(2, ["program", "idle_shard"], tmp_path)
     assert_all_ranks(run, 2)
