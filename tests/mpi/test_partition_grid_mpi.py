@@ -99,3 +99,47 @@ def test_sandblaster_with_a_replica_in_2x2_blocks_follows_the_unpartitioned_run(
         losses[grid] = [line["train_loss"] for line in lines if line["kind"] == "train"]
     assert len(losses["2x2"]) == 8
     assert losses["2x2"] == pytest.approx(losses["rows"], rel=1e-4)
+
+
+def test_sandblaster_in_2x2_blocks_resumes_bit_identically_and_only_with_its_grid(tmp_path, digits_h5):
+    """Coordinator + 2 shards + 1 replica in 2 x 2 blocks (7 ranks; the shards hold the blocks'
+    order): stopped after 4 iterations with a checkpoint and resumed to 8, the final parameters
+    equal a run of 8 never stopped. Resuming that checkpoint in bands of rows is refused (exit 2),
+    naming partition_grid: the same 4 partitions would read the shards' slices in another order."""
+    sets = [
+        f"data.path={digits_h5}",
+        "topology.replicas=1",
+        "topology.partitions_per_replica=4",
+        'model.layers=[{type="local", filters=4, patch=3, activation="relu"}, '
+        '{type="dense", units=32, activation="relu"}]',
+        "run.eval_every=0",
+        "checkpoint.every_steps=4",
+    ]
+
+    def train(name, steps, grid, *resume, exit_code=0):
+        target = [
+            "distbelief",
+            "train",
+            str(REPO / "jobs" / "digits_sandblaster.toml"),
+            "--run-dir",
+            str(tmp_path / name),
+            "--no-progress",
+            *resume,
+            *[
+                item
+                for kv in [*sets, f"run.steps={steps}", f'topology.partition_grid="{grid}"']
+                for item in ("--set", kv)
+            ],
+        ]
+        run = run_mpi(7, target, tmp_path / f"{name}-{steps}-{grid}-results", timeout=300)
+        assert_all_ranks(run, 7, exit_code=exit_code)
+        return run
+
+    train("whole", 8, "2x2")
+    train("stopped", 4, "2x2")
+    refused = train("stopped", 8, "rows", "--resume", "auto", exit_code=2)
+    assert "partition_grid: the checkpoint has '2x2', this job has None" in refused.stderr, refused.stderr
+    train("stopped", 8, "2x2", "--resume", "auto")
+    assert json.loads((tmp_path / "stopped" / "summary.json").read_text())["resumed_from"]["step"] == 4
+    whole, resumed = (load_params(tmp_path / name / "params.h5")[0] for name in ("whole", "stopped"))
+    assert np.array_equal(resumed, whole)
