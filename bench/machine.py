@@ -59,11 +59,12 @@ def mpiexec_path() -> str:
 
 
 def launcher_flags(mpiexec: str) -> list[str]:
-    """Open MPI refuses more ranks than cores (and root) unless told; MPICH allows both."""
+    """Open MPI refuses more ranks than cores (and root) unless told, and binds each rank to one
+    core, so a rank's compute threads (threads_per_rank > 1) would share it; MPICH does neither."""
     version = subprocess.run([mpiexec, "--version"], capture_output=True, text=True).stdout
     if "Open MPI" not in version and "OpenRTE" not in version:
         return []
-    return ["--oversubscribe"] + (["--allow-run-as-root"] if os.geteuid() == 0 else [])
+    return ["--oversubscribe", "--bind-to", "none"] + (["--allow-run-as-root"] if os.geteuid() == 0 else [])
 
 
 def mpiexec_command(ranks: int) -> list[str]:
