@@ -19,10 +19,12 @@ import statistics
 import sys
 import time
 
-import numpy as np
-
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+# before NumPy, as under the `distbelief` command: it sets OpenBLAS's idle-thread timeout
+import distbelief_mpi  # noqa: E402, F401, I001
+
+import numpy as np  # noqa: E402
 from machine import cpu_model  # bench/machine.py (bench/ is on sys.path when run as a script)
 
 from distbelief_mpi.kernels import ACTIVATION_CODES, local_backward_, local_forward_, set_compute_threads, sgd_update_  # noqa: E402
@@ -202,6 +204,8 @@ def print_threads(quick, many, rounds):
     load = os.getloadavg()[0]
     layer = threading_layer()
     print(f"\n[3] threads: 1 vs {many} in one process, {rounds} interleaved rounds, medians; Numba layer {layer}")
+    idle = {k: os.environ.get(k) for k in ("OMP_WAIT_POLICY", "OPENBLAS_THREAD_TIMEOUT")}
+    print(f"    idle threads: {', '.join(f'{k}={v}' for k, v in idle.items())}")
     rows = thread_rows(quick, many, rounds)
     for what, medians in rows:
         one, more = medians[1], medians[many]

@@ -55,7 +55,7 @@ def set_compute_threads(n: int) -> None:
     with _pin_lock:
         _blas_limit = threadpool_limits(limits=n, user_api="blas")
         _blas_threads = n
-        _blas_libs = None  # libraries may have been loaded since: look again on the next pin
+        _blas_libs = _find_blas_libs()  # here, not in a kernel: finding them takes about a millisecond
 
 
 def threading_layer() -> str:
@@ -85,10 +85,7 @@ def blas_single_threaded() -> Iterator[None]:
     with _pin_lock:
         if _pin_depth == 0:
             if _blas_libs is None:
-                _load_numba_blas()
-                _blas_libs = [
-                    _thread_setter(lib) for lib in ThreadpoolController().select(user_api="blas").lib_controllers
-                ]
+                _blas_libs = _find_blas_libs()
             _pin_restore = [(setter, _blas_threads or lib.num_threads) for lib, setter in _blas_libs]
             for setter, _ in _pin_restore:
                 setter(1)
@@ -101,6 +98,11 @@ def blas_single_threaded() -> Iterator[None]:
             if _pin_depth == 0:
                 for setter, threads in _pin_restore:
                     setter(_blas_threads or threads)  # set_compute_threads may have run meanwhile
+
+
+def _find_blas_libs() -> list:
+    _load_numba_blas()
+    return [_thread_setter(lib) for lib in ThreadpoolController().select(user_api="blas").lib_controllers]
 
 
 def _thread_setter(lib):

@@ -214,6 +214,15 @@ def test_threading_layer_allows_calls_from_several_python_threads(by_threads):
     assert str(by_threads["layer"]) in ("omp", "tbb")
 
 
+def test_the_package_sets_openblas_idle_timeout_before_numpy_loads():
+    # OpenBLAS reads OPENBLAS_THREAD_TIMEOUT once, when NumPy loads it: `import distbelief_mpi` must
+    # set it and import nothing that loads NumPy (the `distbelief` command imports it first)
+    code = "import os, sys, distbelief_mpi; print('numpy' in sys.modules, os.environ['OPENBLAS_THREAD_TIMEOUT'])"
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "4"]
+
+
 def _blas_threads() -> list[int]:
     from threadpoolctl import threadpool_info
 
