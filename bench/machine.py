@@ -110,8 +110,8 @@ def mpi_result(
         timeout=timeout,
     )
     for line in done.stdout.splitlines():
-        if line.startswith(prefix):
-            return json.loads(line[len(prefix) :])
+        if prefix in line:  # not always at the start: Open MPI may prefix terminal escapes (ESC[0m)
+            return json.loads(line[line.index(prefix) + len(prefix) :])
     raise RuntimeError(
         f"no result from {Path(script).name} {' '.join(args)} on {ranks} ranks (exit "
         f"{done.returncode}):\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"

@@ -31,6 +31,22 @@ def grid(cores: int) -> list[tuple[int, int]]:
     return pairs + ([(1, 1)] if cores > 1 else [])
 
 
+def misfit(name: str, parts: int) -> str | None:
+    """Why model `name` cannot be split in `parts` partitions (e.g. 10 output units over 16), or None."""
+    from model_parallel import models  # bench/model_parallel.py
+
+    from distbelief_mpi.errors import LayoutError
+    from distbelief_mpi.model.network import build_network
+    from distbelief_mpi.model.partition import split_model
+
+    shape, classes, _, layers = models()[name]
+    try:
+        split_model(build_network(layers, shape, classes), parts)
+    except LayoutError as exc:
+        return str(exc).splitlines()[1].strip(" -")
+    return None
+
+
 def worker(name: str, threads: int, repeats: int, quick: bool) -> None:
     """Under mpiexec -n P: the partitioned step at `threads` threads per rank; rank 0 prints it."""
     from model_parallel import setup, time_steps  # bench/model_parallel.py
@@ -80,6 +96,9 @@ def report(results: list[dict], cores: int, command: str) -> str:
         rows = [r for r in results if r["model"] == name]
         base = next(r["step_s"] for r in rows if r["parts"] == 1 and r["threads"] == 1)
         for r in rows:
+            if "misfit" in r:
+                lines.append(f"| {name} | {r['parts']} x {r['threads']} | does not fit: {r['misfit']} | | |")
+                continue
             lines.append(
                 f"| {name} | {r['parts']} x {r['threads']} | {r['step_s'] * 1e3:.1f} ms | "
                 f"{base / r['step_s']:.2f}x | {r['bytes_sent'] / 1e6:.2f} MB |"
@@ -109,7 +128,9 @@ def main() -> None:
     results = []
     for name in args.models:
         for parts, threads in grid(args.cores):
-            results.append(measure(name, parts, threads, repeats, args.quick))
+            why = misfit(name, parts)
+            point = {"model": name, "parts": parts, "threads": threads, "misfit": why} if why else None
+            results.append(point or measure(name, parts, threads, repeats, args.quick))
             print(json.dumps(results[-1]), flush=True)
     text = report(results, args.cores, command)
     print(text)
