@@ -204,7 +204,7 @@ def print_threads(quick, many, rounds):
     load = os.getloadavg()[0]
     layer = threading_layer()
     print(f"\n[3] threads: 1 vs {many} in one process, {rounds} interleaved rounds, medians; Numba layer {layer}")
-    idle = {k: os.environ.get(k) for k in ("OMP_WAIT_POLICY", "OPENBLAS_THREAD_TIMEOUT")}
+    idle = {k: os.environ.get(k) for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OPENBLAS_THREAD_TIMEOUT")}
     print(f"    idle threads: {', '.join(f'{k}={v}' for k, v in idle.items())}")
     rows = thread_rows(quick, many, rounds)
     for what, medians in rows:

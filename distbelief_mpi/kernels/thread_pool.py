@@ -20,13 +20,17 @@ from contextlib import contextmanager
 import numba
 from threadpoolctl import ThreadpoolController, threadpool_limits
 
-# GNU OpenMP's idle threads spin after each parallel region (GOMP_SPINCOUNT: 300,000 rounds, some
-# milliseconds) before they sleep. Between our kernels a rank runs BLAS on the same cores, so a
-# spinning Numba thread takes a core from a BLAS thread: more busy threads than threads_per_rank.
-# Passive: idle threads sleep at once; waking them costs microseconds per kernel (docs/architecture.md,
-# "Threads in a rank", has the figures). libgomp reads this when Numba loads it, at the first
-# parallel launch, i.e. after this import; a value set by the user is kept.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# GNU OpenMP's idle threads spin after each parallel region before they sleep (GOMP_SPINCOUNT
+# rounds; 300,000 by default: milliseconds). Between our kernels a rank runs BLAS on the same cores,
+# so a long spin takes a core from a BLAS thread; sleeping at once (OMP_WAIT_POLICY=PASSIVE) costs
+# a wake-up (~25 us) per kernel instead, paid many times in a step of sub-millisecond kernels. A
+# short spin keeps the pool awake from one kernel to the next and asleep through a matmul. Measured
+# on 2 cores (bench/kernels.py --rounds 9, the LC network's SGD step, 2 vs 1 threads, medians of 5-6
+# runs): passive 1.49x, 500 rounds 1.73x; 2,000 rounds 1.10-1.50x; 20,000-300,000 0.94-0.97x.
+# libgomp reads this when Numba loads it, at the first parallel launch, i.e. after this import; a
+# user's OMP_WAIT_POLICY or GOMP_SPINCOUNT is kept (docs/architecture.md, "Threads in a rank").
+if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
+    os.environ["GOMP_SPINCOUNT"] = "500"
 
 _blas_limit = None  # keep the limiter alive; threadpoolctl applies the limit until it is undone
 _blas_threads: int | None = None  # what set_compute_threads gave BLAS (None: never called)
