@@ -25,12 +25,11 @@ import datetime
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 
 import numpy as np
-from machine import cpu_model, mpi_library_line, mpiexec_path, usable_cores, write_results
+from machine import cpu_model, mpi_library_line, mpi_result, mpiexec_path, usable_cores, write_results
 
 REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, REPO)
@@ -203,18 +202,14 @@ def worker(args) -> int:
 
 
 def run_on_hosts(rate: str | None, sleeps: bool, args) -> dict:
+    """One worker run with the target on h1 and the origin on h2: the origin's result."""
     from distbelief_mpi.emulation import EmulatedHosts, mpiexec_argv
 
+    worker_args = ["--worker", "--ops", str(args.ops)] + (["--sleeping-target"] if sleeps else [])
+    env = {**os.environ, "PYTHONPATH": os.path.abspath(REPO), **args.ucx_env}
     with EmulatedHosts(2, rate=rate, name=args.name, subnet=args.subnet) as hosts:
-        launch = mpiexec_argv(hosts, [1, 1], mpiexec_path())
-        argv = ["timeout", "-k", "10", "120", *launch, sys.executable, os.path.abspath(__file__)]
-        argv += ["--worker", "--ops", str(args.ops)] + (["--sleeping-target"] if sleeps else [])
-        env = {**os.environ, "PYTHONPATH": os.path.abspath(REPO), **args.ucx_env}
-        done = subprocess.run(argv, capture_output=True, text=True, cwd=REPO, env=env)
-    found = [line for line in done.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
-    if done.returncode != 0 or not found:
-        raise SystemExit(f"worker failed (exit {done.returncode})\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
-    return json.loads(found[-1][len(RESULT_PREFIX) :])
+        launch = ["timeout", "-k", "10", "120", *mpiexec_argv(hosts, [1, 1], mpiexec_path())]
+        return mpi_result(2, os.path.abspath(__file__), worker_args, RESULT_PREFIX, 150, env=env, launch=launch)
 
 
 def table(results: dict[str, dict]) -> list[str]:
