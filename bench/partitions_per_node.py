@@ -122,8 +122,8 @@ def main() -> None:
     if args.worker:
         worker(args.worker, args.threads, repeats, args.quick)
         return
-    if args.cores < 1:
-        raise SystemExit(f"--cores must be >= 1, got {args.cores}")
+    if args.cores < 1 or repeats < 1:
+        ap.error(f"--cores and --repeats must be >= 1, got {args.cores} and {repeats}")  # exit 2
     command = " ".join(["python bench/partitions_per_node.py"] + sys.argv[1:])
     results = []
     for name in args.models:

@@ -293,6 +293,8 @@ def main(argv=None) -> int:
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--sleeping-target", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.ops < 1:
+        ap.error(f"--ops must be >= 1, got {args.ops}")  # exit 2
     if args.worker:
         return worker(args)
     args.ucx_env = {f"UCX_TCP_{way}_SEG_SIZE": args.ucx_seg for way in ("TX", "RX")} if args.ucx_seg else {}
