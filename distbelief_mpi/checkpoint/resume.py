@@ -10,15 +10,44 @@ from pathlib import Path
 from ..errors import CheckpointError, UserInputError
 from .store import MANIFEST, newest_complete
 
+# Layout keys a resume may change: the checkpoint is then re-sliced onto the new shards
+# (checkpoint/reshard.py); every other key of layout_signature must match.
+TOPOLOGY_KEYS = ("shards", "replicas", "shard_ranges", "partitions_per_replica", "partition_grid")
+
 
 @dataclass(frozen=True)
 class ResumePoint:
     directory: Path
     manifest: dict
+    changed: tuple[str, ...] = ()  # the TOPOLOGY_KEYS whose values differ from the job's
 
     @property
     def step(self) -> int:
         return int(self.manifest["step"])
+
+    @property
+    def same_slices(self) -> bool:
+        """Each shard's file holds exactly its slice now: the shard cuts and the order stay."""
+        return not set(self.changed) - {"replicas"}
+
+    def describe(self) -> dict:
+        """summary.json's resumed_from: the step and checkpoint, and the topology it was
+        written with when this run has another."""
+        described: dict = {"step": self.step, "checkpoint": str(self.directory)}
+        if self.changed:
+            described["from_topology"] = self.saved_topology
+        return described
+
+    @property
+    def saved_topology(self) -> dict:
+        """The checkpoint's shards, replicas, partitions_per_replica and partition_grid."""
+        saved = self.manifest.get("layout", {})
+        return {
+            "shards": saved.get("shards"),
+            "replicas": saved.get("replicas"),
+            "partitions_per_replica": saved.get("partitions_per_replica", 1),
+            "partition_grid": saved.get("partition_grid", "rows"),
+        }
 
 
 def layout_signature(spec, layout) -> dict:
@@ -74,19 +103,22 @@ def find_resume_point(run_dir: Path, spec, layout) -> ResumePoint:
 
 
 def _fitting(directory: Path, manifest: dict, spec, layout) -> ResumePoint:
-    """The checkpoint as a resume point; CheckpointError naming every key that differs from the job."""
+    """The checkpoint as a resume point, onto this job's topology whatever the checkpoint's;
+    CheckpointError naming every other key that differs from the job (a different model,
+    optimizer rule or L-BFGS objective cannot carry over)."""
     saved, wanted = manifest.get("layout", {}), layout_signature(spec, layout)
+    differing = sorted(key for key in wanted.keys() | saved.keys() if saved.get(key) != wanted.get(key))
     mismatches = [
         f"{key}: the checkpoint has {saved.get(key)!r}, this job has {wanted.get(key)!r}"
-        for key in sorted(wanted.keys() | saved.keys())
-        if saved.get(key) != wanted.get(key)
+        for key in differing
+        if key not in TOPOLOGY_KEYS
     ]
     if mismatches:
         raise CheckpointError(
-            f"{directory}: does not fit this job; resume needs the same layout:\n"
-            + "\n".join(f"  - {m}" for m in mismatches)
+            f"{directory}: does not fit this job; resume needs the same model and optimizer "
+            "(shards, replicas and partitions may change):\n" + "\n".join(f"  - {m}" for m in mismatches)
         )
-    return ResumePoint(directory, manifest)
+    return ResumePoint(directory, manifest, tuple(key for key in differing if key in TOPOLOGY_KEYS))
 
 
 def auto_resume_point(run_dir: Path, spec, layout) -> ResumePoint | None:

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ...checkpoint.shard_files import load_shard, shard_file_name
 from ...comm.control import Backoff, barrier_sleeping
 from ...comm.messages import CHECKPOINT, DONE, Messenger
 from ...comm.param_server import LandingSlots, ParamServerWindows, Push, claimer_of
@@ -32,6 +31,7 @@ from ...runtime import watchdog
 from ...runtime.watchdog import Watchdog
 from ..liveness import Peers, ReplicaWatch
 from ..shard_order import initial_params
+from ..shard_start import downpour_state
 from .checkpoints import reply_to_checkpoint
 
 log = logging.getLogger(__name__)
@@ -127,8 +127,10 @@ class Shard:
         self.open: OpenPush | None = None  # the push being applied, chunk by chunk as it lands
 
     def restore(self, state: dict) -> None:
-        """Start from a checkpoint (checkpoint/shard_files.load_shard's dict), before serving."""
-        self.stats.restore(state["stats"])
+        """Start from a checkpoint (roles/shard_start.downpour_state's dict), before serving;
+        stats None (another topology): the counters start afresh."""
+        if state["stats"] is not None:
+            self.stats.restore(state["stats"])
         if self.adagrad:
             self.published.restore(state["version"], state["params"], [state["accumulator"]])
         else:
@@ -303,10 +305,9 @@ def serve_shard(job: Job, windows: ParamServerWindows, messenger: Messenger, pee
     shard = Shard(windows, shard_id, job.spec.optimizer, initial_params(job, start, stop), pushers)
     resumed_from = None
     if job.resume:
-        path = job.resume.directory / shard_file_name(shard_id)
-        shard.restore(load_shard(path, shard_id, start, stop))
+        shard.restore(downpour_state(job, shard_id, start, stop))
         resumed_from = shard.version
-        log.info("resumed from %s at version %d", path, shard.version)
+        log.info("resumed from %s at version %d", job.resume.directory, shard.version)
     shard.warm_up()
     barrier_sleeping(messenger.comm)  # initial parameters are published
     log.info("serving parameters [%d, %d)", start, stop)

@@ -52,11 +52,7 @@ def downpour_summary(job, gathered: list[dict], test_loss: float, test_accuracy:
         "steps_pushed_per_shard": [s["steps_pushed"] for s in shards],
         "resumed_from": None
         if job.resume is None
-        else {
-            "step": job.resume.step,
-            "checkpoint": str(job.resume.directory),
-            "shard_versions": [s["resumed_from_version"] for s in shards],
-        },
+        else {**job.resume.describe(), "shard_versions": [s["resumed_from_version"] for s in shards]},
         "fetch_retries": sum(r["fetch_retries"] for r in every_partition),
         "final_checkpoint": replicas[0]["final_checkpoint"],  # the step committed on preemption, or None
         "dataset": job.info.path,

@@ -21,8 +21,6 @@ from functools import partial
 import numpy as np
 
 from ...checkpoint.params_file import PARAMS_CHUNK, params_stream
-from ...checkpoint.sandblaster_shard import load_vectors
-from ...checkpoint.shard_files import shard_file_name
 from ...comm.control import barrier_sleeping
 from ...comm.messages import Messenger
 from ...comm.param_server import ParamServerWindows
@@ -40,6 +38,7 @@ from ..liveness import Peers, Silence
 from ..loop import record_eval
 from ..partitioned_replica import ShardSubset, own_shards, partition_network, replica_comm
 from ..shard_order import initial_params, parameter_order
+from ..shard_start import sandblaster_state
 from .batch_loop import BatchLoop
 from .cluster import COORDINATOR_SILENCE, ShardsAndReplicas
 from .replica import PortionWorker
@@ -98,9 +97,8 @@ def _serve(job, windows, world_comm, guard, silence: Silence) -> None:
     sink.warm_up()
     vectors = ShardVectors(stop - start, job.spec.optimizer.lbfgs_memory)
     if job.resume:
-        path = job.resume.directory / shard_file_name(job.role.shard_id)
-        vectors.restore(load_vectors(path, job.role.shard_id, start, stop))
-        log.info("resumed from %s (%d history pairs)", path, len(vectors.history))
+        vectors.restore(sandblaster_state(job, job.role.shard_id, start, stop))
+        log.info("resumed from %s (%d history pairs)", job.resume.directory, len(vectors.history))
     else:
         vectors.load("x", initial)
     del initial  # published (and copied into x): a slice-sized array not to keep for the whole run
@@ -208,7 +206,5 @@ def _summary(
         "non_finite_pushes": sum(s["non_finite_pushes"] for s in shards),
         "final_checkpoint": loop.final_checkpoint_step,
         "dataset": job.info.path,
-        "resumed_from": None
-        if job.resume is None
-        else {"step": job.resume.step, "checkpoint": str(job.resume.directory)},
+        "resumed_from": None if job.resume is None else job.resume.describe(),
     }
