@@ -43,10 +43,18 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--resume",
         metavar="RUN_DIR|auto",
-        help="continue RUN_DIR from its newest complete checkpoint (same layout; e.g. a larger "
+        help="continue RUN_DIR from its newest complete checkpoint (same model and optimizer; shards, "
+        "replicas and partitions may differ: the checkpoint is re-sliced; e.g. a larger "
         "--set run.steps=N runs further); 'auto' with --run-dir: continue it if it has a "
         "committed checkpoint, else start there (for requeued batch jobs). On SIGTERM or SIGUSR1 "
         "a run commits a final checkpoint and exits with code 75 (1 if that fails)",
+    )
+    train.add_argument(
+        "--init-from",
+        metavar="RUN_DIR|params.h5",
+        help="start a new run (fresh optimizer state) from another run's trained weights: its "
+        "params.h5, checked against this job's model; e.g. a warmstart run seeding a larger job, "
+        "or fine-tuning. A run that resumes a checkpoint continues it instead",
     )
     train.add_argument("-v", "--verbose", action="store_true", help="log INFO lines on stderr too")
     train.add_argument(
@@ -129,7 +137,9 @@ def main(argv: list[str] | None = None) -> int:
             preempt.install()  # first, before the heavy imports: a signal during start-up is a preemption too
             from .train import run_train
 
-            return run_train(args.job, args.overrides, args.run_dir, args.verbose, args.resume, args.progress)
+            return run_train(
+                args.job, args.overrides, args.run_dir, args.verbose, args.resume, args.progress, args.init_from
+            )
         if args.command == "plan":
             from .commands import run_plan
 

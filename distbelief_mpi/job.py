@@ -26,6 +26,7 @@ class Job:
     run_dir: Path
     resume: ResumePoint | None = None  # where a resumed run continues from
     progress: bool = True  # the lead prints progress lines (see progress.wanted)
+    init_from: Path | None = None  # --init-from: the params.h5 a new run starts from (None: drawn from the seed)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ import sys
 import traceback
 from pathlib import Path
 
+from .checkpoint.init_from import source_params
 from .checkpoint.params_file import save_params
 from .checkpoint.resume import auto_resume_point, find_resume_point
 from .comm.world import (
@@ -59,17 +60,19 @@ def run_train(
     verbose: bool,
     resume: str | None = None,
     progress: bool | None = None,
+    init_from: str | None = None,
 ) -> int:
     """resume: a RUN_DIR to continue from its newest complete checkpoint, or "auto": continue
-    --run-dir's newest checkpoint when there is one, else start there afresh (for requeued jobs)."""
+    --run-dir's newest checkpoint when there is one, else start there afresh (for requeued jobs).
+    init_from: a RUN_DIR or params.h5 whose weights a new run starts from (ignored on resume)."""
     world_comm, world_rank, world_size = init_world()
-    planned, error, resume_point = None, None, None
+    planned, error, starts = None, None, (None, None)
     auto = resume == "auto"
     # One name for all ranks, chosen by rank 0 (a default name holds rank 0's clock).
     chosen = run_dir_arg if auto else (resume or run_dir_arg)
     run_dir = Path(broadcast(world_comm, str(chosen or default_run_dir(job_path)), root=0))
     try:
-        _check_resume_arguments(run_dir_arg, resume)
+        _check_resume_arguments(run_dir_arg, resume, init_from)
         planned = load_and_plan(job_path, overrides, world_size, world_rank)
     except Exception as exc:  # noqa: BLE001 - every failure must reach the agreement, or others hang
         error = _setup_error(exc)
@@ -77,16 +80,21 @@ def run_train(
     if not failed:
         failed = _spec_mismatches(world_comm, world_rank, planned[0])
     if not failed:
-        resume_point, failed = _resume_verdict(world_comm, world_rank, run_dir, planned[0], planned[3], resume)
+        starts, failed = _resume_verdict(world_comm, world_rank, run_dir, planned, resume, init_from)
     if failed:
         _report_setup_errors(failed, world_rank)
         return max(code for _, code, _ in failed)  # the same exit code on every rank
     # The verdict left rank 0 after it had created the run directory: no barrier needed.
-    job = Job(*planned, run_dir, resume_point, progress_wanted(progress))
+    resume_point, source = starts
+    job = Job(*planned, run_dir, resume_point, progress_wanted(progress), init_from=source)
     return _run_role(job, world_comm, world_rank, world_size, verbose)
 
 
-def _check_resume_arguments(run_dir_arg: str | None, resume: str | None) -> None:
+def _check_resume_arguments(run_dir_arg: str | None, resume: str | None, init_from: str | None) -> None:
+    if init_from and resume and resume != "auto":
+        raise UserInputError(
+            f"--init-from {init_from} starts a new run and --resume {resume} continues one: give one of them"
+        )
     if resume == "auto" and not run_dir_arg:
         raise UserInputError("--resume auto needs --run-dir: the directory a requeued job continues in")
     if resume and resume != "auto" and run_dir_arg and Path(run_dir_arg).resolve() != Path(resume).resolve():
@@ -98,32 +106,37 @@ def _setup_error(exc: Exception) -> Exception:
     return exc if isinstance(exc, UserInputError) else RuntimeError(traceback.format_exc())
 
 
-def _resume_verdict(world_comm, world_rank: int, run_dir: Path, spec: JobSpec, layout, resume: str | None):
+def _resume_verdict(world_comm, world_rank: int, run_dir: Path, planned, resume: str | None, init_from: str | None):
     """Collective: rank 0 alone finds and verifies the checkpoint to resume (hashing its files
-    once, not once per rank) and creates the run directory; every rank gets its verdict.
-    Returns (ResumePoint or None, failed) with failed as agree_on_errors returns it."""
+    once, not once per rank) or the --init-from source, and creates the run directory; every
+    rank gets its verdict. Returns ((ResumePoint or None, init_from path or None), failed) with
+    failed as agree_on_errors returns it."""
     verdict = None
     if world_rank == 0:
         try:
-            verdict = ("ok", _prepare_run(run_dir, spec, layout, resume))
+            verdict = ("ok", _prepare_run(run_dir, planned, resume, init_from))
         except Exception as exc:  # noqa: BLE001 - the others wait for this verdict: it must be sent
             error = _setup_error(exc)
             verdict = ("error", getattr(error, "exit_code", 1), str(error))
     verdict = broadcast_sleeping(world_comm, verdict, root=0)
     if verdict[0] == "ok":
         return verdict[1], []
-    return None, [(0, verdict[1], verdict[2])]
+    return (None, None), [(0, verdict[1], verdict[2])]
 
 
-def _prepare_run(run_dir: Path, spec: JobSpec, layout, resume: str | None):
-    """Rank 0: the resume point (or None) and the run directory prepared for it."""
+def _prepare_run(run_dir: Path, planned, resume: str | None, init_from: str | None):
+    """Rank 0: (the resume point or None, the --init-from params.h5 or None), and the run
+    directory prepared for them. A run that resumes continues its checkpoint: a requeued job
+    started with --init-from does not start over from the source."""
+    spec, _, network, layout, _ = planned
     auto = resume == "auto"
     if auto:
         resume_point = auto_resume_point(run_dir, spec, layout)
     else:
         resume_point = find_resume_point(run_dir, spec, layout) if resume else None
+    source = source_params(init_from, spec, network) if init_from and resume_point is None else None
     prepare_run_dir(run_dir, spec, mode="resume" if resume_point else "restart" if auto else "new")
-    return resume_point
+    return resume_point, source
 
 
 def _spec_mismatches(world_comm, world_rank: int, spec: JobSpec) -> list[tuple[int, int, str]]:
@@ -237,6 +250,8 @@ def _write_outputs(job: Job, result: RoleResult) -> None:
     assert summary is not None
     if result.params is not None:  # else the role has streamed params.h5 itself (it holds no whole vector)
         save_params(job.run_dir / "params.h5", result.params, {"step": summary["steps"]})
+    if job.init_from is not None:
+        summary["initialized_from"] = str(job.init_from)
     write_summary(job.run_dir, summary)
     print(
         f"{job.run_dir}: test accuracy {summary['test_accuracy']:.4f} after {summary['steps']} steps "

@@ -63,7 +63,7 @@ def train_sgd(job, world_size: int) -> tuple[dict, np.ndarray]:
     spec, info, network = job.spec, job.info, job.network
     started = time.perf_counter()
     x_test, y_test = read_split(info.path, "test")
-    params = network.init_params(spec.run.seed)
+    params = load_params(job.init_from)[0] if job.init_from else network.init_params(spec.run.seed)
     with (
         open_replica_stream(
             info.path, info.n_train, 0, 1, spec.optimizer.batch_size, spec.run.seed, spec.data.chunk_examples
