@@ -39,6 +39,7 @@ def plan(out: Path, quick: bool, dataset: str) -> list[tuple[str, list[str], str
         ("model_parallel", ["model_parallel.py", *q, "--out-dir", str(out)], "model_parallel.md"),
         ("stragglers", ["stragglers.py", *q, *d, "--out", str(out / "stragglers.md")], "stragglers.md"),
         ("time_to_accuracy", ["time_to_accuracy.py", *q, *d, "--out-dir", str(out)], "time_to_accuracy.md"),
+        ("reshape_resume", ["reshape_resume.py", *q, *d, "--out-dir", str(out)], "reshape_resume.md"),
         (
             "cost_model",
             [

@@ -72,8 +72,8 @@ def mpiexec_command(ranks: int) -> list[str]:
     return [mpiexec, *launcher_flags(mpiexec), "-n", str(ranks)]
 
 
-def train_job(job: str, ranks: int, sets: list[str], run_dir: Path, timeout: float) -> dict:
-    """`mpiexec -n RANKS distbelief train jobs/JOB --run-dir RUN_DIR --set ...`; its summary.json."""
+def train_job(job: str, ranks: int, sets: list[str], run_dir: Path, timeout: float, args: tuple = ()) -> dict:
+    """`mpiexec -n RANKS distbelief train jobs/JOB --run-dir RUN_DIR --set ... ARGS`; its summary.json."""
     command = [
         *mpiexec_command(ranks),
         sys.executable,
@@ -85,6 +85,7 @@ def train_job(job: str, ranks: int, sets: list[str], run_dir: Path, timeout: flo
         str(run_dir),
         "--no-progress",
         *[item for kv in sets for item in ("--set", kv)],
+        *args,
     ]
     subprocess.run(command, check=True, cwd=REPO, capture_output=True, timeout=timeout)
     return json.loads((Path(run_dir) / "summary.json").read_text())

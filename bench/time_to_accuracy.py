@@ -11,6 +11,10 @@ after another, each evaluated on 2,000 test images every 100 steps:
                     server_rule = sgd, no warmstart; 2 shards x 4 replicas, 6 ranks)
   downpour-adagrad  Downpour + Adagrad with warmstart (jobs/fashion_downpour.toml as shipped)
   downpour-adagrad-1x2  the same with 1 shard x 2 replicas (3 ranks): one replica per core here
+  warmstart+downpour-adagrad  the paper's shared warmstart (Fig. 4) as two runs: single-replica SGD
+                    for 300 steps (jobs/fashion_mlp.toml), then Downpour + Adagrad started from its
+                    weights (--init-from, no warmstart of its own); its curve continues the SGD run's
+  warmstart+downpour-adagrad-1x2  the same with 1 shard x 2 replicas (3 ranks)
   sandblaster       Sandblaster L-BFGS (jobs/fashion_sandblaster.toml, 6 ranks), for a fixed time
   pytorch           the same network and SGD in one PyTorch process (when PyTorch is installed)
 
@@ -45,8 +49,15 @@ RUNS = {  # name -> (job, ranks, overrides)
     "downpour-sgd": ("fashion_downpour.toml", 6, ['optimizer.server_rule="sgd"', "optimizer.warmstart_steps=0", EVERY]),
     "downpour-adagrad": ("fashion_downpour.toml", 6, [EVERY]),
     "downpour-adagrad-1x2": ("fashion_downpour.toml", 3, [EVERY, "topology.shards=1", "topology.replicas=2"]),
+    "warmstart+downpour-adagrad": ("fashion_downpour.toml", 6, [EVERY, "optimizer.warmstart_steps=0"]),
+    "warmstart+downpour-adagrad-1x2": (
+        "fashion_downpour.toml",
+        3,
+        [EVERY, "optimizer.warmstart_steps=0", "topology.shards=1", "topology.replicas=2"],
+    ),
     "sandblaster": ("fashion_sandblaster.toml", 6, ["run.eval_every=5"]),
 }
+WARMSTART_STEPS = 300  # the shipped Downpour job's own warmstart_steps
 TIE_S = 0.05  # medians closer than this are a tie (accuracy itself jitters between evaluations)
 ONCE = {"sandblaster"}  # a fixed-time run; its curve is smooth enough from one
 
@@ -56,15 +67,30 @@ def run_ours(name: str, dataset: str, workdir: Path, quick: bool, sandblaster_s:
     limits = ["run.epochs=2"] if quick else []
     if name == "sandblaster":
         limits = [f"run.seconds={10 if quick else sandblaster_s}"]
-    run_dir = workdir / name
-    overrides = [f"data.path={dataset}", f"data.eval_examples={EVAL_N}", "checkpoint.every_seconds=0", *sets, *limits]
-    summary = train_job(job, ranks, overrides, run_dir, timeout=1800)
+    common = [f"data.path={dataset}", f"data.eval_examples={EVAL_N}", "checkpoint.every_seconds=0"]
+    warm, args = None, ()
+    if name.startswith("warmstart+"):  # the SGD phase first, in its own run directory
+        warm_sets = [*common, EVERY, f"run.steps={WARMSTART_STEPS}", "run.epochs=0"]
+        warm = _with_curve(
+            workdir / f"{name}-sgd", train_job("fashion_mlp.toml", 1, warm_sets, workdir / f"{name}-sgd", 600)
+        )
+        args = ("--init-from", str(workdir / f"{name}-sgd"))
+    summary = train_job(job, ranks, [*common, *sets, *limits], workdir / name, timeout=1800, args=args)
+    run = _with_curve(workdir / name, summary)
+    if warm is not None:  # one time axis: the Downpour phase starts where the SGD phase ended
+        run["curve"] = warm["curve"] + [(t + warm["end_s"], a) for t, a in run["curve"]]
+        run["wall_s"] += warm["wall_s"]
+    return {"name": name, "ranks": ranks, **run}
+
+
+def _with_curve(run_dir: Path, summary: dict) -> dict:
+    """A run's evaluations [(s since its training loop started, accuracy)] without the final
+    one on the whole test split, its last line's time, final accuracy and wall time."""
     lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     evals = [(line["time_s"], line["test_accuracy"]) for line in lines if line["kind"] == "eval"]
     return {
-        "name": name,
-        "ranks": ranks,
         "curve": evals[:-1],
+        "end_s": max(line["time_s"] for line in lines),
         "final": summary["test_accuracy"],
         "wall_s": summary["wall_s"],
     }
@@ -164,7 +190,7 @@ def table(results: dict[str, list[dict]], command: str) -> str:
 def verdicts(times: dict[str, float | None]) -> list[str]:
     """The issue's target, for the shipped Downpour job and for the one that fits these cores."""
     lines = []
-    for downpour in ("downpour-adagrad", "downpour-adagrad-1x2"):
+    for downpour in [name for name in times if "downpour-adagrad" in name]:
         for sgd in ("sgd", "sgd-2-threads"):
             if downpour not in times or sgd not in times:
                 continue
@@ -228,12 +254,13 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="2 epochs (Sandblaster: 10 s), one repeat: a smoke run")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each but Sandblaster and PyTorch")
     parser.add_argument("--out-dir", help="write time_to_accuracy.md/.json/.png here")
+    parser.add_argument("--runs", nargs="+", choices=list(RUNS), default=list(RUNS), help="which runs (default: all)")
     args = parser.parse_args()
     repeats = 1 if args.quick else args.repeats
-    results: dict[str, list[dict]] = {name: [] for name in RUNS}
+    results: dict[str, list[dict]] = {name: [] for name in args.runs}
     with tempfile.TemporaryDirectory() as workdir:
         for repeat in range(repeats):  # interleaved, so a slow spell of the machine hits every run
-            for name in RUNS:
+            for name in args.runs:
                 if repeat and name in ONCE:
                     continue
                 results[name].append(
@@ -244,6 +271,7 @@ def main() -> None:
     if torch_run:
         results["pytorch"] = [torch_run]
     command = "python bench/time_to_accuracy.py" + (" --quick" if args.quick else f" --repeats {repeats}")
+    command += "" if args.runs == list(RUNS) else f" --runs {' '.join(args.runs)}"
     text = table(results, command)
     print(text)
     if args.out_dir:

@@ -56,6 +56,7 @@ def test_every_benchmark_runs_in_quick_mode(tmp_path):
         "## Model parallelism",
         "## Sandblaster stragglers",
         "## Time to accuracy",
+        "## Resume onto another topology",
         "## Cost model",
     ):
         assert section in text, section
