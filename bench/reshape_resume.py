@@ -1,6 +1,7 @@
 """Resume onto a smaller topology: does a run finish as well as one never interrupted?
 
-    python bench/reshape_resume.py [--steps 3000] [--repeats 3] [--dataset data/fashion-mnist.h5] [--out-dir DIR] [--quick]
+    python bench/reshape_resume.py [--steps 3000] [--repeats 3] [--dataset data/fashion-mnist.h5]
+                                   [--out-dir DIR] [--quick]
 
 jobs/fashion_downpour.toml (Downpour + Adagrad, 2 shards x 4 replicas, 6 ranks), per repeat r
 (seed r, the two runs one after the other):
