@@ -11,6 +11,7 @@ read file by file in windows of at most READ_WINDOW elements: no rank ever holds
 own slice and one window, whatever the sizes of the old and new layouts.
 """
 
+import bisect
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,8 +53,9 @@ def plan_copies(saved: SavedVector, order: ParamOrder | None, start: int, stop: 
     else:
         spans = _old_positions(saved.order, _canonical_pieces(order, start, stop))
     copies: list[Copy] = []
+    starts = [lo for lo, _ in saved.ranges]
     for old_position, target, length in spans:
-        for copy in _split_by_file(saved.ranges, old_position, target, length):
+        for copy in _split_by_file(saved.ranges, starts, old_position, target, length):
             copies = _append_merged(copies, copy)
     if sum(c.length for c in copies) != stop - start:
         raise CheckpointError(f"the saved files do not cover elements [{start}, {stop}) of the new layout")
@@ -64,10 +66,12 @@ def read_slice(saved: SavedVector, copies: Sequence[Copy], key: str, length: int
     """Dataset `key` (or its row `row`, for (k, L) datasets) of the old files, gathered into a
     new (length,) array of `dtype` by `copies` (plan_copies)."""
     out = np.empty(length, dtype)
-    for file_index, path in enumerate(saved.paths):
-        mine = sorted((c for c in copies if c.file == file_index), key=lambda c: c.source)
-        if not mine:
-            continue
+    by_file: dict[int, list[Copy]] = {}
+    for copy in copies:
+        by_file.setdefault(copy.file, []).append(copy)
+    for file_index, mine in sorted(by_file.items()):  # only the files this slice touches are opened
+        path = saved.paths[file_index]
+        mine.sort(key=lambda c: c.source)
         try:
             with h5py.File(path, "r") as handle:
                 dataset = handle[key]
@@ -103,12 +107,18 @@ def _old_positions(old: ParamOrder | None, pieces: list[tuple[int, int, int]]) -
             canonical, target, index = canonical + take, target + take, index + 1
 
 
-def _split_by_file(ranges, old_position: int, target: int, length: int) -> Iterator[Copy]:
-    """The piece cut where the old files' ranges end."""
-    for file_index, (lo, hi) in enumerate(ranges):
-        a, b = max(lo, old_position), min(hi, old_position + length)
-        if a < b:
-            yield Copy(file_index, a - lo, target + a - old_position, b - a)
+def _split_by_file(ranges, starts: list[int], old_position: int, target: int, length: int) -> Iterator[Copy]:
+    """The piece cut where the old files' ranges end (ranges contiguous and in order, starts
+    their first elements: the files a piece touches are found by bisection)."""
+    file_index = max(0, bisect.bisect_right(starts, old_position) - 1)
+    end = old_position + length
+    while old_position < end and file_index < len(ranges):
+        lo, hi = ranges[file_index]
+        take = min(end, hi) - old_position
+        if take > 0:
+            yield Copy(file_index, old_position - lo, target, take)
+            old_position, target = old_position + take, target + take
+        file_index += 1
 
 
 def _append_merged(copies: list[Copy], copy: Copy) -> list[Copy]:
