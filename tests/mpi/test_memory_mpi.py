@@ -82,3 +82,21 @@ def test_a_rank_holds_less_when_the_model_is_split(tmp_path, digits_h5):
     whole, split = peaks[(1, 1)], peaks[(2, 2)]
     assert max(split[0], split[1]) < whole[0], (whole, split)  # shards
     assert max(split[2], split[3]) < whole[1], (whole, split)  # replica partitions
+
+
+@pytest.mark.timeout(600)
+def test_resuming_onto_more_ranks_stays_within_the_new_prediction(tmp_path, digits_h5):
+    """A (1, 1) checkpoint resumed on (2, 2): each new shard re-slices its part out of the one old
+    file (checkpoint/reshard.py) and must stay within the (2, 2) prediction, as it would have had
+    it drawn its slice; the resumed run trains 2 steps more."""
+    run_dir = tmp_path / "run"
+    first = ["distbelief", "train", str(job_file(tmp_path, digits_h5, 1, 1)), "--run-dir", str(run_dir)]
+    assert_all_ranks(run_mpi(2, [*first, "--set", "checkpoint.every_steps=6"], tmp_path, timeout=300), 2)
+    job = job_file(tmp_path, digits_h5, 2, 2)
+    resumed = ["distbelief", "train", str(job), "--resume", str(run_dir), "--set", "run.steps=8"]
+    assert_all_ranks(run_mpi(4, resumed, tmp_path, timeout=300), 4)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["resumed_from"]["from_topology"]["shards"] == 1, summary["resumed_from"]
+    measured, predicted = measured_per_rank(run_dir), predicted_per_rank(job, 4)
+    over = {r: (measured[r], predicted[r]) for r in measured if measured[r] > predicted[r] + RUNTIME_ALLOWANCE}
+    assert not over, f"rank: (measured, predicted) bytes over prediction + allowance: {over}"
