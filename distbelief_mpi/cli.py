@@ -14,7 +14,7 @@ DESCRIPTION = """\
 Train deep networks the way DistBelief did (Dean et al., NIPS 2012), over MPI.
 
   distbelief train JOB.toml              train (alone, or under mpiexec -n N)
-  distbelief plan JOB.toml -n N          show which rank plays which role
+  distbelief plan JOB.toml [-n N]        the ranks the job needs, which rank plays which role
                 [--memory]             ... and the bytes each rank will hold
   distbelief eval RUN_DIR [--data F.h5]  test accuracy of a finished run
   distbelief report RUN_DIR [...]        PNG figures and a markdown summary of runs
@@ -67,12 +67,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     plan = commands.add_parser(
         "plan",
-        help="print the rank/role table for N ranks",
+        help="print the ranks a job needs and the rank/role table",
         description="Print which rank plays which role, and each shard's parameter "
-        "range, or every problem that stops the job from running on N ranks.",
+        "range, or every problem that stops the job from running on N ranks (with the "
+        "nearest sizes that fit). Without -n: the sizes the job fits (with "
+        'topology.replicas = "auto", every size that holds whole replicas: e.g. '
+        '"needs 2 + k ranks: 3, 4, 5, ...") and the table for the smallest.',
     )
     _add_job_args(plan)
-    plan.add_argument("-n", "--ranks", type=int, required=True, metavar="N", help="MPI world size")
+    plan.add_argument(
+        "-n",
+        "--ranks",
+        type=int,
+        metavar="N",
+        help="MPI world size (default: the smallest the job fits)",
+    )
     plan.add_argument(
         "--memory",
         action="store_true",

@@ -1,13 +1,21 @@
 """`distbelief plan` and `distbelief eval`: small commands that need no MPI."""
 
-import sys
 from pathlib import Path
 
 from .checkpoint.params_file import load_params
-from .config import load_job
-from .data.hdf5 import read_info, read_split
+from .config import AUTO_REPLICAS, load_job
+from .data.hdf5 import DatasetAbsent, DatasetInfo, read_info, read_split
 from .errors import CheckpointError, DatasetError, UserInputError
-from .layout import format_layout, layout_problems, plan_layout
+from .layout import (
+    WorldSizeError,
+    format_layout,
+    layout_problems,
+    needs_text,
+    plan_layout,
+    replicas_on,
+    resolve_topology,
+    sizes_that_fit,
+)
 from .memory import DataSize, format_memory, predict_memory
 from .model.network import build_network
 from .model.partition import job_grid, partition_offsets
@@ -16,16 +24,20 @@ from .model.partition import job_grid, partition_offsets
 def run_plan(
     job_path: str,
     overrides: list[str],
-    world_size: int,
+    world_size: int | None,
     memory: bool = False,
     input_shape: str | None = None,
     n_classes: int | None = None,
 ) -> int:
-    """input_shape ("C,H,W" or "D") and n_classes stand in for the dataset's header when its
-    file is absent (planning a model before its data exists)."""
+    """world_size None: say which sizes the job fits and plan the smallest. input_shape ("C,H,W"
+    or "D") and n_classes stand in for the dataset's header when its file is absent (planning a
+    model before its data exists)."""
     spec = load_job(job_path, overrides)
-    if world_size < 1:
+    if world_size is not None and world_size < 1:
         raise UserInputError(f"-n {world_size}: the world size must be >= 1")
+    if world_size is None:
+        world_size = sizes_that_fit(spec).first
+        print(f"{spec.source}: {needs_text(spec)}; the layout on {world_size} ranks:")
     n_params, notes, offsets, network, data = None, [], (), None, DataSize(None, None)
     try:
         shape, classes, data, notes = _model_input(spec, input_shape, n_classes)
@@ -39,9 +51,9 @@ def run_plan(
         notes = [f"note: parameter ranges need the dataset (or --input-shape and --classes): {exc}"]
     problems = layout_problems(world_size, spec, n_params)
     if problems:
-        print(f"error: {job_path}: cannot run on {world_size} ranks:", file=sys.stderr)
-        print("\n".join(f"  - {p}" for p in problems), file=sys.stderr)
-        return 2
+        raise WorldSizeError(spec.source, world_size, problems)
+    notes = _auto_note(spec, world_size) + notes
+    spec = resolve_topology(spec, world_size)
     layout = plan_layout(world_size, spec, n_params, offsets)
     print(format_layout(layout))
     print("\n".join(notes))
@@ -52,6 +64,14 @@ def run_plan(
             )
         print(format_memory(predict_memory(spec, network, layout, data)))
     return 0
+
+
+def _auto_note(spec, world_size: int) -> list[str]:
+    """What topology.replicas = "auto" resolved to, and that a launch on another size differs."""
+    if spec.topology.replicas != AUTO_REPLICAS:
+        return []
+    replicas = replicas_on(world_size, spec.topology)
+    return [f'topology.replicas = "auto": {replicas} on {world_size} ranks (resolved per launch; {needs_text(spec)})']
 
 
 def _grid_note(network, topology) -> list[str]:
@@ -75,9 +95,20 @@ def _model_input(spec, input_shape: str | None, n_classes: int | None):
         assert input_shape is not None and n_classes is not None
         note = f"note: {spec.data.path} is absent: input {input_shape} and {n_classes} classes from the command line"
         return _parse_shape(input_shape), n_classes, DataSize(None, None), [note]
-    info = read_info(spec.data.path)
+    info = _header_unless_absent(spec.data.path)
     notes = [f"note: --input-shape and --classes ignored: {spec.data.path} exists"] if given else []
     return info.input_shape, info.n_classes, DataSize(info.n_train, info.n_test), notes
+
+
+def _header_unless_absent(path) -> DatasetInfo:
+    """read_info, where only an absent file stays a DatasetError (run_plan notes it: planning
+    before the data exists); a file that is there but unusable is refused with train's message."""
+    try:
+        return read_info(path)
+    except DatasetAbsent:
+        raise
+    except DatasetError as exc:
+        raise UserInputError(str(exc)) from None
 
 
 def _parse_shape(text: str) -> tuple[int, ...]:

@@ -20,6 +20,9 @@ SERVER_RULES = ("adagrad", "sgd")
 REPLICA_LOSS = ("abort", "continue")
 TRANSFERS = ("auto", "inline", "pipelined")
 INJECTED_FAULTS = ("none", "hang", "freeze", "leave", "slow", "duplicate")
+# topology.replicas = "auto" until the world size is known: layout.resolve_topology replaces it
+# with the count (an int >= 1) before anything plans or runs, so no other code sees this value.
+AUTO_REPLICAS = -1
 
 
 @dataclass(frozen=True)
@@ -27,7 +30,10 @@ class Topology:
     """Which ranks exist: [coordinator] + shards + replicas x partitions."""
 
     shards: int = 0  # parameter-server shard ranks (0: the replica keeps the parameters)
-    replicas: int = 1  # model replicas training in parallel
+    replicas: int = 1  # model replicas training in parallel, or "auto": as many as the ranks after coordinator
+    # and shards hold, (world size - coordinator - shards) / partitions_per_replica, a whole number >= 1 (sgd: 1
+    # rank in all); resolved per launch, so a launch or requeue on another task count gets another count
+    # (RUN_DIR/job.toml and the checkpoints record the resolved one); `distbelief plan JOB` lists the sizes that fit
     partitions_per_replica: int = 1  # ranks one replica is split over (model parallelism)
     partition_grid: str = "rows"  # how image layers are cut into the partitions: "rows" (P blocks of whole
     # rows), "AxB" (A x B blocks of rows x columns, A x B = partitions_per_replica) or "auto" (the grid whose
@@ -211,11 +217,24 @@ def _parse_section(name: str, cls: type, table: dict, problems: list[str]):
     for key in known & table.keys():
         if name == "model" and key == "layers":
             values[key] = _parse_layers(table[key], problems)
+        elif name == "topology" and key == "replicas":
+            values[key] = _parse_replicas(table[key], problems)
         elif _type_ok(table[key], hints[key]):
             values[key] = float(table[key]) if hints[key] is float else table[key]
         else:
             problems.append(f"{name}.{key}: expected {hints[key].__name__}, got {table[key]!r}")
     return cls(**values)
+
+
+def _parse_replicas(value: object, problems: list[str]) -> int:
+    """An int >= 1, or "auto" (AUTO_REPLICAS). Checked here, not in check_values: there a
+    written -1 could not be told from "auto"."""
+    if value == "auto":
+        return AUTO_REPLICAS
+    if _type_ok(value, int) and typing.cast(int, value) >= 1:
+        return typing.cast(int, value)
+    problems.append(f'topology.replicas: must be an int >= 1 or "auto", got {value!r}')
+    return 1
 
 
 def _type_ok(value: object, hint: type) -> bool:
@@ -246,7 +265,7 @@ def check_values(spec: JobSpec) -> list[str]:
     t, o, d, c, r, f = spec.topology, spec.optimizer, spec.data, spec.checkpoint, spec.run, spec.faults
     rules = [
         (t.shards >= 0, "topology.shards", "must be >= 0"),
-        (t.replicas >= 1, "topology.replicas", "must be >= 1"),
+        (t.replicas >= 1 or t.replicas == AUTO_REPLICAS, "topology.replicas", 'must be >= 1 or "auto"'),
         (t.partitions_per_replica >= 1, "topology.partitions_per_replica", "must be >= 1"),
         (
             _grid_fits(t),
@@ -295,11 +314,7 @@ def check_values(spec: JobSpec) -> list[str]:
         (f.watchdog_seconds >= 0, "faults.watchdog_seconds", "must be >= 0 (0: off)"),
         (f.replica_loss in REPLICA_LOSS, "faults.replica_loss", f"must be one of {list(REPLICA_LOSS)}"),
         (f.inject in INJECTED_FAULTS, "faults.inject", f"must be one of {list(INJECTED_FAULTS)}"),
-        (
-            0 <= f.inject_replica < t.replicas or f.inject == "none",
-            "faults.inject_replica",
-            f"must name a replica, 0 to topology.replicas - 1 = {t.replicas - 1}",
-        ),
+        (f.inject == "none" or _names_a_replica(f.inject_replica, t), "faults.inject_replica", _replica_range(t)),
         (f.inject_after_steps >= 0, "faults.inject_after_steps", "must be >= 0"),
         (
             f.replica_loss != "continue" or o.algorithm == "downpour",
@@ -323,6 +338,17 @@ def check_values(spec: JobSpec) -> list[str]:
     return [f"{key}: {message}, got {_value_of(spec, key)}" for ok, key, message in rules if not ok]
 
 
+def _names_a_replica(replica: int, t: Topology) -> bool:
+    """With replicas = "auto" only the lower bound is known here; resolve_topology checks again."""
+    return 0 <= replica and (replica < t.replicas or t.replicas == AUTO_REPLICAS)
+
+
+def _replica_range(t: Topology) -> str:
+    if t.replicas == AUTO_REPLICAS:
+        return 'must name a replica, 0 or more (topology.replicas = "auto")'
+    return f"must name a replica, 0 to topology.replicas - 1 = {t.replicas - 1}"
+
+
 def _grid_fits(t: Topology) -> bool:
     grid = parse_grid(t.partition_grid)
     return t.partition_grid in GRID_WORDS if grid is None else grid[0] * grid[1] == t.partitions_per_replica
@@ -332,13 +358,19 @@ def _value_of(spec: JobSpec, key: str) -> str:
     section, _, name = key.partition(".")
     if not name:
         return "none set"
-    return repr(getattr(getattr(spec, section), name))
+    return repr(_key_value(spec, section, name))
+
+
+def _key_value(spec: JobSpec, section: str, name: str) -> object:
+    """The key's value as the user writes it: "auto" for AUTO_REPLICAS."""
+    value = getattr(getattr(spec, section), name)
+    return "auto" if (section, name, value) == ("topology", "replicas", AUTO_REPLICAS) else value
 
 
 def spec_items(spec: JobSpec) -> dict[str, str]:
     """{"section.key": value as TOML text} for every key: what two ranks compare."""
     return {
-        f"{name}.{f.name}": _toml_value(getattr(getattr(spec, name), f.name))
+        f"{name}.{f.name}": _toml_value(_key_value(spec, name, f.name))
         for name in SECTIONS
         for f in dataclasses.fields(getattr(spec, name))
     }
@@ -350,7 +382,7 @@ def to_toml(spec: JobSpec) -> str:
     for name in SECTIONS:
         lines.append(f"\n[{name}]")
         for f in dataclasses.fields(getattr(spec, name)):
-            lines.append(f"{f.name} = {_toml_value(getattr(getattr(spec, name), f.name))}")
+            lines.append(f"{f.name} = {_toml_value(_key_value(spec, name, f.name))}")
     return "\n".join(lines) + "\n"
 
 

@@ -5,11 +5,12 @@ a coordinator, 2 shards and 2 replicas of 2 partitions: rank 0 coordinator, rank
 shards 0-1, ranks 3-4 replica 0 partitions 0-1, ranks 5-6 replica 1 partitions 0-1.
 """
 
+import dataclasses
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from .config import JobSpec, Topology
-from .errors import LayoutError
+from .config import AUTO_REPLICAS, JobSpec, Topology, check_values
+from .errors import ConfigError, LayoutError
 
 # Shard boundaries fall on multiples of 16 float32 (64 bytes, one cache line) so two
 # shards never share a cache line of the flat parameter vector.
@@ -137,27 +138,143 @@ def ranks_needed(topology: Topology) -> int:
     return int(topology.coordinator) + topology.shards + topology.replicas * topology.partitions_per_replica
 
 
+class WorldSizeError(LayoutError):
+    """Every problem that stops a job spec from running on a world size, under one line naming
+    the job file: what `distbelief plan -n N` and `distbelief train` on N ranks both print."""
+
+    def __init__(self, source: str, world_size: int, problems: list[str]):
+        super().__init__(problems)
+        lines = "\n".join(f"  - {p}" for p in problems)
+        self.args = (f"{source}: cannot run on {world_size} ranks:\n{lines}",)
+
+
+class Sizes(NamedTuple):
+    """The world sizes a topology fits: first, first + step, first + 2 step, ... (step 0: only first)."""
+
+    first: int
+    step: int
+
+    def fit(self, world_size: int) -> bool:
+        if self.step == 0:
+            return world_size == self.first
+        return world_size >= self.first and (world_size - self.first) % self.step == 0
+
+    def nearest(self, world_size: int) -> tuple[int | None, int | None]:
+        """The largest size that fits below world_size and the smallest above (None: there is none)."""
+        if self.step == 0:
+            return (self.first if self.first < world_size else None), (self.first if self.first > world_size else None)
+        if world_size <= self.first:
+            return None, (self.first if world_size < self.first else self.first + self.step)
+        below = self.first + (world_size - 1 - self.first) // self.step * self.step
+        above = self.first + ((world_size - self.first) // self.step + 1) * self.step
+        return below, above
+
+
+def sizes_that_fit(spec: JobSpec) -> Sizes:
+    """With topology.replicas = "auto", every size after coordinator and shards that holds whole
+    replicas (sgd: exactly one); otherwise the one size ranks_needed gives."""
+    t = spec.topology
+    if t.replicas != AUTO_REPLICAS:
+        return Sizes(ranks_needed(t), 0)
+    first = int(t.coordinator) + t.shards + t.partitions_per_replica
+    return Sizes(first, 0 if spec.optimizer.algorithm == "sgd" else t.partitions_per_replica)
+
+
+def replicas_on(world_size: int, topology: Topology) -> int:
+    """The replicas that world_size ranks hold after coordinator and shards (a size that fits)."""
+    return (world_size - int(topology.coordinator) - topology.shards) // topology.partitions_per_replica
+
+
+def resolve_topology(spec: JobSpec, world_size: int) -> JobSpec:
+    """spec with topology.replicas = "auto" replaced by the count world_size holds (the spec as
+    it is otherwise): call it once, before planning, so that the rest of the code sees an int.
+    Raises WorldSizeError when world_size fits no count, ConfigError when the count breaks
+    another key (faults.inject_replica beyond the last replica)."""
+    if spec.topology.replicas != AUTO_REPLICAS:
+        return spec
+    if not sizes_that_fit(spec).fit(world_size):
+        raise WorldSizeError(spec.source, world_size, layout_problems(world_size, spec, None))
+    topology = dataclasses.replace(spec.topology, replicas=replicas_on(world_size, spec.topology))
+    resolved = dataclasses.replace(spec, topology=topology)
+    problems = check_values(resolved)
+    if problems:
+        raise ConfigError(spec.source, [f'{p} (topology.replicas = "auto" on {world_size} ranks)' for p in problems])
+    return resolved
+
+
 def layout_problems(world_size: int, spec: JobSpec, n_params: int | None) -> list[str]:
     """Everything that stops this spec from running on world_size ranks, all at once."""
     topology = spec.topology
-    problems = [message for check, message in ALGORITHM_RULES[spec.optimizer.algorithm] if not check(topology)]
-    needed = ranks_needed(topology)
-    if needed != world_size:
-        problems.append(f"needs {needed} ranks ({_rank_sum(topology)}), got {world_size}")
+    # "auto" is one replica under sgd (sizes_that_fit) and passes its rule; no other rule counts replicas.
+    counted = dataclasses.replace(topology, replicas=1) if topology.replicas == AUTO_REPLICAS else topology
+    problems = [message for check, message in ALGORITHM_RULES[spec.optimizer.algorithm] if not check(counted)]
+    if not sizes_that_fit(spec).fit(world_size):
+        problems.append(size_problem(world_size, spec))
     if n_params is not None and topology.shards > max(1, n_params // SHARD_ALIGN):
         problems.append(f"topology.shards = {topology.shards} is more than {n_params} parameters can be split into")
     return problems
 
 
+RANK_KEYS = "topology.coordinator + topology.shards + topology.replicas x topology.partitions_per_replica"
+
+
+def size_problem(world_size: int, spec: JobSpec) -> str:
+    """Why world_size does not fit, the keys that decide it and the nearest sizes that do, e.g.
+    'needs 5 ranks (2 shards + 3 replicas x 1 partitions), got 4 (ranks = topology.coordinator +
+    ...): the only size that fits is 5; topology.replicas = "auto" would fit 4 (2 replicas)'."""
+    topology, sizes = spec.topology, sizes_that_fit(spec)
+    head = f"{needs_text(spec)} ({_rank_sum(topology)}), got {world_size} (ranks = {RANK_KEYS})"
+    below, above = sizes.nearest(world_size)
+    if sizes.step == 0 and topology.replicas == AUTO_REPLICAS:  # sgd
+        return f"{head}: the only size that fits is {sizes.first} (optimizer.algorithm = sgd trains one replica)"
+    if sizes.step == 0:
+        return f"{head}: the only size that fits is {sizes.first}{_auto_hint(world_size, spec)}"
+    fitting = [f"{n} ({_replicas_text(replicas_on(n, topology))})" for n in (below, above) if n is not None]
+    if below is None:
+        return f"{head}: the smallest size that fits is {fitting[0]}"
+    return f"{head}: the nearest sizes that fit are {' and '.join(fitting)}"
+
+
+def needs_text(spec: JobSpec) -> str:
+    """'needs 5 ranks', or with replicas = "auto" 'needs 2 + 2k ranks: 4, 6, 8, ...'."""
+    sizes = sizes_that_fit(spec)
+    if sizes.step == 0:
+        return f"needs {sizes.first} ranks"
+    base = sizes.first - sizes.step
+    k = "k" if sizes.step == 1 else f"{sizes.step}k"
+    listed = ", ".join(str(sizes.first + i * sizes.step) for i in range(3))
+    return f"needs {base} + {k} ranks: {listed}, ..."
+
+
+def _auto_hint(world_size: int, spec: JobSpec) -> str:
+    """What topology.replicas = "auto" would make of world_size (not for sgd: one replica)."""
+    if spec.optimizer.algorithm == "sgd" or spec.topology.replicas == AUTO_REPLICAS:
+        return ""
+    auto = dataclasses.replace(spec, topology=dataclasses.replace(spec.topology, replicas=AUTO_REPLICAS))
+    sizes = sizes_that_fit(auto)
+    if sizes.fit(world_size):
+        replicas = _replicas_text(replicas_on(world_size, spec.topology))
+        return f'; topology.replicas = "auto" would fit {world_size} ({replicas})'
+    nearest = " or ".join(str(n) for n in sizes.nearest(world_size) if n is not None)
+    return f'; topology.replicas = "auto" would fit {nearest}'
+
+
+def _replicas_text(replicas: int) -> str:
+    return f"{replicas} replica" if replicas == 1 else f"{replicas} replicas"
+
+
 def plan_layout(
     world_size: int, spec: JobSpec, n_params: int | None = None, partition_offsets: tuple[int, ...] = ()
 ) -> Layout:
-    """Assign every rank its role. Raises LayoutError listing every problem. With partitioned
+    """Assign every rank its role. Raises WorldSizeError listing every problem. With partitioned
     replicas, partition_offsets (model/partition.ParamOrder.offsets) cut the parameter vector into
-    the partitions' blocks, and every shard holds part of one block, or whole blocks (S < P)."""
+    the partitions' blocks, and every shard holds part of one block, or whole blocks (S < P).
+    topology.replicas = "auto" must be resolved first (resolve_topology)."""
     problems = layout_problems(world_size, spec, n_params)
     if problems:
-        raise LayoutError(problems)
+        raise WorldSizeError(spec.source, world_size, problems)
+    if spec.topology.replicas == AUTO_REPLICAS:
+        raise ValueError('plan_layout: topology.replicas = "auto" is unresolved: call resolve_topology first')
     roles = assign_roles(spec.topology)
     if len(partition_offsets) > 2 and spec.topology.shards:
         ranges, owners = partition_shard_ranges(partition_offsets, spec.topology.shards)
@@ -227,7 +344,8 @@ def _rank_sum(topology: Topology) -> str:
     if topology.coordinator:
         parts.append("1 coordinator")
     parts.append(f"{topology.shards} shards")
-    parts.append(f"{topology.replicas} replicas x {topology.partitions_per_replica} partitions")
+    replicas = '"auto" replicas' if topology.replicas == AUTO_REPLICAS else f"{topology.replicas} replicas"
+    parts.append(f"{replicas} x {topology.partitions_per_replica} partitions")
     return " + ".join(parts)
 
 

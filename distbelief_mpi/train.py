@@ -28,7 +28,7 @@ from .config import JobSpec, load_job, spec_items
 from .data.hdf5 import read_info
 from .errors import DistbeliefError, UserInputError
 from .job import Job, RoleResult
-from .layout import plan_layout
+from .layout import plan_layout, resolve_topology
 from .memory import format_bytes
 from .model.network import build_network
 from .model.partition import partition_offsets
@@ -49,6 +49,7 @@ def load_and_plan(job_path: str, overrides: list[str], world_size: int, world_ra
     spec = load_job(job_path, overrides)
     info = read_info(spec.data.path)
     network = build_network(spec.model.layers, info.input_shape, info.n_classes, source=spec.source)
+    spec = resolve_topology(spec, world_size)  # replicas = "auto" -> an int, before anything plans
     layout = plan_layout(world_size, spec, network.n_params, partition_offsets(network, spec))
     return spec, info, network, layout, layout.role_of(world_rank)
 
