@@ -255,8 +255,11 @@ PartitionName=debug Nodes={",".join(self.nodes)} Default=YES MaxTime=INFINITE St
         states = self.node_states()
         return all(states.get(node) == "idle" for node in self.nodes)
 
-    def sbatch(self, script: Path, *options: str, cwd: Path, env: dict | None = None) -> str:
-        done = self.client("sbatch", "--parsable", *options, str(script), cwd=cwd, env=env)
+    def sbatch(
+        self, script: Path, *options: str, cwd: Path, env: dict | None = None, args: tuple[str, ...] = ()
+    ) -> str:
+        """sbatch [options] script [args]: the job's ID (an array job's: the ID its tasks share)."""
+        done = self.client("sbatch", "--parsable", *options, str(script), *args, cwd=cwd, env=env)
         return done.stdout.strip().split(";")[0]
 
     def job_record(self, job_id: str) -> dict[str, str]:
@@ -284,12 +287,23 @@ PartitionName=debug Nodes={",".join(self.nodes)} Default=YES MaxTime=INFINITE St
 
     def release_requeued(self, job_id: str, timeout: float = 30) -> None:
         """Let a job that requeued itself start now: Slurm holds it back for two minutes (BeginTime)."""
-        self._wait_for(lambda: self.job_record(job_id).get("JobState") == "PENDING", timeout, f"job {job_id} pending")
+        self.wait_pending(job_id, timeout)
         # Released while a node still cleans up the first run, the job is killed at once ("Job
         # credential revoked", seen under load): wait until every node is idle again.
         self._wait_for(self.all_idle, timeout, "every node idle after the requeue")
         time.sleep(1.0)  # the revoked credential of the killed run expires with its clean-up
         self.client("scontrol", "update", f"JobId={job_id}", "StartTime=now")
+
+    def wait_pending(self, job_id: str, timeout: float = 30) -> None:
+        self._wait_for(lambda: self.job_record(job_id).get("JobState") == "PENDING", timeout, f"job {job_id} pending")
+
+    def resize_pending(self, job_id: str, tasks: int, cpus_per_task: int = 1) -> None:
+        """Give a pending (e.g. requeued) job another task count, held meanwhile so it cannot
+        start half-changed. NumCPUs too: with NumTasks alone Slurm 22.05 still allocates the old
+        CPU count, and srun refuses more tasks than that."""
+        self.client("scontrol", "hold", job_id)
+        self.client("scontrol", "update", f"JobId={job_id}", f"NumTasks={tasks}", f"NumCPUs={tasks * cpus_per_task}")
+        self.client("scontrol", "release", job_id)
 
     def diagnostics(self, lines: int = 25) -> str:
         parts = []

@@ -1,8 +1,23 @@
 """Waiting on what a batch job writes while it runs: its output file and its run directory."""
 
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def batch_env(cluster, runs: Path, **settings: str) -> dict[str, str]:
+    """The environment to sbatch the repository's scripts with: run directories under `runs`,
+    this interpreter's environment (the scripts' default is the repository's .venv), and
+    settings (the scripts' variables: LAUNCH, EXTRA_ARGS, ...)."""
+    env = {"RUNS": str(runs), **settings}
+    if Path(sys.prefix) != REPO / ".venv":
+        env["VENV"] = sys.prefix if sys.prefix != sys.base_prefix else "none"
+        if env["VENV"] == "none":
+            env["PATH"] = f"{Path(sys.executable).parent}:{cluster.env.get('PATH', '')}"
+    return env
 
 
 def wait_until_training(run_dir: Path, timeout: float = 60) -> None:

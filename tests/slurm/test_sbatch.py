@@ -3,13 +3,12 @@
 state and exit code, and its run directory."""
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.slurm.conftest import REPO
-from tests.slurm.jobs import wait_for_output, wait_until_training
+from tests.slurm.jobs import batch_env, wait_for_output, wait_until_training
 
 SCRIPT = REPO / "jobs" / "slurm" / "digits_downpour.sbatch"
 JOB_TIMEOUT_S = 90
@@ -18,12 +17,7 @@ JOB_TIMEOUT_S = 90
 def submit(cluster, tmp_path: Path, **settings: str) -> tuple[str, Path]:
     """sbatch the digits Downpour script from the repository root, as the docs say, with its run
     directory and output file under tmp_path; settings are the script's environment variables."""
-    env = {"RUNS": str(tmp_path / "runs"), **settings}
-    venv = Path(sys.prefix)
-    if venv != REPO / ".venv":  # the script's default is the repository's .venv
-        env["VENV"] = str(venv) if sys.prefix != sys.base_prefix else "none"
-        if env["VENV"] == "none":
-            env["PATH"] = f"{Path(sys.executable).parent}:{cluster.env.get('PATH', '')}"
+    env = batch_env(cluster, tmp_path / "runs", **settings)
     job_id = cluster.sbatch(SCRIPT, f"--output={tmp_path}/%x-%j.out", cwd=REPO, env=env)
     return job_id, tmp_path / f"digits_downpour-{job_id}.out"
 
