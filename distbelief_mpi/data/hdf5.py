@@ -7,6 +7,7 @@ with the fletcher32 checksum filter. The trainer reads x as float32 = stored x *
 Every problem with a file becomes a DatasetError naming the file and what is wrong.
 """
 
+import errno
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,18 +50,41 @@ class DatasetInfo:
 
 
 # -- opening and structural checks -----------------------------------------------------
-def _open(path) -> h5py.File:
+class DatasetAbsent(DatasetError):
+    """The dataset file does not exist (`distbelief plan` can do without it; nothing else can)."""
+
+
+# HDF5 locks a file it opens (flock); these errno values mean the lock was refused:
+# EAGAIN, another process holds the file open for writing; ENOLCK, the file system
+# (NFS without lockd, some Lustre mounts) offers no locks at all.
+LOCK_ERRNOS = (errno.EAGAIN, errno.ENOLCK)
+LOCKING_HINT = (
+    "another process may hold it open for writing, or the file system (NFS, Lustre) may not "
+    "support locks; for a dataset nobody writes, set HDF5_USE_FILE_LOCKING=FALSE (docs/datasets.md)"
+)
+
+
+def open_for_reading(path) -> h5py.File:
+    """h5py.File(path, "r"), with every failure a DatasetError naming the file."""
     p = Path(path)
     if not p.exists():
-        raise DatasetError(p, "file not found")
+        raise DatasetAbsent(p, "file not found")
     if p.is_dir():
         raise DatasetError(p, "is a directory, not a dataset file")
     try:
         return h5py.File(p, "r")
     except OSError as e:
+        if is_lock_failure(e):
+            raise DatasetError(p, f"cannot lock the file for reading ({_h5_reason(e)}): {LOCKING_HINT}") from None
         raise DatasetError(
             p, f"not a readable HDF5 file (truncated, zeroed or another format): {_h5_reason(e)}"
         ) from None
+
+
+def is_lock_failure(e: OSError) -> bool:
+    """h5py raises e.g. BlockingIOError(11, 'Unable to synchronously open file (unable to
+    lock file, errno = 11, ...)'); older builds give errno None and only the text."""
+    return e.errno in LOCK_ERRNOS or "unable to lock file" in str(e).lower()
 
 
 def _h5_reason(e: Exception) -> str:
@@ -173,7 +197,7 @@ def _info_from_open(f: h5py.File, path) -> DatasetInfo:
 
 def read_info(path) -> DatasetInfo:
     """Cheap check: attributes, dataset presence, shapes and dtypes. No data is read."""
-    with _open(path) as f:
+    with open_for_reading(path) as f:
         return _info_from_open(f, path)
 
 
@@ -198,7 +222,7 @@ def read_split(path, split: str, start: int = 0, stop: int | None = None) -> tup
     y int32 (n,)."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    with _open(path) as f:
+    with open_for_reading(path) as f:
         info = _info_from_open(f, path)
         n = info.n_examples(split)
         stop = n if stop is None else stop
@@ -252,7 +276,7 @@ def _validate_dataset(ds: h5py.Dataset, path, n_classes: int):
 def validate(path) -> DatasetInfo:
     """Full check: read_info, then read every dataset completely (verifying checksums),
     labels in range, x finite, every dataset chunked with fletcher32."""
-    with _open(path) as f:
+    with open_for_reading(path) as f:
         info = _info_from_open(f, path)
         for split in SPLITS:
             for field in ("x", "y"):
