@@ -26,6 +26,7 @@ commands:
   fashion-mnist  Fashion-MNIST from the gzipped IDX files (SHA-256 checked)
   speech-frames  synthetic 440-input / 8192-class frames like the paper's speech model
   from-npz       convert your own .npz with x_train, y_train, x_test, y_test
+  from-hdf5      convert datasets of your own HDF5 file, streaming in blocks
   inspect        print a file's attributes, datasets, filters and class counts
   validate       read a whole file, verify checksums, labels and values
 
@@ -59,6 +60,25 @@ def count(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
     return value
+
+
+def add_conversion_options(p: argparse.ArgumentParser, stem_of: str) -> None:
+    """Options shared by from-npz and from-hdf5."""
+    p.add_argument("--name", default=None, help=f"dataset name (default: the stem of {stem_of})")
+    p.add_argument("--n-classes", type=count, default=None, help="number of classes (default: largest label + 1)")
+    p.add_argument(
+        "--x-scale",
+        type=positive_float,
+        default=1.0,
+        help="model input = stored x * S; e.g. 1/255 for 0..255 pixels (default 1.0)",
+    )
+    p.add_argument(
+        "--layout",
+        choices=("nchw", "nhwc"),
+        default=None,
+        help="4-D x only: channels first (n, C, H, W) or last (n, H, W, C); "
+        "default: NHWC when the last axis is 1 or 3 and smaller than the two before it, else NCHW (logged)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -117,21 +137,36 @@ def build_parser() -> argparse.ArgumentParser:
         "from-npz",
         help="convert your own .npz",
         description="Convert IN.npz holding x_train, y_train, x_test, y_test. "
-        "x (n, D) -> input_shape (D,); (n, H, W) -> (1, H, W); "
-        "(n, C, H, W) must be channels-first (NCHW). x is stored "
-        "as uint8 if it is integers in 0..255, else float32. "
-        "Labels must be non-negative integers.",
+        "x (n, D) -> input_shape (D,); (n, H, W) -> (1, H, W); 4-D x is "
+        "NCHW or NHWC (--layout; without it guessed and the guess logged) "
+        "and stored NCHW. x is stored as uint8 if it is integers in 0..255, "
+        "else float32. Labels must be non-negative integers.",
     )
     p.add_argument("npz", metavar="IN.npz")
     p.add_argument("out", metavar="OUT.h5")
-    p.add_argument("--name", default=None, help="dataset name (default: the npz file stem)")
-    p.add_argument("--n-classes", type=count, default=None, help="number of classes (default: largest label + 1)")
-    p.add_argument(
-        "--x-scale",
-        type=positive_float,
-        default=1.0,
-        help="model input = stored x * S; e.g. 1/255 for 0..255 pixels (default 1.0)",
+    add_conversion_options(p, stem_of="the npz file")
+
+    p = sub.add_parser(
+        "from-hdf5",
+        help="convert datasets of your own HDF5 file",
+        description="Convert x and y datasets of SRC.h5 (any paths) to OUT.h5, "
+        "reading a block of rows at a time (the source is never held whole "
+        "in memory). The test split is other datasets of SRC.h5 "
+        "(--x-test, --y-test) or a seeded random share of the rows "
+        "(--test-fraction, --seed). Layout and dtype rules as from-npz.",
     )
+    p.add_argument("src", metavar="SRC.h5")
+    p.add_argument("out", metavar="OUT.h5")
+    p.add_argument("--x", required=True, metavar="PATH", help="dataset of training inputs, e.g. /images")
+    p.add_argument("--y", required=True, metavar="PATH", help="dataset of training labels, e.g. /labels")
+    test = p.add_mutually_exclusive_group(required=True)
+    test.add_argument("--x-test", metavar="PATH", help="dataset of test inputs (with --y-test)")
+    test.add_argument(
+        "--test-fraction", type=fraction, help="share of the rows of --x/--y held out for test, chosen at random"
+    )
+    p.add_argument("--y-test", metavar="PATH", help="dataset of test labels (with --x-test)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the --test-fraction choice (default 0)")
+    add_conversion_options(p, stem_of="SRC.h5")
 
     p = sub.add_parser(
         "inspect",
@@ -151,6 +186,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_option_pairs(parser: argparse.ArgumentParser, args) -> None:
+    """Usage errors argparse cannot express (exit 2 with the usage line)."""
+    if args.command == "from-hdf5" and (args.x_test is None) != (args.y_test is None):
+        parser.error("from-hdf5: --x-test and --y-test go together (or use --test-fraction)")
+
+
 def run_command(args) -> None:
     started = time.perf_counter()
     if args.command == "inspect":
@@ -159,9 +200,9 @@ def run_command(args) -> None:
         print("\n".join(inspect_lines(args.file)))
         return
     if args.command == "validate":
-        from data_tools.report import validate_line
+        from data_tools.report import validate_lines
 
-        print(validate_line(args.file))
+        print("\n".join(validate_lines(args.file)))
         return
     build(args)
     report_written(read_info(args.out), time.perf_counter() - started)
@@ -186,7 +227,19 @@ def build(args) -> None:
     elif args.command == "from-npz":
         from data_tools.from_npz import build_from_npz
 
-        build_from_npz(args.npz, args.out, name=args.name, n_classes=args.n_classes, x_scale=args.x_scale, log=log)
+        build_from_npz(
+            args.npz,
+            args.out,
+            name=args.name,
+            n_classes=args.n_classes,
+            x_scale=args.x_scale,
+            layout=args.layout,
+            log=log,
+        )
+    elif args.command == "from-hdf5":
+        from data_tools.from_hdf5 import build_from_hdf5
+
+        build_from_hdf5(args, log=log)
 
 
 class exit_cleanly_on_signals:
@@ -219,8 +272,10 @@ class exit_cleanly_on_signals:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code instead of exiting (tests call it in-process)."""
+    parser = build_parser()
     try:
-        args = build_parser().parse_args(argv)
+        args = parser.parse_args(argv)
+        check_option_pairs(parser, args)
     except SystemExit as e:  # --help, --version or a usage error (argparse prints it)
         return int(e.code or 0)
     try:

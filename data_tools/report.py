@@ -4,7 +4,8 @@ import h5py
 import numpy as np
 
 from data_tools.common import describe
-from distbelief_mpi.data.hdf5 import read_info, validate
+from data_tools.layout import guess_layout
+from distbelief_mpi.data.hdf5 import DatasetInfo, open_for_reading, read_info, validate
 from distbelief_mpi.data.schema import SPLITS, dataset_path
 from distbelief_mpi.errors import DatasetError
 
@@ -44,8 +45,8 @@ def read_labels(f: h5py.File, path, split: str) -> np.ndarray:
 
 def inspect_lines(path) -> list[str]:
     info = read_info(path)  # DatasetError first if the file is broken
-    lines = [f"{path}: {describe(info)}", "attributes:"]
-    with h5py.File(path, "r") as f:
+    lines = [f"{path}: {describe(info)}", *layout_warnings(info), "attributes:"]
+    with open_for_reading(path) as f:
         for key in sorted(f.attrs):
             value = f.attrs[key]
             shown = value.tolist() if isinstance(value, (np.ndarray, np.generic)) else value
@@ -62,6 +63,19 @@ def inspect_lines(path) -> list[str]:
     return lines
 
 
-def validate_line(path) -> str:
+def validate_lines(path) -> list[str]:
     info = validate(path)
-    return f"{path}: ok ({describe(info)}; all checksums verified)"
+    return [f"{path}: ok ({describe(info)}; all checksums verified)", *layout_warnings(info)]
+
+
+def layout_warnings(info: DatasetInfo) -> list[str]:
+    """A stored (C, H, W) that looks like a channels-last row, e.g. (28, 28, 1) from an older
+    from-npz: valid, but a model would see 28 channels of 28x1."""
+    shape = info.input_shape
+    if len(shape) != 3 or guess_layout(shape) != "nhwc":
+        return []
+    c, h, w = shape
+    return [
+        f"warning: input_shape {shape} is read as {c} channels of {h}x{w}; if the rows are "
+        f"(H, W, C) images, rebuild the file with from-npz / from-hdf5 --layout nhwc"
+    ]
