@@ -1,6 +1,7 @@
 """Image layouts of a user's x: the NHWC guess, --layout, and the stored NCHW rows."""
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -125,3 +126,20 @@ def test_validate_and_inspect_warn_of_a_channels_last_looking_shape(tmp_path, ca
         assert "--layout nhwc" in stdout
     assert run_cli(capsys, "from-npz", npz, out)[0] == 0
     assert "warning" not in run_cli(capsys, "validate", out)[1]
+
+
+def test_a_keras_shaped_array_now_fits_the_lc_model(tmp_path, capsys):
+    """The bug: (n, 28, 28, 1) stored as 28 channels of 28x1, refused only by the model."""
+    from distbelief_mpi.cli import main as distbelief_main
+
+    npz = tmp_path / "keras.npz"
+    save_images(npz, (28, 28, 1))
+    job = Path(__file__).resolve().parents[2] / "jobs" / "fashion_lc_partitioned.toml"
+    for layout, code, fragment in (
+        ([], 0, "out 8x24x24"),
+        (["--layout", "nchw"], 2, "patch 5 does not fit a 28x1 input"),
+    ):
+        out = tmp_path / f"{len(layout)}.h5"
+        assert run_cli(capsys, "from-npz", npz, out, *layout)[0] == 0
+        assert distbelief_main(["plan", str(job), "-n", "6", "--set", f"data.path={out}"]) == code
+        assert fragment in "".join(capsys.readouterr())

@@ -293,7 +293,7 @@ def run_module(*argv):
 def test_subprocess_help_and_errors(tmp_path):
     helped = run_module("--help")
     assert helped.returncode == 0
-    for command in ("digits", "fashion-mnist", "speech-frames", "from-npz", "inspect", "validate"):
+    for command in ("digits", "fashion-mnist", "speech-frames", "from-npz", "from-hdf5", "inspect", "validate"):
         assert command in helped.stdout
     missing = run_module("validate", tmp_path / "missing.h5")
     assert missing.returncode == 2 and missing.stdout == ""
