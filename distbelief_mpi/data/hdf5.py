@@ -7,7 +7,6 @@ with the fletcher32 checksum filter. The trainer reads x as float32 = stored x *
 Every problem with a file becomes a DatasetError naming the file and what is wrong.
 """
 
-import errno
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from distbelief_mpi.data.locking import LOCKING_HINT, is_lock_failure
 from distbelief_mpi.data.schema import (
     REQUIRED_ATTRS,
     SCHEMA_VERSION,
@@ -54,16 +54,6 @@ class DatasetAbsent(DatasetError):
     """The dataset file does not exist (`distbelief plan` can do without it; nothing else can)."""
 
 
-# HDF5 locks a file it opens (flock); these errno values mean the lock was refused:
-# EAGAIN, another process holds the file open for writing; ENOLCK, the file system
-# (NFS without lockd, some Lustre mounts) offers no locks at all.
-LOCK_ERRNOS = (errno.EAGAIN, errno.ENOLCK)
-LOCKING_HINT = (
-    "another process may hold it open for writing, or the file system (NFS, Lustre) may not "
-    "support locks; for a dataset nobody writes, set HDF5_USE_FILE_LOCKING=FALSE (docs/datasets.md)"
-)
-
-
 def open_for_reading(path) -> h5py.File:
     """h5py.File(path, "r"), with every failure a DatasetError naming the file."""
     p = Path(path)
@@ -79,12 +69,6 @@ def open_for_reading(path) -> h5py.File:
         raise DatasetError(
             p, f"not a readable HDF5 file (truncated, zeroed or another format): {_h5_reason(e)}"
         ) from None
-
-
-def is_lock_failure(e: OSError) -> bool:
-    """h5py raises e.g. BlockingIOError(11, 'Unable to synchronously open file (unable to
-    lock file, errno = 11, ...)'); older builds give errno None and only the text."""
-    return e.errno in LOCK_ERRNOS or "unable to lock file" in str(e).lower()
 
 
 def _h5_reason(e: Exception) -> str:

@@ -14,6 +14,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from distbelief_mpi.data.locking import is_lock_failure
 from distbelief_mpi.data.schema import (
     REQUIRED_ATTRS,
     SCHEMA_VERSION,
@@ -138,10 +139,24 @@ class DatasetWriter:
         os.close(fd)
         self._tmp_path = Path(tmp)
         PENDING_TEMP_FILES.add(self._tmp_path)
-        self._file = h5py.File(self._tmp_path, "w")
+        self._file = self._create_temp_file(self._tmp_path)
         for split in SPLITS:
             self._create_split(split)
         return self
+
+    def _create_temp_file(self, tmp: Path) -> h5py.File:
+        try:
+            return h5py.File(tmp, "w")
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            PENDING_TEMP_FILES.discard(tmp)
+            if is_lock_failure(e):
+                self._fail(
+                    f"cannot lock a new file in {str(tmp.parent)!r} ({e}): its file system (NFS, Lustre) may "
+                    "not support locks; set HDF5_USE_FILE_LOCKING=FALSE (safe here: no one else opens a "
+                    "file being written; docs/datasets.md)"
+                )
+            raise
 
     def _create_split(self, split: str):
         n = self.n_rows[split]

@@ -15,7 +15,8 @@ import pytest
 
 from data_tools.cli import main as data_tools_main
 from distbelief_mpi.cli import main as distbelief_main
-from distbelief_mpi.data.hdf5 import is_lock_failure, read_info, write_dataset
+from distbelief_mpi.data.hdf5 import read_info, write_dataset
+from distbelief_mpi.data.locking import is_lock_failure
 from distbelief_mpi.errors import DatasetError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -102,3 +103,18 @@ def test_lock_errnos_are_recognised(code):
     assert is_lock_failure(OSError(code, "Unable to synchronously open file"))
     assert is_lock_failure(OSError(None, "Unable to open file (unable to lock file, errno = 37)"))
     assert not is_lock_failure(OSError(errno.ENOENT, "Unable to open file (file signature not found)"))
+
+
+def test_a_lock_refused_while_writing_is_named_and_leaves_nothing(tmp_path, monkeypatch, capsys):
+    """NFS without lockd refuses every lock (ENOLCK): h5py cannot even create the temp file."""
+    import distbelief_mpi.data.writer as writer
+
+    def no_locks(path, mode):
+        raise OSError(errno.ENOLCK, "Unable to synchronously create file (unable to lock file, errno = 37)")
+
+    monkeypatch.setattr(writer.h5py, "File", no_locks)
+    out = tmp_path / "nfs" / "speech.h5"
+    assert data_tools_main(["speech-frames", str(out), "--n", "10"]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {out}: cannot lock a new file in '{out.parent}'" in err and "HDF5_USE_FILE_LOCKING=FALSE" in err
+    assert os.listdir(out.parent) == [] and not writer.PENDING_TEMP_FILES
