@@ -42,7 +42,9 @@ class SourceSplit:
 
     @property
     def n(self) -> int:
-        return len(self.y) if self.rows is None else int(self.rows.sum())
+        if self.rows is not None:
+            return int(self.rows.sum())
+        return self.y.shape[0] if self.y.shape else 0  # a scalar y is refused by check_shapes
 
     def blocks(self, source):
         """(source row numbers, x_block, y_block) for consecutive blocks of source rows, only

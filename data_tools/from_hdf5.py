@@ -61,7 +61,7 @@ def source_splits(src: Path, f: h5py.File, args) -> dict[str, SourceSplit]:
             "train": SourceSplit(x, y, x.name, y.name),
             "test": SourceSplit(x_test, y_test, x_test.name, y_test.name),
         }
-    if len(y.shape) != 1 or len(y) != len(x) or len(y) < 2:
+    if len(y.shape) != 1 or x.shape[:1] != y.shape or len(y) < 2:  # x may be a scalar dataset
         raise DatasetError(
             src, f"--test-fraction needs {x.name} (n, ...) and {y.name} (n,) with n >= 2; got {x.shape} and {y.shape}"
         )

@@ -149,6 +149,9 @@ WITH_TEST = (*TRAIN, "--x-test", "/test/images", "--y-test", "/test/labels")
             ["/test/images rows have shape (6, 5, 1) but /data/images rows have (6, 5, 2)"],
         ),
         (dict(x=np.zeros(N)), WITH_TEST, ["/data/images has shape (40,)"]),
+        (dict(x=np.float32(3)), WITH_TEST, ["/data/images has shape ()"]),
+        (dict(y=np.int64(3)), WITH_TEST, ["/data/labels has shape (), expected (n,)"]),
+        (dict(x=np.float32(3)), (*TRAIN, "--test-fraction", "0.1"), ["--test-fraction needs /data/images (n, ...)"]),
         (dict(x=np.array([b"a"] * N)), WITH_TEST, ["/data/images has shape (40,)"]),
         (
             dict(x=np.r_[np.zeros((N - 1, 7)), np.full((1, 7), np.nan)]),
