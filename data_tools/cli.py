@@ -65,11 +65,14 @@ def count(text: str) -> int:
 def add_conversion_options(p: argparse.ArgumentParser, stem_of: str) -> None:
     """Options shared by from-npz and from-hdf5."""
     p.add_argument("--name", default=None, help=f"dataset name (default: the stem of {stem_of})")
-    p.add_argument("--n-classes", type=count, default=None, help="number of classes (default: largest label + 1)")
+    p.add_argument(
+        "--n-classes", type=count, default=None, metavar="K", help="number of classes (default: largest label + 1)"
+    )
     p.add_argument(
         "--x-scale",
         type=positive_float,
         default=1.0,
+        metavar="S",
         help="model input = stored x * S; e.g. 1/255 for 0..255 pixels (default 1.0)",
     )
     p.add_argument(
@@ -162,10 +165,13 @@ def build_parser() -> argparse.ArgumentParser:
     test = p.add_mutually_exclusive_group(required=True)
     test.add_argument("--x-test", metavar="PATH", help="dataset of test inputs (with --y-test)")
     test.add_argument(
-        "--test-fraction", type=fraction, help="share of the rows of --x/--y held out for test, chosen at random"
+        "--test-fraction",
+        type=fraction,
+        metavar="F",
+        help="share of the rows of --x/--y held out for test, chosen at random",
     )
     p.add_argument("--y-test", metavar="PATH", help="dataset of test labels (with --x-test)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the --test-fraction choice (default 0)")
+    p.add_argument("--seed", type=int, default=0, metavar="SEED", help="seed of the --test-fraction choice (default 0)")
     add_conversion_options(p, stem_of="SRC.h5")
 
     p = sub.add_parser(
