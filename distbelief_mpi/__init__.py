@@ -1,6 +1,7 @@
 """distbelief-mpi: DistBelief-style distributed training (Downpour SGD, Sandblaster L-BFGS) over MPI."""
 
 import os
+import typing
 
 # OpenBLAS's idle threads keep polling with sched_yield for up to 2^28 cycles (~0.1 s) after each
 # call. A rank's Numba kernels run between its BLAS calls on the same cores, so those pollers took
@@ -11,3 +12,17 @@ import os
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
 __version__ = "0.1.0"
+
+__all__ = ["load_model"]
+
+if typing.TYPE_CHECKING:
+    from .api import load_model as load_model
+
+
+def __getattr__(name: str):
+    """Lazy exports: `import distbelief_mpi` stays light (no NumPy or h5py until used)."""
+    if name == "load_model":
+        from .api import load_model
+
+        return load_model
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

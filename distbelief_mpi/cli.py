@@ -16,7 +16,9 @@ Train deep networks the way DistBelief did (Dean et al., NIPS 2012), over MPI.
   distbelief train JOB.toml              train (alone, or under mpiexec -n N)
   distbelief plan JOB.toml [-n N]        the ranks the job needs, which rank plays which role
                 [--memory]             ... and the bytes each rank will hold
-  distbelief eval RUN_DIR [--data F.h5]  test accuracy of a finished run
+  distbelief eval RUN_DIR [--data F.h5]  test accuracy of a finished run (or of its model.h5)
+  distbelief predict RUN_DIR --input X.npy --output P.npy
+                                         class probabilities from a trained model
   distbelief report RUN_DIR [...]        PNG figures and a markdown summary of runs
 
 Job specs are TOML files (see jobs/ and docs/job-spec.md); datasets are HDF5 files
@@ -103,10 +105,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser(
         "eval",
         help="test accuracy of a run's final parameters",
-        description="Evaluate RUN_DIR/params.h5 on a dataset's test split.",
+        description="Evaluate RUN_DIR/params.h5 (or a model file, e.g. RUN_DIR/model.h5) on a dataset's "
+        "test split (default: the one the run trained on).",
     )
-    evaluate.add_argument("run_dir", metavar="RUN_DIR")
+    evaluate.add_argument("run_dir", metavar="RUN_DIR|model.h5")
     evaluate.add_argument("--data", metavar="FILE.h5", help="dataset (default: the run's data.path)")
+
+    _add_predict_parser(commands)
 
     report = commands.add_parser(
         "report",
@@ -123,6 +128,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="where to write the report (default: RUN_DIR/report for a single run; required for several)",
     )
     return parser
+
+
+def _add_predict_parser(commands) -> None:
+    predict = commands.add_parser(
+        "predict",
+        help="class probabilities of new inputs from a trained model",
+        description="Write the (n, classes) float32 probabilities of X's n examples to P.npy. X is in the "
+        "dataset's raw units (the model file applies its input scale). See docs/model_use.md.",
+    )
+    predict.add_argument("model", metavar="RUN_DIR|model.h5")
+    predict.add_argument(
+        "--input", required=True, metavar="X", help="a .npy array or FILE.h5:/dataset/path of (n, *input_shape)"
+    )
+    predict.add_argument("--output", required=True, metavar="P.npy", help="where to write the probabilities")
+    predict.add_argument(
+        "--top-k",
+        type=int,
+        default=0,
+        metavar="K",
+        help="also write P.topk.npy: (n, K) int32 class indices, most probable first",
+    )
+    predict.add_argument(
+        "--batch-size", type=int, default=0, metavar="B", help="examples per batch (default: up to 1000)"
+    )
 
 
 def _add_job_args(parser: argparse.ArgumentParser) -> None:
@@ -157,9 +186,13 @@ def main(argv: list[str] | None = None) -> int:
             from .report import run_report
 
             return run_report(args.run_dirs, args.out)
-        from .commands import run_eval
+        if args.command == "predict":
+            from .commands import run_predict
 
-        return run_eval(args.run_dir, args.data)
+            return run_predict(args.model, args.input, args.output, args.top_k, args.batch_size)
+        from .commands import run_eval_target
+
+        return run_eval_target(args.run_dir, args.data)
     except UserInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -139,3 +139,35 @@ def run_eval(run_dir: str, data_path: str | None) -> int:
     loss, accuracy = network.evaluate(params, x_test, y_test)
     print(f"{run}: test accuracy {accuracy:.4f} on {len(y_test)} examples of {info.path} (loss {loss:.4f})")
     return 0
+
+
+def run_eval_target(target: str, data_path: str | None) -> int:
+    """`distbelief eval RUN_DIR|model.h5`: a run directory as run_eval does (job.toml and
+    params.h5); a model file on its own, on --data or the dataset it records."""
+    if Path(target).is_dir():
+        return run_eval(target, data_path)
+    from .api import load_model
+
+    model = load_model(target)
+    info = read_info(data_path or model.header.attrs.get("dataset_path", ""))
+    if (info.input_shape, info.n_classes) != (model.input_shape, model.n_classes):
+        raise UserInputError(
+            f"{info.path}: input {info.input_shape} and {info.n_classes} classes, but {model.path} takes "
+            f"input {model.input_shape} and {model.n_classes} classes"
+        )
+    x_test, y_test = read_split(info.path, "test")  # float32, x_scale applied: as in training
+    loss, accuracy = model.network.evaluate(model.flat_params(), x_test, y_test)
+    print(f"{model.path}: test accuracy {accuracy:.4f} on {len(y_test)} examples of {info.path} (loss {loss:.4f})")
+    return 0
+
+
+def run_predict(target: str, input_text: str, output: str, top_k: int, batch_size: int) -> int:
+    """`distbelief predict`: see predict.py for the formats."""
+    from .api import load_model
+    from .predict import predict_file, topk_path
+
+    model = load_model(target)
+    n = predict_file(model, input_text, Path(output), top_k, batch_size)
+    also = f" and the top {top_k} classes to {topk_path(Path(output))}" if top_k else ""
+    print(f"{model.path}: {n:,} predictions of {model.n_classes} classes to {output}{also}")
+    return 0

@@ -245,12 +245,24 @@ def _run_algorithm(job: Job, world_comm, world_rank: int, world_size: int) -> Ro
     return run_downpour(job, world_comm, world_rank)
 
 
+def _write_model_file(job: Job, step: int) -> None:
+    """RUN_DIR/model.h5 (model_file.py), streamed from the params.h5 just written."""
+    from . import __version__
+    from .model_file import MODEL_FILE, dataset_attrs, write_model_file
+
+    attrs = {"step": step, "x_scale": job.info.x_scale, "created_by": f"distbelief-mpi {__version__}"}
+    attrs.update(dataset_attrs(job.info))
+    specs = list(job.spec.model.layers)
+    write_model_file(job.run_dir / MODEL_FILE, job.network, specs, job.run_dir / "params.h5", attrs)
+
+
 def _write_outputs(job: Job, result: RoleResult) -> None:
-    """The lead: params.h5, summary.json, the closing line and warnings a user must see."""
+    """The lead: params.h5, model.h5, summary.json, the closing line and warnings a user must see."""
     summary = result.summary
     assert summary is not None
     if result.params is not None:  # else the role has streamed params.h5 itself (it holds no whole vector)
         save_params(job.run_dir / "params.h5", result.params, {"step": summary["steps"]})
+    _write_model_file(job, summary["steps"])
     if job.init_from is not None:
         summary["initialized_from"] = str(job.init_from)
     write_summary(job.run_dir, summary)

@@ -1,13 +1,15 @@
 """The run directory every training run writes.
 
-RUN_DIR/job.toml          the resolved job spec (every key, defaults included)
+RUN_DIR/job.toml          the resolved job spec (every key, defaults included; data.path absolute)
 RUN_DIR/metrics.jsonl     one JSON object per line: training windows and evaluations
 RUN_DIR/summary.json      the figures a user asks first (written at the end)
 RUN_DIR/params.h5         the final parameters (flat float32 vector)
+RUN_DIR/model.h5          the trained model, self-contained (model_file.py, docs/model_use.md)
 RUN_DIR/checkpoints/      committed checkpoints (see checkpoint/store.py)
 RUN_DIR/logs/rank-N.log   one log per rank
 """
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -43,10 +45,19 @@ def prepare_run_dir(path: Path, spec: JobSpec, mode: str = "new") -> Path:
         raise UserInputError(f"{path}: already holds a run (job.toml exists); choose a new --run-dir")
     try:
         (path / "logs").mkdir(parents=True, exist_ok=True)
-        write_text_atomic(path / "job.toml", to_toml(spec))
+        write_text_atomic(path / "job.toml", to_toml(with_absolute_paths(spec)))
     except OSError as exc:
         raise UserInputError(f"{path}: cannot create the run directory: {exc.strerror or exc}") from None
     return path
+
+
+def with_absolute_paths(spec: JobSpec) -> JobSpec:
+    """data.path resolved against the working directory: the job.toml a run keeps then works
+    from anywhere (`distbelief eval RUN`, --resume from another directory)."""
+    if not spec.data.path:
+        return spec
+    data = dataclasses.replace(spec.data, path=str(Path(spec.data.path).resolve()))
+    return dataclasses.replace(spec, data=data)
 
 
 def write_summary(path: Path, summary: dict) -> None:

@@ -1,0 +1,212 @@
+"""RUN_DIR/model.h5: a trained model in one self-contained HDF5 file, format version 1.
+
+Everything needed to use the model without the run's job spec or dataset:
+
+    /layers/<i>/<tensor>   float32, one group per layer in network order (the softmax output
+                           layer last); the tensors of a layer in its natural shape:
+                             dense, output   W (D, U) then b (U,)     y = act(x_flat @ W + b)
+                             local           W (P, K, F) then b (P, F), P = OH * OW output
+                                             positions, K = C * patch * patch ordered (c, i, j)
+                             maxpool, l2pool, lcn   no tensors (an empty group)
+                           group attribute `type`: the layer's kind ("dense", ..., "output").
+    root attributes        format = "distbelief-model", format_version = 1,
+                           layers (JSON: the hidden layers' specs, as in [model] layers; the
+                           output layer is implied by n_classes), input_shape (int array:
+                           (C, H, W) or (D,)), n_classes, x_scale (inputs in the dataset's raw
+                           units are multiplied by it: what the trainer did), n_params, step,
+                           dataset_name, dataset_source, dataset_path, dataset_n_train,
+                           dataset_n_test, dataset_bytes (the dataset file records no content
+                           checksum: its chunks carry HDF5's fletcher32 each), created_by.
+
+Concatenating every tensor flattened, in group order, gives params.h5's /params exactly.
+The file is streamed from params.h5 a chunk at a time (no whole-model array anywhere) into a
+temporary file, fsynced and renamed, like params.h5 (runtime/files.hdf5_stream).
+"""
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from .errors import CheckpointError
+from .model.spec import LAYER_KEYS, LayerSpec
+from .runtime.files import METADATA_MARGIN, DatasetPlan, Hdf5Writer, _data_end, _require_free, _reserve
+
+FORMAT = "distbelief-model"
+FORMAT_VERSION = 1
+MODEL_FILE = "model.h5"
+COPY_CHUNK = 1 << 22  # floats of params.h5 read at a time while writing (16 MB)
+
+
+def layer_tensors(layer) -> list[tuple[str, tuple[int, ...]]]:
+    """[(name, shape)] of a built layer's tensors in the order of its flat block. The shapes
+    are the layer's own split() of its block (tried on a zero-stride stand-in: nothing of the
+    block's size is allocated)."""
+    if layer.n_params == 0:
+        return []
+    stand_in = np.broadcast_to(np.float32(0), (layer.n_params,))
+    weights, bias = layer.split(stand_in)
+    return [("W", tuple(weights.shape)), ("b", tuple(bias.shape))]
+
+
+def specs_json(specs: list[LayerSpec]) -> str:
+    """The hidden layers as [model] layers entries: [{"type": "dense", "units": 64, ...}, ...]."""
+    return json.dumps([{"type": s.type, **{key: getattr(s, key) for key in LAYER_KEYS[s.type]}} for s in specs])
+
+
+def specs_from_json(text: str, where: str) -> list[LayerSpec]:
+    try:
+        entries = json.loads(text)
+        return [LayerSpec(**entry) for entry in entries]
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{where}: attribute 'layers' is not a list of layer specs ({exc})") from None
+
+
+def dataset_attrs(info) -> dict:
+    """What the model file records of the dataset (data/hdf5.DatasetInfo)."""
+    path = Path(info.path).resolve()
+    return {
+        "dataset_name": info.name,
+        "dataset_source": info.source,
+        "dataset_path": str(path),
+        "dataset_n_train": info.n_train,
+        "dataset_n_test": info.n_test,
+        "dataset_bytes": path.stat().st_size if path.exists() else -1,
+    }
+
+
+def write_model_file(path: Path, network, specs: list[LayerSpec], params_path: Path, attrs: dict) -> None:
+    """path <- the model of `network` (built from `specs`) with the weights of params.h5, read
+    COPY_CHUNK floats at a time. attrs: step, x_scale, the dataset_* keys (dataset_attrs)."""
+    import h5py
+
+    plans, starts = [], []
+    for index, (layer, block) in enumerate(zip(network.layers, network.param_slices)):
+        start = block.start
+        for name, shape in layer_tensors(layer):
+            plans.append(DatasetPlan(f"layers/{index}/{name}", shape, "<f4"))
+            starts.append(start)
+            start += math.prod(shape)
+    root = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "layers": specs_json(specs),
+        "input_shape": np.asarray(network.input_shape, dtype=np.int64),
+        "n_classes": network.n_classes,
+        "n_params": network.n_params,
+        **attrs,
+    }
+    kinds = [layer.kind for layer in network.layers]
+    with h5py.File(params_path, "r") as source, _model_stream(Path(path), plans, kinds, root) as out:
+        flat = source["params"]
+        if flat.shape != (network.n_params,):
+            raise CheckpointError(f"{params_path}: /params has shape {flat.shape}, the model needs {network.n_params}")
+        for plan, start in zip(plans, starts):
+            size = math.prod(plan.shape)
+            for offset in range(0, size, COPY_CHUNK):
+                stop = min(size, offset + COPY_CHUNK)
+                out.write(plan.name, offset, flat[start + offset : start + stop])
+
+
+@contextlib.contextmanager
+def _model_stream(path: Path, plans: list[DatasetPlan], kinds: list[str], attrs: dict) -> Iterator[Hdf5Writer]:
+    """runtime/files.hdf5_stream for datasets inside groups (/layers/<i>/...), one group per
+    layer even without tensors: the same temporary-file, reserve, pwrite, fsync, rename."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    fd = None
+    try:
+        _require_free(path.parent, METADATA_MARGIN)
+        offsets = _create_layout(tmp, plans, kinds, attrs)
+        fd = os.open(tmp, os.O_RDWR)
+        _reserve(fd, _data_end(offsets, plans))
+        yield Hdf5Writer(fd, offsets, {plan.name: plan for plan in plans})
+        os.fsync(fd)
+        os.close(fd)
+        fd = None
+        os.replace(tmp, path)
+    finally:
+        if fd is not None:
+            os.close(fd)
+        tmp.unlink(missing_ok=True)
+
+
+def _create_layout(tmp: Path, plans: list[DatasetPlan], kinds: list[str], attrs: dict) -> dict[str, int | None]:
+    """Groups and contiguous datasets with their space allocated, unwritten; each one's offset."""
+    import h5py
+
+    offsets: dict[str, int | None] = {}
+    with h5py.File(tmp, "w") as handle:
+        for index, kind in enumerate(kinds):
+            handle.create_group(f"layers/{index}").attrs["type"] = kind
+        for plan in plans:
+            dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+            dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+            dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
+            group, _, name = plan.name.rpartition("/")
+            dataset = h5py.h5d.create(
+                handle[group].id,
+                name.encode(),
+                h5py.h5t.py_create(np.dtype(plan.dtype)),
+                h5py.h5s.create_simple(plan.shape),
+                dcpl=dcpl,
+            )
+            offsets[plan.name] = dataset.get_offset()
+        handle.attrs.update(attrs)
+    return offsets
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelHeader:
+    """A model file's root attributes, checked."""
+
+    path: Path
+    specs: list[LayerSpec]
+    input_shape: tuple[int, ...]
+    n_classes: int
+    x_scale: float
+    n_params: int
+    step: int
+    attrs: dict
+
+
+def read_header(handle, path: Path) -> ModelHeader:
+    """The root attributes of an open model file; CheckpointError names the file and the key."""
+    attrs = {key: (value.item() if isinstance(value, np.generic) else value) for key, value in handle.attrs.items()}
+    if attrs.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{path}: not a distbelief model file (root attribute 'format' is {attrs.get('format')!r})"
+        )
+    if attrs.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: model file format_version {attrs.get('format_version')!r}; this version reads {FORMAT_VERSION}"
+        )
+    missing = [key for key in ("layers", "input_shape", "n_classes", "x_scale", "n_params", "step") if key not in attrs]
+    if missing:
+        raise CheckpointError(f"{path}: missing root attribute(s) {', '.join(missing)}")
+    return ModelHeader(
+        path=path,
+        specs=specs_from_json(attrs["layers"], str(path)),
+        input_shape=tuple(int(v) for v in np.asarray(attrs["input_shape"]).ravel()),
+        n_classes=int(attrs["n_classes"]),
+        x_scale=float(attrs["x_scale"]),
+        n_params=int(attrs["n_params"]),
+        step=int(attrs["step"]),
+        attrs=attrs,
+    )
+
+
+def model_path(run_or_file: str | Path) -> Path:
+    """RUN_DIR -> RUN_DIR/model.h5; a file is itself. UserInputError-style CheckpointError if absent."""
+    path = Path(run_or_file)
+    if path.is_dir():
+        if not (path / MODEL_FILE).exists():
+            raise CheckpointError(f"{path}: no {MODEL_FILE} (a run finished before model files existed, or not a run)")
+        return path / MODEL_FILE
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such run directory or model file")
+    return path
