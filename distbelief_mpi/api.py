@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .checkpoint.model_file import ModelHeader, layer_tensors, model_path, read_header
 from .errors import CheckpointError
 from .model.network import Network, build_network, evaluation_batch
 from .model.spec import LayerSpec
-from .model_file import ModelHeader, layer_tensors, model_path, read_header
 
 
 class Model:

@@ -246,9 +246,9 @@ def _run_algorithm(job: Job, world_comm, world_rank: int, world_size: int) -> Ro
 
 
 def _write_model_file(job: Job, step: int) -> None:
-    """RUN_DIR/model.h5 (model_file.py), streamed from the params.h5 just written."""
+    """RUN_DIR/model.h5 (checkpoint/model_file.py), streamed from the params.h5 just written."""
     from . import __version__
-    from .model_file import MODEL_FILE, dataset_attrs, write_model_file
+    from .checkpoint.model_file import MODEL_FILE, dataset_attrs, write_model_file
 
     attrs = {"step": step, "x_scale": job.info.x_scale, "created_by": f"distbelief-mpi {__version__}"}
     attrs.update(dataset_attrs(job.info))

@@ -4,7 +4,7 @@ RUN_DIR/job.toml          the resolved job spec (every key, defaults included; d
 RUN_DIR/metrics.jsonl     one JSON object per line: training windows and evaluations
 RUN_DIR/summary.json      the figures a user asks first (written at the end)
 RUN_DIR/params.h5         the final parameters (flat float32 vector)
-RUN_DIR/model.h5          the trained model, self-contained (model_file.py, docs/model_use.md)
+RUN_DIR/model.h5          the trained model, self-contained (checkpoint/model_file.py, docs/model_use.md)
 RUN_DIR/checkpoints/      committed checkpoints (see checkpoint/store.py)
 RUN_DIR/logs/rank-N.log   one log per rank
 """

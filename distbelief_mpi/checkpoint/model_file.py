@@ -33,9 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import CheckpointError
-from .model.spec import LAYER_KEYS, LayerSpec
-from .runtime.files import METADATA_MARGIN, DatasetPlan, Hdf5Writer, _data_end, _require_free, _reserve
+from ..errors import CheckpointError
+from ..model.spec import LAYER_KEYS, LayerSpec
+from ..runtime.files import METADATA_MARGIN, DatasetPlan, Hdf5Writer, _data_end, _require_free, _reserve
 
 FORMAT = "distbelief-model"
 FORMAT_VERSION = 1
