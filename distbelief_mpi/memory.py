@@ -234,10 +234,7 @@ def activation_bytes(layers, input_shape: tuple, n_classes: int, partitioned: bo
             total += F32 * _elements(layer.in_shape)
         if partitioned:
             total += F32 * _elements(layer.in_shape)
-        if layer.kind == "maxpool":
-            total += I64 * _elements(layer.out_shape)
-        if layer.kind == "lcn":
-            total += F32 * _elements(layer.in_shape[1:])
+        total += layer.kept_bytes()  # an int64 argmax (max pooling), a float32 divisor (LCN)
     return total + (F32 * n_classes if partitioned else 0)
 
 

@@ -1,5 +1,10 @@
 """Layer base class and the dense layers (hidden and softmax output).
 
+A layer type is a Layer subclass registered under a name (model/registry.py): the class declares
+its spec keys, builds itself from a spec and an input shape (from_spec), names its parameter
+tensors (param_shapes), computes forward and backward, and may declare how it splits over a
+replica's partitions (`partition` and its hooks, used by model/partition.py).
+
 Every layer reads its weights as views of one flat parameter vector and writes its gradient
 into views of one flat gradient vector: `params_view` / `grad_view` are the layer's own
 contiguous block (Network.param_slices). Activations are batch-first: x (B, *in_shape).
@@ -8,18 +13,64 @@ are overwritten by the next call with the same batch size: a layer is not re-ent
 """
 
 import math
+from typing import ClassVar
 
 import numpy as np
 
 from ..kernels import ACTIVATION_CODES, activation_grad_bias_, bias_activation_
 from .init import uniform_at
+from .partition import Runs
+from .registry import Key, register_layer
+from .spec import ACTIVATIONS
 
 
 class Layer:
-    """Base: shapes, parameter count, work buffers. Subclasses implement the maths."""
+    """Base: shapes, parameter count, work buffers. Subclasses implement the maths.
 
-    kind = "layer"
+    A registered type (model/registry.py) sets the class attributes and overrides the hooks
+    below; the network calls them once, when it is built, never per step."""
+
+    kind = "layer"  # the registered name (set by register_layer)
+    in_specs = True  # whether `[model] layers` may name it (register_layer sets it)
+    keys: ClassVar[dict[str, Key]] = {}  # the spec keys the type takes
+    help: ClassVar[str] = ""  # one line for messages and the job-spec reference
+    # How it splits over P partitions (model/partition.py): None (it cannot; P > 1 is refused),
+    # "units" (a vector output (U,) cut into P slices of units, each from the whole input: the
+    # units_* hooks) or "image" (a (C, H, W) output cut into blocks, each from the input block its
+    # windows reach: the image_* hooks and input_span).
+    partition: ClassVar[str | None] = None
+    computes_halo: ClassVar[bool] = False  # "image": its output covers its whole input block (LCN)
     n_params = 0
+
+    @classmethod
+    def from_spec(cls, spec, in_shape: tuple, dtype) -> "Layer":
+        """The layer `spec` (model/spec.LayerSpec: spec.<key> for each declared key) describes,
+        over inputs of in_shape (the previous layer's out_shape)."""
+        raise NotImplementedError(f"layer type {cls.kind!r} does not define from_spec")
+
+    @classmethod
+    def spec_problems(cls, values: dict, where: str) -> list[str]:
+        """Problems across keys (each key's type and range are checked already); where: "model.layers[i]"."""
+        return []
+
+    @classmethod
+    def input_problem(cls, spec, in_shape: tuple, where: str) -> str | None:
+        """Why a `spec` layer cannot take inputs of in_shape, or None if it can."""
+        return None
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        """{name: shape} of the layer's tensors in the order they lie in its flat block (their
+        sizes add up to n_params): what exports name per-layer tensors by."""
+        return {}
+
+    def kept_bytes(self) -> int:
+        """Bytes per example a step keeps besides the layer's output (an argmax, a divisor)."""
+        return 0
+
+    def tiny_copy(self) -> "Layer | None":
+        """A copy with the smallest shapes that run the same compiled kernels (model/warm_up.py);
+        None: nothing to compile (NumPy-only layers)."""
+        return None
 
     def __init__(self, in_shape: tuple, out_shape: tuple, dtype):
         self.in_shape, self.out_shape, self.dtype = tuple(in_shape), tuple(out_shape), np.dtype(dtype)
@@ -79,11 +130,37 @@ def weights_then_zeros(seed, layer_index, start, stop, out, n_weights: int, limi
     out[split - start :] = 0
 
 
+ACTIVATION_KEY = Key(str, "relu", choices=ACTIVATIONS, help="relu, sigmoid, tanh or none")
+
+
+@register_layer("dense")
 class Dense(Layer):
     """y = act(x_flat @ W + b). W (D, U) row-major then b (U,) in the flat vector; x (B, *in_shape)
     is flattened to (B, D). Same three GEMMs per step as torch.nn.Linear, no transposed copies."""
 
-    kind = "dense"
+    keys = {"units": Key(int, None, minimum=1, help="output units"), "activation": ACTIVATION_KEY}
+    help = "fully connected: units, activation (relu, sigmoid, tanh or none)"
+    partition = "units"
+
+    @classmethod
+    def from_spec(cls, spec, in_shape, dtype):
+        return Dense(in_shape, spec.units, spec.activation, dtype)
+
+    def param_shapes(self):
+        return {"W": (self.n_in, self.units), "b": (self.units,)}
+
+    def tiny_copy(self):
+        return Dense((3,), 2, self.activation, self.dtype)
+
+    def units_sublayer(self, units: int) -> Layer:
+        """The layer computing `units` of the output units (from the whole input)."""
+        return Dense(self.in_shape, units, self.activation, self.dtype)  # the output layer's is "none"
+
+    def units_param_runs(self, u0: int, u1: int) -> tuple:
+        """Units [u0, u1)'s elements of the block, in the sublayer's order: columns [u0, u1) of
+        W (D, U), then b[u0:u1]."""
+        n_w = self.n_in * self.units
+        return (Runs(u0, u1 - u0, self.units, self.n_in), Runs(n_w + u0, u1 - u0, 0, 1))
 
     def __init__(self, in_shape, units: int, activation: str, dtype):
         super().__init__(in_shape, (units,), dtype)
@@ -124,14 +201,19 @@ class Dense(Layer):
         return dx.reshape((dy.shape[0],) + self.in_shape)
 
 
+@register_layer("output", in_specs=False)
 class SoftmaxOutput(Dense):
     """The output layer: dense to n_classes logits (no activation); the network applies the
-    softmax cross-entropy (kernels.softmax_xent) to its output."""
+    softmax cross-entropy (kernels.softmax_xent) to its output. The network appends it."""
 
-    kind = "output"
+    keys: ClassVar[dict[str, Key]] = {}
+    help = "the softmax output over the classes (appended by the network)"
 
     def __init__(self, in_shape, n_classes: int, dtype):
         super().__init__(in_shape, n_classes, "none", dtype)
+
+    def tiny_copy(self):
+        return SoftmaxOutput((3,), 2, self.dtype)
 
     def details(self) -> str:
         return f"{self.units} softmax"

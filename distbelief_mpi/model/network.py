@@ -14,11 +14,10 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..kernels import softmax_xent
-from .image_layers import LCN, L2Pool2D, LocallyConnected2D, MaxPool2D
-from .layers import Dense, Layer, SoftmaxOutput
-from .spec import LAYER_KEYS, LayerSpec, _check_values
+from .layers import Layer, SoftmaxOutput
+from .registry import layer_class
+from .spec import LayerSpec, spec_problems, spec_values
 
-IMAGE_LAYERS = ("local", "maxpool", "l2pool", "lcn")
 EVAL_BUDGET_BYTES = 256 << 20  # activations an evaluation batch may hold (a big model's rank stays small)
 MAX_EVAL_BATCH = 1000
 
@@ -29,10 +28,7 @@ def forward_bytes(layers, n_classes: int, partitioned: bool) -> int:
     total = 4 * n_classes * (2 if partitioned else 1)
     for layer in layers:
         total += 4 * math.prod(layer.out_shape) + (4 * math.prod(layer.in_shape) if partitioned else 0)
-        if layer.kind == "maxpool":
-            total += 8 * math.prod(layer.out_shape)
-        if layer.kind == "lcn":
-            total += 4 * math.prod(layer.in_shape[1:])
+        total += layer.kept_bytes()
     return total
 
 
@@ -40,36 +36,6 @@ def evaluation_batch(layers, n_classes: int, partitioned: bool = False) -> int:
     """Examples per evaluation batch: MAX_EVAL_BATCH, fewer when their activations would pass
     EVAL_BUDGET_BYTES (the paper's image model keeps 1.8 MB per example and partition)."""
     return max(1, min(MAX_EVAL_BATCH, EVAL_BUDGET_BYTES // max(1, forward_bytes(layers, n_classes, partitioned))))
-
-
-def _geometry_problem(spec: LayerSpec, shape: tuple, where: str) -> str | None:
-    """Why `spec` cannot take an input of `shape`, or None if it can."""
-    if spec.type not in IMAGE_LAYERS:
-        return None
-    if len(shape) != 3:
-        dims = "x".join(map(str, shape))
-        return (
-            f"{where}: a {spec.type!r} layer needs an image input (C, H, W), got a vector "
-            f"of {dims}; put image layers before any dense layer"
-        )
-    h, w = shape[1], shape[2]
-    window = spec.patch if spec.type == "local" else spec.size
-    if spec.type != "lcn" and (window > h or window > w):
-        what = "patch" if spec.type == "local" else "pool size"
-        return f"{where}: {what} {window} does not fit a {h}x{w} input"
-    return None
-
-
-def _make_layer(spec: LayerSpec, shape: tuple, dtype) -> Layer:
-    if spec.type == "dense":
-        return Dense(shape, spec.units, spec.activation, dtype)
-    if spec.type == "local":
-        return LocallyConnected2D(shape, spec.filters, spec.patch, spec.stride, spec.activation, dtype)
-    if spec.type == "maxpool":
-        return MaxPool2D(shape, spec.size, spec.pool_stride, dtype)
-    if spec.type == "l2pool":
-        return L2Pool2D(shape, spec.size, spec.pool_stride, dtype)
-    return LCN(shape, spec.size, dtype)
 
 
 def build_network(
@@ -92,25 +58,21 @@ def build_network(
     shape: tuple[int, ...] | None = tuple(input_shape)
     for i, spec in enumerate(layers):
         where = f"model.layers[{i}]"
-        if spec.type not in LAYER_KEYS:
-            problems.append(f"{where}: unknown layer type {spec.type!r}")
-            shape = None
-        else:  # specs built in code skip parse_layer's checks: repeat them
-            values = {key: getattr(spec, key) for key in LAYER_KEYS[spec.type]}
-            bad = _check_values(spec.type, values, where)
-            if bad:
-                problems += bad
-                shape = None  # the output shape is unknowable from here
-                continue
-        if shape is None:
+        cls = layer_class(spec.type)  # the type's class, looked up once here: steps call its methods
+        bad = spec_problems(spec.type, spec_values(spec), where)  # specs built in code skip parse_layer
+        if bad:
+            problems += bad
+            shape = None  # the output shape is unknowable from here
             continue
-        problem = _geometry_problem(spec, shape, where)
+        if shape is None or cls is None:
+            continue
+        problem = cls.input_problem(spec, shape, where)
         if problem:
             problems.append(problem)
             if len(shape) == 3:  # geometry misfit: the output shape is unknowable from here
                 shape = None
             continue
-        built.append(_make_layer(spec, shape, dtype))
+        built.append(cls.from_spec(spec, shape, dtype))
         shape = built[-1].out_shape
     if problems:
         raise ConfigError(source=source, problems=problems)

@@ -1,12 +1,13 @@
 """PURE: how one model replica is split over P partitions within its layers (the paper's Fig. 1),
 and the parameter order that makes each partition's parameters one contiguous block.
 
-Image layers (local, maxpool, l2pool, lcn) split their OUTPUT map into the blocks of a grid
+How a layer splits is its type's declaration (`partition`, model/layers.Layer): "image" layers
+(local, maxpool, l2pool, lcn) split their OUTPUT map into the blocks of a grid
 A x B = P (model/partition_geometry.py): A bands of rows times B bands of columns, all channels;
 (P, 1), the default, is blocks of whole rows. Partition p computes its block and needs the input
 block its windows reach: its own block plus a halo owned by its neighbours (corners included).
-Dense layers (and the softmax output) split their output units into P slices; each needs the
-whole input. Activations are therefore held as
+"units" layers (dense, the softmax output) split their output units into P slices; each needs
+the whole input. A type that declares no split is refused for P > 1, naming it. Activations are therefore held as
 
     ("rows", bounds)   image (B, C, H, W): partition p holds rows bounds[p] of H (all columns)
     ("blocks", rects)  image: partition p holds rows rects[p][0:2] x columns rects[p][2:4]
@@ -18,7 +19,8 @@ Parameters: a layer's block for partition p is, in the canonical (P = 1) layout,
   local  W (positions, K, F) then b (positions, F), positions row-major over (OH, OW): the
          positions of its output block (one run per block row; one run in all for whole rows),
 and is stored in the partition's own layer layout (W_p (D, U_p) then b_p; W_p (pos_p, K, F) then
-b_p), so the partition's sub-layers are ordinary layers. The partitioned flat vector is
+b_p), so the partition's sub-layers are ordinary layers (the layer's units_param_runs /
+image_param_runs and units_sublayer / image_sublayer hooks give both). The partitioned flat vector is
 partition-major (partition 0's blocks of every layer, then partition 1's, ...). Which canonical
 elements a block holds is described by strided runs (`Runs`: a few per layer, never an index
 per parameter), so no rank needs an array of whole-model size to map one order to the other.
@@ -32,8 +34,6 @@ from functools import cache
 import numpy as np
 
 from ..errors import LayoutError
-from .image_layers import LCN, L2Pool2D, LocallyConnected2D, MaxPool2D
-from .layers import Dense
 from .partition_geometry import Rect, choose_grid, even_bounds, grid_problems, grid_rects, input_rect
 from .spec import parse_grid
 
@@ -78,7 +78,7 @@ class LayerSplit:
     """One layer's split: what each partition takes in and gives out, and its sub-layer."""
 
     index: int
-    kind: str  # "image" or "dense"
+    kind: str  # "image" or "dense" (a "units" layer: split by output units)
     in_split: tuple  # the previous activation's split ("rows"/"units"/"full", bounds)
     out_split: tuple  # this layer's output split
     need: tuple[tuple[int, int], ...]  # image: input rows [a, b) each partition needs; dense: ()
@@ -114,7 +114,7 @@ def plan_partitions(network, parts: int, grid: tuple[int, int] | None = None) ->
         raise LayoutError(problems)
     plans, split = [], ("full", None)
     for index, layer in enumerate(network.layers):
-        image = len(layer.out_shape) == 3
+        image = layer.partition == "image"  # else "units": grid_problems refused the rest
         plan = _plan_image(index, layer, split, grid) if image else _plan_dense(index, layer, split, parts)
         plans.append(plan)
         split = plan.out_split
@@ -127,8 +127,8 @@ def _plan_image(index, layer, in_split, grid) -> LayerSplit:
     for rect in rects:
         a, b, c, d = input_rect(layer, rect)
         need.append((a, b, c, d))
-        subs.append(_image_sublayer(layer, (layer.in_shape[0], b - a, d - c)))
-        params.append(_local_param_runs(layer, rect) if isinstance(layer, LocallyConnected2D) else ())
+        subs.append(layer.image_sublayer((layer.in_shape[0], b - a, d - c)))
+        params.append(layer.image_param_runs(rect))
     out_split = ("rows", tuple(r[:2] for r in rects)) if grid[1] == 1 else ("blocks", rects)
     return LayerSplit(
         index,
@@ -142,37 +142,12 @@ def _plan_image(index, layer, in_split, grid) -> LayerSplit:
     )
 
 
-def _image_sublayer(layer, in_shape):
-    if isinstance(layer, LocallyConnected2D):
-        return LocallyConnected2D(in_shape, layer.filters, layer.patch, layer.stride, layer.activation, layer.dtype)
-    if isinstance(layer, MaxPool2D):
-        return MaxPool2D(in_shape, layer.size, layer.stride, layer.dtype)
-    if isinstance(layer, L2Pool2D):
-        return L2Pool2D(in_shape, layer.size, layer.stride, layer.dtype)
-    return LCN(in_shape, layer.size, layer.dtype)
-
-
-def _local_param_runs(layer, rect: Rect) -> tuple[Runs, ...]:
-    """The positions of output block rect (rows [r0, r1) x columns [c0, c1)): their W rows
-    (pos, K, F), then their b rows (pos, F); one run per block row, or one in all for whole rows
-    (consecutive positions)."""
-    r0, r1, c0, c1 = rect
-    ow = layer.out_shape[2]
-    n_w, per_w, f = layer.n_pos * layer.k * layer.filters, layer.k * layer.filters, layer.filters
-    if (c0, c1) == (0, ow):
-        p0, p1 = r0 * ow, r1 * ow
-        return (Runs(p0 * per_w, (p1 - p0) * per_w, 0, 1), Runs(n_w + p0 * f, (p1 - p0) * f, 0, 1))
-    first, width, rows = r0 * ow + c0, c1 - c0, r1 - r0
-    return (Runs(first * per_w, width * per_w, ow * per_w, rows), Runs(n_w + first * f, width * f, ow * f, rows))
-
-
 def _plan_dense(index, layer, in_split, parts) -> LayerSplit:
-    out_bounds = even_bounds(layer.units, parts)
+    out_bounds = even_bounds(layer.out_shape[0], parts)
     subs, params = [], []
-    n_w = layer.n_in * layer.units
     for u0, u1 in out_bounds:
-        subs.append(Dense(layer.in_shape, u1 - u0, layer.activation, layer.dtype))  # the output layer's is "none"
-        params.append((Runs(u0, u1 - u0, layer.units, layer.n_in), Runs(n_w + u0, u1 - u0, 0, 1)))
+        subs.append(layer.units_sublayer(u1 - u0))
+        params.append(layer.units_param_runs(u0, u1))
     return LayerSplit(index, "dense", in_split, ("units", out_bounds), (), tuple(subs), tuple(params))
 
 

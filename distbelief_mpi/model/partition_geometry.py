@@ -17,7 +17,6 @@ Rectangles are (r0, r1, c0, c1): rows [r0, r1) x columns [c0, c1) of a (C, H, W)
 import numpy as np
 
 from ..errors import LayoutError
-from .image_layers import LCN, LocallyConnected2D
 
 Rect = tuple[int, int, int, int]
 
@@ -34,21 +33,11 @@ def grid_rects(height: int, width: int, grid: tuple[int, int]) -> tuple[Rect, ..
     return tuple((r0, r1, c0, c1) for r0, r1 in rows for c0, c1 in cols)
 
 
-def input_span(layer, lo: int, hi: int, n: int) -> tuple[int, int]:
-    """Input positions [a, b) along one axis (rows or columns, n long) that output positions
-    [lo, hi) depend on. LCN: 2 * (size // 2) beyond them on each side (its mean and its variance
-    each look size // 2 away), cropped to the map; windows: from lo * stride to the last window's end."""
-    if isinstance(layer, LCN):
-        halo = 2 * (layer.size // 2)
-        return max(0, lo - halo), min(n, hi + halo)
-    window = layer.patch if isinstance(layer, LocallyConnected2D) else layer.size
-    return lo * layer.stride, (hi - 1) * layer.stride + window
-
-
 def input_rect(layer, rect: Rect) -> Rect:
-    """The input block output block `rect` of image layer `layer` reads (own + halo)."""
+    """The input block output block `rect` of image layer `layer` reads (own + halo): its
+    input_span along rows, then along columns (model/image_layers.ImageLayer)."""
     _, h, w = layer.in_shape
-    return input_span(layer, rect[0], rect[1], h) + input_span(layer, rect[2], rect[3], w)
+    return layer.input_span(rect[0], rect[1], h) + layer.input_span(rect[2], rect[3], w)
 
 
 def overlap(x: Rect, y: Rect) -> Rect:
@@ -69,11 +58,15 @@ def overlap_areas(owned: np.ndarray, needed: np.ndarray) -> np.ndarray:
 
 
 def grid_problems(network, grid: tuple[int, int], key: str) -> list[str]:
-    """Every layer too small for the grid: image layers need >= A output rows and >= B columns,
-    dense ones >= A x B units. key: what the message names (the job's setting)."""
+    """Every layer that cannot split over the grid: a type that declares no split (its `partition`
+    is None), or a layer too small: image layers need >= A output rows and >= B columns, units
+    ones >= A x B units. key: what the message names (the job's setting)."""
     problems, parts = [], grid[0] * grid[1]
     for index, layer in enumerate(network.layers):
-        if len(layer.out_shape) == 3:
+        problem = _split_problem(index, layer, key)
+        if problem:
+            problems.append(problem)
+        elif layer.partition == "image":
             _, oh, ow = layer.out_shape
             if oh < grid[0] or ow < grid[1]:
                 what = f"{oh} output rows" if grid[1] == 1 else f"{oh} x {ow} output rows x columns"
@@ -83,6 +76,20 @@ def grid_problems(network, grid: tuple[int, int], key: str) -> list[str]:
                 f"model layer {index} ({layer.kind}) has {layer.out_shape[0]} output units: too few to split over {key}"
             )
     return problems
+
+
+def _split_problem(index: int, layer, key: str) -> str | None:
+    """Why layer `index` cannot be split at all (whatever its size), or None."""
+    if layer.partition is None:
+        return (
+            f"model layer {index} ({layer.kind}) declares no split over partitions: it cannot run with {key}; "
+            "use partitions_per_replica = 1 or give the layer type a `partition` (docs/custom_layers.md)"
+        )
+    dims = {"image": 3, "units": 1}[layer.partition]
+    if len(layer.out_shape) != dims:
+        shape = "x".join(map(str, layer.out_shape))
+        return f"model layer {index} ({layer.kind}) splits as {layer.partition!r} but its output is {shape}"
+    return None
 
 
 def grids(parts: int) -> list[tuple[int, int]]:

@@ -18,7 +18,6 @@ recv_shapes {source: shape} -> {source: array}. comm/partition_exchange.py has t
 import numpy as np
 
 from ..kernels import softmax_xent
-from .image_layers import LCN
 from .network import evaluation_batch
 from .partition import LayerSplit, block_rect
 from .partition_geometry import Rect, area, overlap
@@ -152,8 +151,8 @@ class PartitionedNetwork:
         return local
 
     def _own_rows(self, plan: LayerSplit, out: np.ndarray) -> np.ndarray:
-        """LCN computes its whole input block (own block + halo): keep own block."""
-        if not isinstance(self.subs[plan.index], LCN):
+        """A layer that computes its whole input block (own block + halo: LCN) keeps own block."""
+        if not self.subs[plan.index].computes_halo:
             return out
         width = self.network.layers[plan.index].out_shape[2]
         own = block_rect(plan.out_split, self.part, width)
@@ -161,8 +160,8 @@ class PartitionedNetwork:
 
     # -- backward exchanges -----------------------------------------------------------------
     def _expand_rows(self, plan: LayerSplit, sub, dy: np.ndarray) -> np.ndarray:
-        """LCN's backward takes dy for its whole block: zero on the halo (others own it)."""
-        if not isinstance(sub, LCN):
+        """Such a layer's backward takes dy for its whole block: zero on the halo (others own it)."""
+        if not sub.computes_halo:
             return dy
         need = plan.need_rect(self.part)
         own = block_rect(plan.out_split, self.part, self.network.layers[plan.index].out_shape[2])

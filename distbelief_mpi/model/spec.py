@@ -1,31 +1,16 @@
 """Layer specs: what a job spec's `[model] layers = [...]` entries may say (pure, no NumPy).
 
-Each entry is an inline TOML table with a `type` and that type's keys. The network always
-ends in a dense softmax layer over the dataset's classes, added automatically, so the
-list describes the hidden layers only. Shapes: images are (C, H, W), vectors are (D,).
+Each entry is an inline TOML table with a `type` and that type's keys, which the type declares
+when it registers (model/registry.py; the built-ins in model/layers.py and image_layers.py). The
+network always ends in a dense softmax layer over the dataset's classes, added automatically, so
+the list describes the hidden layers only. Shapes: images are (C, H, W), vectors are (D,).
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
+
+from .registry import layer_class, layer_types
 
 ACTIVATIONS = ("relu", "sigmoid", "tanh", "none")
-
-# type -> {key: (python type, default)}; a default of None means required.
-LAYER_KEYS: dict[str, dict[str, tuple[type, object]]] = {
-    "dense": {"units": (int, None), "activation": (str, "relu")},
-    "local": {"filters": (int, None), "patch": (int, None), "stride": (int, 1), "activation": (str, "relu")},
-    "maxpool": {"size": (int, None), "stride": (int, 0)},
-    "l2pool": {"size": (int, None), "stride": (int, 0)},
-    "lcn": {"size": (int, 5)},
-}
-
-LAYER_HELP = {
-    "dense": "fully connected: units, activation (relu, sigmoid, tanh or none)",
-    "local": "locally connected 2-D, no weight sharing: filters, patch, stride, activation",
-    "maxpool": "max pooling per channel: size, stride (0 = size)",
-    "l2pool": "L2 pooling per channel, sqrt(sum x^2): size, stride (0 = size)",
-    "lcn": "local contrast normalisation over a size x size window (odd) across channels",
-}
-
 
 GRID_WORDS = ("rows", "auto")  # topology.partition_grid besides "AxB"
 
@@ -41,7 +26,11 @@ def parse_grid(text: str) -> tuple[int, int] | None:
 
 @dataclass(frozen=True)
 class LayerSpec:
-    """One hidden layer. Keys that do not apply to `type` keep their zero defaults."""
+    """One hidden layer. Keys that do not apply to `type` keep their zero defaults.
+
+    The fields are the built-in types' keys; checkpoints store dataclasses.asdict of each spec
+    (checkpoint/resume.layout_signature), so they must not change. A registered type's keys
+    without a field here live in PluginLayerSpec.options."""
 
     type: str
     units: int = 0
@@ -56,45 +45,94 @@ class LayerSpec:
         return self.stride or self.size
 
 
+SPEC_FIELDS = tuple(f.name for f in fields(LayerSpec) if f.name != "type")
+
+
+@dataclass(frozen=True)
+class PluginLayerSpec(LayerSpec):
+    """A layer whose type takes keys LayerSpec has no field for: those are in `options` and read
+    as attributes (spec.init for options {"init": 0.5}). Only such specs carry `options`."""
+
+    options: dict = field(default_factory=dict, hash=False)
+
+    def __getattr__(self, name: str):  # called only for names that are not fields
+        options = self.__dict__.get("options", {})
+        if name in options:
+            return options[name]
+        raise AttributeError(f"a {self.__dict__.get('type')!r} layer spec has no key {name!r}")
+
+
+def make_spec(kind: str, values: dict) -> LayerSpec:
+    """The spec of a `kind` layer with these key values: a plain LayerSpec when every key has a
+    field (all built-in types), else a PluginLayerSpec."""
+    plain = {key: value for key, value in values.items() if key in SPEC_FIELDS}
+    options = {key: value for key, value in values.items() if key not in SPEC_FIELDS}
+    return PluginLayerSpec(type=kind, **plain, options=options) if options else LayerSpec(type=kind, **plain)
+
+
+def spec_entry(spec: LayerSpec) -> dict:
+    """{"type": ..., key: value, ...}: the keys the spec's type takes, as `[model] layers`
+    writes them (parse_layer reads it back to an equal spec)."""
+    cls = layer_class(spec.type)
+    if cls is None:
+        raise ValueError(f"layer type {spec.type!r} is not registered (is its plugin imported?)")
+    return {"type": spec.type, **{key: getattr(spec, key) for key in cls.keys}}
+
+
 def parse_layer(entry: object, where: str) -> tuple[LayerSpec | None, list[str]]:
     """Turn one TOML table into a LayerSpec; return (spec or None, problems)."""
     if not isinstance(entry, dict):
         return None, [f'{where}: expected an inline table like {{ type = "dense", units = 64 }}']
     kind = entry.get("type")
-    if kind not in LAYER_KEYS:
-        return None, [f"{where}.type: {kind!r} is not a layer type; use one of {sorted(LAYER_KEYS)}"]
-    allowed = LAYER_KEYS[kind]
-    problems, values = [], {}
-    for key in entry:
-        if key != "type" and key not in allowed:
-            problems.append(f"{where}.{key}: unknown key for a {kind} layer ({LAYER_HELP[kind]})")
-    for key, (typ, default) in allowed.items():
-        value = entry.get(key, default)
+    if not isinstance(kind, str) or (cls := layer_class(kind)) is None:
+        return None, [f"{where}.type: {kind!r} is not a layer type; use one of {sorted(layer_types())}"]
+    problems = [
+        f"{where}.{key}: unknown key for a {kind} layer ({cls.help})"
+        for key in entry
+        if key not in cls.keys and key != "type"
+    ]
+    values = {key: entry.get(key, declared.default) for key, declared in cls.keys.items()}
+    problems += spec_problems(kind, values, where)
+    if problems:
+        return None, problems
+    return make_spec(kind, {key: _as_declared(cls.keys[key].type, value) for key, value in values.items()}), []
+
+
+def _as_declared(typ: type, value: object) -> object:
+    return float(value) if typ is float else value  # type: ignore[arg-type]  # an int where a float is declared
+
+
+def spec_values(spec: LayerSpec) -> dict:
+    """{key: value} of the keys spec's (registered) type takes, as the spec holds them."""
+    cls = layer_class(spec.type)
+    return {key: getattr(spec, key, declared.default) for key, declared in cls.keys.items()} if cls else {}
+
+
+def spec_problems(kind: str, values: dict, where: str) -> list[str]:
+    """Every key value of a `kind` layer that is missing, of the wrong type or out of range, then
+    the type's own checks across keys (only when each key is right)."""
+    cls = layer_class(kind)
+    if cls is None:
+        return [f"{where}: unknown layer type {kind!r}"]
+    problems = []
+    for key, declared in cls.keys.items():
+        value = values.get(key)
         if value is None:
             problems.append(f"{where}.{key}: required for a {kind} layer")
             continue
-        if typ is int and (isinstance(value, bool) or not isinstance(value, int)):
-            problems.append(f"{where}.{key}: expected an integer, got {value!r}")
-            continue
-        if typ is str and not isinstance(value, str):
-            problems.append(f"{where}.{key}: expected a string, got {value!r}")
-            continue
-        values[key] = value
-    problems += _check_values(kind, values, where)
-    if problems:
-        return None, problems
-    return LayerSpec(type=kind, **values), []
+        problem = declared.problem(value, f"{where}.{key}")
+        if problem:
+            problems.append(problem)
+    return problems or list(cls.spec_problems(values, where))
 
 
-def _check_values(kind: str, values: dict, where: str) -> list[str]:
-    problems = []
-    for key in ("units", "filters", "patch", "size"):
-        if key in values and values[key] < 1:
-            problems.append(f"{where}.{key}: must be >= 1, got {values[key]}")
-    if "stride" in values and values["stride"] < (1 if kind == "local" else 0):
-        problems.append(f"{where}.stride: must be >= 1 (0 means = size for pooling), got {values['stride']}")
-    if "activation" in values and values["activation"] not in ACTIVATIONS:
-        problems.append(f"{where}.activation: {values['activation']!r} is not one of {list(ACTIVATIONS)}")
-    if kind == "lcn" and values.get("size", 1) % 2 == 0:
-        problems.append(f"{where}.size: a contrast-normalisation window must be odd, got {values['size']}")
-    return problems
+def __getattr__(name: str):
+    """LAYER_KEYS {type: {key: (python type, default)}} and LAYER_HELP {type: text}: the
+    registered types' tables (a default of None means required), computed on use."""
+    if name == "LAYER_KEYS":
+        return {
+            kind: {k: (key.type, key.default) for k, key in cls.keys.items()} for kind, cls in layer_types().items()
+        }
+    if name == "LAYER_HELP":
+        return {kind: cls.help for kind, cls in layer_types().items()}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
