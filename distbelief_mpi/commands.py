@@ -164,8 +164,9 @@ def run_eval_target(target: str, data_path: str | None) -> int:
 def run_predict(target: str, input_text: str, output: str, top_k: int, batch_size: int) -> int:
     """`distbelief predict`: see predict.py for the formats."""
     from .api import load_model
-    from .predict import predict_file, topk_path
+    from .predict import predict_file, refuse_several_ranks, topk_path
 
+    refuse_several_ranks()
     model = load_model(target)
     n = predict_file(model, input_text, Path(output), top_k, batch_size)
     also = f" and the top {top_k} classes to {topk_path(Path(output))}" if top_k else ""

@@ -10,6 +10,7 @@ written: both outputs go to temporary files renamed only once every batch has pa
 """
 
 import contextlib
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -22,6 +23,21 @@ from .errors import UserInputError
 from .runtime.files import atomic_output
 
 PROGRESS_SECONDS = 2.0  # at most one progress line this often, on stderr, for inputs of several batches
+# Set by the launchers in every rank: MPICH's Hydra (and Slurm's PMI), Open MPI.
+WORLD_SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE")
+
+
+def refuse_several_ranks(environ=os.environ) -> None:
+    """predict runs on one process: under `mpiexec -n P` (P > 1) every rank would predict the
+    whole input and write the same files, so it stops at once (model-parallel prediction is
+    not implemented)."""
+    for name in WORLD_SIZE_VARIABLES:
+        size = environ.get(name, "")
+        if size.isdigit() and int(size) > 1:
+            raise UserInputError(
+                f"predict runs on one process, but {name}={size}: run it without mpiexec "
+                "(predicting model-parallel over ranks is not implemented)"
+            )
 
 
 @contextlib.contextmanager

@@ -37,3 +37,17 @@ def test_model_file_matches_params_and_summary(tmp_path, digits_h5, name):
         x_raw, y = handle["test/x"][...], handle["test/y"][...]
     summary = json.loads((run / "summary.json").read_text())
     assert np.mean(model.predict(x_raw).argmax(axis=1) == y) == pytest.approx(summary["test_accuracy"], abs=1e-12)
+
+
+def test_predict_under_mpiexec_on_two_ranks_refuses_and_writes_nothing(tmp_path, digits_h5):
+    """Model-parallel prediction is not implemented: two ranks would each predict everything."""
+    sets = ["--set", f"data.path={digits_h5}", "--set", "run.steps=20", "--run-dir", str(tmp_path / "run")]
+    trained = run_mpi(1, ["distbelief", "train", str(REPO / "jobs" / "digits_mlp.toml"), *sets], tmp_path)
+    assert_all_ranks(trained, 1)
+    out = tmp_path / "p.npy"
+    args = ["distbelief", "predict", str(tmp_path / "run"), "--input", f"{digits_h5}:/test/x", "--output", str(out)]
+    refused = run_mpi(2, args, tmp_path / "two", timeout=120)
+    assert_all_ranks(refused, 2, exit_code=2)
+    assert "predict runs on one process, but PMI_SIZE=2" in refused.stderr and not out.exists()
+    assert_all_ranks(run_mpi(1, args, tmp_path / "one", timeout=120), 1)
+    assert np.load(out).shape == (359, 10)
