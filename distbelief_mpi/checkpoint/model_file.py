@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CheckpointError
-from ..model.spec import LAYER_KEYS, LayerSpec
+from ..model.spec import LayerSpec, parse_layer, spec_entry
 from ..runtime.files import METADATA_MARGIN, DatasetPlan, Hdf5Writer, _data_end, _require_free, _reserve
 
 FORMAT = "distbelief-model"
@@ -44,27 +44,33 @@ COPY_CHUNK = 1 << 22  # floats of params.h5 read at a time while writing (16 MB)
 
 
 def layer_tensors(layer) -> list[tuple[str, tuple[int, ...]]]:
-    """[(name, shape)] of a built layer's tensors in the order of its flat block. The shapes
-    are the layer's own split() of its block (tried on a zero-stride stand-in: nothing of the
-    block's size is allocated)."""
-    if layer.n_params == 0:
-        return []
-    stand_in = np.broadcast_to(np.float32(0), (layer.n_params,))
-    weights, bias = layer.split(stand_in)
-    return [("W", tuple(weights.shape)), ("b", tuple(bias.shape))]
+    """[(name, shape)] of a built layer's tensors in the order of its flat block (the layer's
+    own param_shapes: model/layers.Layer)."""
+    return [(name, tuple(shape)) for name, shape in layer.param_shapes().items()]
 
 
 def specs_json(specs: list[LayerSpec]) -> str:
     """The hidden layers as [model] layers entries: [{"type": "dense", "units": 64, ...}, ...]."""
-    return json.dumps([{"type": s.type, **{key: getattr(s, key) for key in LAYER_KEYS[s.type]}} for s in specs])
+    return json.dumps([spec_entry(spec) for spec in specs])
 
 
 def specs_from_json(text: str, where: str) -> list[LayerSpec]:
+    """specs_json read back, each entry checked as a job spec's would be."""
     try:
         entries = json.loads(text)
-        return [LayerSpec(**entry) for entry in entries]
-    except (TypeError, ValueError) as exc:
-        raise CheckpointError(f"{where}: attribute 'layers' is not a list of layer specs ({exc})") from None
+    except ValueError as exc:
+        raise CheckpointError(f"{where}: attribute 'layers' is not JSON ({exc})") from None
+    if not isinstance(entries, list):
+        raise CheckpointError(f"{where}: attribute 'layers' is not a list of layer specs")
+    specs, problems = [], []
+    for index, entry in enumerate(entries):
+        spec, bad = parse_layer(entry, f"layers[{index}]")
+        problems += bad
+        if spec is not None:
+            specs.append(spec)
+    if problems:
+        raise CheckpointError(f"{where}: attribute 'layers': " + "; ".join(problems))
+    return specs
 
 
 def dataset_attrs(info) -> dict:

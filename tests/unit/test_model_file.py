@@ -147,3 +147,31 @@ def test_importing_the_package_stays_light():
         "True",
         "False",
     ]
+
+
+def _damaged(run, tmp_path, change) -> str:
+    copy = tmp_path / "model.h5"
+    shutil.copy(run / "model.h5", copy)
+    with h5py.File(copy, "r+") as handle:
+        change(handle)
+    return str(copy)
+
+
+DAMAGE = {
+    "not_a_model": (lambda h: h.attrs.__setitem__("format", "other"), "not a distbelief model file"),
+    "newer_format": (lambda h: h.attrs.__setitem__("format_version", 2), "model file format_version 2"),
+    "no_tensor": (lambda h: h.__delitem__("layers/3/W"), "/layers/3/W should be (16, 10) float32, found nothing"),
+    "bad_layers": (lambda h: h.attrs.__setitem__("layers", '[{"type": "conv"}]'), "'conv' is not a layer type"),
+    "nan_weights": (lambda h: h["layers/0/b"].__setitem__((0, 0), np.nan), "the weights hold NaN or Inf"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DAMAGE))
+def test_a_damaged_model_file_exits_2_naming_it(run, tmp_path, capsys, case):
+    change, message = DAMAGE[case]
+    path = _damaged(run, tmp_path, change)
+    np.save(tmp_path / "x.npy", np.zeros((2, 1, 8, 8), np.uint8))
+    assert main(["predict", path, "--input", str(tmp_path / "x.npy"), "--output", str(tmp_path / "p.npy")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {path}: ") and message in err, err
+    assert not (tmp_path / "p.npy").exists()
