@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ConfigError
-from .model.spec import GRID_WORDS, LayerSpec, parse_grid, parse_layer
+from .model.plugins import load_plugins
+from .model.spec import GRID_WORDS, LayerSpec, parse_grid, parse_layer, spec_entry
 
 ALGORITHMS = ("sgd", "downpour", "sandblaster")
 SERVER_RULES = ("adagrad", "sgd")
@@ -46,6 +47,8 @@ class Topology:
 class Model:
     """Hidden layers; a dense softmax output over the dataset's classes is appended."""
 
+    plugins: tuple[str, ...] = ()  # Python modules imported on every rank before the layers are read: they
+    # register their own layer types (docs/custom_layers.md); each must be importable (installed or on PYTHONPATH)
     layers: tuple[LayerSpec, ...] = ()  # hidden layers, input first (types below); [] is softmax regression
 
 
@@ -214,8 +217,12 @@ def _parse_section(name: str, cls: type, table: dict, problems: list[str]):
         if key not in known:
             problems.append(f"{name}.{key}: unknown key; [{name}] takes {sorted(known)}")
     values: dict[str, typing.Any] = {}
-    for key in known & table.keys():
-        if name == "model" and key == "layers":
+    # plugins first: they register the layer types `layers` may name
+    for key in sorted(known & table.keys(), key=lambda k: k != "plugins"):
+        if name == "model" and key == "plugins":
+            values[key], plugin_problems = load_plugins(table[key])
+            problems += plugin_problems
+        elif name == "model" and key == "layers":
             values[key] = _parse_layers(table[key], problems)
         elif name == "topology" and key == "replicas":
             values[key] = _parse_replicas(table[key], problems)
@@ -404,8 +411,4 @@ def _toml_value(value: object) -> str:
 
 def _layer_items(layer: LayerSpec):
     """Only the keys the layer's type takes (so the output parses back)."""
-    from .model.spec import LAYER_KEYS
-
-    yield "type", layer.type
-    for key in LAYER_KEYS[layer.type]:
-        yield key, getattr(layer, key)
+    return spec_entry(layer).items()

@@ -126,13 +126,18 @@ def spec_problems(kind: str, values: dict, where: str) -> list[str]:
     return problems or list(cls.spec_problems(values, where))
 
 
+def _builtin_types() -> dict:
+    return {kind: cls for kind, cls in layer_types().items() if cls.__module__.startswith("distbelief_mpi.")}
+
+
 def __getattr__(name: str):
-    """LAYER_KEYS {type: {key: (python type, default)}} and LAYER_HELP {type: text}: the
-    registered types' tables (a default of None means required), computed on use."""
+    """LAYER_KEYS {type: {key: (python type, default)}} and LAYER_HELP {type: text}: the built-in
+    types' tables (a default of None means required), computed from the registry on use.
+    Plugins' types are not in them: spec_entry / layer_class cover every registered type."""
     if name == "LAYER_KEYS":
         return {
-            kind: {k: (key.type, key.default) for k, key in cls.keys.items()} for kind, cls in layer_types().items()
+            kind: {k: (key.type, key.default) for k, key in cls.keys.items()} for kind, cls in _builtin_types().items()
         }
     if name == "LAYER_HELP":
-        return {kind: cls.help for kind, cls in layer_types().items()}
+        return {kind: cls.help for kind, cls in _builtin_types().items()}
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
