@@ -175,3 +175,20 @@ def test_a_damaged_model_file_exits_2_naming_it(run, tmp_path, capsys, case):
     err = capsys.readouterr().err
     assert err.startswith(f"error: {path}: ") and message in err, err
     assert not (tmp_path / "p.npy").exists()
+
+
+def test_a_failed_write_leaves_the_old_model_file_and_no_temporary(run, tmp_path):
+    """A params.h5 that does not fit the model fails mid-stream: model.h5 stays as it was."""
+    from distbelief_mpi import load_model
+    from distbelief_mpi.checkpoint.model_file import write_model_file
+    from distbelief_mpi.checkpoint.params_file import save_params
+    from distbelief_mpi.errors import CheckpointError
+
+    shutil.copy(run / "model.h5", tmp_path / "model.h5")
+    before = (tmp_path / "model.h5").read_bytes()
+    model = load_model(tmp_path)
+    save_params(tmp_path / "short.h5", np.zeros(model.network.n_params - 1, np.float32), {"step": 1})
+    with pytest.raises(CheckpointError, match="short.h5: /params has shape"):
+        write_model_file(tmp_path / "model.h5", model.network, model.layers, tmp_path / "short.h5", {"step": 1})
+    assert (tmp_path / "model.h5").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.h5", "short.h5"]
