@@ -253,7 +253,8 @@ def _write_model_file(job: Job, step: int) -> None:
     attrs = {"step": step, "x_scale": job.info.x_scale, "created_by": f"distbelief-mpi {__version__}"}
     attrs.update(dataset_attrs(job.info))
     specs = list(job.spec.model.layers)
-    write_model_file(job.run_dir / MODEL_FILE, job.network, specs, job.run_dir / "params.h5", attrs)
+    plugins = job.spec.model.plugins
+    write_model_file(job.run_dir / MODEL_FILE, job.network, specs, job.run_dir / "params.h5", attrs, plugins)
 
 
 def _write_outputs(job: Job, result: RoleResult) -> None:

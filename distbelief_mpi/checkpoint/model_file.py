@@ -8,11 +8,14 @@ Everything needed to use the model without the run's job spec or dataset:
                              local           W (P, K, F) then b (P, F), P = OH * OW output
                                              positions, K = C * patch * patch ordered (c, i, j)
                              maxpool, l2pool, lcn   no tensors (an empty group)
-                           group attribute `type`: the layer's kind ("dense", ..., "output").
+                           group attribute `type`: the layer's kind ("dense", ..., "output");
+                           a plugin layer type's tensors are named by its param_shapes.
     root attributes        format = "distbelief-model", format_version = 1,
                            layers (JSON: the hidden layers' specs, as in [model] layers; the
-                           output layer is implied by n_classes), input_shape (int array:
-                           (C, H, W) or (D,)), n_classes, x_scale (inputs in the dataset's raw
+                           output layer is implied by n_classes), plugins (JSON: the
+                           [model] plugins modules, imported before the layers are read),
+                           input_shape (int array: (C, H, W) or (D,)), n_classes,
+                           x_scale (inputs in the dataset's raw
                            units are multiplied by it: what the trainer did), n_params, step,
                            dataset_name, dataset_source, dataset_path, dataset_n_train,
                            dataset_n_test, dataset_bytes (the dataset file records no content
@@ -34,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CheckpointError
+from ..model.plugins import load_plugins
 from ..model.spec import LayerSpec, parse_layer, spec_entry
 from ..runtime.files import METADATA_MARGIN, DatasetPlan, Hdf5Writer, _data_end, _require_free, _reserve
 
@@ -86,9 +90,12 @@ def dataset_attrs(info) -> dict:
     }
 
 
-def write_model_file(path: Path, network, specs: list[LayerSpec], params_path: Path, attrs: dict) -> None:
+def write_model_file(
+    path: Path, network, specs: list[LayerSpec], params_path: Path, attrs: dict, plugins: tuple[str, ...] = ()
+) -> None:
     """path <- the model of `network` (built from `specs`) with the weights of params.h5, read
-    COPY_CHUNK floats at a time. attrs: step, x_scale, the dataset_* keys (dataset_attrs)."""
+    COPY_CHUNK floats at a time. attrs: step, x_scale, the dataset_* keys (dataset_attrs).
+    plugins: the [model] plugins modules whose layer types the specs may use."""
     import h5py
 
     plans, starts = [], []
@@ -102,6 +109,7 @@ def write_model_file(path: Path, network, specs: list[LayerSpec], params_path: P
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "layers": specs_json(specs),
+        "plugins": json.dumps(list(plugins)),
         "input_shape": np.asarray(network.input_shape, dtype=np.int64),
         "n_classes": network.n_classes,
         "n_params": network.n_params,
@@ -194,6 +202,7 @@ def read_header(handle, path: Path) -> ModelHeader:
     missing = [key for key in ("layers", "input_shape", "n_classes", "x_scale", "n_params", "step") if key not in attrs]
     if missing:
         raise CheckpointError(f"{path}: missing root attribute(s) {', '.join(missing)}")
+    _import_plugins(attrs.get("plugins", "[]"), path)
     return ModelHeader(
         path=path,
         specs=specs_from_json(attrs["layers"], str(path)),
@@ -204,6 +213,17 @@ def read_header(handle, path: Path) -> ModelHeader:
         step=int(attrs["step"]),
         attrs=attrs,
     )
+
+
+def _import_plugins(text: str, path: Path) -> None:
+    """Import the modules that register the file's own layer types (before its specs are read)."""
+    try:
+        names = json.loads(text)
+    except ValueError:
+        names = text
+    _, problems = load_plugins(names, key=f"{path}: attribute 'plugins'")
+    if problems:
+        raise CheckpointError("; ".join(problems) + " (install the module, or put it on PYTHONPATH)")
 
 
 def model_path(run_or_file: str | Path) -> Path:

@@ -192,3 +192,28 @@ def test_a_failed_write_leaves_the_old_model_file_and_no_temporary(run, tmp_path
         write_model_file(tmp_path / "model.h5", model.network, model.layers, tmp_path / "short.h5", {"step": 1})
     assert (tmp_path / "model.h5").read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.h5", "short.h5"]
+
+
+def test_a_plugin_layer_model_loads_its_plugin_in_a_fresh_process(tmp_path, digits_h5, capsys):
+    """The model file names [model] plugins; load_model imports them before reading the layers."""
+    layers = 'model.layers=[{type="scale", init=0.5}, {type="dense", units=16}]'
+    plugins = 'model.plugins=["tests.plugins.user_layers"]'
+    job = str(REPO / "jobs" / "digits_mlp.toml")
+    sets = ["--set", f"data.path={digits_h5}", "--set", layers, "--set", plugins, "--set", "run.steps=30"]
+    assert main(["train", job, *sets, "--set", "run.progress_seconds=0", "--run-dir", str(tmp_path / "run")]) == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    code = (
+        "import sys, h5py, numpy as np; from distbelief_mpi import load_model; "
+        f"m = load_model({str(tmp_path / 'run')!r}); f = h5py.File({str(digits_h5)!r}); "
+        "print(sorted(m.params())[:2], np.mean(m.predict(f['test/x'][...]).argmax(1) == f['test/y'][...]))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert done.stdout.split("]")[0] == "['layers.0.s', 'layers.0.t'", done.stderr
+    assert float(done.stdout.split("]")[1]) == summary["test_accuracy"]
+    with h5py.File(tmp_path / "run" / "model.h5", "r+") as handle:
+        handle.attrs["plugins"] = '["no_such_layers_module"]'
+    np.save(tmp_path / "x.npy", np.zeros((2, 1, 8, 8), np.uint8))
+    args = ["predict", str(tmp_path / "run"), "--input", str(tmp_path / "x.npy"), "--output", str(tmp_path / "p.npy")]
+    capsys.readouterr()
+    assert main(args) == 2
+    assert "attribute 'plugins': cannot import 'no_such_layers_module'" in capsys.readouterr().err
