@@ -5,6 +5,7 @@ when they do not; a module that does not import is exit 2 naming it."""
 
 import dataclasses
 import json
+import pickle
 import subprocess
 import sys
 import types
@@ -111,6 +112,7 @@ def test_plugin_layers_parse_build_and_write_back(tmp_path):
     assert load_job(tmp_path / "job.toml").model == spec.model  # written back, read again
     stored = json.loads(json.dumps([dataclasses.asdict(layer) for layer in spec.model.layers]))
     assert stored == [dataclasses.asdict(layer) for layer in spec.model.layers]  # a checkpoint resumes
+    assert pickle.loads(pickle.dumps(scale)) == scale and hash(scale) == hash(pickle.loads(pickle.dumps(scale)))
     network = build_network(spec.model.layers, (1, 4, 4), 3)
     assert [layer.kind for layer in network.layers] == ["scale", "nobias_dense", "output"]
     assert network.layers[0].param_shapes() == {"s": (1, 4, 4), "t": (1, 4, 4)}
