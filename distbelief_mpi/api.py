@@ -6,12 +6,15 @@ probs = model.predict(x)            # x (n, *input_shape) in the dataset's raw u
 weights = model.params()            # {"layers.0.W": (64, 32) float32, ...}
 """
 
-from collections.abc import Callable
+import contextlib
+import math
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from .checkpoint.model_file import ModelHeader, layer_tensors, model_path, read_header
+from .checkpoint.model_file import ModelHeader, layer_tensors, model_path, read_header, tensor_table
 from .errors import CheckpointError
 from .model.network import Network, build_network, evaluation_batch
 from .model.spec import LayerSpec
@@ -112,34 +115,34 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 def load_model(run_or_file: str | Path) -> Model:
     """The model of a finished run: RUN_DIR (its model.h5) or a model file's path.
     CheckpointError (exit 2 in the CLI) names the file and what is wrong with it."""
+    path = model_path(run_or_file)
+    with open_model_file(path) as (handle, header, network):
+        flat = _read_flat(handle, network, path)
+    return Model(header, network, flat)
+
+
+@contextlib.contextmanager
+def open_model_file(path: Path) -> Iterator[tuple[Any, ModelHeader, Network]]:
+    """(open h5py file, checked header, the network it describes, without weights); every
+    problem a CheckpointError naming the file."""
     import h5py
 
-    path = model_path(run_or_file)
     try:
         with h5py.File(path, "r") as handle:
             header = read_header(handle, path)
             network = build_network(header.specs, header.input_shape, header.n_classes, source=str(path))
-            flat = _read_flat(handle, network, path)
+            if header.n_params != network.n_params:
+                raise CheckpointError(f"{path}: n_params {header.n_params}, but its layers hold {network.n_params}")
+            yield handle, header, network
     except OSError as exc:
         raise CheckpointError(f"{path}: cannot read the model file ({exc})") from None
-    if header.n_params != network.n_params:
-        raise CheckpointError(f"{path}: n_params {header.n_params}, but its layers hold {network.n_params}")
-    return Model(header, network, flat)
 
 
 def _read_flat(handle, network: Network, path: Path) -> np.ndarray:
     """(n_params,) float32: every layer's tensors flattened in order (params.h5's layout)."""
     flat = np.empty(network.n_params, dtype=np.float32)
-    for index, (layer, block) in enumerate(zip(network.layers, network.param_slices)):
-        start = block.start
-        for name, shape in layer_tensors(layer):
-            key = f"layers/{index}/{name}"
-            if key not in handle or handle[key].shape != shape:
-                found = handle[key].shape if key in handle else "nothing"
-                raise CheckpointError(f"{path}: /{key} should be {shape} float32, found {found}")
-            size = int(np.prod(shape))
-            handle[key].read_direct(flat[start : start + size].reshape(shape))
-            start += size
+    for key, start, shape in tensor_table(handle, network, path):
+        handle[key].read_direct(flat[start : start + math.prod(shape)].reshape(shape))
     if not np.all(np.isfinite(flat)):
         raise CheckpointError(f"{path}: the weights hold NaN or Inf values")
     return flat

@@ -135,7 +135,8 @@ def _add_predict_parser(commands) -> None:
         "predict",
         help="class probabilities of new inputs from a trained model",
         description="Write the (n, classes) float32 probabilities of X's n examples to P.npy. X is in the "
-        "dataset's raw units (the model file applies its input scale). See docs/model_use.md.",
+        "dataset's raw units (the model file applies its input scale). Under mpiexec -n P the model is split "
+        "over the P ranks and predicted model-parallel. See docs/model_use.md.",
     )
     predict.add_argument("model", metavar="RUN_DIR|model.h5")
     predict.add_argument(

@@ -162,13 +162,24 @@ def run_eval_target(target: str, data_path: str | None) -> int:
 
 
 def run_predict(target: str, input_text: str, output: str, top_k: int, batch_size: int) -> int:
-    """`distbelief predict`: see predict.py for the formats."""
-    from .api import load_model
-    from .predict import predict_file, refuse_several_ranks, topk_path
+    """`distbelief predict`: see predict.py for the formats. Under `mpiexec -n P` (P > 1) the
+    model is split over the P ranks and predicted model-parallel (roles/predict_parallel.py)."""
+    from .predict import launched_ranks, predict_file, single_process
 
-    refuse_several_ranks()
+    if launched_ranks() > 1:
+        from .roles.predict_parallel import predict_model_parallel
+
+        return predict_model_parallel(target, input_text, Path(output), top_k, batch_size)
+    from .api import load_model
+
     model = load_model(target)
-    n = predict_file(model, input_text, Path(output), top_k, batch_size)
-    also = f" and the top {top_k} classes to {topk_path(Path(output))}" if top_k else ""
-    print(f"{model.path}: {n:,} predictions of {model.n_classes} classes to {output}{also}")
+    n = predict_file(single_process(model), input_text, Path(output), top_k, batch_size)
+    print(predicted_line(model.path, n, model.n_classes, output, top_k))
     return 0
+
+
+def predicted_line(model_path, n: int, n_classes: int, output, top_k: int) -> str:
+    from .predict import topk_path
+
+    also = f" and the top {top_k} classes to {topk_path(Path(output))}" if top_k else ""
+    return f"{model_path}: {n:,} predictions of {n_classes} classes to {output}{also}"

@@ -26,6 +26,7 @@ The file is streamed from params.h5 a chunk at a time (no whole-model array anyw
 temporary file, fsynced and renamed, like params.h5 (runtime/files.hdf5_stream).
 """
 
+import bisect
 import contextlib
 import dataclasses
 import json
@@ -236,3 +237,40 @@ def model_path(run_or_file: str | Path) -> Path:
     if not path.exists():
         raise CheckpointError(f"{path}: no such run directory or model file")
     return path
+
+
+def tensor_table(handle, network, path: Path) -> list[tuple[str, int, tuple[int, ...]]]:
+    """[(dataset name, canonical start, shape)] of every tensor, each checked to be in the file."""
+    table = []
+    for index, (layer, block) in enumerate(zip(network.layers, network.param_slices)):
+        start = block.start
+        for name, shape in layer_tensors(layer):
+            key = f"layers/{index}/{name}"
+            found = handle[key].shape if key in handle else "nothing"
+            if found != shape:
+                raise CheckpointError(f"{path}: /{key} should be {shape} float32, found {found}")
+            table.append((key, start, shape))
+            start += math.prod(shape)
+    return table
+
+
+def read_pieces(handle, network, path: Path, pieces: list[tuple[int, int, int]], out: np.ndarray) -> None:
+    """out[position : position + length] <- canonical elements [start, start + length) for each
+    piece (position, start, length) (model/partition.ParamOrder.segments): a partition's block,
+    read a tensor's COPY_CHUNK floats at a time, skipping chunks that hold none of it."""
+    pieces = sorted(pieces, key=lambda piece: piece[1])
+    starts = [piece[1] for piece in pieces]
+    for key, tensor_start, shape in tensor_table(handle, network, path):
+        row = math.prod(shape[1:])
+        rows = max(1, COPY_CHUNK // row)
+        for r0 in range(0, shape[0], rows):
+            lo, hi = tensor_start + r0 * row, tensor_start + min(shape[0], r0 + rows) * row
+            data = None
+            i = max(0, bisect.bisect_right(starts, lo) - 1)
+            while i < len(pieces) and pieces[i][1] < hi:
+                position, start, length = pieces[i]
+                a, b = max(lo, start), min(hi, start + length)
+                if a < b:
+                    data = handle[key][r0 : r0 + rows].reshape(-1) if data is None else data
+                    out[position + a - start : position + b - start] = data[a - lo : b - lo]
+                i += 1

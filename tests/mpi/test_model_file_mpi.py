@@ -39,15 +39,43 @@ def test_model_file_matches_params_and_summary(tmp_path, digits_h5, name):
     assert np.mean(model.predict(x_raw).argmax(axis=1) == y) == pytest.approx(summary["test_accuracy"], abs=1e-12)
 
 
-def test_predict_under_mpiexec_on_two_ranks_refuses_and_writes_nothing(tmp_path, digits_h5):
-    """Model-parallel prediction is not implemented: two ranks would each predict everything."""
-    sets = ["--set", f"data.path={digits_h5}", "--set", "run.steps=20", "--run-dir", str(tmp_path / "run")]
-    trained = run_mpi(1, ["distbelief", "train", str(REPO / "jobs" / "digits_mlp.toml"), *sets], tmp_path)
-    assert_all_ranks(trained, 1)
+def test_predict_model_parallel_equals_one_process(tmp_path, digits_h5):
+    """mpiexec -n P distbelief predict: each rank one partition of the model (its own block of
+    the weights), the same probabilities as one process within float32 rounding."""
+    ranks, job, overrides = RUNS["downpour_partitioned"]
+    sets = [arg for key in [f"data.path={digits_h5}", "run.eval_every=0", *overrides] for arg in ("--set", key)]
+    target = ["distbelief", "train", str(REPO / "jobs" / job), *sets, "--run-dir", str(tmp_path / "run")]
+    assert_all_ranks(run_mpi(ranks, target, tmp_path / "train", timeout=300), ranks)
+    outputs = {}
+    for parts in (1, 2, 3):
+        out = tmp_path / f"p{parts}.npy"
+        args = ["distbelief", "predict", str(tmp_path / "run"), "--input", f"{digits_h5}:/test/x", "--output", str(out)]
+        done = run_mpi(parts, [*args, "--top-k", "2"], tmp_path / f"predict{parts}", timeout=120)
+        assert_all_ranks(done, parts)
+        assert (f"({parts} partitions)" in done.stdout) == (parts > 1), done.stdout
+        outputs[parts] = np.load(out), np.load(tmp_path / f"p{parts}.topk.npy")
+    for parts in (2, 3):
+        assert np.abs(outputs[parts][0] - outputs[1][0]).max() < 1e-5
+        assert np.array_equal(outputs[parts][1], outputs[1][1])
+    with h5py.File(digits_h5, "r") as handle:
+        y = handle["test/y"][...]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert np.mean(outputs[2][0].argmax(axis=1) == y) == pytest.approx(summary["test_accuracy"], abs=1e-12)
+
+
+@pytest.mark.parametrize("case", ["nan", "too_many_ranks"])
+def test_predict_model_parallel_bad_input_stops_every_rank_with_exit_2(tmp_path, digits_h5, case):
+    ranks, job, overrides = RUNS["downpour_partitioned"]
+    sets = [arg for key in [f"data.path={digits_h5}", "run.steps=5", "run.eval_every=0"] for arg in ("--set", key)]
+    sets += ["--set", "topology.replicas=1"]
+    target = ["distbelief", "train", str(REPO / "jobs" / job), *sets, "--run-dir", str(tmp_path / "run")]
+    assert_all_ranks(run_mpi(ranks, target, tmp_path / "train", timeout=300), ranks)
+    x = np.zeros((5, 1, 8, 8), np.float32)
+    x[3, 0, 2, 2] = np.nan if case == "nan" else 0.0
+    np.save(tmp_path / "x.npy", x)
+    parts, message = (2, "x.npy: row 3 holds NaN or Inf") if case == "nan" else (7, "cannot predict on 7 ranks")
     out = tmp_path / "p.npy"
-    args = ["distbelief", "predict", str(tmp_path / "run"), "--input", f"{digits_h5}:/test/x", "--output", str(out)]
-    refused = run_mpi(2, args, tmp_path / "two", timeout=120)
-    assert_all_ranks(refused, 2, exit_code=2)
-    assert "predict runs on one process, but PMI_SIZE=2" in refused.stderr and not out.exists()
-    assert_all_ranks(run_mpi(1, args, tmp_path / "one", timeout=120), 1)
-    assert np.load(out).shape == (359, 10)
+    args = ["distbelief", "predict", str(tmp_path / "run"), "--input", str(tmp_path / "x.npy"), "--output", str(out)]
+    done = run_mpi(parts, args, tmp_path / "predict", timeout=120)
+    assert_all_ranks(done, parts, exit_code=2)
+    assert message in done.stderr and not out.exists()
