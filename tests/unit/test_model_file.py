@@ -217,3 +217,15 @@ def test_a_plugin_layer_model_loads_its_plugin_in_a_fresh_process(tmp_path, digi
     capsys.readouterr()
     assert main(args) == 2
     assert "attribute 'plugins': cannot import 'no_such_layers_module'" in capsys.readouterr().err
+
+
+def test_predict_prints_progress_between_batches(run, tmp_path, monkeypatch, capsys):
+    import distbelief_mpi.predict as predict
+
+    monkeypatch.setattr(predict, "PROGRESS_SECONDS", 0.0)  # a line after every batch but the last
+    data = run.parent / "digits.h5"
+    args = ["predict", str(run), "--input", f"{data}:/test/x", "--output", str(tmp_path / "p.npy")]
+    assert main([*args, "--batch-size", "100"]) == 0
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(" (")[0] for line in lines] == [f"predict: {k} / 359 examples" for k in (100, 200, 300)]
+    assert main([*args, "--batch-size", "-1"]) == 2
