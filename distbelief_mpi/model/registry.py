@@ -61,6 +61,12 @@ def _type_fits(value: object, typ: type) -> bool:
 
 
 KEY_TYPES = (int, float, str, bool)
+# what model/partition.py calls on a layer of each split kind
+SPLIT_HOOKS: dict[str | None, tuple[str, ...]] = {
+    None: (),
+    "units": ("units_sublayer", "units_param_runs"),
+    "image": ("input_span", "image_sublayer", "image_param_runs"),
+}
 
 
 def register_layer(name: str, *, in_specs: bool = True):
@@ -88,8 +94,12 @@ def _check_declaration(name: str, cls: type) -> None:
         raise TypeError(f"layer type {name!r}: keys must be a dict of registry.Key with type int, float, str or bool")
     if "type" in keys:
         raise TypeError(f"layer type {name!r}: 'type' is not a key a layer may take")
-    if getattr(cls, "partition", None) not in (None, "units", "image"):
+    partition = getattr(cls, "partition", None)
+    if partition not in SPLIT_HOOKS:
         raise TypeError(f"layer type {name!r}: partition must be None, 'units' or 'image'")
+    missing = [hook for hook in SPLIT_HOOKS[partition] if not callable(getattr(cls, hook, None))]
+    if missing:
+        raise TypeError(f"layer type {name!r}: partition = {partition!r} needs the methods {missing}")
 
 
 def layer_types(in_specs_only: bool = True) -> dict[str, Any]:

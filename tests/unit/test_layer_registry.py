@@ -192,7 +192,18 @@ def test_registration_mistakes_are_errors():
         register_layer("bad_keys")(type("BadKeys", (Layer,), {"keys": {"n": (int, 1)}}))
     with pytest.raises(TypeError, match="partition must be"):
         register_layer("bad_split")(type("BadSplit", (Layer,), {"keys": {"n": Key(int, 1)}, "partition": "rows"}))
-    assert not {"bad_keys", "bad_split"} & set(layer_types())
+    with pytest.raises(TypeError, match=r"partition = 'units' needs the methods \['units_param_runs'\]"):
+        hooks = {"keys": {}, "partition": "units", "units_sublayer": lambda self, n: self}
+        register_layer("half_split")(type("HalfSplit", (Layer,), hooks))
+    assert not {"bad_keys", "bad_split", "half_split"} & set(layer_types())
+
+
+def test_plugins_must_be_a_list_of_module_names():
+    with pytest.raises(ConfigError) as err:
+        _job("[data]\npath = 'd.h5'\n[run]\nsteps = 1\n", model={"plugins": "my_layers"})
+    assert err.value.problems == [
+        "model.plugins: expected a list of module names, e.g. [\"my_layers\"], got 'my_layers'"
+    ]
 
 
 def _distbelief(*args: str, cwd=REPO) -> subprocess.CompletedProcess:
