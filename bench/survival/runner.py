@@ -1,8 +1,11 @@
-"""Run the leave.py matrix for one MPI.
+"""Run the leave.py matrix (or, with --probe spawn, the spawn.py one) for one MPI.
 
-usage: runner.py TAG PYTHON 'LAUNCH1' ['LAUNCH2' ...] [--modes 1,2] [--ends A,B,C]
+usage: runner.py TAG PYTHON 'LAUNCH1' ['LAUNCH2' ...] [--modes 1,2] [--ends A,B,C] [--probe spawn]
 LAUNCH is a shell-ish string of the mpiexec command prefix WITHOUT -n (e.g. '/x/mpiexec -disable-auto-cleanup').
 Appends JSON lines to results_TAG.jsonl, raw logs in logs/TAG/.
+--probe spawn: leave modes 0,1,5, spawn from group and self, ends exit and finalize (spawn.py);
+records per process (R0 shard, R1 lead, C the spawned one) the steps passed and the first that
+failed, hung or never returned.
 """
 
 import json
@@ -29,6 +32,11 @@ if "--ends" in args:
     i = args.index("--ends")
     ends = args[i + 1].split(",")
     del args[i : i + 2]
+probe = "leave"
+if "--probe" in args:
+    i = args.index("--probe")
+    probe = args[i + 1]
+    del args[i : i + 2]
 tag, py, launches = args[0], args[1], args[2:]
 os.makedirs(f"{HERE}/logs/{tag}", exist_ok=True)
 
@@ -46,6 +54,12 @@ def leftovers():
             pids.append(int(p))
     return pids
 
+
+if probe == "spawn":
+    from spawn_matrix import run_spawn_matrix
+
+    run_spawn_matrix(HERE, tag, py, launches, modes if "--modes" in sys.argv else [0, 1, 5], leftovers)
+    sys.exit(0)
 
 for li, launch in enumerate(launches):
     for mode in modes:
