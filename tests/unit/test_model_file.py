@@ -229,3 +229,35 @@ def test_predict_prints_progress_between_batches(run, tmp_path, monkeypatch, cap
     lines = capsys.readouterr().err.splitlines()
     assert [line.split(" (")[0] for line in lines] == [f"predict: {k} / 359 examples" for k in (100, 200, 300)]
     assert main([*args, "--batch-size", "-1"]) == 2
+
+
+WRITE_BIG = """
+import resource, sys
+from pathlib import Path
+import numpy as np
+from distbelief_mpi.checkpoint.model_file import write_model_file
+from distbelief_mpi.checkpoint.params_file import params_stream
+from distbelief_mpi.model.network import build_network
+from distbelief_mpi.model.spec import LayerSpec
+
+specs = [LayerSpec("dense", units=4096, activation="relu"), LayerSpec("dense", units=2048, activation="relu")]
+net = build_network(specs, (1, 64, 64), 10)  # 25.2M parameters, 96 MiB
+out = Path(sys.argv[1])
+with params_stream(out / "params.h5", net.n_params, {"step": 1}) as write:
+    for lo in range(0, net.n_params, 1 << 20):
+        write(lo, np.full(min(1 << 20, net.n_params - lo), lo, np.float32))
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+write_model_file(out / "model.h5", net, specs, out / "params.h5", {"step": 1, "x_scale": 1.0})
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+"""
+
+
+def test_writing_a_96_mib_model_file_holds_one_chunk_not_the_model(tmp_path):
+    """The lead streams model.h5 from params.h5: its peak memory grows by about one 16 MiB chunk."""
+    done = subprocess.run([sys.executable, "-c", WRITE_BIG, str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert float(done.stdout) < 40, f"peak RSS grew {done.stdout} MiB writing a 96 MiB model"
+    with h5py.File(tmp_path / "model.h5", "r") as handle:
+        # every float is its params.h5 chunk's start: flat index k holds k rounded down to 2^20
+        assert handle["layers/0/W"][300, 0] == (300 * 4096 >> 20) << 20
+        assert handle["layers/2/b"][-1] == (25_192_457 >> 20) << 20
