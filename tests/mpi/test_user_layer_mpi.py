@@ -30,7 +30,7 @@ server_learning_rate = 0.05
 path = "{data}"
 
 [run]
-steps = 40
+steps = 150
 seed = 0
 """
 
@@ -41,7 +41,7 @@ def test_a_plugin_layer_trains_with_downpour(tmp_path, digits_h5):
     run = run_mpi(3, ["distbelief", "train", str(job), "--run-dir", str(tmp_path / "run")], tmp_path, timeout=240)
     assert_all_ranks(run, 3, exit_code=0)
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert summary["test_accuracy"] > 0.3, summary  # 10 classes: chance is 0.1
+    assert summary["test_accuracy"] > 0.5, summary  # 10 classes: chance is 0.1; 8 runs gave 0.79 to 0.90
     assert 'plugins = [\n  "tests.plugins.user_layers",\n]' in (tmp_path / "run" / "job.toml").read_text()
     with h5py.File(tmp_path / "run" / "params.h5") as f:
         scale = f["params"][: 2 * 64]  # the scale layer's s (1, 8, 8) then t, first in the vector
