@@ -15,6 +15,7 @@ import contextlib
 import os
 import sys
 import time
+import typing
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,11 +130,13 @@ def predict_file(
     output: Path,
     top_k: int = 0,
     batch_size: int = 0,
-    stream=sys.stderr,
+    stream: typing.TextIO | None | typing.Literal["stderr"] = "stderr",
     write: bool = True,
 ) -> int:
     """Predict every row of the input into `output` (and its .topk.npy); returns the row count.
-    write=False: predict without writing (the other ranks of a model-parallel prediction)."""
+    write=False: predict without writing (the other ranks of a model-parallel prediction).
+    stream: where progress lines go (None: nowhere; "stderr": sys.stderr as it is at call time)."""
+    stream = sys.stderr if stream == "stderr" else stream
     check_request(predictor, input_text, output, top_k, batch_size)
     output = Path(output)
     with open_input(input_text) as (name, x), contextlib.ExitStack() as outputs:
