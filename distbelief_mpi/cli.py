@@ -19,6 +19,8 @@ Train deep networks the way DistBelief did (Dean et al., NIPS 2012), over MPI.
   distbelief eval RUN_DIR [--data F.h5]  test accuracy of a finished run (or of its model.h5)
   distbelief predict RUN_DIR --input X.npy --output P.npy
                                          class probabilities from a trained model
+  distbelief export RUN_DIR --format npz|torch|onnx
+                                         the trained model for NumPy, PyTorch or ONNX
   distbelief report RUN_DIR [...]        PNG figures and a markdown summary of runs
 
 Job specs are TOML files (see jobs/ and docs/job-spec.md); datasets are HDF5 files
@@ -112,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data", metavar="FILE.h5", help="dataset (default: the run's data.path)")
 
     _add_predict_parser(commands)
+    _add_export_parser(commands)
 
     report = commands.add_parser(
         "report",
@@ -155,6 +158,24 @@ def _add_predict_parser(commands) -> None:
     )
 
 
+def _add_export_parser(commands) -> None:
+    export = commands.add_parser(
+        "export",
+        help="write a trained model as NumPy .npz, PyTorch (safetensors + nn.Module) or ONNX",
+        description="Export RUN_DIR/model.h5 (or a model file). Every format takes inputs in the dataset's raw "
+        "units (x_scale applied inside) and gives softmax probabilities, like predict. torch and onnx need "
+        "pip install 'distbelief-mpi[export]'. See docs/model_use.md, 'Export'.",
+    )
+    export.add_argument("model", metavar="RUN_DIR|model.h5")
+    export.add_argument("--format", required=True, choices=("npz", "torch", "onnx"), dest="export_format")
+    export.add_argument(
+        "--output",
+        metavar="PATH",
+        help="a file (npz, onnx) or a folder (torch); default beside the model file: model.npz, model_torch/, "
+        "model.onnx",
+    )
+
+
 def _add_job_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("job", metavar="JOB.toml", help="job spec (TOML)")
     parser.add_argument(
@@ -191,6 +212,10 @@ def main(argv: list[str] | None = None) -> int:
             from .commands import run_predict
 
             return run_predict(args.model, args.input, args.output, args.top_k, args.batch_size)
+        if args.command == "export":
+            from .commands import run_export
+
+            return run_export(args.model, args.export_format, args.output)
         from .commands import run_eval_target
 
         return run_eval_target(args.run_dir, args.data)

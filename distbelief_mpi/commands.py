@@ -183,3 +183,12 @@ def predicted_line(model_path, n: int, n_classes: int, output, top_k: int) -> st
 
     also = f" and the top {top_k} classes to {topk_path(Path(output))}" if top_k else ""
     return f"{model_path}: {n:,} predictions of {n_classes} classes to {output}{also}"
+
+
+def run_export(target: str, fmt: str, output: str | None) -> int:
+    """`distbelief export`: RUN_DIR's model.h5 as npz, torch or onnx (export/)."""
+    from .export import export_model
+
+    path = export_model(target, fmt, output)
+    print(f"{path}: {fmt} export of {target}")
+    return 0
