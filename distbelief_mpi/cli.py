@@ -167,7 +167,14 @@ def _add_export_parser(commands) -> None:
         "pip install 'distbelief-mpi[export]'. See docs/model_use.md, 'Export'.",
     )
     export.add_argument("model", metavar="RUN_DIR|model.h5")
-    export.add_argument("--format", required=True, choices=("npz", "torch", "onnx"), dest="export_format")
+    export.add_argument(
+        "--format",
+        required=True,
+        choices=("npz", "torch", "onnx"),
+        dest="export_format",
+        help="npz: named tensors and a config JSON; torch: model.safetensors, config.json and an nn.Module file; "
+        "onnx: one ONNX graph",
+    )
     export.add_argument(
         "--output",
         metavar="PATH",
