@@ -65,8 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--progress",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="print progress lines (rate, loss, ETA) every run.progress_seconds; default: yes, "
-        "except when SLURM_JOB_ID, PBS_JOBID or LSB_JOBID is set (batch jobs; also salloc)",
+        help="print progress lines (rate, loss, accuracy, ETA); default: yes, every run.progress_seconds, "
+        "or run.batch_progress_seconds when SLURM_JOB_ID, PBS_JOBID or LSB_JOBID is set (batch jobs)",
     )
 
     plan = commands.add_parser(

@@ -114,7 +114,9 @@ class Run:
     seconds: float = 0.0  # ... or after this much wall time of this invocation (0: no limit)
     seed: int = 0  # initialisation and data order
     eval_every: int = 0  # evaluate on the test set every N steps (0: only at the end)
-    progress_seconds: float = 10.0  # interval of the progress line on the lead rank
+    progress_seconds: float = 10.0  # seconds between the lead's progress lines (0: none); inside a batch job
+    # (SLURM_JOB_ID, PBS_JOBID or LSB_JOBID set) batch_progress_seconds applies instead
+    batch_progress_seconds: float = 60.0  # ... the same inside a batch job, whose log is read later (0: none)
 
 
 @dataclass(frozen=True)
@@ -318,6 +320,7 @@ def check_values(spec: JobSpec) -> list[str]:
         (r.seed >= 0, "run.seed", "must be >= 0"),
         (r.eval_every >= 0, "run.eval_every", "must be >= 0"),
         (r.progress_seconds >= 0, "run.progress_seconds", "must be >= 0 (0: no progress line)"),
+        (r.batch_progress_seconds >= 0, "run.batch_progress_seconds", "must be >= 0 (0: no progress line)"),
         (f.watchdog_seconds >= 0, "faults.watchdog_seconds", "must be >= 0 (0: off)"),
         (f.replica_loss in REPLICA_LOSS, "faults.replica_loss", f"must be one of {list(REPLICA_LOSS)}"),
         (f.inject in INJECTED_FAULTS, "faults.inject", f"must be one of {list(INJECTED_FAULTS)}"),

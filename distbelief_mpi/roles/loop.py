@@ -17,10 +17,12 @@ from ..model.network import Network
 from ..runtime import preempt, watchdog
 from ..runtime.fault_injection import FaultInjector
 from ..runtime.limits import RunClock, fraction_done, limit_reached
-from ..runtime.progress import Progress
+from ..runtime.progress import Progress, figures_text
 
 # A training-window line goes to metrics.jsonl about this often (seconds).
 METRICS_INTERVAL_S = 1.0
+# What summary.json's examples_per_s divides by (its "examples_per_s_covers" entry).
+RATE_COVERS = "this invocation's training steps, after kernel warm-up (warm_up_s) and without evaluations"
 
 
 class StepHooks:
@@ -44,7 +46,7 @@ class Window:
     """Running sums of loss and accuracy since the last metrics line."""
 
     def __init__(self):
-        self.last_loss = float("nan")  # mean loss of the last flushed window
+        self.last_loss = self.last_accuracy = float("nan")  # means of the last flushed window
         self.reset()
 
     def reset(self):
@@ -58,6 +60,11 @@ class Window:
 
     def means(self) -> tuple[float, float]:
         return self.loss_sum / max(1, self.batches), self.correct / max(1, self.examples)
+
+    def latest(self) -> tuple[float, float]:
+        """(loss, accuracy): this window's means, or the last window's while this one is empty
+        (NaN before any step: a progress line then leaves them out rather than print 0)."""
+        return self.means() if self.batches else (self.last_loss, self.last_accuracy)
 
 
 @dataclass
@@ -78,6 +85,7 @@ class Reporting:
     metrics: object = None  # rundir.MetricsLog
     test_set: tuple | None = None  # (x_test, y_test)
     progress: Progress | None = None
+    last_test_accuracy: float = float("nan")  # of the last periodic evaluation, for progress lines
     evaluate: Callable[[np.ndarray, np.ndarray], tuple[float, float]] | None = None  # (x, y) -> (loss,
     # accuracy); default: the loop's own network on its working parameters
 
@@ -100,7 +108,10 @@ def run_loop(
     window, clock = Window(), RunClock(steps=first_step)
     first_examples = stream.examples_seen
     train_s, start, last_metrics, last_ckpt = 0.0, time.perf_counter(), 0.0, 0.0
-    while (reason := stop_reason(spec, clock, agree)) is None:
+    if report.progress:
+        report.progress.restart_clock(fraction_done(spec.run, clock))  # kernels are warm by now
+    reason = stop_reason(spec, clock, agree)
+    while reason is None:
         tick = time.perf_counter()
         hooks.before_step(clock.steps)
         x_batch, y_batch = stream.next_batch()
@@ -120,18 +131,16 @@ def run_loop(
         if report.metrics and clock.seconds - last_metrics >= METRICS_INTERVAL_S:
             last_metrics = clock.seconds
             log_window(report.metrics, window, clock, stream.examples_seen, first_examples, train_s)
-        if report.test_set and spec.run.eval_every and clock.steps % spec.run.eval_every == 0:
+        reason = stop_reason(spec, clock, agree)
+        # On the last step the role's final evaluation writes the eval line: not twice.
+        if reason is None and report.test_set and spec.run.eval_every and clock.steps % spec.run.eval_every == 0:
             _periodic_eval(spec, report, network, params, clock)
         if checkpoint_due(spec, clock, last_ckpt):
             last_ckpt = clock.seconds
             hooks.checkpoint(clock)
         if report.progress and report.progress.due():
-            report.progress.maybe_print(
-                f"step {clock.steps} epoch {clock.epochs:.2f} "
-                f"{(stream.examples_seen - first_examples) / max(train_s, 1e-9):,.0f} ex/s "
-                f"loss {window.means()[0]:.4f}",
-                fraction_done(spec.run, clock),
-            )
+            rate = (stream.examples_seen - first_examples) / max(train_s, 1e-9)
+            _print_progress(spec, report, window, clock, rate)
     if reason == "preempted":
         hooks.final_checkpoint(clock)
     if report.progress:
@@ -140,6 +149,15 @@ def run_loop(
     if report.metrics and window.batches:
         log_window(report.metrics, window, clock, stream.examples_seen, first_examples, train_s)
     return LoopResult(clock, last_loss, train_s, stream.examples_seen, stream.examples_seen - first_examples, reason)
+
+
+def _print_progress(spec: JobSpec, report: Reporting, window: Window, clock: RunClock, rate: float) -> None:
+    assert report.progress is not None
+    loss, accuracy = window.latest()
+    text = figures_text(
+        "step", clock.steps, clock.epochs, rate, loss=loss, acc=accuracy, test_acc=report.last_test_accuracy
+    )
+    report.progress.maybe_print(text, fraction_done(spec.run, clock))
 
 
 def _periodic_eval(spec: JobSpec, report: Reporting, network: Network, params: np.ndarray, clock: RunClock) -> None:
@@ -151,6 +169,7 @@ def _periodic_eval(spec: JobSpec, report: Reporting, network: Network, params: n
         loss, accuracy = report.evaluate(x, y)
     else:
         loss, accuracy = network.evaluate(params, x, y, on_batch=watchdog.beat)
+    report.last_test_accuracy = accuracy
     if report.metrics is not None:
         record_eval(report.metrics, loss, accuracy, len(y), clock)
 
@@ -165,7 +184,7 @@ def log_window(
     metrics, window: Window, clock: RunClock, examples_seen: int, first_examples: int, train_s: float
 ) -> None:
     loss, accuracy = window.means()
-    window.last_loss = loss
+    window.last_loss, window.last_accuracy = loss, accuracy
     metrics.write(
         {
             "kind": "train",

@@ -18,13 +18,14 @@ from ..data.batches import BatchStream, open_replica_stream
 from ..data.hdf5 import read_split
 from ..errors import CheckpointError
 from ..kernels import sgd_update_
+from ..model.warm_up import warm_up_kernels
 from ..runtime.fault_injection import FaultInjector
 from ..runtime.peak_memory import peak_rss_bytes
 from ..runtime.processes import rank_label
-from ..runtime.progress import Progress
+from ..runtime.progress import progress_for
 from ..runtime.rundir import MetricsLog
 from ..runtime.watchdog import Watchdog
-from .loop import Reporting, StepHooks, log_eval, run_loop
+from .loop import RATE_COVERS, Reporting, StepHooks, log_eval, run_loop
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +73,9 @@ def train_sgd(job, world_size: int) -> tuple[dict, np.ndarray]:
     ):
         first_step = _resume(job, params, stream) if job.resume else 0
         log.info("training %d parameters on %d examples from step %d", network.n_params, stream.n_examples, first_step)
-        report = Reporting(metrics, (x_test, y_test), Progress(spec.run.progress_seconds if job.progress else 0))
+        report = Reporting(metrics, (x_test, y_test), progress_for(job))
         hooks = LocalSgd(job, params, stream)
+        warm_up_s = _warm_up(network)
         with Watchdog(spec.faults.watchdog_seconds, rank_label(0, job.role.label), abort_world):
             result = run_loop(spec, network, params, stream, hooks, report, first_step, FaultInjector(spec.faults, 0))
         test_loss, test_accuracy = log_eval(metrics, network, params, x_test, y_test, result.clock)
@@ -91,6 +93,8 @@ def train_sgd(job, world_size: int) -> tuple[dict, np.ndarray]:
         "wall_s": time.perf_counter() - started,
         "train_s": result.train_s,
         "examples_per_s": result.examples_this_run / max(result.train_s, 1e-9),
+        "examples_per_s_covers": RATE_COVERS,
+        "warm_up_s": warm_up_s,
         "final_train_loss": result.last_train_loss,
         "test_loss": test_loss,
         "test_accuracy": test_accuracy,
@@ -102,6 +106,13 @@ def train_sgd(job, world_size: int) -> tuple[dict, np.ndarray]:
         if job.resume is None
         else {"step": job.resume.step, "checkpoint": str(job.resume.directory)},
     }, params
+
+
+def _warm_up(network) -> float:
+    """Compile (or load) the kernels before the clock starts; returns the seconds it took."""
+    tick = time.perf_counter()
+    warm_up_kernels(network.layers)
+    return time.perf_counter() - tick
 
 
 def _resume(job, params: np.ndarray, stream: BatchStream) -> int:

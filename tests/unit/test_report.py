@@ -258,4 +258,4 @@ def test_report_of_a_real_training_run(tmp_path, capsys):
     rows = table_rows((out / "report.md").read_text())
     assert len(rows) == 1 and rows[0].startswith("| `run` | sgd | - | 0 x 1 | 50 |")
     loaded = load_run(run)
-    assert loaded.test_accuracy.step == [25, 50, 50]  # two evaluations during training, then the final one
+    assert loaded.test_accuracy.step == [25, 50]  # one evaluation during training, then the final one (once)

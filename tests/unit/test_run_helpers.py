@@ -80,11 +80,14 @@ def test_partial_or_damaged_checkpoint_is_skipped(tmp_path):
     assert newest_complete(tmp_path / "nothing") is None
 
 
-def test_progress_is_quiet_in_batch_jobs_unless_asked():
-    from distbelief_mpi.runtime.progress import wanted
+def test_progress_shows_in_batch_jobs_at_their_own_interval():
+    from distbelief_mpi.runtime.progress import interval_s, wanted
 
-    assert wanted(None, {}) and not wanted(None, {"SLURM_JOB_ID": "12"})
+    assert wanted(None, {}) and wanted(None, {"SLURM_JOB_ID": "12"})
     assert wanted(True, {"SLURM_JOB_ID": "12"}) and not wanted(False, {})
+    run = Run(steps=1)
+    assert interval_s(run, {}) == 10.0 and interval_s(run, {"SLURM_JOB_ID": "12"}) == 60.0
+    assert interval_s(Run(steps=1, batch_progress_seconds=0), {"PBS_JOBID": "3"}) == 0
 
 
 def test_resume_auto_refuses_to_start_afresh_over_work(tmp_path):

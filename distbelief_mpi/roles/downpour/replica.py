@@ -18,7 +18,7 @@ from ...data.batches import BatchStream, open_replica_stream
 from ...job import Job
 from ...model.warm_up import warm_up_kernels
 from ...runtime.fault_injection import FaultInjector
-from ...runtime.progress import Progress
+from ...runtime.progress import progress_for
 from ...runtime.rundir import MetricsLog
 from ...runtime.watchdog import Watchdog
 from ..loop import LoopResult, Reporting, run_loop
@@ -106,8 +106,7 @@ def _loop(run: ReplicaRun, test_set, inject: FaultInjector) -> LoopResult:
     if job.role.partition_id != 0:
         return run_loop(*args, Reporting(test_set=test_set, evaluate=evaluate), run.first_step, inject, agree)
     with MetricsLog(job.run_dir) as metrics:
-        progress = Progress(job.spec.run.progress_seconds if job.progress else 0)
-        report = Reporting(metrics, test_set, progress, evaluate)
+        report = Reporting(metrics, test_set, progress_for(job), evaluate)
         return run_loop(*args, report, run.first_step, inject, agree)
 
 

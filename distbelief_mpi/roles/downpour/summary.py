@@ -2,6 +2,12 @@
 
 from ...runtime.peak_memory import peaks_by_role
 
+# What examples_per_s divides by: the slowest replica's loop, timed after its kernel warm-up.
+RATE_COVERS = (
+    "this invocation's training examples of all replicas over the slowest replica's training loop, "
+    "after kernel warm-up (replica 0's periodic evaluations included)"
+)
+
 
 def downpour_summary(job, gathered: list[dict], test_loss: float, test_accuracy: float) -> dict:
     """gathered: one dict per world rank that finished ('shard' and 'replica' records, see
@@ -33,6 +39,7 @@ def downpour_summary(job, gathered: list[dict], test_loss: float, test_accuracy:
         "examples_seen": examples,
         "wall_s": loop_s,
         "examples_per_s": examples_now / max(loop_s, 1e-9),
+        "examples_per_s_covers": RATE_COVERS,
         "replica_examples_per_s": _per_replica(
             replicas, n_replicas, lambda r: r["examples_this_run"] / max(r["loop_s"], 1e-9)
         ),

@@ -18,7 +18,7 @@ from ...optim.lbfgs import LbfgsOptions, LbfgsRun
 from ...optim.portions import cut_portions, default_portion_size
 from ...runtime import watchdog
 from ...runtime.limits import RunClock, fraction_done, limit_reached
-from ...runtime.progress import Progress
+from ...runtime.progress import figures_text, progress_for
 from ..loop import checkpoint_due, record_eval, stop_reason
 from .checkpoints import CoordinatorCheckpoints
 from .cluster import ShardsAndReplicas
@@ -34,9 +34,10 @@ class BatchLoop:
         self.job, self.cluster, self.metrics = job, cluster, metrics
         self.spec, self.n_train = job.spec, job.info.n_train
         self.clock, self.started = RunClock(), time.perf_counter()
-        self.progress = Progress(self.spec.run.progress_seconds if job.progress else 0)
+        self.progress = progress_for(job)
         self.stopped_on, self.statuses, self.restarts, self.batches = None, [], 0, 0
         self.last_loss = float("nan")  # the batch loss after the last iteration
+        self.last_test_accuracy = float("nan")  # of the last evaluation (run.eval_every), for progress lines
         self.current: LbfgsRun | None = None  # the batch's L-BFGS run, between its iterations
         self.checkpoints, self.last_checkpoint_s = CoordinatorCheckpoints(job, cluster), 0.0
         self.final_checkpoint_step: int | None = None  # committed on preemption
@@ -101,10 +102,11 @@ class BatchLoop:
         if every and clock.steps % every == 0:
             self.evaluate()
         if self.progress.due():
-            self.progress.maybe_print(
-                f"iteration {clock.steps} epoch {clock.epochs:.2f} loss {loss:.4f} ({evaluations.eval_id} evaluations)",
-                fraction_done(self.spec.run, clock),
+            rate = self.examples_per_s(clock.seconds)
+            text = figures_text(
+                "iteration", clock.steps, clock.epochs, rate, loss=loss, test_acc=self.last_test_accuracy
             )
+            self.progress.maybe_print(f"{text} evaluations {evaluations.eval_id}", fraction_done(self.spec.run, clock))
         watchdog.beat()
         self.stopped_on = stop_reason(self.spec, clock)
         if self.stopped_on == "preempted" or checkpoint_due(self.spec, clock, self.last_checkpoint_s):
@@ -115,6 +117,7 @@ class BatchLoop:
         """An eval line: x on the first data.eval_examples test examples (0: all), by replica 0."""
         figures = self.cluster.test_figures(self.spec.data.eval_examples)
         record_eval(self.metrics, figures.loss, figures.accuracy, figures.n_examples, self.clock)
+        self.last_test_accuracy = figures.accuracy
 
     def checkpoint(self, final: bool = False) -> None:
         """Commit this moment: inside a batch (self.current is its L-BFGS run) or between batches."""
