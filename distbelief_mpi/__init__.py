@@ -13,16 +13,22 @@ os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
 __version__ = "0.1.0"
 
-__all__ = ["load_model"]
+__all__ = ["JobSpec", "load_model", "train"]
 
 if typing.TYPE_CHECKING:
     from .api import load_model as load_model
+    from .config import JobSpec as JobSpec
+    from .library import train as train
+
+# name -> (module, attribute): imported on first use
+_LAZY = {"load_model": (".api", "load_model"), "JobSpec": (".config", "JobSpec"), "train": (".library", "train")}
 
 
 def __getattr__(name: str):
     """Lazy exports: `import distbelief_mpi` stays light (no NumPy or h5py until used)."""
-    if name == "load_model":
-        from .api import load_model
+    if name in _LAZY:
+        import importlib
 
-        return load_model
+        module, attribute = _LAZY[name]
+        return getattr(importlib.import_module(module, __name__), attribute)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

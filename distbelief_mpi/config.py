@@ -166,6 +166,13 @@ def load_job(path: str | Path, overrides: typing.Sequence[str] = ()) -> JobSpec:
     return parse_job(raw, source, problems)
 
 
+def checked_spec(spec: JobSpec) -> JobSpec:
+    """A JobSpec built in Python, checked exactly as a job file is: written out as TOML and parsed
+    back (types, ranges, layer keys, plugins), so nothing the file route refuses gets through.
+    ConfigError naming each problem."""
+    return parse_job(tomllib.loads(to_toml(spec)), spec.source)
+
+
 def apply_overrides(raw: dict, overrides: typing.Sequence[str]) -> list[str]:
     """Set `section.key=value` in raw (in place). Values are TOML; a bare word is a string."""
     problems = []

@@ -24,7 +24,7 @@ from .comm.world import (
     gather_to_root,
     init_world,
 )
-from .config import JobSpec, load_job, spec_items
+from .config import JobSpec, checked_spec, load_job, spec_items
 from .data.hdf5 import read_info
 from .errors import DistbeliefError, UserInputError
 from .job import Job, RoleResult
@@ -44,9 +44,10 @@ from .runtime.thread_budget import threads_for_rank
 log = logging.getLogger(__name__)
 
 
-def load_and_plan(job_path: str, overrides: list[str], world_size: int, world_rank: int):
-    """Everything that can be checked before work starts. Pure of MPI."""
-    spec = load_job(job_path, overrides)
+def load_and_plan(job: "str | JobSpec", overrides: list[str], world_size: int, world_rank: int):
+    """Everything that can be checked before work starts. Pure of MPI. job: a spec file (with
+    --set overrides) or a JobSpec built in Python (checked as a file would be)."""
+    spec = load_job(job, overrides) if isinstance(job, str) else checked_spec(job)
     info = read_info(spec.data.path)
     network = build_network(spec.model.layers, info.input_shape, info.n_classes, source=spec.source)
     spec = resolve_topology(spec, world_size)  # replicas = "auto" -> an int, before anything plans
@@ -55,7 +56,7 @@ def load_and_plan(job_path: str, overrides: list[str], world_size: int, world_ra
 
 
 def run_train(
-    job_path: str,
+    job_path: "str | JobSpec",
     overrides: list[str],
     run_dir_arg: str | None,
     verbose: bool,
@@ -71,7 +72,8 @@ def run_train(
     auto = resume == "auto"
     # One name for all ranks, chosen by rank 0 (a default name holds rank 0's clock).
     chosen = run_dir_arg if auto else (resume or run_dir_arg)
-    run_dir = Path(broadcast(world_comm, str(chosen or default_run_dir(job_path)), root=0))
+    default = default_run_dir(job_path if isinstance(job_path, str) else job_path.source)
+    run_dir = Path(broadcast(world_comm, str(chosen or default), root=0))
     try:
         _check_resume_arguments(run_dir_arg, resume, init_from)
         planned = load_and_plan(job_path, overrides, world_size, world_rank)
