@@ -18,6 +18,8 @@ collective start-up as `distbelief train` (each rank takes its role from the lay
 Downpour or Sandblaster job runs from a script too. The spec is checked exactly as a job file is.
 """
 
+import importlib
+import json
 from pathlib import Path
 
 from .config import JobSpec
@@ -48,8 +50,9 @@ def train(
     newest checkpoint if any) or a RUN_DIR; init_from: a RUN_DIR or params.h5 to start from.
     Raises TrainingFailed when the run does not end with exit code 0. Signal handling (preemption
     by SIGTERM / SIGUSR1) is the calling program's: this call installs no handlers."""
-    from .train import run_train
-
+    # Imported by name: train.py and the roles are MPI code, outside the files mypy checks
+    # (pyproject.toml), and a plain import here would pull them in through __init__'s exports.
+    run_train = importlib.import_module(".train", __package__).run_train
     run_dir = Path(run_dir)
     code = run_train(
         spec,
@@ -65,6 +68,4 @@ def train(
     summary = run_dir / "summary.json"
     if not summary.exists():
         return None
-    import json
-
     return json.loads(summary.read_text(encoding="utf-8"))
