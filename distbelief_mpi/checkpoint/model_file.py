@@ -18,8 +18,9 @@ Everything needed to use the model without the run's job spec or dataset:
                            x_scale (inputs in the dataset's raw
                            units are multiplied by it: what the trainer did), n_params, step,
                            dataset_name, dataset_source, dataset_path, dataset_n_train,
-                           dataset_n_test, dataset_bytes (the dataset file records no content
-                           checksum: its chunks carry HDF5's fletcher32 each), created_by.
+                           dataset_n_test, dataset_bytes, dataset_sha256 (the dataset file's
+                           content_sha256, data/schema.ContentDigest; "" for files written
+                           before it existed), created_by.
 
 Concatenating every tensor flattened, in group order, gives params.h5's /params exactly.
 The file is streamed from params.h5 a chunk at a time (no whole-model array anywhere) into a
@@ -88,6 +89,7 @@ def dataset_attrs(info) -> dict:
         "dataset_n_train": info.n_train,
         "dataset_n_test": info.n_test,
         "dataset_bytes": path.stat().st_size if path.exists() else -1,
+        "dataset_sha256": info.content_sha256,  # "" for a dataset written before data files had one
     }
 
 

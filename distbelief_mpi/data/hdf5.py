@@ -16,10 +16,12 @@ import numpy as np
 
 from distbelief_mpi.data.locking import LOCKING_HINT, is_lock_failure
 from distbelief_mpi.data.schema import (
+    CONTENT_DIGEST_ATTR,
     REQUIRED_ATTRS,
     SCHEMA_VERSION,
     SPLITS,
     X_DTYPES,
+    ContentDigest,
     class_count_problem,
     dataset_path,
 )
@@ -44,6 +46,7 @@ class DatasetInfo:
     x_scale: float
     synthetic: bool
     schema_version: int
+    content_sha256: str = ""  # the stored contents' SHA-256 (schema.ContentDigest); "" in older files
 
     def n_examples(self, split: str) -> int:
         return {"train": self.n_train, "test": self.n_test}[split]
@@ -176,6 +179,7 @@ def _info_from_open(f: h5py.File, path) -> DatasetInfo:
         x_scale=attrs["x_scale"],
         synthetic=attrs["synthetic"],
         schema_version=attrs["schema_version"],
+        content_sha256=str(f.attrs.get(CONTENT_DIGEST_ATTR, "")),
     )
 
 
@@ -248,23 +252,32 @@ def _check_block(path, name: str, block: np.ndarray, offset: int, n_classes: int
         _check_labels(path, name, block, offset, n_classes)
 
 
-def _validate_dataset(ds: h5py.Dataset, path, n_classes: int):
+def _validate_dataset(ds: h5py.Dataset, path, n_classes: int, feed) -> None:
+    """Read ds in blocks, checking each; feed(block) sees every block in row order."""
     _check_filters(ds, path)
     row_bytes = max(1, ds.dtype.itemsize * int(np.prod(ds.shape[1:], dtype=np.int64)))
     step = max(1, VALIDATE_BLOCK_BYTES // row_bytes)
     for lo in range(0, len(ds), step):
         block = _read_rows(ds, path, lo, min(lo + step, len(ds)))
         _check_block(path, ds.name, block, lo, n_classes)
+        feed(block)
 
 
 def validate(path) -> DatasetInfo:
     """Full check: read_info, then read every dataset completely (verifying checksums),
-    labels in range, x finite, every dataset chunked with fletcher32."""
+    labels in range, x finite, every dataset chunked with fletcher32, and the contents against
+    the file's content_sha256 when it has one."""
+    digest = ContentDigest()
     with open_for_reading(path) as f:
         info = _info_from_open(f, path)
         for split in SPLITS:
             for field in ("x", "y"):
-                _validate_dataset(f[dataset_path(split, field)], path, info.n_classes)
+                feed = lambda block, s=split, k=field: digest.update(s, k, block)  # noqa: E731
+                _validate_dataset(f[dataset_path(split, field)], path, info.n_classes, feed)
+    if info.content_sha256 and digest.hexdigest() != info.content_sha256:
+        raise DatasetError(
+            path, f"the contents do not match the file's {CONTENT_DIGEST_ATTR} (the data changed after it was written)"
+        )
     return info
 
 

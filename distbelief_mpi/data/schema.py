@@ -3,6 +3,8 @@
 Kept apart from the reader and the writer so both agree on one definition.
 """
 
+import hashlib
+
 import numpy as np
 
 SCHEMA_VERSION = 1
@@ -69,3 +71,24 @@ def label_dtype(n_classes: int) -> np.dtype:
     if n_classes <= 1 << 16:
         return np.dtype(np.uint16)
     return np.dtype(np.int32)
+
+
+# Root attribute (optional: files written before it have none): the SHA-256 of the stored
+# contents, ContentDigest below. A model file records it as the identity of its training data.
+CONTENT_DIGEST_ATTR = "content_sha256"
+
+
+class ContentDigest:
+    """SHA-256 of a dataset's stored arrays, fed in row order: one digest per (split, field) over
+    the rows' bytes as stored, combined in SPLITS x (x, y) order. The writer feeds its blocks as
+    it appends them, `validate` the blocks it reads, so the whole file is never held."""
+
+    def __init__(self):
+        self._parts = {(split, field): hashlib.sha256() for split in SPLITS for field in ("x", "y")}
+
+    def update(self, split: str, field: str, rows: np.ndarray) -> None:
+        self._parts[(split, field)].update(np.ascontiguousarray(rows).tobytes())
+
+    def hexdigest(self) -> str:
+        lines = "".join(f"{split}/{field}={h.hexdigest()}\n" for (split, field), h in self._parts.items())
+        return hashlib.sha256(lines.encode()).hexdigest()

@@ -16,10 +16,12 @@ import numpy as np
 
 from distbelief_mpi.data.locking import is_lock_failure
 from distbelief_mpi.data.schema import (
+    CONTENT_DIGEST_ATTR,
     REQUIRED_ATTRS,
     SCHEMA_VERSION,
     SPLITS,
     X_DTYPES,
+    ContentDigest,
     class_count_problem,
     dataset_path,
     label_dtype,
@@ -82,6 +84,7 @@ class DatasetWriter:
         self.extra_attrs = dict(extra_attrs or {})
         self._check_header()
         self._filled = {s: 0 for s in SPLITS}
+        self._digest = ContentDigest()  # of the rows as stored, fed as they are appended
         self._tmp_path: Path | None = None
         self._file: h5py.File | None = None
 
@@ -179,6 +182,8 @@ class DatasetWriter:
         file = self._open_file()
         file[dataset_path(split, "x")][lo:hi] = x
         file[dataset_path(split, "y")][lo:hi] = y
+        self._digest.update(split, "x", x)
+        self._digest.update(split, "y", y.astype(label_dtype(self.n_classes), copy=False))
         self._filled[split] = hi
 
     def __exit__(self, exc_type, exc, tb):
@@ -207,6 +212,7 @@ class DatasetWriter:
                     self._fail(f"{split}: only {self._filled[split]} of {self.n_rows[split]} rows were written")
             file.attrs.update(self.attrs)
             file.attrs.update(self.extra_attrs)
+            file.attrs[CONTENT_DIGEST_ATTR] = self._digest.hexdigest()
             file.close()
             self._file = None
             # mkstemp makes the file 0600; give it the usual umask-based permissions.
