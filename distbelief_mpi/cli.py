@@ -22,6 +22,7 @@ Train deep networks the way DistBelief did (Dean et al., NIPS 2012), over MPI.
   distbelief export RUN_DIR --format npz|torch|onnx
                                          the trained model for NumPy, PyTorch or ONNX
   distbelief report RUN_DIR [...]        PNG figures and a markdown summary of runs
+  distbelief example [NAME] [--write P]  the shipped job specs: list, print, write one
 
 Job specs are TOML files (see jobs/ and docs/job-spec.md); datasets are HDF5 files
 made with `python -m data_tools` (see docs/datasets.md)."""
@@ -115,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_predict_parser(commands)
     _add_export_parser(commands)
+    _add_example_parser(commands)
 
     report = commands.add_parser(
         "report",
@@ -183,6 +185,17 @@ def _add_export_parser(commands) -> None:
     )
 
 
+def _add_example_parser(commands) -> None:
+    example = commands.add_parser(
+        "example",
+        help="list the example job specs, print one, or write it to a file",
+        description="The job specs shipped with the package (the repository's jobs/). Without NAME: "
+        "list them. With NAME: print it, or write it with --write PATH, then edit and train it.",
+    )
+    example.add_argument("name", nargs="?", metavar="NAME", help="e.g. digits_downpour")
+    example.add_argument("--write", metavar="PATH", help="write the spec to PATH (an existing file is refused)")
+
+
 def _add_job_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("job", metavar="JOB.toml", help="job spec (TOML)")
     parser.add_argument(
@@ -219,6 +232,10 @@ def main(argv: list[str] | None = None) -> int:
             from .commands import run_predict
 
             return run_predict(args.model, args.input, args.output, args.top_k, args.batch_size)
+        if args.command == "example":
+            from .examples import run_example
+
+            return run_example(args.name, args.write)
         if args.command == "export":
             from .commands import run_export
 
