@@ -7,6 +7,7 @@ are applied before checking, so they are checked exactly like the file.
 """
 
 import dataclasses
+import importlib.util
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -117,6 +118,9 @@ class Run:
     progress_seconds: float = 10.0  # seconds between the lead's progress lines (0: none); inside a batch job
     # (SLURM_JOB_ID, PBS_JOBID or LSB_JOBID set) batch_progress_seconds applies instead
     batch_progress_seconds: float = 60.0  # ... the same inside a batch job, whose log is read later (0: none)
+    tensorboard: bool = False  # the lead also writes loss, accuracy, examples/s and (Downpour) staleness as
+    # TensorBoard scalars; needs pip install 'distbelief-mpi[tensorboard]' (docs/guide.md, "Watching a run")
+    tensorboard_dir: str = ""  # ... into this folder (relative: to the working directory); "": RUN_DIR/tensorboard
 
 
 @dataclass(frozen=True)
@@ -328,6 +332,11 @@ def check_values(spec: JobSpec) -> list[str]:
         (r.eval_every >= 0, "run.eval_every", "must be >= 0"),
         (r.progress_seconds >= 0, "run.progress_seconds", "must be >= 0 (0: no progress line)"),
         (r.batch_progress_seconds >= 0, "run.batch_progress_seconds", "must be >= 0 (0: no progress line)"),
+        (
+            not r.tensorboard or importlib.util.find_spec("tensorboard") is not None,
+            "run.tensorboard",
+            "needs the tensorboard package: pip install 'distbelief-mpi[tensorboard]'",
+        ),
         (f.watchdog_seconds >= 0, "faults.watchdog_seconds", "must be >= 0 (0: off)"),
         (f.replica_loss in REPLICA_LOSS, "faults.replica_loss", f"must be one of {list(REPLICA_LOSS)}"),
         (f.inject in INJECTED_FAULTS, "faults.inject", f"must be one of {list(INJECTED_FAULTS)}"),

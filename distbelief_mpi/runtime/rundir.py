@@ -7,6 +7,7 @@ RUN_DIR/params.h5         the final parameters (flat float32 vector)
 RUN_DIR/model.h5          the trained model, self-contained (checkpoint/model_file.py, docs/model_use.md)
 RUN_DIR/checkpoints/      committed checkpoints (see checkpoint/store.py)
 RUN_DIR/logs/rank-N.log   one log per rank
+RUN_DIR/tensorboard/      with run.tensorboard: the same figures as TensorBoard scalars (tensorboard_sink.py)
 """
 
 import dataclasses
@@ -17,6 +18,7 @@ from pathlib import Path
 from ..config import JobSpec, to_toml
 from ..errors import UserInputError
 from .files import write_text_atomic
+from .tensorboard_sink import TensorBoardSink, directory_for, write_summary_scalars
 
 
 def default_run_dir(job_path: str) -> Path:
@@ -62,14 +64,18 @@ def with_absolute_paths(spec: JobSpec) -> JobSpec:
 
 def write_summary(path: Path, summary: dict) -> None:
     write_text_atomic(Path(path) / "summary.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    write_summary_scalars(Path(path), summary)
 
 
 class MetricsLog:
     """Appends one JSON object per line to RUN_DIR/metrics.jsonl, flushed at once so a
-    crashed or killed run keeps everything logged before the crash. A context manager."""
+    crashed or killed run keeps everything logged before the crash. A context manager.
+    With run.tensorboard (read from RUN_DIR/job.toml) every record also goes to TensorBoard."""
 
     def __init__(self, run_dir: Path):
         self.handle = open(Path(run_dir) / "metrics.jsonl", "a", encoding="utf-8")
+        directory = directory_for(run_dir)
+        self.tensorboard = TensorBoardSink(directory) if directory is not None else None
 
     def __enter__(self):
         return self
@@ -80,6 +86,10 @@ class MetricsLog:
     def write(self, record: dict) -> None:
         self.handle.write(json.dumps(record, sort_keys=True) + "\n")
         self.handle.flush()
+        if self.tensorboard is not None:
+            self.tensorboard.record(record)
 
     def close(self) -> None:
         self.handle.close()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
