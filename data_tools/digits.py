@@ -4,6 +4,7 @@ import numpy as np
 
 from data_tools import CREATED_BY
 from distbelief_mpi.data.hdf5 import write_dataset
+from distbelief_mpi.errors import UserInputError
 
 SOURCE = (
     "scikit-learn sklearn.datasets.load_digits: UCI ML hand-written digits "
@@ -24,7 +25,12 @@ def stratified_split(y: np.ndarray, test_fraction: float, rng: np.random.Generat
 
 
 def build_digits(out_path, test_fraction: float = 0.2, seed: int = 0) -> None:
-    from sklearn.datasets import load_digits  # lazy: only this command needs sklearn
+    try:
+        from sklearn.datasets import load_digits  # lazy: only this command needs sklearn
+    except ImportError:
+        raise UserInputError(
+            "digits: needs scikit-learn (its bundled copy of the dataset): pip install 'distbelief-mpi[digits]'"
+        ) from None
 
     bunch = load_digits()
     x = bunch.images.astype(np.uint8)[:, None, :, :]  # (1797, 1, 8, 8), values 0..16

@@ -343,3 +343,21 @@ def test_missing_output_directories_are_created(tmp_path):
     out = tmp_path / "new" / "deeper" / "digits.h5"
     assert main(["digits", str(out)]) == 0
     assert read_info(out).n_train > 0
+
+
+def test_digits_without_scikit_learn_names_the_extra(tmp_path, monkeypatch, capsys):
+    import builtins
+
+    from data_tools.cli import main as data_tools_main
+
+    real_import = builtins.__import__
+
+    def no_sklearn(name, *args, **kwargs):
+        if name.startswith("sklearn"):
+            raise ImportError("No module named 'sklearn'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_sklearn)
+    assert data_tools_main(["digits", str(tmp_path / "d.h5")]) == 2
+    assert "pip install 'distbelief-mpi[digits]'" in capsys.readouterr().err
+    assert not (tmp_path / "d.h5").exists()
