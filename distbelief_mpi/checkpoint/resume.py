@@ -73,8 +73,9 @@ def layout_signature(spec, layout) -> dict:
 
 def _grid_signature(topology) -> dict:
     """Blocks of rows x columns order the parameters differently from whole rows (and "auto" may
-    choose either): such a checkpoint resumes only with the same topology.partition_grid. Whole
-    rows ("rows" or "Px1") add nothing, so their checkpoints are as before."""
+    choose either): the checkpoint records its grid so a resume with another one re-slices it
+    (roles/shard_start.saved_vector). Whole rows ("rows" or "Px1") add nothing, so their
+    checkpoints are as before."""
     grid = topology.partition_grid
     whole_rows = grid == "rows" or grid == f"{topology.partitions_per_replica}x1"
     return {} if whole_rows or topology.partitions_per_replica == 1 else {"partition_grid": grid}
