@@ -28,12 +28,9 @@ temporary file, fsynced and renamed, like params.h5 (runtime/files.hdf5_stream).
 """
 
 import bisect
-import contextlib
 import dataclasses
 import json
 import math
-import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +38,7 @@ import numpy as np
 from ..errors import CheckpointError
 from ..model.plugins import load_plugins
 from ..model.spec import LayerSpec, parse_layer, spec_entry
-from ..runtime.files import METADATA_MARGIN, DatasetPlan, Hdf5Writer, _data_end, _require_free, _reserve
+from ..runtime.files import DatasetPlan, hdf5_stream
 
 FORMAT = "distbelief-model"
 FORMAT_VERSION = 1
@@ -118,8 +115,8 @@ def write_model_file(
         "n_params": network.n_params,
         **attrs,
     }
-    kinds = [layer.kind for layer in network.layers]
-    with h5py.File(params_path, "r") as source, _model_stream(Path(path), plans, kinds, root) as out:
+    groups = {f"layers/{index}": {"type": layer.kind} for index, layer in enumerate(network.layers)}
+    with h5py.File(params_path, "r") as source, hdf5_stream(Path(path), plans, root, groups) as out:
         flat = source["params"]
         if flat.shape != (network.n_params,):
             raise CheckpointError(f"{params_path}: /params has shape {flat.shape}, the model needs {network.n_params}")
@@ -128,53 +125,6 @@ def write_model_file(
             for offset in range(0, size, COPY_CHUNK):
                 stop = min(size, offset + COPY_CHUNK)
                 out.write(plan.name, offset, flat[start + offset : start + stop])
-
-
-@contextlib.contextmanager
-def _model_stream(path: Path, plans: list[DatasetPlan], kinds: list[str], attrs: dict) -> Iterator[Hdf5Writer]:
-    """runtime/files.hdf5_stream for datasets inside groups (/layers/<i>/...), one group per
-    layer even without tensors: the same temporary-file, reserve, pwrite, fsync, rename."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    fd = None
-    try:
-        _require_free(path.parent, METADATA_MARGIN)
-        offsets = _create_layout(tmp, plans, kinds, attrs)
-        fd = os.open(tmp, os.O_RDWR)
-        _reserve(fd, _data_end(offsets, plans))
-        yield Hdf5Writer(fd, offsets, {plan.name: plan for plan in plans})
-        os.fsync(fd)
-        os.close(fd)
-        fd = None
-        os.replace(tmp, path)
-    finally:
-        if fd is not None:
-            os.close(fd)
-        tmp.unlink(missing_ok=True)
-
-
-def _create_layout(tmp: Path, plans: list[DatasetPlan], kinds: list[str], attrs: dict) -> dict[str, int | None]:
-    """Groups and contiguous datasets with their space allocated, unwritten; each one's offset."""
-    import h5py
-
-    offsets: dict[str, int | None] = {}
-    with h5py.File(tmp, "w") as handle:
-        for index, kind in enumerate(kinds):
-            handle.create_group(f"layers/{index}").attrs["type"] = kind
-        for plan in plans:
-            dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
-            dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
-            dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
-            group, _, name = plan.name.rpartition("/")
-            dataset = h5py.h5d.create(
-                handle[group].id,
-                name.encode(),
-                h5py.h5t.py_create(np.dtype(plan.dtype)),
-                h5py.h5s.create_simple(plan.shape),
-                dcpl=dcpl,
-            )
-            offsets[plan.name] = dataset.get_offset()
-        handle.attrs.update(attrs)
-    return offsets
 
 
 @dataclasses.dataclass(frozen=True)

@@ -67,20 +67,23 @@ class Hdf5Writer:
 
 
 @contextlib.contextmanager
-def hdf5_stream(path: Path, plans: list[DatasetPlan], attrs: dict) -> Iterator[Hdf5Writer]:
+def hdf5_stream(
+    path: Path, plans: list[DatasetPlan], attrs: dict, groups: dict[str, dict] | None = None
+) -> Iterator[Hdf5Writer]:
     """Create an HDF5 file of contiguous datasets and stream their data into it, then fsync
     and rename: nothing of the data's size is built in memory, a crash leaves the old file.
 
     HDF5 itself writes the small metadata only (and crashes the process when a full disk
     fails its own writes, measured with h5py 3 on a full tmpfs): so the free space for it
     is checked first, the data space is reserved (posix_fallocate) before any data is
-    written, and the data goes in with pwrite, whose failure is a plain OSError."""
+    written, and the data goes in with pwrite, whose failure is a plain OSError. A plan's name
+    may hold groups ("layers/0/W"); groups: more groups to create, each with its attributes."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     fd = None
     try:
         _require_free(path.parent, METADATA_MARGIN)
-        offsets = _metadata_written(tmp, plans, attrs)
+        offsets = _metadata_written(tmp, plans, attrs, groups or {})
         fd = os.open(tmp, os.O_RDWR)
         _reserve(fd, _data_end(offsets, plans))
         yield Hdf5Writer(fd, offsets, {plan.name: plan for plan in plans})
@@ -102,32 +105,36 @@ def write_hdf5_arrays(path: Path, arrays: dict[str, np.ndarray], attrs: dict) ->
             out.write(name, 0, array)
 
 
-def _metadata_written(tmp: Path, plans: list[DatasetPlan], attrs: dict) -> dict[str, int | None]:
+def _metadata_written(tmp: Path, plans: list[DatasetPlan], attrs: dict, groups: dict) -> dict[str, int | None]:
     """_create_layout, with a full disk reported as the OSError(ENOSPC) it is: another writer
     (a second shard on the same file system) may take the space between the free-space check
     and HDF5's metadata writes, and h5py reports that from close() as a RuntimeError."""
     try:
-        return _create_layout(tmp, plans, attrs)
+        return _create_layout(tmp, plans, attrs, groups)
     except (RuntimeError, OSError) as exc:
         if getattr(exc, "errno", None) == errno.ENOSPC or "No space left on device" in str(exc):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp)) from None
         raise
 
 
-def _create_layout(tmp: Path, plans: list[DatasetPlan], attrs: dict) -> dict[str, int | None]:
-    """HDF5 writes the metadata of `plans` with their data space allocated but unwritten (a
-    sparse file); returns each dataset's byte offset (None for an empty one)."""
+def _create_layout(tmp: Path, plans: list[DatasetPlan], attrs: dict, groups: dict) -> dict[str, int | None]:
+    """HDF5 writes the metadata of `plans` (in their groups) with their data space allocated but
+    unwritten (a sparse file); returns each dataset's byte offset (None for an empty one)."""
     import h5py
 
     offsets: dict[str, int | None] = {}
     with h5py.File(tmp, "w") as handle:
+        for name, group_attrs in groups.items():
+            handle.require_group(name).attrs.update(group_attrs)
         for plan in plans:
             dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
             dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)  # space (and its offset) now
             dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)  # ... without writing it
             space = h5py.h5s.create_simple(plan.shape)
+            group, _, name = plan.name.rpartition("/")
+            parent = handle.require_group(group) if group else handle
             dataset = h5py.h5d.create(
-                handle.id, plan.name.encode(), h5py.h5t.py_create(np.dtype(plan.dtype)), space, dcpl=dcpl
+                parent.id, name.encode(), h5py.h5t.py_create(np.dtype(plan.dtype)), space, dcpl=dcpl
             )
             offsets[plan.name] = dataset.get_offset()
         handle.attrs.update(attrs)
