@@ -12,7 +12,7 @@ def main(world_comm, args: list[str]) -> dict:
         model=Model(layers=(LayerSpec("dense", units=32, activation="relu"),)),
         optimizer=Optimizer(algorithm="downpour", learning_rate=0.1, batch_size=32, server_learning_rate=0.05),
         data=Data(path=args[0]),
-        run=Run(steps=150, progress_seconds=0),
+        run=Run(steps=400, progress_seconds=0),
         source="<library test>",
     )
     summary = train(spec, args[1])
