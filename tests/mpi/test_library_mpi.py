@@ -54,4 +54,5 @@ def test_train_as_a_library_call_on_every_rank(tmp_path, digits_h5):
     run = run_mpi(3, ["program", "library_train", str(digits_h5), str(tmp_path / "run")], tmp_path, timeout=180)
     assert_all_ranks(run, 3)
     for record in run.ranks.values():
-        assert record["data"]["world_size"] == 3 and record["data"]["test_accuracy"] >= 0.5, record  # 150 async steps: 0.67-0.9 seen; chance 0.1
+        # 400 async steps on digits: 0.67-0.9 seen; chance is 0.1.
+        assert record["data"]["world_size"] == 3 and record["data"]["test_accuracy"] >= 0.5, record
