@@ -19,7 +19,7 @@ from .model.spec import GRID_WORDS, LayerSpec, parse_grid, parse_layer, spec_ent
 
 ALGORITHMS = ("sgd", "downpour", "sandblaster")
 SERVER_RULES = ("adagrad", "sgd")
-REPLICA_LOSS = ("abort", "continue")
+REPLICA_LOSS = ("abort", "continue", "replace")
 TRANSFERS = ("auto", "inline", "pipelined")
 INJECTED_FAULTS = ("none", "hang", "freeze", "leave", "slow", "duplicate")
 # topology.replicas = "auto" until the world size is known: layout.resolve_topology replaces it
@@ -128,8 +128,8 @@ class Faults:
     """Hung and lost ranks (docs/reliability.md), and faults injected on purpose to test them."""
 
     watchdog_seconds: float = 300.0  # abort the job, naming the rank, when a rank makes no progress this long (0: off)
-    replica_loss: str = "abort"  # downpour: a replica that leaves mid-run: abort, or continue (needs mpiexec
-    # -disable-auto-cleanup)
+    replica_loss: str = "abort"  # downpour: a replica that leaves mid-run: abort, continue without it, or
+    # replace it with a spawned process (both need mpiexec -disable-auto-cleanup)
     inject: str = "none"  # testing: none, hang (sleeps forever), freeze (SIGSTOP), leave (exits 1), slow,
     # duplicate (sandblaster: every result sent twice)
     inject_replica: int = 0  # testing: the replica the injected fault hits
@@ -343,9 +343,9 @@ def check_values(spec: JobSpec) -> list[str]:
         (f.inject == "none" or _names_a_replica(f.inject_replica, t), "faults.inject_replica", _replica_range(t)),
         (f.inject_after_steps >= 0, "faults.inject_after_steps", "must be >= 0"),
         (
-            f.replica_loss != "continue" or o.algorithm == "downpour",
+            f.replica_loss == "abort" or o.algorithm == "downpour",
             "faults.replica_loss",
-            "continue is for optimizer.algorithm = downpour (sgd has one replica; sandblaster's coordinator "
+            f"{f.replica_loss} is for optimizer.algorithm = downpour (sgd has one replica; sandblaster's coordinator "
             "cannot finish a pass without a replica that left)",
         ),
         (
@@ -355,9 +355,10 @@ def check_values(spec: JobSpec) -> list[str]:
             "nothing while it commits its final checkpoint)",
         ),
         (
-            f.replica_loss != "continue" or t.partitions_per_replica == 1,
+            f.replica_loss == "abort" or t.partitions_per_replica == 1,
             "faults.replica_loss",
-            "continue needs unpartitioned replicas (the partitions of a replica wait for each other every step)",
+            f"{f.replica_loss} needs unpartitioned replicas (the partitions of a replica wait for each other "
+            "every step)",
         ),
         (f.slow_factor >= 1, "faults.slow_factor", "must be >= 1"),
     ]

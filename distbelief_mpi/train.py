@@ -180,7 +180,7 @@ def _run_role(job: Job, world_comm, world_rank: int, world_size: int, verbose: b
         from .kernels.thread_pool import set_compute_threads
 
         set_compute_threads(threads_for_rank(job.spec.topology.threads_per_rank))
-        if job.spec.faults.replica_loss == "continue":
+        if job.spec.faults.replica_loss != "abort":
             preempt.survive_process_failures()
         result = _run_algorithm(job, world_comm, world_rank, world_size)
         # every rank's own figure (summary.json has the maximum per role)
@@ -274,12 +274,7 @@ def _write_outputs(job: Job, result: RoleResult) -> None:
         f"({summary['examples_per_s']:,.0f} examples/s, {summary['wall_s']:.1f} s{_peak_rss_text(summary)})",
         flush=True,
     )
-    if summary.get("replicas_lost"):
-        print(
-            f"warning: replica(s) {', '.join(map(str, summary['replicas_lost']))} left the job mid-run; "
-            "the others finished training without them",
-            file=sys.stderr,
-        )
+    _warn_lost_replicas(summary)
     for replica_id, count in enumerate(summary.get("rejected_by_replica", [])):
         if count:
             print(
@@ -287,6 +282,20 @@ def _write_outputs(job: Job, result: RoleResult) -> None:
                 "them (lower the learning rates, or look at that replica's data)",
                 file=sys.stderr,
             )
+
+
+def _warn_lost_replicas(summary: dict) -> None:
+    replaced = {r["replica_id"]: r["from_step"] for r in summary.get("replicas_replaced", [])}
+    lost = [r for r in summary.get("replicas_lost", []) if r not in replaced]
+    if replaced:
+        which = ", ".join(f"{r} (from step {step})" for r, step in replaced.items())
+        print(f"warning: replica(s) {which} left the job mid-run and were replaced", file=sys.stderr)
+    if lost:
+        print(
+            f"warning: replica(s) {', '.join(map(str, lost))} left the job mid-run; "
+            "the others finished training without them",
+            file=sys.stderr,
+        )
 
 
 def _peak_rss_text(summary: dict) -> str:

@@ -1,10 +1,11 @@
 """Control messages: small typed records on named channels, sent and received in one place.
 
-Gradients and parameters never travel here: they go one-sided through the parameter-server
-windows (param_server.py). What does travel is small: who is done, checkpoint requests and
-replies, Sandblaster's commands and portions. Each record is a frozen dataclass; a channel
-is an MPI tag plus the record types it may carry, so a receiver never unpacks a tuple by
-position and a wrong record is caught where it is sent. `Messenger` is the one place that
+Gradients and parameters travel one-sided through the parameter-server windows
+(param_server.py), never here, except a replacement replica's (MessagePush, FetchReply: it
+cannot share the windows, roles/downpour/replacement.py). What does travel is small: who is
+done, checkpoint requests and replies, Sandblaster's commands and portions. Each record is a
+frozen dataclass; a channel is an MPI tag plus the record types it may carry, so a receiver
+never unpacks a tuple by position and a wrong record is caught where it is sent. `Messenger` is the one place that
 encodes (pickles) a record, sends it, and decodes and checks what arrives; every wait sleeps
 with backoff (control.Backoff), never spins.
 """
@@ -68,6 +69,58 @@ class Teardown:
     """Lead -> every rank still there: all is done; these world ranks left mid-run."""
 
     lost_ranks: tuple[int, ...]
+
+
+# -- Downpour: replacing a replica that left (faults.replica_loss = replace) ------------------
+
+
+@dataclass(frozen=True)
+class ReplicaLost:
+    """Shard -> lead: replica `replica_id`'s process is gone."""
+
+    replica_id: int
+
+
+@dataclass(frozen=True)
+class ReplaceReplica:
+    """Lead -> every shard: join me in spawning a replacement for replica `replica_id`."""
+
+    replica_id: int
+
+
+@dataclass(frozen=True)
+class MessagePush:
+    """A replacement replica -> a shard: grad (length,) for the shard's elements [offset,
+    offset + length), computed on base_version over `steps` minibatch steps. The one record
+    that carries a gradient: a replacement cannot share the shards' windows (roles/downpour/
+    replacement.py says why)."""
+
+    replica_id: int
+    grad: Any  # np.ndarray (length,) float32
+    base_version: int
+    steps: int
+    offset: int
+
+
+@dataclass(frozen=True)
+class PushTaken:
+    """Shard -> the replacement: its last push is applied or refused; it may send the next."""
+
+
+@dataclass(frozen=True)
+class FetchRequest:
+    """A replacement replica -> a shard: send me your parameters [offset, offset + length)."""
+
+    offset: int
+    length: int
+
+
+@dataclass(frozen=True)
+class FetchReply:
+    """Shard -> the replacement: its published parameters (length,) float32 and their version."""
+
+    version: int
+    params: Any  # np.ndarray
 
 
 # -- Sandblaster: coordinator <-> shards (commands answered in order) ------------------------
@@ -230,6 +283,12 @@ RESULT = Channel("result", 113, (PortionResult,))
 PUSHES = Channel("pushes", 114, (PushesNote,))
 FAREWELL = Channel("farewell", 115, (Farewell,))
 TEST_RESULT = Channel("test result", 116, (TestFigures,))
+LOST = Channel("lost", 130, (ReplicaLost,))
+REPLACE = Channel("replace", 131, (ReplaceReplica,))
+MESSAGE_PUSH = Channel("message push", 132, (MessagePush,))
+PUSH_TAKEN = Channel("push taken", 133, (PushTaken,))
+FETCH = Channel("fetch", 134, (FetchRequest,))
+FETCHED = Channel("fetched", 135, (FetchReply,))
 
 
 PROBES = 2  # MPI_Iprobe calls before a probe reports nothing (Messenger._probe)
@@ -253,6 +312,13 @@ class Messenger:
     def send(self, channel: Channel, record, dest: int) -> None:
         _check(channel, record, "send")
         self.comm.send(record, dest=dest, tag=channel.tag)
+
+    def post(self, channel: Channel, record, dest: int):
+        """Send without waiting for the receiver (a large record goes by rendezvous, and two
+        ranks each sending one to the other would wait forever): returns the MPI request, to
+        be completed (test or wait) before it is dropped."""
+        _check(channel, record, "send")
+        return self.comm.isend(record, dest=dest, tag=channel.tag)
 
     def send_to_all(self, channel: Channel, record, dests) -> None:
         for dest in dests:

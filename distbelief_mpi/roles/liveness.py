@@ -126,16 +126,21 @@ class ReplicaWatch:
 
 
 def collect_reports(
-    messenger: Messenger, own: dict, shard_ranks, replica_ranks, peers: Peers
+    messenger: Messenger, own: dict, shard_ranks, replica_ranks, peers: Peers, replacer=None
 ) -> tuple[list[dict], list[int]]:
     """The lead, at the end: every other rank's statistics (FinalReport). Returns (reports,
-    world ranks that left). Shards report only once every replica is done or has left, so
-    the replicas they list as lost are final; a replica whose process is gone without a
-    report is lost too. A shard that has left ends the job: it held parameters."""
+    world ranks that left). Shards report only once every replica is done, has left or has
+    been replaced, so the replicas they list as lost are final; a replica whose process is gone
+    without a report is lost too. A shard that has left ends the job: it held parameters.
+    replacer (roles/downpour/replacer.Replacer): losses are still answered while we wait, and
+    the replacements' reports join the others."""
     me = messenger.rank
     reports, waiting, lost, backoff = {me: own}, (set(shard_ranks) | set(replica_ranks)) - {me}, set(), Backoff()
     peers.watch(sorted(waiting))
-    while waiting:
+    while waiting or (replacer is not None and replacer.pending):
+        if replacer is not None:
+            replacer.poll()
+            replacer.collect()
         for record, source in messenger.receive_all(REPORT):
             report = reports[source] = record.stats
             waiting.discard(source)
@@ -151,9 +156,10 @@ def collect_reports(
                     )
                 lost.add(rank)
                 waiting.discard(rank)
-        if waiting:
+        if waiting or (replacer is not None and replacer.pending):
             backoff.sleep()
-    return [reports[rank] for rank in sorted(reports) if rank not in lost], sorted(lost)
+    replacements = list(replacer.reports.values()) if replacer is not None else []
+    return [reports[rank] for rank in sorted(reports) if rank not in lost] + replacements, sorted(lost)
 
 
 class Silence:

@@ -4,7 +4,8 @@ its steps, without a word to anyone).
 With faults.replica_loss = continue and MPICH's `mpiexec -disable-auto-cleanup`, the shards
 notice its process is gone, stop waiting for it, and training finishes on the others: the
 summary is written, lists the lost replica, and the accuracy stays within 2 points of a run
-where nobody left. With the default (abort) the job ends, naming the replica."""
+where nobody left. With replace a spawned process takes over its data part. With the default
+(abort) the job ends, naming the replica."""
 
 import json
 
@@ -43,6 +44,43 @@ def test_training_goes_on_without_a_replica_that_left(tmp_path, digits_h5):
     assert "left the job mid-run" in survived.stderr, survived.explain()
     assert survived.returncode == 1, survived.explain()  # mpiexec passes the leaver's exit code on
     assert leftover_processes(tmp_path / "left") == []
+
+
+@needs_hydra
+def test_a_replica_that_left_is_replaced(tmp_path, digits_h5):
+    """faults.replica_loss = replace: the lead and the shards spawn a process that trains the
+    lost replica's data part from where the shards' copies of its pushes end."""
+    common = [f"data.path={digits_h5}", *SHORT]
+    baseline = train(5, "digits_downpour.toml", tmp_path / "baseline", common)
+    assert baseline.returncode == 0, baseline.explain()
+    replaced = train(
+        5,
+        "digits_downpour.toml",
+        tmp_path / "replaced",
+        [*common, *LEAVE, 'faults.replica_loss="replace"'],
+        mpiexec_flags=("-disable-auto-cleanup",),
+    )
+    summary_path = tmp_path / "replaced" / "summary.json"
+    assert summary_path.exists(), replaced.explain()
+    summary = json.loads(summary_path.read_text())
+    expected = json.loads((tmp_path / "baseline" / "summary.json").read_text())
+    assert summary["replicas_lost"] == [2], summary
+    [record] = summary["replicas_replaced"]
+    assert record["replica_id"] == 2 and record["world_rank"] == 4 and 0 < record["from_step"] <= 60, record
+    # Every data part trained to the end: the replacement reached the others' step count, and
+    # every shard applied every step (a step the dead process had pushed to one shard only is
+    # applied twice there, never skipped).
+    assert summary["replica_steps"][2] >= min(summary["replica_steps"][:2]) - 1, summary
+    assert summary["steps"] <= min(summary["steps_pushed_per_shard"]) <= summary["steps"] + 60, summary
+    # 2 points, as without a replacement: two runs without any loss differ by up to 1.1 points
+    # (digits, 40 epochs); docs/reliability.md has the medians.
+    assert summary["test_accuracy"] >= expected["test_accuracy"] - 0.02, (
+        summary["test_accuracy"],
+        expected["test_accuracy"],
+    )
+    assert "2 (from step" in replaced.stderr and "were replaced" in replaced.stderr, replaced.explain()
+    assert "replacement of replica 2" in (tmp_path / "replaced" / "logs" / "rank-4.log").read_text()
+    assert leftover_processes(tmp_path / "replaced") == []
 
 
 @pytest.mark.parametrize("flags", [(), ("-disable-auto-cleanup",)], ids=["default-launch", "disable-auto-cleanup"])

@@ -81,6 +81,34 @@ def test_a_replica_that_leaves_on_another_host_is_lost_and_training_goes_on(tmp_
     assert leftover_processes(run_dir) == []
 
 
+@needs_hydra
+def test_a_replica_that_leaves_on_another_host_is_replaced(tmp_path, digits_h5, emulated_hosts):
+    """faults.replica_loss = replace across hosts: the lead and the shards (h1) spawn the
+    replacement, which reaches them over the emulated network wherever Hydra places it."""
+    run_dir = tmp_path / "replaced"
+    sets = [
+        f"data.path={digits_h5}",
+        "run.epochs=30",
+        'faults.replica_loss="replace"',
+        'faults.inject="leave"',
+        "faults.inject_replica=2",
+        "faults.inject_after_steps=60",
+        f"faults.watchdog_seconds={WATCHDOG_S}",
+        "checkpoint.grace_seconds=2",
+    ]
+    with emulated_hosts(2) as hosts:
+        replaced = train_across(hosts, run_dir, sets, flags=("-disable-auto-cleanup",))
+    summary_path = run_dir / "summary.json"
+    assert summary_path.exists(), replaced.explain()
+    summary = json.loads(summary_path.read_text())
+    assert summary["replicas_lost"] == [2] and summary["replicas_replaced"][0]["replica_id"] == 2, summary
+    assert summary["replica_steps"][2] >= min(summary["replica_steps"][:2]) - 1, summary
+    assert summary["steps"] <= min(summary["steps_pushed_per_shard"]), summary
+    log = (run_dir / "logs" / "rank-4.log").read_text()
+    assert re.search(r"replacing replica 2 from step \d+ on h[12]", log), log[-3000:]
+    assert leftover_processes(run_dir) == []
+
+
 @pytest.mark.parametrize("kind", ["freeze", "hang"])
 def test_a_hung_replica_on_another_host_ends_the_job_naming_it_and_its_host(tmp_path, digits_h5, emulated_hosts, kind):
     """freeze: SIGSTOP, only the shards on h1 can notice (its port still accepts: the kernel

@@ -45,10 +45,12 @@ class DownpourHooks(StepHooks):
         on_warmstart_done=None,
         checkpoints=None,
         stream=None,
+        replacer=None,
     ):
         self.spec, self.endpoint, self.params = spec, endpoint, params
         self.on_warmstart_done = on_warmstart_done
         self.checkpoints, self.stream = checkpoints, stream  # the lead's CheckpointCoordinator
+        self.replacer = replacer  # the lead's Replacer (faults.replica_loss = replace)
         self.ranges = [slice(start, stop) for start, stop in shard_ranges]
         self.accrued = np.zeros_like(params)  # (n_params,) gradient not yet pushed
         self.accrued_steps = [0] * len(self.ranges)  # minibatch steps in each shard's part
@@ -105,6 +107,8 @@ class DownpourHooks(StepHooks):
         if self.checkpoints:
             self.checkpoints.poll()
         self.share_preemption()
+        if self.replacer:
+            self.replacer.poll()
 
     def checkpoint(self, clock):
         if self.checkpoints:
@@ -218,10 +222,12 @@ def pipelined_transfers(spec: JobSpec, endpoint, ranges: list[slice], n_params: 
     its own exchanges between partitions anyway; there pipelining bought 1.6x the examples/s but
     cost 10 points of accuracy after 270 steps (docs/multihost.md), so auto keeps it inline."""
     mode = spec.optimizer.transfers
+    if mode == "inline":  # before looking at windows: a replacement replica has none (replacement.py)
+        return None
     pieces = endpoint.pieces(ranges)  # (shard id, offset, start, length)
     remote = any(not endpoint.inner.windows.on_my_node(shard_id) for shard_id, *_ in pieces)
     auto = remote and spec.topology.partitions_per_replica == 1
-    if mode == "inline" or (mode == "auto" and not auto):
+    if mode == "auto" and not auto:
         return None
     return PipelinedTransfers(endpoint.inner, pieces, n_params)
 

@@ -42,8 +42,11 @@ class ReplicaRun:
     windows: ParamServerWindows
 
 
-def train_replica(job: Job, windows, messenger: Messenger, partners_comm, test_set, watchdog: Watchdog) -> dict:
-    """Train until a limit; returns this rank's figures for the summary. test_set: the lead's."""
+def train_replica(
+    job: Job, windows, messenger: Messenger, partners_comm, test_set, watchdog: Watchdog, replacer=None
+) -> dict:
+    """Train until a limit; returns this rank's figures for the summary. test_set and replacer
+    (replacer.Replacer): the lead's."""
     spec, info, role = job.spec, job.info, job.role
     network = partition_network(job, partners_comm) if partners_comm is not None else job.network
     params = np.empty(network.n_params, np.float32)
@@ -60,7 +63,7 @@ def train_replica(job: Job, windows, messenger: Messenger, partners_comm, test_s
     ) as stream:
         if first_step:
             stream.fast_forward(first_step * spec.optimizer.batch_size)
-        hooks = _hooks(job, windows, messenger, params, stream, shard_ids, local_ranges)
+        hooks = _hooks(job, windows, messenger, params, stream, shard_ids, local_ranges, replacer)
         run = ReplicaRun(job, network, params, stream, hooks, first_step, partners_comm, windows)
         warm_up_kernels(job.network.layers)  # tiny copies: the kernels a partition runs, not its size
         barrier_sleeping(messenger.comm)  # shards have published the initial parameters
@@ -70,7 +73,7 @@ def train_replica(job: Job, windows, messenger: Messenger, partners_comm, test_s
             started = time.perf_counter()
             result = _loop(run, test_set, FaultInjector(spec.faults, role.replica_id))
             finish_replica(messenger, hooks, [windows.shard_ranks[s] for s in shard_ids], partners_comm)
-    return _figures(run, result, time.perf_counter() - started)
+    return replica_figures(run, result, time.perf_counter() - started)
 
 
 def _warmstart(job: Job) -> bool:
@@ -78,7 +81,7 @@ def _warmstart(job: Job) -> bool:
     return bool(job.spec.optimizer.warmstart_steps and job.spec.topology.replicas > 1 and not job.resume)
 
 
-def _hooks(job: Job, windows, messenger, params, stream, shard_ids, local_ranges) -> DownpourHooks:
+def _hooks(job: Job, windows, messenger, params, stream, shard_ids, local_ranges, replacer=None) -> DownpourHooks:
     spec, role = job.spec, job.role
     is_lead = role.replica_id == 0 and role.partition_id == 0
     waiting = [r.world_rank for r in job.layout.roles if r.role == "replica" and r.replica_id != 0]
@@ -88,7 +91,9 @@ def _hooks(job: Job, windows, messenger, params, stream, shard_ids, local_ranges
         ReplicaEndpoint(windows, role.replica_id, hung_after=spec.faults.watchdog_seconds), shard_ids
     )
     other_replicas = [rank for rank in job.layout.ranks_of("replica") if rank != role.world_rank]
-    return DownpourHooks(spec, endpoint, local_ranges, params, messenger, other_replicas, release, checkpoints, stream)
+    return DownpourHooks(
+        spec, endpoint, local_ranges, params, messenger, other_replicas, release, checkpoints, stream, replacer
+    )
 
 
 def _loop(run: ReplicaRun, test_set, inject: FaultInjector) -> LoopResult:
@@ -110,7 +115,8 @@ def _loop(run: ReplicaRun, test_set, inject: FaultInjector) -> LoopResult:
         return run_loop(*args, report, run.first_step, inject, agree)
 
 
-def _figures(run: ReplicaRun, result: LoopResult, loop_s: float) -> dict:
+def replica_figures(run: ReplicaRun, result: LoopResult, loop_s: float) -> dict:
+    """This replica rank's record for the summary (roles/downpour/summary.py)."""
     hooks, role = run.hooks, run.job.role
     return {
         "role": "replica",

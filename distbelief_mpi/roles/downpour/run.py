@@ -30,6 +30,7 @@ from ..liveness import Peers, collect_reports, recv_watched
 from ..loop import record_eval
 from ..partitioned_replica import replica_comm
 from .final import final_evaluation, write_final_params
+from .replacer import Replacer
 from .replica import train_replica
 from .shard import serve_shard
 from .summary import downpour_summary
@@ -61,10 +62,11 @@ def run_downpour(job: Job, world_comm, world_rank: int) -> RoleResult:
     watchdog = Watchdog(
         job.spec.faults.watchdog_seconds, rank_label(world_rank, role.label), partial(abort_job, world_comm)
     )
+    replacer = Replacer(job, messenger) if is_lead and job.spec.faults.replica_loss == "replace" else None
     if role.role == "shard":
         own_report = serve_shard(job, windows, messenger, peers, watchdog)
     else:
-        own_report = train_replica(job, windows, messenger, partners_comm, test_set, watchdog)
+        own_report = train_replica(job, windows, messenger, partners_comm, test_set, watchdog, replacer)
     own_report = {**own_report, "peak_rss_bytes": peak_rss_bytes()}  # its work is done: the peak is known
     log.info("role done: peak RSS %d bytes (now %s)", own_report["peak_rss_bytes"], resident_now())
     if not is_lead:
@@ -75,7 +77,7 @@ def run_downpour(job: Job, world_comm, world_rank: int) -> RoleResult:
         return _close(messenger, windows, RoleResult(lost_ranks=lost_ranks))
     with watchdog:
         reports, lost = collect_reports(
-            messenger, own_report, layout.ranks_of("shard"), layout.ranks_of("replica"), peers
+            messenger, own_report, layout.ranks_of("shard"), layout.ranks_of("replica"), peers, replacer
         )
         lost_ranks, partners = tuple(lost), _lead_partners(job)
         messenger.send_to_all(TEARDOWN, Teardown(lost_ranks), partners)  # they evaluate with us now
@@ -84,8 +86,13 @@ def run_downpour(job: Job, world_comm, world_rank: int) -> RoleResult:
         write_final_params(job, windows, steps)  # every push is applied; shards are idle
         everyone_else = sorted(set(range(layout.world_size)) - set(lost_ranks) - set(partners) - {world_rank})
         messenger.send_to_all(TEARDOWN, Teardown(lost_ranks), everyone_else)
+        if replacer is not None:
+            replacer.teardown(lost_ranks)
     _close(messenger, windows, RoleResult(lost_ranks=lost_ranks))
-    return RoleResult(_report(job, reports, test_loss, test_accuracy), None, lost_ranks)
+    summary = _report(job, reports, test_loss, test_accuracy)
+    if replacer is not None:
+        summary["replicas_replaced"] = replacer.summary()
+    return RoleResult(summary, None, lost_ranks)
 
 
 def _lead_partners(job: Job) -> list[int]:

@@ -33,6 +33,7 @@ from ..liveness import Peers, ReplicaWatch
 from ..shard_order import initial_params
 from ..shard_start import downpour_state
 from .checkpoints import reply_to_checkpoint
+from .shard_rescue import Replacements
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,8 @@ class ShardStats:
         self.too_stale = np.zeros(n_replicas, np.int64)  # pushes over optimizer.max_staleness
         self.staleness_hist = np.zeros(STALENESS_BINS, np.int64)
         self.staleness_sum, self.staleness_max, self.steps_pushed = 0, 0, 0
-        self.lost: list[int] = []  # replicas that left mid-run (replica_loss = continue)
+        self.steps_by_replica = np.zeros(n_replicas, np.int64)  # this invocation's, not checkpointed
+        self.lost: list[int] = []  # replicas that left mid-run (replica_loss = continue or replace)
 
     def restore(self, saved: dict) -> None:
         """Continue the counters of a checkpointed run (as_dict's output)."""
@@ -82,6 +84,7 @@ class ShardStats:
         self.staleness_max = max(self.staleness_max, staleness)
         self.staleness_hist[min(staleness, STALENESS_BINS - 1)] += 1
         self.steps_pushed += steps
+        self.steps_by_replica[replica_id] += steps
 
     def as_dict(self) -> dict:
         return {
@@ -214,6 +217,31 @@ class Shard:
             self.watch.saw(replica_id)
         self.slots.release(push)
 
+    def apply_message(self, replica_id: int, grad: np.ndarray, base_version: int, steps: int, offset: int) -> None:
+        """A replacement replica's push (it arrives as a message, shard_rescue.py), applied whole
+        as a posted landing-slot push is. Only while no slot push is open: one version at a time."""
+        if self.open is not None:
+            raise RuntimeError("a message push applied while a landing-slot push is open")
+        push = Push(-1, 0, replica_id, base_version, steps, offset, len(grad), len(grad))
+        verdict, staleness = self._verdict(push)
+        if verdict == APPLY and not self._rule(push.part, grad):
+            self.published.abandon()
+            verdict = REJECTED
+        if verdict == APPLY:
+            self.published.commit()
+            self.stats.record(replica_id, staleness, steps)
+        elif verdict == REJECTED:
+            self._count_rejected(replica_id)
+        else:
+            self.stats.too_stale[replica_id] += 1
+
+    def forget(self, replica_id: int) -> None:
+        """Replica `replica_id` has left: drop its open push and free the slots it had claimed."""
+        self._drop_open(replica_id)
+        if self.slots.reclaim(replica_id):  # it died between claiming a slot and posting into it
+            log.warning("freed the landing slot replica %d had claimed", replica_id)
+        self.stats.lost.append(replica_id)
+
     def _drop_open(self, replica_id: int) -> None:
         """The replica has left: a push of its still open (it died putting chunks) is dropped."""
         if self.open is not None and claimer_of(self.open.state) == replica_id:
@@ -240,12 +268,18 @@ class Shard:
             log.warning("rejected a non-finite push from replica %d (%d so far)", replica_id, count)
 
     def serve(
-        self, messenger: Messenger, on_checkpoint=None, watch: ReplicaWatch | None = None, replica_loss: str = "abort"
+        self,
+        messenger: Messenger,
+        on_checkpoint=None,
+        watch: ReplicaWatch | None = None,
+        replica_loss: str = "abort",
+        replacements=None,
     ) -> None:
         """Apply pushes until every replica has said it is done (or has left) and nothing is
         pending. on_checkpoint(CheckpointRequest) handles a checkpoint request from the lead;
         watch (liveness.ReplicaWatch) judges silent replicas: a hung one ends the job, one that
-        has left ends it too unless replica_loss is "continue"."""
+        has left ends it too unless replica_loss is "continue" or "replace" (then
+        `replacements`, shard_rescue.Replacements, serves the replacement)."""
         self.watch, finished, backoff = watch, set(), Backoff(limit=2e-3)
         landing = Backoff(first=5e-6, limit=LANDING_SLEEP_LIMIT)
         dones: Counter[int] = Counter()  # ReplicaDone received, per replica (one per pushing partition)
@@ -253,7 +287,8 @@ class Shard:
             watchdog.beat()
             for request, _ in messenger.receive_all(CHECKPOINT):  # promptly, even when busy
                 on_checkpoint(request)
-            if self.apply_pending():
+            progress = self.apply_pending() + (replacements.serve(finished) if replacements is not None else 0)
+            if progress:
                 backoff.reset()
                 landing.reset()
                 continue
@@ -262,15 +297,16 @@ class Shard:
             dones.update(done.replica_id for done, _ in messenger.receive_all(DONE))
             finished.update(r for r, count in dones.items() if count >= self.pushers_per_replica)
             if watch is not None:
-                self._judge_silent(finished, replica_loss)
+                self._judge_silent(finished, replica_loss, replacements)
             if self.open is not None:
                 landing.sleep()  # the open push's next chunk is on its way
             elif len(finished) < self.n_replicas:
                 landing.reset()
                 backoff.sleep()
 
-    def _judge_silent(self, finished: set[int], replica_loss: str) -> None:
-        left, hung = self.watch.verdicts(finished)
+    def _judge_silent(self, finished: set[int], replica_loss: str, replacements=None) -> None:
+        replaced = replacements.replaced if replacements is not None else set()
+        left, hung = self.watch.verdicts(finished | replaced)
         for replica_id, silent in hung:
             raise RankHung(
                 f"{self.watch.who(replica_id)} has sent shard {self.shard_id} no push for {silent:.0f} s and "
@@ -284,16 +320,17 @@ class Shard:
                     "coordinates checkpoints and writes the summary, so the job ends (resume from the "
                     "last checkpoint)"
                 )
-            if replica_loss != "continue":
+            if replica_loss == "abort":
                 raise RankLost(
                     f"{who} has left the job (its process exited); "
                     "faults.replica_loss = abort ends the job (resume from the last checkpoint)"
                 )
+            if replacements is not None:
+                log.warning("%s has left the job; asking the lead to replace it", who)
+                replacements.left(replica_id)
+                continue
             log.warning("%s has left the job; training goes on without it", who)
-            self._drop_open(replica_id)
-            if self.slots.reclaim(replica_id):  # it died between claiming a slot and posting into it
-                log.warning("freed the landing slot replica %d had claimed", replica_id)
-            self.stats.lost.append(replica_id)
+            self.forget(replica_id)
             finished.add(replica_id)
 
 
@@ -312,12 +349,14 @@ def serve_shard(job: Job, windows: ParamServerWindows, messenger: Messenger, pee
     barrier_sleeping(messenger.comm)  # initial parameters are published
     log.info("serving parameters [%d, %d)", start, stop)
     lead, faults = job.layout.lead_rank, job.spec.faults
+    replacements = Replacements(job, messenger, shard) if faults.replica_loss == "replace" else None
     with watchdog:
         shard.serve(
             messenger,
             lambda request: reply_to_checkpoint(messenger, shard, start, stop, request, lead),
             ReplicaWatch(peers, _pushers(job, shard_id), faults.watchdog_seconds),
             faults.replica_loss,
+            replacements,
         )
     return {
         "role": "shard",
