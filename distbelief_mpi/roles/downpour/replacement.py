@@ -23,6 +23,7 @@ import os
 import socket
 import sys
 import time
+import traceback
 from functools import partial
 from pathlib import Path
 
@@ -34,6 +35,7 @@ from ...comm.rescue import join_as_replacement
 from ...comm.world import abort_job
 from ...config import JobSpec
 from ...data.batches import open_replica_stream
+from ...errors import DistbeliefError
 from ...job import Job
 from ...kernels.thread_pool import set_compute_threads
 from ...model.warm_up import warm_up_kernels
@@ -93,32 +95,38 @@ def train_replacement(job: Job, messenger: Messenger, setup: ReplacementSetup, w
 
 def main() -> None:
     """Join, train, report, wait for the lead's word, leave (with _exit: the job's world has a
-    rank that left, and MPI_Finalize would wait for it; docs/reliability.md)."""
+    rank that left, and MPI_Finalize would wait for it; docs/reliability.md). Any failure ends
+    the whole job loudly: the shards would otherwise wait for this replica's "done"."""
     preempt.install()
     preempt.survive_process_failures()
     comm, setup = join_as_replacement()
-    job = replacement_job(setup)
-    world_rank = job.role.world_rank
-    label = f"replacement of {job.role.label}"
-    (job.run_dir / "logs").mkdir(parents=True, exist_ok=True)
-    setup_logging(world_rank, label, job.run_dir / "logs")
-    set_compute_threads(threads_for_rank(job.spec.topology.threads_per_rank))
-    messenger = Messenger(comm)
-    watchdog = Watchdog(job.spec.faults.watchdog_seconds, rank_label(world_rank, label), partial(abort_job, comm))
+    label = f"replacement of replica {setup.replica_id}"
     code = 0
     try:
-        log.warning("replacing replica %d from step %d on %s", setup.replica_id, setup.first_step, socket.gethostname())
-        report = train_replacement(job, messenger, setup, watchdog)
-        messenger.send(REPORT, FinalReport(report), setup.lead)
-        messenger.wait(TEARDOWN, setup.lead)
-    except Exception as exc:  # noqa: BLE001 - the job must end loudly, not wait for us forever
-        print(f"error on {rank_label(world_rank, label)}: {exc!r}", file=sys.stderr)
-        code = 1
+        _replace(comm, setup)
+    except Exception as exc:  # noqa: BLE001 - see the docstring
+        detail = str(exc) if isinstance(exc, DistbeliefError) else traceback.format_exc()
+        print(f"error on {label} ({socket.gethostname()}): {detail}", file=sys.stderr)
+        code = exc.exit_code if isinstance(exc, DistbeliefError) else 1
         abort_job(comm, code)
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+def _replace(comm, setup: ReplacementSetup) -> None:
+    job = replacement_job(setup)
+    world_rank, label = job.role.world_rank, f"replacement of {job.role.label}"
+    (job.run_dir / "logs").mkdir(parents=True, exist_ok=True)
+    setup_logging(world_rank, label, job.run_dir / "logs")  # appended to the lost rank's log
+    set_compute_threads(threads_for_rank(job.spec.topology.threads_per_rank))
+    messenger = Messenger(comm)
+    watchdog = Watchdog(job.spec.faults.watchdog_seconds, rank_label(world_rank, label), partial(abort_job, comm))
+    log.warning("replacing replica %d from step %d on %s", setup.replica_id, setup.first_step, socket.gethostname())
+    report = train_replacement(job, messenger, setup, watchdog)
+    messenger.send(REPORT, FinalReport(report), setup.lead)
+    messenger.wait(TEARDOWN, setup.lead)
 
 
 if __name__ == "__main__":
