@@ -10,8 +10,11 @@ docs/reliability.md); a second replica leaving during the spawn ends an MPICH jo
 """
 
 import sys
+import threading
 from dataclasses import dataclass
 from typing import Any
+
+from ..runtime import watchdog
 
 REPLACEMENT_MODULE = "distbelief_mpi.roles.downpour.replacement"
 CREATE_GROUP_TAG = 7000  # + the replica id: concurrent replacements never mix their calls
@@ -43,19 +46,45 @@ def spawn_replacement(world_comm, members, lead: int, replica_id: int, steps_app
     from mpi4py import MPI
 
     ordered = tuple(sorted(members))
-    group = world_comm.Get_group().Incl(list(ordered))
-    own = world_comm.Create_group(group, CREATE_GROUP_TAG + replica_id)
-    group.Free()
-    # The fewest: a push that reached one shard and was deferred at another went down with the
-    # process, and the replacement must train every step some shard is missing.
-    fewest = own.allreduce(steps_applied, op=MPI.MIN)
-    command = ["-m", REPLACEMENT_MODULE, *label]
-    intercomm = own.Spawn(sys.executable, command, maxprocs=1, root=ordered.index(lead))
-    merged = intercomm.Merge(high=False)
+
+    def spawn():
+        group = world_comm.Get_group().Incl(list(ordered))
+        own = world_comm.Create_group(group, CREATE_GROUP_TAG + replica_id)
+        group.Free()
+        # The fewest: a push that reached one shard and was deferred at another went down with
+        # the process, and the replacement must train every step some shard is missing.
+        fewest = own.allreduce(steps_applied, op=MPI.MIN)
+        command = ["-m", REPLACEMENT_MODULE, *label]
+        intercomm = own.Spawn(sys.executable, command, maxprocs=1, root=ordered.index(lead))
+        return intercomm.Merge(high=False), fewest
+
+    merged, fewest = beating_while(spawn)
     link = RescueLink(merged, ordered)
     if make_setup is not None:
         merged.send(make_setup(fewest), dest=link.replacement, tag=SETUP_TAG)
     return link, fewest
+
+
+def beating_while(work):
+    """work()'s result, run on a helper thread while this one beats the watchdog: the spawn is
+    a collective that legitimately takes seconds (2.7 s measured on a loaded machine), and a
+    short faults.watchdog_seconds must not take it for a hang. Its errors are raised here."""
+    outcome: dict = {}
+
+    def run():
+        try:
+            outcome["result"] = work()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, name="spawn", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        watchdog.beat()
+        thread.join(timeout=0.25)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
 
 
 def join_as_replacement():

@@ -126,3 +126,16 @@ def test_a_shard_that_never_takes_a_push_is_hung_after_the_watchdog_time():
     ep.exchange([PushItem(0, np.ones(6, np.float32), 0, 1)], [])
     with pytest.raises(RankHung, match="shard 0 has answered replacement replica 2 nothing"):
         ep.push_all([])  # waits for the push in flight
+
+
+def test_a_long_collective_beats_the_watchdog_and_its_errors_reach_the_caller(monkeypatch):
+    import time
+
+    from distbelief_mpi.comm import rescue
+
+    beats = []
+    monkeypatch.setattr(rescue.watchdog, "beat", lambda: beats.append(time.monotonic()))
+    assert rescue.beating_while(lambda: time.sleep(0.6) or 42) == 42
+    assert len(beats) >= 3  # every 0.25 s while the helper thread works
+    with pytest.raises(ZeroDivisionError):
+        rescue.beating_while(lambda: 1 / 0)
