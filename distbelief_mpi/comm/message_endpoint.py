@@ -31,6 +31,8 @@ class MessageEndpoint:
         self.messenger, self.shard_ranks, self.replica_id = messenger, list(shard_ranks), replica_id
         self.hung_after = hung_after
         self.in_flight: list = [None] * len(self.shard_ranks)  # a push's send request, till its PushTaken
+        self.asked: list[tuple[int, int] | None] = [None] * len(self.shard_ranks)  # a fetch request out
+        self.versions = [0] * len(self.shard_ranks)  # the version of each shard's last fetched copy
         self.fetch_retries = 0  # ReplicaEndpoint's figure; a message fetch is never torn
 
     def fetch(self, shard_id: int, out: np.ndarray, offset: int = 0) -> int:
@@ -62,10 +64,8 @@ class MessageEndpoint:
         """Send the pushes whose shard has taken our previous one, and fetch. Returns (sent?,
         per push) and (version, per fetch)."""
         self._collect_taken()
-        for fetch in fetches:
-            self.messenger.send(FETCH, FetchRequest(fetch.offset, len(fetch.out)), self.shard_ranks[fetch.shard_id])
         posted = [self._send_push(push) for push in pushes]
-        versions = [self._receive_fetch(fetch) for fetch in fetches]
+        versions = [self._take_fetch(fetch) for fetch in fetches]
         return posted, versions
 
     def _send_push(self, push: PushItem) -> bool:
@@ -75,10 +75,31 @@ class MessageEndpoint:
         self.in_flight[push.shard_id] = self.messenger.post(MESSAGE_PUSH, record, self.shard_ranks[push.shard_id])
         return True
 
-    def _receive_fetch(self, fetch: FetchItem) -> int:
-        reply = self.messenger.wait(FETCHED, self.shard_ranks[fetch.shard_id], self._hung_check(fetch.shard_id))
+    def _take_fetch(self, fetch: FetchItem) -> int:
+        """Fetch ahead, as optimizer.overlap_comm does: each fetch point takes the reply to the
+        request made at the one before, if it has come (else `out` keeps the replica's own
+        parameters), and asks for the next. A shard's reply waits for its serve loop to wake
+        (up to its 2 ms backoff), longer than a small model's step. The first fetch waits."""
+        shard_id, rank, part = fetch.shard_id, self.shard_ranks[fetch.shard_id], (fetch.offset, len(fetch.out))
+        if self.asked[shard_id] != part:
+            if self.asked[shard_id] is not None:  # another part was asked for: that reply is not ours
+                self.messenger.wait(FETCHED, rank, self._hung_check(shard_id))
+            self._ask(shard_id, part)
+            self._copy(fetch, self.messenger.wait(FETCHED, rank, self._hung_check(shard_id)))
+        elif self.messenger.waiting(FETCHED, rank):
+            self._copy(fetch, self.messenger.receive(FETCHED, rank))
+        else:
+            return self.versions[shard_id]
+        self._ask(shard_id, part)
+        return self.versions[shard_id]
+
+    def _ask(self, shard_id: int, part: tuple[int, int]) -> None:
+        self.messenger.send(FETCH, FetchRequest(*part), self.shard_ranks[shard_id])
+        self.asked[shard_id] = part
+
+    def _copy(self, fetch: FetchItem, reply) -> None:
         np.copyto(fetch.out, reply.params)
-        return reply.version
+        self.versions[fetch.shard_id] = reply.version
 
     def _collect_taken(self) -> None:
         for _, source in self.messenger.receive_all(PUSH_TAKEN):

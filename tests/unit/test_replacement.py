@@ -51,15 +51,24 @@ class ShardsOverMessages:
 
     def __init__(self, params: list[np.ndarray], auto_take: bool = False):
         self.params, self.version, self.auto_take = params, [7] * len(params), auto_take
+        self.answering = True  # False: fetch requests queue up unanswered (a shard asleep)
+        self.unanswered: list = []
         self.replies: list = []  # (channel, record, source) for the replica
         self.pushes: list = []
 
     # -- the endpoint's side
     def send(self, channel, record, dest):
-        shard = dest - 10
         if channel is FETCH:
+            self.unanswered.append((record, dest))
+            if self.answering:
+                self.answer()
+
+    def answer(self):
+        for record, dest in self.unanswered:
+            shard = dest - 10
             part = self.params[shard][record.offset : record.offset + record.length]
             self.replies.append((FETCHED, FetchReply(self.version[shard], part.copy()), dest))
+        self.unanswered.clear()
 
     def post(self, channel, record, dest):
         assert channel is MESSAGE_PUSH
@@ -72,6 +81,12 @@ class ShardsOverMessages:
         taken = [(record, source) for ch, record, source in self.replies if ch is channel]
         self.replies = [reply for reply in self.replies if reply[0] is not channel]
         return taken
+
+    def waiting(self, channel, source):
+        return any(ch is channel and from_ == source for ch, _, from_ in self.replies)
+
+    def receive(self, channel, source):
+        return self.wait(channel, source)
 
     def wait(self, channel, source, on_wait=None):
         for index, (ch, record, from_) in enumerate(self.replies):
@@ -99,6 +114,21 @@ def test_a_fetch_copies_each_shards_part_and_returns_their_versions():
     assert versions == [7, 9]
     np.testing.assert_array_equal(a, [2, 3, 4])
     np.testing.assert_array_equal(b, [100, 101])
+
+
+def test_fetches_go_ahead_each_takes_the_reply_asked_for_at_the_fetch_before():
+    ep, shards = endpoint()
+    out = np.zeros(6, np.float32)
+    assert ep.fetch(0, out) == 7  # the first waits; the next request goes out at once
+    shards.params[0][:] = -1  # the shard moves on; the request already answered holds version 7
+    shards.version[0] = 8
+    assert ep.fetch(0, out) == 7 and out[0] == 0
+    shards.answering = False  # asleep from now: the request this fetch makes stays unanswered
+    assert ep.fetch(0, out) == 8 and out[0] == -1
+    out[:] = 5
+    assert ep.fetch(0, out) == 8 and out[0] == 5  # no reply yet: the replica keeps its own parameters
+    shards.answer()
+    assert ep.fetch(0, out) == 8 and out[0] == -1
 
 
 def test_a_push_is_refused_until_the_shard_has_taken_the_one_before():
