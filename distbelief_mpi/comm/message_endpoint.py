@@ -8,8 +8,9 @@ fetches with two-sided messages on that communicator, with ReplicaEndpoint's rul
 - push: a MessagePush to the shard, at most one in flight per shard. The shard applies it
   with its server rule, as a landing-slot push, and answers PushTaken; until then a new push
   to that shard is refused (the gradient keeps accruing), so a slow shard is never flooded.
-- fetch: a FetchRequest to every shard at once, then each shard's FetchReply (its published
-  parameters and their version; a shard is single-threaded, so the copy is consistent).
+- fetch: a FetchRequest to a shard, answered with a FetchReply (its published parameters and
+  their version; a shard is single-threaded, so the copy is consistent). Asked one fetch point
+  ahead: each fetch point takes the reply to the request made at the one before (_take_fetch).
 """
 
 import time
