@@ -7,6 +7,9 @@ import json
 import tomllib
 from pathlib import Path
 
+import pytest
+
+from tests.fault.launch import hydra
 from tests.slurm.conftest import REPO
 from tests.slurm.jobs import batch_env, wait_for_output, wait_until_training
 
@@ -104,3 +107,25 @@ def test_requeue_onto_another_task_count_resumes_on_the_new_shape(slurm_cluster,
     assert resumed is not None and resumed["step"] > 0, summary
     assert resumed.get("from_topology", {}).get("replicas") == FIRST_TASKS - 2, summary
     assert summary["stopped_on"] == "seconds" and summary["test_accuracy"] >= 0.9, summary
+
+
+def test_a_replica_lost_in_a_batch_job_is_replaced_and_the_job_completes(slurm_cluster, slurm_digits_h5, tmp_path):
+    """LAUNCH=mpiexec with MPIEXEC_FLAGS=-disable-auto-cleanup and faults.replica_loss =
+    replace: replica 2 exits after 60 steps, the lead and the shards spawn its replacement inside
+    the allocation, and the script reads summary.json rather than mpiexec's code (the leaver's)."""
+    if not hydra():
+        pytest.skip("-disable-auto-cleanup is MPICH's (hydra) launcher flag")
+    args = ("jobs/digits_downpour.toml", "--set", f"data.path={slurm_digits_h5}", "--set", "run.epochs=40")
+    args += ("--set", 'faults.replica_loss="replace"', "--set", 'faults.inject="leave"')
+    args += ("--set", "faults.inject_replica=2", "--set", "faults.inject_after_steps=60")
+    env = batch_env(slurm_cluster, tmp_path / "runs", LAUNCH="mpiexec", MPIEXEC_FLAGS="-disable-auto-cleanup")
+    job_id = slurm_cluster.sbatch(GENERIC, "-n", "5", f"--output={tmp_path}/%x-%j.out", cwd=REPO, env=env, args=args)
+    log = tmp_path / f"distbelief-{job_id}.out"
+    result = slurm_cluster.wait_job(job_id, timeout=JOB_TIMEOUT_S)
+    assert (result.state, result.exit_code) == ("COMPLETED", "0:0"), explain(slurm_cluster, result, log)
+    output = log.read_text()
+    assert "launch: mpiexec -disable-auto-cleanup -n 5" in output, output
+    assert "the run finished after losing a replica" in output, output
+    summary = json.loads((tmp_path / "runs" / job_id / "summary.json").read_text())
+    assert summary["replicas_lost"] == [2] and summary["replicas_replaced"][0]["replica_id"] == 2, summary
+    assert summary["steps"] <= min(summary["steps_pushed_per_shard"]), summary
