@@ -51,9 +51,10 @@ exec {shlex.quote(sys.executable)} -m tests.mpi.rank_main "$records" distbelief 
     return directory
 
 
-def submit(cluster, tmp_path: Path, launch: str, extra_args: str) -> tuple[str, Path]:
+def submit(cluster, tmp_path: Path, launch: str, extra_args: str, **settings: str) -> tuple[str, Path]:
     """sbatch the digits Downpour script on both nodes from the repository root; UCX kept on TCP
-    between hosts (it would reach a peer's shared memory across namespaces otherwise)."""
+    between hosts (it would reach a peer's shared memory across namespaces otherwise). settings:
+    more of the script's variables."""
     recorder = rank_recorder(tmp_path / "bin")
     env = {
         **network_env(),
@@ -64,6 +65,7 @@ def submit(cluster, tmp_path: Path, launch: str, extra_args: str) -> tuple[str, 
         "VENV": "none",  # activating a venv would put its `distbelief` before the recorder
         "PATH": f"{recorder}:{Path(sys.executable).parent}:{cluster.env.get('PATH', '')}",
         "PYTHONPATH": str(REPO),
+        **settings,
     }
     job_id = cluster.sbatch(SCRIPT, "--nodes=2", f"--output={tmp_path}/%x-%j.out", cwd=REPO, env=env)
     return job_id, tmp_path / f"digits_downpour-{job_id}.out"
@@ -131,3 +133,20 @@ def test_preempted_job_resumes_across_hosts(slurm_two_hosts, digits_h5, tmp_path
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["resumed_from"] is not None and summary["resumed_from"]["step"] > 0, summary
     assert summary["stopped_on"] == "seconds" and summary["world_size"] == 5, summary
+
+
+def test_a_replica_lost_on_two_nodes_is_replaced(slurm_two_hosts, digits_h5, tmp_path):
+    """faults.replica_loss = replace in a 2-node allocation (LAUNCH=mpiexec, Hydra's proxies
+    started by srun): replica 2 exits, the lead and the shards spawn its replacement inside the
+    allocation, and the job completes with exit code 0 (the script reads summary.json)."""
+    cluster = slurm_two_hosts
+    extra = f"--set run.epochs=40 --set data.path={digits_h5} --set faults.replica_loss=replace"
+    extra += " --set faults.inject=leave --set faults.inject_replica=2 --set faults.inject_after_steps=60"
+    job_id, log = submit(cluster, tmp_path, "mpiexec", extra, MPIEXEC_FLAGS="-disable-auto-cleanup")
+    result = cluster.wait_job(job_id, timeout=JOB_TIMEOUT_S)
+    why = explain(cluster, tmp_path, result, log)
+    assert (result.state, result.exit_code) == ("COMPLETED", "0:0"), why
+    assert "the run finished after losing a replica" in log.read_text(), why
+    summary = json.loads((tmp_path / "runs" / job_id / "summary.json").read_text())
+    assert summary["replicas_lost"] == [2] and summary["replicas_replaced"][0]["replica_id"] == 2, summary
+    assert summary["steps"] <= min(summary["steps_pushed_per_shard"]), summary
