@@ -58,6 +58,9 @@ class ReplacedReplica:
 
 
 class Replacer:
+    """The lead's replacements: one link (a Messenger on the merged communicator, the
+    replacement last in it) per replica replaced, their reports, and summary.json's records."""
+
     def __init__(self, job, messenger: Messenger):
         self.job, self.messenger = job, messenger
         self.shards = list(job.layout.ranks_of("shard"))
