@@ -5,6 +5,7 @@ names the file and key, no traceback), 1 anything unexpected (with a traceback).
 """
 
 import argparse
+import os
 import sys
 
 from . import __version__
@@ -246,6 +247,13 @@ def main(argv: list[str] | None = None) -> int:
     except UserInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except BrokenPipeError:
+        if args.command == "train":  # a rank's output cut off mid-run is a failure, not a reader done
+            raise
+        # `distbelief plan JOB | head`: the reader has what it wanted. Point stdout at /dev/null,
+        # or the interpreter's own flush at exit fails on the closed pipe once more.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":
