@@ -12,10 +12,11 @@ import json
 import os
 import re
 import shlex
-import signal
 import subprocess
 import sys
 import time
+
+from spawn_matrix import kill_leftovers, leftovers_of  # this folder, as spawn_hosts.py imports it
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 N = 3
@@ -41,18 +42,7 @@ tag, py, launches = args[0], args[1], args[2:]
 os.makedirs(f"{HERE}/logs/{tag}", exist_ok=True)
 
 
-def leftovers():
-    pids = []
-    for p in os.listdir("/proc"):
-        if not p.isdigit() or int(p) == os.getpid():
-            continue
-        try:
-            cmd = open(f"/proc/{p}/cmdline", "rb").read().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if f"runtag={tag}" in cmd and "runner.py" not in cmd and "timeout" not in cmd.split()[0:1]:
-            pids.append(int(p))
-    return pids
+leftovers = leftovers_of(tag)
 
 
 if probe == "spawn":
@@ -74,12 +64,7 @@ for li, launch in enumerate(launches):
             dt = time.time() - t
             out = p.stdout.decode(errors="replace")
             time.sleep(0.3)
-            left = leftovers()
-            for pid in left:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except OSError:
-                    pass
+            left = kill_leftovers(leftovers)
             surv = {}
             for r in range(N - 1):
                 stages = [x.replace("TRY ", "in:") for x in re.findall(rf"\] R{r} (TRY \w+|\w+)", out)]

@@ -40,6 +40,17 @@ def leftovers_of(tag: str):
     return leftovers
 
 
+def kill_leftovers(leftovers) -> list[int]:
+    """SIGKILL the processes a run left behind (leftovers(): their pids); returns the pids."""
+    left = leftovers()
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    return left
+
+
 def steps_of(out: str, who: str) -> dict:
     """The steps `who` passed, and its first that did not pass (None: all did)."""
     passed, failed = [], None
@@ -67,12 +78,7 @@ def run_one(here: str, tag: str, py: str, launch: str, args: list[str], leftover
     done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     seconds = time.time() - start
     time.sleep(0.5)
-    left = leftovers()
-    for pid in left:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except OSError:
-            pass
+    left = kill_leftovers(leftovers)
     out = done.stdout.decode(errors="replace")
     return {
         "rc": done.returncode,
