@@ -19,22 +19,23 @@ SHORT = ["run.epochs=40"]
 needs_hydra = pytest.mark.skipif(not hydra(), reason="-disable-auto-cleanup is MPICH's (hydra) launcher flag")
 
 
-@needs_hydra
-def test_training_goes_on_without_a_replica_that_left(tmp_path, digits_h5):
+def lose_replica_2(tmp_path, digits_h5, replica_loss: str):
+    """A run where nobody leaves, then one where replica 2 leaves under faults.replica_loss =
+    replica_loss, in tmp_path / replica_loss: (that run, its summary, the first run's summary)."""
     common = [f"data.path={digits_h5}", *SHORT]
     baseline = train(5, "digits_downpour.toml", tmp_path / "baseline", common)
     assert baseline.returncode == 0, baseline.explain()
-    survived = train(
-        5,
-        "digits_downpour.toml",
-        tmp_path / "left",
-        [*common, *LEAVE, 'faults.replica_loss="continue"'],
-        mpiexec_flags=("-disable-auto-cleanup",),
-    )
-    summary_path = tmp_path / "left" / "summary.json"
-    assert summary_path.exists(), survived.explain()
-    summary = json.loads(summary_path.read_text())
-    expected = json.loads((tmp_path / "baseline" / "summary.json").read_text())
+    run_dir = tmp_path / replica_loss
+    sets = [*common, *LEAVE, f'faults.replica_loss="{replica_loss}"']
+    ended = train(5, "digits_downpour.toml", run_dir, sets, mpiexec_flags=("-disable-auto-cleanup",))
+    assert (run_dir / "summary.json").exists(), ended.explain()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    return ended, summary, json.loads((tmp_path / "baseline" / "summary.json").read_text())
+
+
+@needs_hydra
+def test_training_goes_on_without_a_replica_that_left(tmp_path, digits_h5):
+    survived, summary, expected = lose_replica_2(tmp_path, digits_h5, "continue")
     assert summary["replicas_lost"] == [2], summary
     assert summary["replica_steps"][2] is None and min(summary["replica_steps"][:2]) > 0, summary
     assert summary["test_accuracy"] >= expected["test_accuracy"] - 0.02, (
@@ -43,27 +44,14 @@ def test_training_goes_on_without_a_replica_that_left(tmp_path, digits_h5):
     )
     assert "left the job mid-run" in survived.stderr, survived.explain()
     assert survived.returncode == 1, survived.explain()  # mpiexec passes the leaver's exit code on
-    assert leftover_processes(tmp_path / "left") == []
+    assert leftover_processes(tmp_path / "continue") == []
 
 
 @needs_hydra
 def test_a_replica_that_left_is_replaced(tmp_path, digits_h5):
     """faults.replica_loss = replace: the lead and the shards spawn a process that trains the
     lost replica's data part from where the shards' copies of its pushes end."""
-    common = [f"data.path={digits_h5}", *SHORT]
-    baseline = train(5, "digits_downpour.toml", tmp_path / "baseline", common)
-    assert baseline.returncode == 0, baseline.explain()
-    replaced = train(
-        5,
-        "digits_downpour.toml",
-        tmp_path / "replaced",
-        [*common, *LEAVE, 'faults.replica_loss="replace"'],
-        mpiexec_flags=("-disable-auto-cleanup",),
-    )
-    summary_path = tmp_path / "replaced" / "summary.json"
-    assert summary_path.exists(), replaced.explain()
-    summary = json.loads(summary_path.read_text())
-    expected = json.loads((tmp_path / "baseline" / "summary.json").read_text())
+    replaced, summary, expected = lose_replica_2(tmp_path, digits_h5, "replace")
     assert summary["replicas_lost"] == [2], summary
     [record] = summary["replicas_replaced"]
     assert record["replica_id"] == 2 and record["world_rank"] == 4 and 0 < record["from_step"] <= 60, record
@@ -72,15 +60,15 @@ def test_a_replica_that_left_is_replaced(tmp_path, digits_h5):
     # applied twice there, never skipped).
     assert summary["replica_steps"][2] >= min(summary["replica_steps"][:2]) - 1, summary
     assert summary["steps"] <= min(summary["steps_pushed_per_shard"]) <= summary["steps"] + 60, summary
-    # 2 points, as without a replacement: two runs without any loss differ by up to 1.1 points
+    # 2 points, as without a replacement: two runs without any loss differ by up to 1.4 points
     # (digits, 40 epochs); docs/reliability.md has the medians.
     assert summary["test_accuracy"] >= expected["test_accuracy"] - 0.02, (
         summary["test_accuracy"],
         expected["test_accuracy"],
     )
     assert "2 (from step" in replaced.stderr and "were replaced" in replaced.stderr, replaced.explain()
-    assert "replacement of replica 2" in (tmp_path / "replaced" / "logs" / "rank-4.log").read_text()
-    assert leftover_processes(tmp_path / "replaced") == []
+    assert "replacement of replica 2" in (tmp_path / "replace" / "logs" / "rank-4.log").read_text()
+    assert leftover_processes(tmp_path / "replace") == []
 
 
 @pytest.mark.parametrize("flags", [(), ("-disable-auto-cleanup",)], ids=["default-launch", "disable-auto-cleanup"])

@@ -52,13 +52,13 @@ def test_each_emulated_host_finds_its_own_address(emulated_hosts):
             assert found.stdout.split() == [hosts.address(host)], (host, found.stdout, found.stderr)
 
 
-@needs_hydra
-def test_a_replica_that_leaves_on_another_host_is_lost_and_training_goes_on(tmp_path, digits_h5, emulated_hosts):
-    run_dir = tmp_path / "left"
+def replica_2_leaves_on_h2(emulated_hosts, run_dir, digits_h5, replica_loss: str) -> tuple[Ended, dict]:
+    """Replica 2 (rank 4, on h2) exits after 60 steps under faults.replica_loss = replica_loss:
+    (the run, its summary)."""
     sets = [
         f"data.path={digits_h5}",
         "run.epochs=30",
-        'faults.replica_loss="continue"',
+        f'faults.replica_loss="{replica_loss}"',
         'faults.inject="leave"',
         "faults.inject_replica=2",
         "faults.inject_after_steps=60",
@@ -66,10 +66,15 @@ def test_a_replica_that_leaves_on_another_host_is_lost_and_training_goes_on(tmp_
         "checkpoint.grace_seconds=2",
     ]
     with emulated_hosts(2) as hosts:
-        survived = train_across(hosts, run_dir, sets, flags=("-disable-auto-cleanup",))
-    summary_path = run_dir / "summary.json"
-    assert summary_path.exists(), survived.explain()
-    summary = json.loads(summary_path.read_text())
+        ended = train_across(hosts, run_dir, sets, flags=("-disable-auto-cleanup",))
+    assert (run_dir / "summary.json").exists(), ended.explain()
+    return ended, json.loads((run_dir / "summary.json").read_text())
+
+
+@needs_hydra
+def test_a_replica_that_leaves_on_another_host_is_lost_and_training_goes_on(tmp_path, digits_h5, emulated_hosts):
+    run_dir = tmp_path / "left"
+    survived, summary = replica_2_leaves_on_h2(emulated_hosts, run_dir, digits_h5, "continue")
     assert summary["replicas_lost"] == [2], summary
     assert summary["replica_steps"][2] is None and min(summary["replica_steps"][:2]) > 0, summary
     assert "left the job mid-run" in survived.stderr, survived.explain()
@@ -86,21 +91,7 @@ def test_a_replica_that_leaves_on_another_host_is_replaced(tmp_path, digits_h5, 
     """faults.replica_loss = replace across hosts: the lead and the shards (h1) spawn the
     replacement, which reaches them over the emulated network wherever Hydra places it."""
     run_dir = tmp_path / "replaced"
-    sets = [
-        f"data.path={digits_h5}",
-        "run.epochs=30",
-        'faults.replica_loss="replace"',
-        'faults.inject="leave"',
-        "faults.inject_replica=2",
-        "faults.inject_after_steps=60",
-        f"faults.watchdog_seconds={WATCHDOG_S}",
-        "checkpoint.grace_seconds=2",
-    ]
-    with emulated_hosts(2) as hosts:
-        replaced = train_across(hosts, run_dir, sets, flags=("-disable-auto-cleanup",))
-    summary_path = run_dir / "summary.json"
-    assert summary_path.exists(), replaced.explain()
-    summary = json.loads(summary_path.read_text())
+    _, summary = replica_2_leaves_on_h2(emulated_hosts, run_dir, digits_h5, "replace")
     assert summary["replicas_lost"] == [2] and summary["replicas_replaced"][0]["replica_id"] == 2, summary
     assert summary["replica_steps"][2] >= min(summary["replica_steps"][:2]) - 1, summary
     assert summary["steps"] <= min(summary["steps_pushed_per_shard"]), summary

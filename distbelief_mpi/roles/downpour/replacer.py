@@ -69,6 +69,7 @@ class Replacer:
         self.replaced: list[ReplacedReplica] = []
         self.reports: dict[int, dict] = {}  # replica id -> its replacement's FinalReport
         self.preemption_forwarded = False
+        self.resumed_at = job.resume.step if job.resume else 0  # a replacement's steps count from here
 
     @property
     def pending(self) -> bool:
@@ -116,7 +117,7 @@ class Replacer:
             label=(str(job.run_dir.resolve()), f"replica={replica_id}"),
         )
         spawn_s = time.perf_counter() - started
-        first_step = (job.resume.step if job.resume else 0) + fewest
+        first_step = self.resumed_at + fewest
         self.links[replica_id] = Messenger(link.comm)
         world_rank = job.layout.rank_of(replica_id, 0)
         self.replaced.append(ReplacedReplica(replica_id, world_rank, first_step, shard_id, round(spawn_s, 3)))
@@ -134,7 +135,7 @@ class Replacer:
                 str(job.run_dir.resolve()),
                 job.layout.world_size,
                 replica_id,
-                (job.resume.step if job.resume else 0) + fewest,
+                self.resumed_at + fewest,
                 tuple(self.members.index(rank) for rank in self.shards),
                 self.members.index(job.layout.lead_rank),
             )

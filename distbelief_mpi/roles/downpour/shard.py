@@ -204,18 +204,21 @@ class Shard:
 
     def _finish(self, push: Push) -> None:
         """The open push has landed whole (posted): publish it, or count why not; free its slot."""
-        verdict, replica_id, staleness = self.open.verdict, push.replica_id, self.open.staleness
+        self._conclude(self.open.verdict, push.replica_id, self.open.staleness, push.steps)
+        self.open = None
+        if self.watch is not None:
+            self.watch.saw(push.replica_id)
+        self.slots.release(push)
+
+    def _conclude(self, verdict: str, replica_id: int, staleness: int, steps: int) -> None:
+        """A push applied whole: publish its version, or count why not."""
         if verdict == APPLY:
             self.published.commit()
-            self.stats.record(replica_id, staleness, push.steps)
+            self.stats.record(replica_id, staleness, steps)
         elif verdict == REJECTED:
             self._count_rejected(replica_id)
         else:
             self.stats.too_stale[replica_id] += 1
-        self.open = None
-        if self.watch is not None:
-            self.watch.saw(replica_id)
-        self.slots.release(push)
 
     def apply_message(self, replica_id: int, grad: np.ndarray, base_version: int, steps: int, offset: int) -> None:
         """A replacement replica's push (it arrives as a message, shard_rescue.py), applied whole
@@ -227,13 +230,7 @@ class Shard:
         if verdict == APPLY and not self._rule(push.part, grad):
             self.published.abandon()
             verdict = REJECTED
-        if verdict == APPLY:
-            self.published.commit()
-            self.stats.record(replica_id, staleness, steps)
-        elif verdict == REJECTED:
-            self._count_rejected(replica_id)
-        else:
-            self.stats.too_stale[replica_id] += 1
+        self._conclude(verdict, replica_id, staleness, steps)
 
     def forget(self, replica_id: int) -> None:
         """Replica `replica_id` has left: drop its open push and free the slots it had claimed."""
